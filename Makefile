@@ -1,0 +1,62 @@
+# Weft's entry points. `make demo` and `make test` work on a fresh machine: each creates the
+# venv, installs Python dependencies and builds the Rust extension, doing nothing twice.
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(VENV)/bin/pip
+STAMP   := $(VENV)/.weft-installed
+RUST_SRC := $(shell find fastpath -name '*.rs' -o -name Cargo.toml) Cargo.toml
+TEMPLATE := mesh-repo-template
+
+.PHONY: demo test lint typecheck rust-check pytest bench schema clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Dependencies and the extension are rebuilt when pyproject.toml or any Rust source changes.
+$(STAMP): $(PY) pyproject.toml $(RUST_SRC)
+	$(PIP) install --quiet 'maturin>=1.7,<2'
+	# maturin installs the project's dependencies (and the dev extra) and the extension in one go
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet --extras dev
+	touch $(STAMP)
+
+demo: $(STAMP)
+	@echo "== weft validate $(TEMPLATE)"
+	$(VENV)/bin/weft validate $(TEMPLATE)
+	@echo; echo "== weft reach $(TEMPLATE)"
+	$(VENV)/bin/weft reach $(TEMPLATE)
+	@echo; echo "== weft compile $(TEMPLATE) --out build/compiled"
+	$(VENV)/bin/weft compile $(TEMPLATE) --out build/compiled
+	find build/compiled -type f | sort
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check reconciler tests bench
+	$(VENV)/bin/ruff format --check reconciler tests bench
+	$(VENV)/bin/lint-imports
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy reconciler
+	$(VENV)/bin/python -m mypy.stubtest reconciler._native
+
+rust-check:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test --workspace
+
+pytest: $(STAMP)
+	$(VENV)/bin/pytest
+
+test: lint typecheck rust-check pytest
+
+schema: $(STAMP)
+	$(PY) -m reconciler.schema schema
+
+bench: $(STAMP)
+	$(PY) bench/intent_scale.py
+
+clean:
+	rm -rf $(VENV) target build

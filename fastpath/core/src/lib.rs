@@ -1,0 +1,12 @@
+//! fastpath: Weft's data-plane core.
+//!
+//! Everything the sidecar enforces lives here, free of Python, so it can be unit-tested,
+//! benchmarked and fuzzed on its own. The pyo3 binding (`fastpath-python`) only converts
+//! plain data at the boundary.
+#![forbid(unsafe_code)]
+
+pub mod route_regex;
+
+/// The version of this crate, reported by `weft version` so a user can tell which data
+/// plane a reconciler was built with.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,105 @@
+"""Kubernetes objects derived from intent: discovery Services and NetworkPolicies.
+
+These are the compiler's output for a cluster, pure data (dicts in the shape the API takes).
+NetworkPolicies are L3/L4 defence in depth derived from the same access decisions the sidecars
+enforce: a pod port admits exactly the pods of services that may reach it (by namespace when a
+whole namespace may), so a compromised sidecar still cannot open a connection policy forbids.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+from reconciler.compiler.outbound import discovery_name
+from reconciler.compiler.policy import Edge
+from reconciler.intent import Intent, model
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "weft"}
+NAMESPACE_LABEL = "kubernetes.io/metadata.name"
+
+Object = dict[str, Any]
+
+
+def _labels(service: model.Service) -> dict[str, str]:
+    return {**MANAGED_BY, "weft.dev/service": service.metadata.name}
+
+
+def discovery_services(service: model.Service) -> list[Object]:
+    """Headless Services (all pods, and one per subset) whose DNS lists pod addresses."""
+    objects = []
+    for subset in [None, *service.spec.subsets]:
+        selector = service.pod_selector | (subset.labels if subset else {})
+        objects.append({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": discovery_name(service, subset.name if subset else None),
+                "namespace": service.metadata.namespace,
+                "labels": _labels(service),
+            },
+            "spec": {
+                "clusterIP": "None",
+                "selector": dict(sorted(selector.items())),
+                "ports": [
+                    {"name": p.name, "port": p.app_port, "targetPort": p.app_port, "protocol": "TCP"}
+                    for p in sorted(service.spec.ports, key=lambda p: p.port)
+                ],
+            },
+        })
+    return objects
+
+
+def network_policy(mesh: Intent, service: model.Service, inbound: list[Edge], open_to_all: bool) -> Object:
+    """Ingress policy for one service's pods, from the edges that reach it.
+
+    `open_to_all` is for a PERMISSIVE mesh whose default admits the service's callers: plaintext
+    clients outside the mesh are admitted by the sidecar, so L3 must not block them either.
+    """
+    callers_by_port: dict[int, set[tuple[str, str]]] = collections.defaultdict(set)
+    for edge in inbound:
+        callers_by_port[edge.port.app_port].add(edge.source.key)
+    by_peers: dict[tuple[Any, ...], list[int]] = collections.defaultdict(list)
+    for port in sorted({p.app_port for p in service.spec.ports}):
+        if open_to_all:
+            by_peers[("any",)].append(port)
+        elif callers_by_port.get(port):
+            by_peers[tuple(sorted(callers_by_port[port]))].append(port)
+    ingress = []
+    for peers, ports in sorted(by_peers.items(), key=lambda kv: kv[1]):
+        rule: Object = {"ports": [{"protocol": "TCP", "port": p} for p in ports]}
+        if peers != ("any",):
+            rule["from"] = _peer_selectors(mesh, peers)
+        ingress.append(rule)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": f"{service.metadata.name}-weft",
+            "namespace": service.metadata.namespace,
+            "labels": _labels(service),
+        },
+        "spec": {
+            "podSelector": {"matchLabels": dict(sorted(service.pod_selector.items()))},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
+
+
+def _peer_selectors(mesh: Intent, callers: tuple[Any, ...]) -> list[Object]:
+    """Pod selectors for callers; a namespace all of whose services call becomes one selector."""
+    by_ns: dict[str, set[str]] = collections.defaultdict(set)
+    for ns, name in callers:
+        by_ns[ns].add(name)
+    peers: list[Object] = []
+    for ns in sorted(by_ns):
+        ns_selector = {"matchLabels": {NAMESPACE_LABEL: ns}}
+        if by_ns[ns] == {s.metadata.name for s in mesh.services_in(ns)}:
+            peers.append({"namespaceSelector": ns_selector})
+            continue
+        for name in sorted(by_ns[ns]):
+            labels = mesh.services[(ns, name)].pod_selector
+            peers.append({"namespaceSelector": ns_selector,
+                          "podSelector": {"matchLabels": dict(sorted(labels.items()))}})
+    return peers

@@ -1,0 +1,146 @@
+"""A workload's outbound side: the hosts it may call, how each is routed, and the clusters behind.
+
+Only destinations the source may reach appear (like Istio's Sidecar scoping, but derived from
+policy, not written by hand): a sidecar cannot route where policy says it may never go, and its
+config stays small in a large mesh.
+"""
+
+from __future__ import annotations
+
+from reconciler.compiler import proxyconfig as pc
+from reconciler.compiler.policy import Edge
+from reconciler.intent import Intent, model
+
+
+def discovery_name(service: model.Service, subset: str | None = None) -> str:
+    """Name of the headless Service whose DNS records list the pods of a service (or subset)."""
+    middle = f"-{subset}" if subset else ""
+    return f"{service.metadata.name}{middle}-weft"
+
+
+def cluster_name(service: model.Service, port: model.ServicePort, subset: str | None = None) -> str:
+    return f"{service.ref}:{port.port}" + (f"/{subset}" if subset else "")
+
+
+def cluster(mesh: Intent, service: model.Service, port: model.ServicePort, subset: str | None) -> pc.Cluster:
+    ns = service.metadata.namespace
+    return pc.Cluster(
+        name=cluster_name(service, port, subset),
+        service=service.ref,
+        subset=subset,
+        spiffe_id=mesh.identity_of(service),
+        protocol=port.protocol,
+        load_balancer=service.spec.load_balancer,
+        endpoints=pc.Endpoints(
+            dns=f"{discovery_name(service, subset)}.{ns}.svc.{mesh.spec.cluster_domain}",
+            port=port.app_port,
+        ),
+    )
+
+
+def _string_match(m: model.StringMatch | None) -> pc.StringMatch | None:
+    return None if m is None else pc.StringMatch(exact=m.exact, prefix=m.prefix, regex=m.regex)
+
+
+def _match(m: model.RouteMatch) -> pc.RouteMatch:
+    return pc.RouteMatch(
+        path=_string_match(m.path),
+        headers=[
+            pc.HeaderMatch(name=h.name.lower(), exact=h.exact, prefix=h.prefix, regex=h.regex, present=h.present)
+            for h in m.headers
+        ],
+        method=m.method,
+    )
+
+
+def _retries(r: model.Retries | None) -> pc.RetryPolicy | None:
+    if r is None:
+        return None
+    budget = None if r.budget is None else pc.RetryBudget(
+        percent=r.budget.percent, min_retries_per_second=r.budget.min_retries_per_second
+    )
+    return pc.RetryPolicy(
+        attempts=r.attempts, per_try_timeout_ms=r.per_try_timeout, retry_on=list(r.retry_on), budget=budget
+    )
+
+
+def http_routes(
+    route: model.Route | None, service: model.Service, port: model.ServicePort
+) -> tuple[list[pc.HttpRoute], list[str | None]]:
+    """The routes of one host and port, and the subsets (None: whole service) they send to."""
+    routes: list[pc.HttpRoute] = []
+    if route is not None:
+        for i, r in enumerate(route.spec.rules):
+            routes.append(pc.HttpRoute(
+                name=f"{route.ref}#{i}",
+                matches=[_match(m) for m in r.matches if m != model.RouteMatch()],
+                backends=[
+                    pc.WeightedCluster(cluster=cluster_name(service, port, b.subset),
+                                       weight=100 if b.weight is None else b.weight)
+                    for b in r.backends
+                ],
+                timeout_ms=r.timeout,
+                retries=_retries(r.retries),
+            ))
+    if not any(not r.matches for r in routes):
+        routes.append(pc.HttpRoute(
+            name="default", matches=[],
+            backends=[pc.WeightedCluster(cluster=cluster_name(service, port), weight=100)],
+        ))
+    subsets: set[str | None] = {None} if routes[-1].name == "default" else set()
+    for rule in route.spec.rules if route else ():
+        subsets.update(b.subset for b in rule.backends)
+    return routes, sorted(subsets, key=lambda s: s or "")
+
+
+class RouteTable:
+    """Which Route, if any, governs each (service, port); built once per compile."""
+
+    def __init__(self, mesh: Intent) -> None:
+        self.by_port: dict[tuple[tuple[str, str], int], model.Route] = {}
+        for route in mesh.routes:
+            svc = mesh.resolve_host(route.spec.host, route.metadata.namespace)
+            if svc is not None:
+                for port in mesh.route_ports(route, svc):
+                    self.by_port.setdefault((svc.key, port.port), route)
+
+    def get(self, service: model.Service, port: model.ServicePort) -> model.Route | None:
+        return self.by_port.get((service.key, port.port))
+
+
+def build(mesh: Intent, table: RouteTable, source: model.Service, edges: list[Edge]) -> pc.Outbound:
+    hosts: list[pc.HttpHost] = []
+    tcp: list[pc.TcpUpstream] = []
+    clusters: dict[str, pc.Cluster] = {}
+    for edge in edges:
+        dest, port = edge.dest, edge.port
+        if port.is_http:
+            routes, subsets = http_routes(table.get(dest, port), dest, port)
+            names = mesh.hostnames(dest)
+            same_ns = dest.metadata.namespace == source.metadata.namespace
+            hosts.append(pc.HttpHost(
+                service=dest.ref, hostnames=list(names if same_ns else names[1:]), port=port.port, routes=routes
+            ))
+            for subset in subsets:
+                name = cluster_name(dest, port, subset)
+                clusters.setdefault(name, cluster(mesh, dest, port, subset))
+        else:
+            name = cluster_name(dest, port)
+            tcp.append(pc.TcpUpstream(service=dest.ref, port=port.port, cluster=name))
+            clusters.setdefault(name, cluster(mesh, dest, port, None))
+    egress = []
+    spiffe, ns = mesh.identity_of(source), source.metadata.namespace
+    for ext in mesh.externals:
+        if mesh.peers(ext.spec.allowed_from, ext.metadata.namespace).admits(spiffe, ns):
+            for p in ext.spec.ports:
+                origination = None if p.tls_origination is None else pc.TlsOrigination(
+                    port=p.tls_origination.port, sni=p.tls_origination.sni or ext.spec.host
+                )
+                egress.append(pc.EgressDestination(
+                    name=ext.ref, host=ext.spec.host, port=p.port, protocol=p.protocol,
+                    tls_origination=origination,
+                ))
+    egress.sort(key=lambda e: (e.host, e.port))
+    return pc.Outbound(
+        http=hosts, tcp=tcp, egress=egress, clusters=[clusters[k] for k in sorted(clusters)]
+    )

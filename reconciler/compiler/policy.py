@@ -1,0 +1,127 @@
+"""Access semantics at the level of intent: may service S call port P of service D, and why.
+
+The rules, in order (the same as Istio's, so they surprise no one):
+1. an AccessPolicy with `action: deny` that governs (D, P), admits S and has no `when` denies;
+2. otherwise an allow policy that governs (D, P) and admits S allows — fully, or for some
+   requests only ("conditional") when it has `when` conditions or a conditional deny also applies;
+3. otherwise the default: deny if the Mesh says `defaultPolicy: deny`, or if any allow policy
+   governs D at all (a service with an allow list accepts only what the list admits); else allow.
+
+This module decides from the intent directly. `authz` lowers the same policies into sidecar
+rules independently; tests check that the two agree on every pair, which is what makes
+`weft reach` a proof of what the sidecars will enforce.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Iterator
+from typing import Literal
+
+from reconciler import intent as intent_
+from reconciler.intent import model
+
+Decision = Literal["allow", "deny", "conditional"]
+PortKey = tuple[tuple[str, str], str]  # ((namespace, service), port name)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Verdict:
+    decision: Decision
+    policies: tuple[str, ...]  # what decided: policy refs, or the mesh default
+
+
+class Selection:
+    """Which policies govern each (service, port), and whom each admits; built once per compile."""
+
+    def __init__(self, mesh: intent_.Intent) -> None:
+        self.intent = mesh
+        self.governing: dict[PortKey, list[model.AccessPolicy]] = collections.defaultdict(list)
+        self.allow_listed: set[tuple[str, str]] = set()
+        self.peers: dict[str, intent_.Peers] = {}
+        self.targets: dict[str, list[tuple[model.Service, model.ServicePort]]] = {}
+        for policy in mesh.policies:
+            self.peers[policy.ref] = mesh.peers(policy.spec.from_, policy.metadata.namespace)
+            pairs = mesh.targets(policy)
+            self.targets[policy.ref] = pairs
+            for svc, port in pairs:
+                self.governing[(svc.key, port.name)].append(policy)
+                if policy.spec.action == "allow":
+                    self.allow_listed.add(svc.key)
+        mesh_name = mesh.mesh.metadata.name
+        self.default_deny = f"Mesh/{mesh_name} defaultPolicy: deny"
+        self.default_allow = f"Mesh/{mesh_name} defaultPolicy: allow"
+
+    def default_for(self, service: model.Service) -> Verdict:
+        if self.intent.spec.default_policy == "deny":
+            return Verdict("deny", (self.default_deny,))
+        if service.key in self.allow_listed:
+            return Verdict("deny", (f"allow-list of {service.ref}",))
+        return Verdict("allow", (self.default_allow,))
+
+    def decide(self, source: model.Service, dest: model.Service, port: model.ServicePort) -> Verdict:
+        spiffe, ns = self.intent.identity_of(source), source.metadata.namespace
+        admitting = [
+            p for p in self.governing.get((dest.key, port.name), ())
+            if self.peers[p.ref].admits(spiffe, ns)
+        ]
+        denies = [p for p in admitting if p.spec.action == "deny"]
+        for p in denies:
+            if p.spec.when is None:
+                return Verdict("deny", (p.ref,))
+        allows = [p for p in admitting if p.spec.action == "allow"]
+        conditional_denies = tuple(p.ref for p in denies)
+        if allows:
+            full = tuple(p.ref for p in allows if p.spec.when is None)
+            if full and not denies:
+                return Verdict("allow", full)
+            return Verdict("conditional", tuple(p.ref for p in allows) + conditional_denies)
+        default = self.default_for(dest)
+        if default.decision == "allow" and denies:
+            return Verdict("conditional", default.policies + conditional_denies)
+        return default
+
+    def candidates(self, source: model.Service) -> Iterator[tuple[model.Service, model.ServicePort]]:
+        """Every (service, port) the source might reach: a superset, to be decided one by one.
+
+        Under default deny only ports an allow policy admits the source to are candidates, so
+        compiling a mesh costs in proportion to its edges, not to the square of its services.
+        """
+        spiffe, ns = self.intent.identity_of(source), source.metadata.namespace
+        seen: set[PortKey] = set()
+        for policy in self.intent.policies:
+            if policy.spec.action == "allow" and self.peers[policy.ref].admits(spiffe, ns):
+                for svc, port in self.targets[policy.ref]:
+                    if (svc.key, port.name) not in seen:
+                        seen.add((svc.key, port.name))
+                        yield svc, port
+        if self.intent.spec.default_policy == "allow":
+            for svc in self.intent.services.values():
+                if svc.key not in self.allow_listed:
+                    for port in svc.spec.ports:
+                        if (svc.key, port.name) not in seen:
+                            seen.add((svc.key, port.name))
+                            yield svc, port
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Edge:
+    source: model.Service
+    dest: model.Service
+    port: model.ServicePort
+    verdict: Verdict
+
+
+def edges(selection: Selection) -> dict[tuple[str, str], list[Edge]]:
+    """For each source service, every (service, port) it may reach at all, sorted."""
+    result: dict[tuple[str, str], list[Edge]] = {}
+    for source in selection.intent.services.values():
+        found = [
+            Edge(source, dest, port, verdict)
+            for dest, port in selection.candidates(source)
+            if (verdict := selection.decide(source, dest, port)).decision != "deny"
+        ]
+        found.sort(key=lambda e: (e.dest.key, e.port.port))
+        result[source.key] = found
+    return result

@@ -1,0 +1,123 @@
+"""The intent files of one revision: read from a directory or from a git commit's tree.
+
+Both sources yield the same `IntentFile`s (repository-relative path and raw bytes), so loading
+never knows where intent came from, and `weft validate --ref` checks exactly what a reconciler
+would see at that commit, not the working tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pygit2
+
+from reconciler.intent.diagnostics import Diagnostic, IntentError, Position, Severity
+
+SUFFIXES = (".yaml", ".yml")
+
+# Kubernetes caps a ConfigMap at 1 MiB; an intent file four times that is a mistake or an
+# attack, and refusing it before reading keeps a 50 MB file from costing memory or time.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IntentFile:
+    path: str  # repository-relative, "/"-separated: what diagnostics print
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every intent file of one revision, and the revision's name."""
+
+    revision: str
+    files: tuple[IntentFile, ...]
+    oversized: tuple[Diagnostic, ...] = ()
+
+
+def _is_intent_path(parts: tuple[str, ...]) -> bool:
+    # Hidden folders (.git, .github) hold other tools' YAML; everything else is intent.
+    return parts[-1].endswith(SUFFIXES) and not any(p.startswith(".") for p in parts)
+
+
+def _too_big(path: str, size: int) -> Diagnostic:
+    return Diagnostic(
+        Position(path),
+        Severity.ERROR,
+        f"file is {size} bytes; intent files are limited to {MAX_FILE_BYTES} bytes",
+        "split it into several files",
+    )
+
+
+def content_revision(files: tuple[IntentFile, ...]) -> str:
+    """A name for a directory's content: the same files always give the same revision."""
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.path.encode() + b"\0" + hashlib.sha256(f.data).digest())
+    return f"workdir@sha256:{digest.hexdigest()}"
+
+
+def from_directory(root: Path) -> Snapshot:
+    if not root.is_dir():
+        raise IntentError([Diagnostic(Position(str(root)), Severity.ERROR, "not a directory")])
+    files: list[IntentFile] = []
+    oversized: list[Diagnostic] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            full = Path(dirpath) / name
+            rel = full.relative_to(root).as_posix()
+            if not _is_intent_path(tuple(rel.split("/"))) or not full.is_file():
+                continue
+            size = full.stat().st_size
+            if size > MAX_FILE_BYTES:
+                oversized.append(_too_big(rel, size))
+                continue
+            files.append(IntentFile(rel, full.read_bytes()))
+    files.sort(key=lambda f: f.path)
+    snapshot = tuple(files)
+    return Snapshot(content_revision(snapshot), snapshot, tuple(oversized))
+
+
+def _walk_tree(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str) -> Iterator[tuple[str, pygit2.Object]]:
+    for entry in tree:
+        path = f"{prefix}{entry.name}"
+        if entry.type_str == "tree":
+            if not entry.name.startswith("."):
+                yield from _walk_tree(repo, repo[entry.id].peel(pygit2.Tree), f"{path}/")
+        elif entry.type_str == "blob":
+            yield path, repo[entry.id]
+
+
+def from_git(repo_path: Path, ref: str) -> Snapshot:
+    """Read the intent at `ref` (branch, tag or commit) of the repository at `repo_path`.
+
+    The revision is named `<ref>@sha1:<commit>`, the form status and ProxyConfigs carry.
+    """
+    where = Position(str(repo_path))
+    try:
+        repo = pygit2.Repository(str(repo_path))
+    except pygit2.GitError as e:
+        raise IntentError([Diagnostic(where, Severity.ERROR, f"not a git repository: {e}")]) from e
+    try:
+        commit = repo.revparse_single(ref).peel(pygit2.Commit)
+    except (KeyError, ValueError, pygit2.GitError) as e:
+        raise IntentError(
+            [Diagnostic(where, Severity.ERROR, f"cannot resolve ref {ref!r} to a commit")]
+        ) from e
+    files: list[IntentFile] = []
+    oversized: list[Diagnostic] = []
+    for path, obj in _walk_tree(repo, commit.tree, ""):
+        if not _is_intent_path(tuple(path.split("/"))):
+            continue
+        blob = obj.peel(pygit2.Blob)
+        if blob.size > MAX_FILE_BYTES:
+            oversized.append(_too_big(path, blob.size))
+            continue
+        files.append(IntentFile(path, blob.data))
+    files.sort(key=lambda f: f.path)
+    return Snapshot(f"{ref}@sha1:{commit.id}", tuple(files), tuple(oversized))

@@ -1,0 +1,120 @@
+"""`Intent`: one revision's documents, indexed, with the lookups both validator and compiler use.
+
+Resolving a reference (a service named `api` from namespace `b`, a Route host, a policy source)
+happens here and only here, so what the validator accepts is exactly what the compiler resolves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from reconciler.intent import model
+
+# A source resolved to what a sidecar can check on a verified peer certificate.
+ANY_NAMESPACE = "*"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Peers:
+    """Callers a rule admits: exact SPIFFE IDs, whole namespaces, or any mesh identity."""
+
+    identities: frozenset[str] = frozenset()
+    namespaces: frozenset[str] = frozenset()
+    any_identity: bool = False
+
+    def admits(self, spiffe_id: str, namespace: str) -> bool:
+        return self.any_identity or spiffe_id in self.identities or namespace in self.namespaces
+
+    def __or__(self, other: Peers) -> Peers:
+        return Peers(
+            self.identities | other.identities,
+            self.namespaces | other.namespaces,
+            self.any_identity or other.any_identity,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Intent:
+    revision: str
+    mesh: model.Mesh
+    services: dict[tuple[str, str], model.Service]
+    policies: tuple[model.AccessPolicy, ...]
+    routes: tuple[model.Route, ...]
+    externals: tuple[model.ExternalService, ...]
+
+    @property
+    def spec(self) -> model.MeshSpec:
+        return self.mesh.spec
+
+    @property
+    def namespaces(self) -> frozenset[str]:
+        return frozenset(ns for ns, _ in self.services)
+
+    def spiffe_id(self, namespace: str, service_account: str) -> str:
+        return f"spiffe://{self.spec.trust_domain}/ns/{namespace}/sa/{service_account}"
+
+    def identity_of(self, service: model.Service) -> str:
+        return self.spiffe_id(service.metadata.namespace, service.service_account)
+
+    def service(self, ref: str, namespace: str) -> model.Service | None:
+        """`name` (in `namespace`) or `namespace/name`."""
+        ns, _, name = ref.rpartition("/")
+        return self.services.get((ns or namespace, name))
+
+    def services_in(self, namespace: str) -> list[model.Service]:
+        return [s for (ns, _), s in self.services.items() if ns == namespace]
+
+    def hostnames(self, service: model.Service) -> tuple[str, ...]:
+        """Every name a caller may use for a service, shortest first (Kubernetes DNS forms)."""
+        name, ns = service.metadata.name, service.metadata.namespace
+        return (name, f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.{self.spec.cluster_domain}")
+
+    def resolve_host(self, host: str, namespace: str) -> model.Service | None:
+        """The service a Route host names, from a document in `namespace`."""
+        parts = host.split(".")
+        if len(parts) == 1:
+            return self.services.get((namespace, host))
+        candidate = self.services.get((parts[1], parts[0]))
+        if candidate is not None and host in self.hostnames(candidate):
+            return candidate
+        return None
+
+    def peers(self, sources: Iterable[model.Source], namespace: str) -> Peers:
+        """What a `from` / `allowedFrom` list admits, resolved against this revision's services."""
+        result = Peers()
+        for source in sources:
+            if source.namespaces:
+                names = frozenset(source.namespaces)
+                result |= Peers(
+                    namespaces=names - {ANY_NAMESPACE}, any_identity=ANY_NAMESPACE in names
+                )
+            for ref in source.services or ():
+                svc = self.service(ref, namespace)
+                if svc is not None:
+                    result |= Peers(identities=frozenset({self.identity_of(svc)}))
+            if source.identities:
+                result |= Peers(identities=frozenset(source.identities))
+        return result
+
+    def targets(self, policy: model.AccessPolicy) -> list[tuple[model.Service, model.ServicePort]]:
+        """The (service, port) pairs an AccessPolicy governs."""
+        ns = policy.metadata.namespace
+        names = policy.spec.to.services
+        chosen = self.services_in(ns) if names is None else [
+            s for n in names if (s := self.services.get((ns, n))) is not None
+        ]
+        pairs = []
+        for svc in chosen:
+            for port in svc.spec.ports:
+                refs = policy.spec.to.ports
+                if refs is None or any(port.name == r or port.port == r for r in refs):
+                    pairs.append((svc, port))
+        return pairs
+
+    def route_ports(self, route: model.Route, service: model.Service) -> list[model.ServicePort]:
+        """The HTTP ports of `service` a Route applies to: one named port, or all HTTP ports."""
+        if route.spec.port is not None:
+            port = service.port(route.spec.port)
+            return [port] if port is not None and port.is_http else []
+        return [p for p in service.spec.ports if p.is_http]

@@ -1,0 +1,449 @@
+"""The mesh intent as typed, immutable data: one class per kind and per nested object.
+
+This module is the single source of truth for what a Weft document may contain: the loader
+validates YAML against it, `schema/intent.schema.json` is generated from it, and
+`docs/intent.md` documents it field by field. Fields are camelCase in YAML (Kubernetes style);
+unknown fields are refused, and scalars are not coerced ("8080" is not a port).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "weft.dev/v1alpha1"
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+HEADER_NAME = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"
+DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+SPIFFE_ID = r"^spiffe://[a-z0-9._-]+/ns/[a-z0-9-]+/sa/[a-z0-9.-]+$"
+# A service referred to as `name` (same namespace as the referring document) or `namespace/name`.
+SERVICE_REF = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+Name = Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=63)]
+DnsName = Annotated[str, StringConstraints(pattern=DNS_NAME, max_length=253)]
+PortNumber = Annotated[int, Field(ge=1, le=65535)]
+PortRef = PortNumber | Name  # a port by number or by its name on the service
+LabelMap = dict[
+    Annotated[str, StringConstraints(pattern=LABEL_KEY, max_length=317)],
+    Annotated[str, StringConstraints(pattern=LABEL_VALUE, max_length=63)],
+]
+ServiceRef = Annotated[str, StringConstraints(pattern=SERVICE_REF)]
+SpiffeId = Annotated[str, StringConstraints(pattern=SPIFFE_ID)]
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+
+
+def parse_duration(value: Any) -> int:
+    """A Go-style duration ("250ms", "2s", "1h30m") in whole milliseconds, always > 0."""
+    if not isinstance(value, str):
+        raise ValueError(f"a duration is a string with a unit, like '500ms' or '2s' (got {value!r})")
+    if not re.fullmatch(DURATION, value):
+        raise ValueError(f"{value!r} is not a duration; write it like '500ms', '2s', '1m' or '1h30m'")
+    ms = sum(float(n) * _UNIT_MS[unit] for n, unit in _DURATION_PART.findall(value))
+    if ms < 1 or ms != int(ms):
+        raise ValueError(f"{value!r} must be a whole number of milliseconds, at least 1ms")
+    return int(ms)
+
+
+Duration = Annotated[
+    int,
+    BeforeValidator(parse_duration),
+    WithJsonSchema({"type": "string", "pattern": DURATION, "examples": ["500ms", "2s", "24h"]}),
+]
+
+
+def _path_pattern(value: str) -> str:
+    if not value.startswith("/") or "*" in value[:-1]:
+        raise ValueError(
+            f"{value!r} is not a path pattern: write an exact path ('/healthz') "
+            "or a prefix ending in '*' ('/api/*')"
+        )
+    return value
+
+
+PathPattern = Annotated[str, AfterValidator(_path_pattern)]
+
+
+class Model(BaseModel):
+    """Base of every intent object: camelCase fields, nothing unknown, no coercion, immutable."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=False,
+    )
+
+
+def exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
+    """Refuse an object that sets none or several of mutually exclusive fields."""
+    given = [f for f in fields if getattr(model, f) is not None]
+    if len(given) != 1:
+        names = ", ".join(to_camel(f) for f in fields)
+        setting = ", ".join(to_camel(f) for f in given) or "none"
+        raise ValueError(f"{what} takes exactly one of {names} (got {setting})")
+
+
+# ---------------------------------------------------------------- documents
+
+class ClusterMetadata(Model):
+    name: Name
+
+
+class Metadata(Model):
+    name: Name
+    namespace: Name
+
+
+class Document(Model):
+    api_version: Literal["weft.dev/v1alpha1"]
+    metadata: Metadata
+    # Where the document was read from; set by the loader, used for diagnostics only.
+    _source: Any = PrivateAttr(default=None)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.metadata.namespace, self.metadata.name)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.metadata.namespace}/{self.metadata.name}"
+
+
+# ---------------------------------------------------------------- Mesh
+
+class Telemetry(Model):
+    sampling_percent: Annotated[float, Field(ge=0, le=100)] = 1.0
+    otlp_endpoint: Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+(:[0-9]+)?/?$")] | None = None
+
+
+class MeshSpec(Model):
+    trust_domain: DnsName = "cluster.local"
+    mtls: Literal["STRICT", "PERMISSIVE"] = "STRICT"
+    default_policy: Literal["deny", "allow"] = "deny"
+    certificate_lifetime: Duration = 24 * 3_600_000
+    cluster_domain: DnsName = "cluster.local"
+    telemetry: Telemetry = Telemetry()
+
+    @model_validator(mode="after")
+    def _lifetime_bounds(self) -> MeshSpec:
+        if not 3_600_000 <= self.certificate_lifetime <= 90 * 24 * 3_600_000:
+            raise ValueError("certificateLifetime must be between 1h and 2160h (90 days)")
+        return self
+
+
+class Mesh(Model):
+    api_version: Literal["weft.dev/v1alpha1"]
+    kind: Literal["Mesh"]
+    metadata: ClusterMetadata
+    spec: MeshSpec = MeshSpec()
+    _source: Any = PrivateAttr(default=None)
+
+
+# ---------------------------------------------------------------- Service
+
+Protocol = Literal["http", "http2", "grpc", "tcp"]
+
+
+class ServicePort(Model):
+    name: Name
+    port: PortNumber
+    target_port: PortNumber | None = None
+    protocol: Protocol = "http"
+
+    @property
+    def app_port(self) -> int:
+        return self.target_port or self.port
+
+    @property
+    def is_http(self) -> bool:
+        return self.protocol != "tcp"
+
+
+class Workload(Model):
+    kind: Literal["Deployment", "StatefulSet", "DaemonSet"] = "Deployment"
+    name: Name | None = None
+    pod_selector: Annotated[LabelMap, Field(min_length=1)] | None = None
+
+
+class Subset(Model):
+    name: Name
+    labels: Annotated[LabelMap, Field(min_length=1)]
+
+
+class LocalRun(Model):
+    command: Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)]
+    env: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = {}
+
+
+class ServiceSpec(Model):
+    service_account: Name | None = None
+    ports: Annotated[list[ServicePort], Field(min_length=1)]
+    workload: Workload = Workload()
+    subsets: list[Subset] = []
+    load_balancer: Literal["ROUND_ROBIN", "LEAST_REQUEST"] = "LEAST_REQUEST"
+    local: LocalRun | None = None
+
+
+class Service(Document):
+    kind: Literal["Service"]
+    spec: ServiceSpec
+
+    @property
+    def service_account(self) -> str:
+        return self.spec.service_account or self.metadata.name
+
+    @property
+    def workload_name(self) -> str:
+        return self.spec.workload.name or self.metadata.name
+
+    @property
+    def pod_selector(self) -> dict[str, str]:
+        return dict(self.spec.workload.pod_selector or {"app": self.metadata.name})
+
+    def port(self, ref: int | str) -> ServicePort | None:
+        for p in self.spec.ports:
+            if ref in (p.name, p.port):
+                return p
+        return None
+
+    def subset(self, name: str) -> Subset | None:
+        return next((s for s in self.spec.subsets if s.name == name), None)
+
+
+# ---------------------------------------------------------------- AccessPolicy
+
+class Source(Model):
+    """One kind of caller. Entries of a `from` list are alternatives (any may match)."""
+
+    namespaces: Annotated[list[Name | Literal["*"]], Field(min_length=1)] | None = None
+    services: Annotated[list[ServiceRef], Field(min_length=1)] | None = None
+    identities: Annotated[list[SpiffeId], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Source:
+        exactly_one(self, ("namespaces", "services", "identities"), "a source")
+        return self
+
+
+class PolicyTarget(Model):
+    services: Annotated[list[Name], Field(min_length=1)] | None = None
+    ports: Annotated[list[PortRef], Field(min_length=1)] | None = None
+
+
+class Conditions(Model):
+    methods: Annotated[list[HttpMethod], Field(min_length=1)] | None = None
+    paths: Annotated[list[PathPattern], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Conditions:
+        if self.methods is None and self.paths is None:
+            raise ValueError("`when` needs methods or paths; leave it out to match every request")
+        return self
+
+
+class AccessPolicySpec(Model):
+    action: Literal["allow", "deny"] = "allow"
+    to: PolicyTarget = PolicyTarget()
+    from_: Annotated[list[Source], Field(min_length=1, alias="from")]
+    when: Conditions | None = None
+
+
+class AccessPolicy(Document):
+    kind: Literal["AccessPolicy"]
+    spec: AccessPolicySpec
+
+
+# ---------------------------------------------------------------- Route
+
+class StringMatch(Model):
+    exact: str | None = None
+    prefix: str | None = None
+    regex: Annotated[str, StringConstraints(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> StringMatch:
+        exactly_one(self, ("exact", "prefix", "regex"), "a match")
+        return self
+
+
+class PathMatch(StringMatch):
+    @model_validator(mode="after")
+    def _absolute(self) -> PathMatch:
+        literal = self.exact if self.exact is not None else self.prefix
+        if literal is not None and not literal.startswith("/"):
+            raise ValueError(f"path {literal!r} must start with '/'")
+        return self
+
+
+class HeaderMatch(Model):
+    name: Annotated[str, StringConstraints(pattern=HEADER_NAME)]
+    exact: str | None = None
+    prefix: str | None = None
+    regex: Annotated[str, StringConstraints(min_length=1)] | None = None
+    present: Literal[True] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> HeaderMatch:
+        exactly_one(self, ("exact", "prefix", "regex", "present"), "a header match")
+        return self
+
+
+class RouteMatch(Model):
+    """All given conditions must hold (AND); the entries of `matches` are alternatives (OR)."""
+
+    path: PathMatch | None = None
+    headers: list[HeaderMatch] = []
+    method: HttpMethod | None = None
+
+
+class Backend(Model):
+    subset: Name | None = None
+    weight: Annotated[int, Field(ge=0, le=100)] | None = None
+
+
+RetryOn = Literal["5xx", "gateway-error", "reset", "connect-failure", "refused-stream", "retriable-4xx"]
+
+
+class RetryBudget(Model):
+    percent: Annotated[float, Field(gt=0, le=100)]
+    min_retries_per_second: Annotated[int, Field(ge=0, le=10_000)] = 3
+
+
+class Retries(Model):
+    attempts: Annotated[int, Field(ge=0, le=10)]
+    per_try_timeout: Duration | None = None
+    retry_on: Annotated[list[RetryOn], Field(min_length=1)] = ["connect-failure", "refused-stream", "gateway-error"]
+    budget: RetryBudget | None = None
+
+
+class Mirror(Model):
+    subset: Name | None = None
+    percent: Annotated[float, Field(gt=0, le=100)] = 100.0
+
+
+class FaultDelay(Model):
+    fixed: Duration
+    percent: Annotated[float, Field(gt=0, le=100)]
+
+
+class FaultAbort(Model):
+    http_status: Annotated[int, Field(ge=200, le=599)]
+    percent: Annotated[float, Field(gt=0, le=100)]
+
+
+class Fault(Model):
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+
+
+class RouteRule(Model):
+    matches: list[RouteMatch] = []
+    backends: Annotated[list[Backend], Field(min_length=1)]
+    timeout: Duration | None = None
+    retries: Retries | None = None
+    mirror: Mirror | None = None
+    fault: Fault | None = None
+
+
+class RouteSpec(Model):
+    host: DnsName
+    port: PortRef | None = None
+    rules: Annotated[list[RouteRule], Field(min_length=1)]
+
+
+class Route(Document):
+    kind: Literal["Route"]
+    spec: RouteSpec
+
+
+# ---------------------------------------------------------------- ExternalService
+
+class TlsOrigination(Model):
+    port: PortNumber = 443
+    sni: DnsName | None = None
+
+
+class ExternalPort(Model):
+    port: PortNumber
+    protocol: Literal["tcp", "tls", "http"]
+    tls_origination: TlsOrigination | None = None
+
+    @model_validator(mode="after")
+    def _origination_needs_http(self) -> ExternalPort:
+        if self.tls_origination is not None and self.protocol != "http":
+            raise ValueError(
+                "tlsOrigination upgrades the app's plain HTTP to TLS; it needs protocol: http"
+            )
+        return self
+
+
+class ExternalServiceSpec(Model):
+    host: DnsName
+    ports: Annotated[list[ExternalPort], Field(min_length=1)]
+    allowed_from: list[Source] = []
+
+
+class ExternalService(Document):
+    kind: Literal["ExternalService"]
+    spec: ExternalServiceSpec
+
+
+# ---------------------------------------------------------------- Gateway
+
+class CertificateRef(Model):
+    name: Name
+    namespace: Name | None = None
+
+
+class GatewayTls(Model):
+    certificate_ref: CertificateRef
+
+
+class GatewayRoute(Model):
+    host: DnsName
+    path_prefix: Annotated[str, StringConstraints(pattern=r"^/")] = "/"
+    service: ServiceRef
+    port: PortRef
+
+
+class GatewaySpec(Model):
+    port: PortNumber
+    hosts: Annotated[list[DnsName], Field(min_length=1)]
+    tls: GatewayTls | None = None
+    routes: Annotated[list[GatewayRoute], Field(min_length=1)]
+
+
+class Gateway(Document):
+    kind: Literal["Gateway"]
+    spec: GatewaySpec
+
+
+KINDS: dict[str, type[BaseModel]] = {
+    "Mesh": Mesh,
+    "Service": Service,
+    "AccessPolicy": AccessPolicy,
+    "Route": Route,
+    "ExternalService": ExternalService,
+    "Gateway": Gateway,
+}
