@@ -1,5 +1,7 @@
 """Type stub for the fastpath extension module (Rust, built by maturin)."""
 
+__all__ = ["check_route_regex", "version"]
+
 def version() -> str:
     """The fastpath crate version this extension was built from."""
 

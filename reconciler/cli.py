@@ -54,8 +54,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 1
     root = "" if args.ref else args.path
     if args.json:
-        print(json.dumps({"revision": snapshot.revision,
-                          "diagnostics": [d.as_json() for d in diagnostics]}, indent=2))
+        print(
+            json.dumps(
+                {"revision": snapshot.revision, "diagnostics": [d.as_json() for d in diagnostics]},
+                indent=2,
+            )
+        )
     else:
         _print_diagnostics(diagnostics, root)
     errors = sum(d.severity is intent.Severity.ERROR for d in diagnostics)
@@ -63,11 +67,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failed = mesh is None or (args.strict and warnings > 0)
     if not args.json:
         if mesh is not None:
-            print(f"{snapshot.revision}: {len(snapshot.files)} files, {len(mesh.services)} services, "
-                  f"{len(mesh.policies)} policies, {len(mesh.routes)} routes, "
-                  f"{len(mesh.externals)} external services: "
-                  f"{'valid' if not failed else 'warnings refused (--strict)'}"
-                  f"{f' with {warnings} warning(s)' if warnings and not failed else ''}")
+            print(
+                f"{snapshot.revision}: {len(snapshot.files)} files, {len(mesh.services)} services, "
+                f"{len(mesh.policies)} policies, {len(mesh.routes)} routes, "
+                f"{len(mesh.externals)} external services: "
+                f"{'valid' if not failed else 'warnings refused (--strict)'}"
+                f"{f' with {warnings} warning(s)' if warnings and not failed else ''}"
+            )
         else:
             print(f"{snapshot.revision}: {errors} error(s), {warnings} warning(s)", file=sys.stderr)
     return 1 if failed else 0
@@ -84,9 +90,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     except FileExistsError as e:
         print(f"weft compile: {e}", file=sys.stderr)
         return 2
-    print(f"{mesh.revision}: {len(desired.proxy_configs)} ProxyConfigs, "
-          f"{len(desired.identities)} identities, {len(desired.network_policies)} NetworkPolicies, "
-          f"{len(desired.discovery_services)} discovery Services -> {out}")
+    print(
+        f"{mesh.revision}: {len(desired.proxy_configs)} ProxyConfigs, "
+        f"{len(desired.identities)} identities, {len(desired.network_policies)} NetworkPolicies, "
+        f"{len(desired.discovery_services)} discovery Services -> {out}"
+    )
     return 0
 
 
@@ -107,7 +115,9 @@ def cmd_version(_: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="weft", description="A service mesh whose control plane is git.")
+    p = argparse.ArgumentParser(
+        prog="weft", description="A service mesh whose control plane is git."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def intent_command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -121,17 +131,25 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print diagnostics as JSON")
     v.set_defaults(run=cmd_validate)
 
-    c = intent_command("compile", "compile intent into ProxyConfigs, identities and Kubernetes objects")
+    c = intent_command(
+        "compile", "compile intent into ProxyConfigs, identities and Kubernetes objects"
+    )
     c.add_argument("--out", required=True, help="output directory (replaced atomically)")
     c.set_defaults(run=cmd_compile)
 
     r = intent_command("reach", "print who may call whom, and which policy decided")
     r.add_argument("--json", action="store_true", help="print the matrix as JSON")
-    r.add_argument("--from", dest="source", action="append", metavar="NS/NAME", help="only these sources")
-    r.add_argument("--to", dest="dest", action="append", metavar="NS/NAME", help="only these destinations")
+    r.add_argument(
+        "--from", dest="source", action="append", metavar="NS/NAME", help="only these sources"
+    )
+    r.add_argument(
+        "--to", dest="dest", action="append", metavar="NS/NAME", help="only these destinations"
+    )
     r.set_defaults(run=cmd_reach)
 
-    sub.add_parser("version", help="print the weft and fastpath versions").set_defaults(run=cmd_version)
+    sub.add_parser("version", help="print the weft and fastpath versions").set_defaults(
+        run=cmd_version
+    )
     return p
 
 

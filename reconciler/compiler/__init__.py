@@ -37,7 +37,7 @@ class DesiredState:
     edges: list[policy.Edge]
 
 
-def compile(mesh: Intent) -> DesiredState:  # noqa: A001  # the domain's word for it
+def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
     selection = policy.Selection(mesh)
     routes = outbound.RouteTable(mesh)
     edges_by_source = policy.edges(selection)
@@ -74,8 +74,10 @@ def compile(mesh: Intent) -> DesiredState:  # noqa: A001  # the domain's word fo
         ],
         network_policies=[
             kubernetes.network_policy(
-                mesh, svc, inbound_edges[key],
-                open_to_all=permissive and selection.default_for(svc).decision == "allow",
+                mesh,
+                svc,
+                inbound_edges[key],
+                open_to_all=permissive and selection.default().decision == "allow",
             )
             for key, svc in mesh.services.items()
         ],
@@ -95,12 +97,25 @@ def files(desired: DesiredState) -> dict[str, str]:
     out["identities.json"] = json.dumps([i.as_json() for i in desired.identities], indent=2) + "\n"
     for obj in desired.discovery_services + desired.network_policies:
         meta = obj["metadata"]
-        out[f"kubernetes/{meta['namespace']}/{obj['kind'].lower()}-{meta['name']}.yaml"] = _yaml(obj)
-    out["edges.json"] = json.dumps([
-        {"source": e.source.ref, "destination": e.dest.ref, "port": e.port.name,
-         "decision": e.verdict.decision, "policies": list(e.verdict.policies)}
-        for e in desired.edges
-    ], indent=2) + "\n"
+        out[f"kubernetes/{meta['namespace']}/{obj['kind'].lower()}-{meta['name']}.yaml"] = _yaml(
+            obj
+        )
+    out["edges.json"] = (
+        json.dumps(
+            [
+                {
+                    "source": e.source.ref,
+                    "destination": e.dest.ref,
+                    "port": e.port.name,
+                    "decision": e.verdict.decision,
+                    "policies": list(e.verdict.policies),
+                }
+                for e in desired.edges
+            ],
+            indent=2,
+        )
+        + "\n"
+    )
     return dict(sorted(out.items()))
 
 

@@ -18,7 +18,7 @@ def _paths(patterns: list[str] | None) -> list[pc.PathPattern]:
         pc.PathPattern(prefix=p[:-1]) if p.endswith("*") else pc.PathPattern(exact=p)
         for p in patterns or ()
     ]
-    return sorted(result, key=lambda p: (p.exact or "", p.prefix or ""))
+    return sorted(result, key=lambda p: (p.exact is None, p.exact or p.prefix or ""))
 
 
 def rule(selection: Selection, policy: model.AccessPolicy) -> pc.AuthzRule:
@@ -38,7 +38,7 @@ def rule(selection: Selection, policy: model.AccessPolicy) -> pc.AuthzRule:
 
 
 def inbound(selection: Selection, service: model.Service) -> list[pc.InboundPort]:
-    default = selection.default_for(service)
+    default = selection.default()
     ports = []
     for port in sorted(service.spec.ports, key=lambda p: p.port):
         governing = selection.governing.get((service.key, port.name), [])
@@ -46,13 +46,15 @@ def inbound(selection: Selection, service: model.Service) -> list[pc.InboundPort
             (rule(selection, p) for p in governing),
             key=lambda r: (r.action != "DENY", r.policy),
         )
-        ports.append(pc.InboundPort(
-            name=port.name,
-            port=port.port,
-            target_port=port.app_port,
-            protocol=port.protocol,
-            rules=rules,
-            default_action="ALLOW" if default.decision == "allow" else "DENY",
-            default_policy=default.policies[0],
-        ))
+        ports.append(
+            pc.InboundPort(
+                name=port.name,
+                port=port.port,
+                target_port=port.app_port,
+                protocol=port.protocol,
+                rules=rules,
+                default_action="ALLOW" if default.decision == "allow" else "DENY",
+                default_policy=default.policies[0],
+            )
+        )
     return ports

@@ -30,27 +30,36 @@ def discovery_services(service: model.Service) -> list[Object]:
     objects = []
     for subset in [None, *service.spec.subsets]:
         selector = service.pod_selector | (subset.labels if subset else {})
-        objects.append({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {
-                "name": discovery_name(service, subset.name if subset else None),
-                "namespace": service.metadata.namespace,
-                "labels": _labels(service),
-            },
-            "spec": {
-                "clusterIP": "None",
-                "selector": dict(sorted(selector.items())),
-                "ports": [
-                    {"name": p.name, "port": p.app_port, "targetPort": p.app_port, "protocol": "TCP"}
-                    for p in sorted(service.spec.ports, key=lambda p: p.port)
-                ],
-            },
-        })
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": discovery_name(service, subset.name if subset else None),
+                    "namespace": service.metadata.namespace,
+                    "labels": _labels(service),
+                },
+                "spec": {
+                    "clusterIP": "None",
+                    "selector": dict(sorted(selector.items())),
+                    "ports": [
+                        {
+                            "name": p.name,
+                            "port": p.app_port,
+                            "targetPort": p.app_port,
+                            "protocol": "TCP",
+                        }
+                        for p in sorted(service.spec.ports, key=lambda p: p.port)
+                    ],
+                },
+            }
+        )
     return objects
 
 
-def network_policy(mesh: Intent, service: model.Service, inbound: list[Edge], open_to_all: bool) -> Object:
+def network_policy(
+    mesh: Intent, service: model.Service, inbound: list[Edge], open_to_all: bool
+) -> Object:
     """Ingress policy for one service's pods, from the edges that reach it.
 
     `open_to_all` is for a PERMISSIVE mesh whose default admits the service's callers: plaintext
@@ -100,6 +109,10 @@ def _peer_selectors(mesh: Intent, callers: tuple[Any, ...]) -> list[Object]:
             continue
         for name in sorted(by_ns[ns]):
             labels = mesh.services[(ns, name)].pod_selector
-            peers.append({"namespaceSelector": ns_selector,
-                          "podSelector": {"matchLabels": dict(sorted(labels.items()))}})
+            peers.append(
+                {
+                    "namespaceSelector": ns_selector,
+                    "podSelector": {"matchLabels": dict(sorted(labels.items()))},
+                }
+            )
     return peers

@@ -22,7 +22,9 @@ def cluster_name(service: model.Service, port: model.ServicePort, subset: str | 
     return f"{service.ref}:{port.port}" + (f"/{subset}" if subset else "")
 
 
-def cluster(mesh: Intent, service: model.Service, port: model.ServicePort, subset: str | None) -> pc.Cluster:
+def cluster(
+    mesh: Intent, service: model.Service, port: model.ServicePort, subset: str | None
+) -> pc.Cluster:
     ns = service.metadata.namespace
     return pc.Cluster(
         name=cluster_name(service, port, subset),
@@ -46,7 +48,13 @@ def _match(m: model.RouteMatch) -> pc.RouteMatch:
     return pc.RouteMatch(
         path=_string_match(m.path),
         headers=[
-            pc.HeaderMatch(name=h.name.lower(), exact=h.exact, prefix=h.prefix, regex=h.regex, present=h.present)
+            pc.HeaderMatch(
+                name=h.name.lower(),
+                exact=h.exact,
+                prefix=h.prefix,
+                regex=h.regex,
+                present=h.present,
+            )
             for h in m.headers
         ],
         method=m.method,
@@ -56,11 +64,18 @@ def _match(m: model.RouteMatch) -> pc.RouteMatch:
 def _retries(r: model.Retries | None) -> pc.RetryPolicy | None:
     if r is None:
         return None
-    budget = None if r.budget is None else pc.RetryBudget(
-        percent=r.budget.percent, min_retries_per_second=r.budget.min_retries_per_second
+    budget = (
+        None
+        if r.budget is None
+        else pc.RetryBudget(
+            percent=r.budget.percent, min_retries_per_second=r.budget.min_retries_per_second
+        )
     )
     return pc.RetryPolicy(
-        attempts=r.attempts, per_try_timeout_ms=r.per_try_timeout, retry_on=list(r.retry_on), budget=budget
+        attempts=r.attempts,
+        per_try_timeout_ms=r.per_try_timeout,
+        retry_on=list(r.retry_on),
+        budget=budget,
     )
 
 
@@ -71,22 +86,29 @@ def http_routes(
     routes: list[pc.HttpRoute] = []
     if route is not None:
         for i, r in enumerate(route.spec.rules):
-            routes.append(pc.HttpRoute(
-                name=f"{route.ref}#{i}",
-                matches=[_match(m) for m in r.matches if m != model.RouteMatch()],
-                backends=[
-                    pc.WeightedCluster(cluster=cluster_name(service, port, b.subset),
-                                       weight=100 if b.weight is None else b.weight)
-                    for b in r.backends
-                ],
-                timeout_ms=r.timeout,
-                retries=_retries(r.retries),
-            ))
+            routes.append(
+                pc.HttpRoute(
+                    name=f"{route.ref}#{i}",
+                    matches=[_match(m) for m in r.matches if m != model.RouteMatch()],
+                    backends=[
+                        pc.WeightedCluster(
+                            cluster=cluster_name(service, port, b.subset),
+                            weight=100 if b.weight is None else b.weight,
+                        )
+                        for b in r.backends
+                    ],
+                    timeout_ms=r.timeout,
+                    retries=_retries(r.retries),
+                )
+            )
     if not any(not r.matches for r in routes):
-        routes.append(pc.HttpRoute(
-            name="default", matches=[],
-            backends=[pc.WeightedCluster(cluster=cluster_name(service, port), weight=100)],
-        ))
+        routes.append(
+            pc.HttpRoute(
+                name="default",
+                matches=[],
+                backends=[pc.WeightedCluster(cluster=cluster_name(service, port), weight=100)],
+            )
+        )
     subsets: set[str | None] = {None} if routes[-1].name == "default" else set()
     for rule in route.spec.rules if route else ():
         subsets.update(b.subset for b in rule.backends)
@@ -118,9 +140,14 @@ def build(mesh: Intent, table: RouteTable, source: model.Service, edges: list[Ed
             routes, subsets = http_routes(table.get(dest, port), dest, port)
             names = mesh.hostnames(dest)
             same_ns = dest.metadata.namespace == source.metadata.namespace
-            hosts.append(pc.HttpHost(
-                service=dest.ref, hostnames=list(names if same_ns else names[1:]), port=port.port, routes=routes
-            ))
+            hosts.append(
+                pc.HttpHost(
+                    service=dest.ref,
+                    hostnames=list(names if same_ns else names[1:]),
+                    port=port.port,
+                    routes=routes,
+                )
+            )
             for subset in subsets:
                 name = cluster_name(dest, port, subset)
                 clusters.setdefault(name, cluster(mesh, dest, port, subset))
@@ -133,13 +160,22 @@ def build(mesh: Intent, table: RouteTable, source: model.Service, edges: list[Ed
     for ext in mesh.externals:
         if mesh.peers(ext.spec.allowed_from, ext.metadata.namespace).admits(spiffe, ns):
             for p in ext.spec.ports:
-                origination = None if p.tls_origination is None else pc.TlsOrigination(
-                    port=p.tls_origination.port, sni=p.tls_origination.sni or ext.spec.host
+                origination = (
+                    None
+                    if p.tls_origination is None
+                    else pc.TlsOrigination(
+                        port=p.tls_origination.port, sni=p.tls_origination.sni or ext.spec.host
+                    )
                 )
-                egress.append(pc.EgressDestination(
-                    name=ext.ref, host=ext.spec.host, port=p.port, protocol=p.protocol,
-                    tls_origination=origination,
-                ))
+                egress.append(
+                    pc.EgressDestination(
+                        name=ext.ref,
+                        host=ext.spec.host,
+                        port=p.port,
+                        protocol=p.protocol,
+                        tls_origination=origination,
+                    )
+                )
     egress.sort(key=lambda e: (e.host, e.port))
     return pc.Outbound(
         http=hosts, tcp=tcp, egress=egress, clusters=[clusters[k] for k in sorted(clusters)]

@@ -1,11 +1,15 @@
 """Access semantics at the level of intent: may service S call port P of service D, and why.
 
-The rules, in order (the same as Istio's, so they surprise no one):
+The rules, in order:
 1. an AccessPolicy with `action: deny` that governs (D, P), admits S and has no `when` denies;
 2. otherwise an allow policy that governs (D, P) and admits S allows — fully, or for some
    requests only ("conditional") when it has `when` conditions or a conditional deny also applies;
-3. otherwise the default: deny if the Mesh says `defaultPolicy: deny`, or if any allow policy
-   governs D at all (a service with an allow list accepts only what the list admits); else allow.
+3. otherwise the Mesh's `defaultPolicy` decides.
+
+Unlike Istio, an allow policy never turns its service into an allow-list: under
+`defaultPolicy: allow` allow policies change nothing (validation warns), and under `deny` they
+only add. So adding an allow can never take reachability away — a property tests check — and
+what a policy does never depends on which other policies exist.
 
 This module decides from the intent directly. `authz` lowers the same policies into sidecar
 rules independently; tests check that the two agree on every pair, which is what makes
@@ -38,7 +42,6 @@ class Selection:
     def __init__(self, mesh: intent_.Intent) -> None:
         self.intent = mesh
         self.governing: dict[PortKey, list[model.AccessPolicy]] = collections.defaultdict(list)
-        self.allow_listed: set[tuple[str, str]] = set()
         self.peers: dict[str, intent_.Peers] = {}
         self.targets: dict[str, list[tuple[model.Service, model.ServicePort]]] = {}
         for policy in mesh.policies:
@@ -47,42 +50,46 @@ class Selection:
             self.targets[policy.ref] = pairs
             for svc, port in pairs:
                 self.governing[(svc.key, port.name)].append(policy)
-                if policy.spec.action == "allow":
-                    self.allow_listed.add(svc.key)
         mesh_name = mesh.mesh.metadata.name
         self.default_deny = f"Mesh/{mesh_name} defaultPolicy: deny"
         self.default_allow = f"Mesh/{mesh_name} defaultPolicy: allow"
 
-    def default_for(self, service: model.Service) -> Verdict:
+    def default(self) -> Verdict:
         if self.intent.spec.default_policy == "deny":
             return Verdict("deny", (self.default_deny,))
-        if service.key in self.allow_listed:
-            return Verdict("deny", (f"allow-list of {service.ref}",))
         return Verdict("allow", (self.default_allow,))
 
-    def decide(self, source: model.Service, dest: model.Service, port: model.ServicePort) -> Verdict:
+    def decide(
+        self, source: model.Service, dest: model.Service, port: model.ServicePort
+    ) -> Verdict:
         spiffe, ns = self.intent.identity_of(source), source.metadata.namespace
         admitting = [
-            p for p in self.governing.get((dest.key, port.name), ())
+            p
+            for p in self.governing.get((dest.key, port.name), ())
             if self.peers[p.ref].admits(spiffe, ns)
         ]
         denies = [p for p in admitting if p.spec.action == "deny"]
         for p in denies:
             if p.spec.when is None:
                 return Verdict("deny", (p.ref,))
-        allows = [p for p in admitting if p.spec.action == "allow"]
         conditional_denies = tuple(p.ref for p in denies)
-        if allows:
-            full = tuple(p.ref for p in allows if p.spec.when is None)
-            if full and not denies:
-                return Verdict("allow", full)
-            return Verdict("conditional", tuple(p.ref for p in allows) + conditional_denies)
-        default = self.default_for(dest)
-        if default.decision == "allow" and denies:
-            return Verdict("conditional", default.policies + conditional_denies)
-        return default
+        default = self.default()
+        if default.decision == "allow":
+            # Allows add nothing to a default allow; only conditional denies can narrow it.
+            return (
+                Verdict("conditional", default.policies + conditional_denies) if denies else default
+            )
+        allows = [p for p in admitting if p.spec.action == "allow"]
+        if not allows:
+            return default
+        full = tuple(p.ref for p in allows if p.spec.when is None)
+        if full and not denies:
+            return Verdict("allow", full)
+        return Verdict("conditional", tuple(p.ref for p in allows) + conditional_denies)
 
-    def candidates(self, source: model.Service) -> Iterator[tuple[model.Service, model.ServicePort]]:
+    def candidates(
+        self, source: model.Service
+    ) -> Iterator[tuple[model.Service, model.ServicePort]]:
         """Every (service, port) the source might reach: a superset, to be decided one by one.
 
         Under default deny only ports an allow policy admits the source to are candidates, so
@@ -98,11 +105,10 @@ class Selection:
                         yield svc, port
         if self.intent.spec.default_policy == "allow":
             for svc in self.intent.services.values():
-                if svc.key not in self.allow_listed:
-                    for port in svc.spec.ports:
-                        if (svc.key, port.name) not in seen:
-                            seen.add((svc.key, port.name))
-                            yield svc, port
+                for port in svc.spec.ports:
+                    if (svc.key, port.name) not in seen:
+                        seen.add((svc.key, port.name))
+                        yield svc, port
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

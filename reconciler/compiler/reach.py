@@ -35,8 +35,12 @@ class Cell:
         }
 
 
-def matrix(mesh: Intent, selection: Selection | None = None,
-           sources: set[str] | None = None, destinations: set[str] | None = None) -> list[Cell]:
+def matrix(
+    mesh: Intent,
+    selection: Selection | None = None,
+    sources: set[str] | None = None,
+    destinations: set[str] | None = None,
+) -> list[Cell]:
     """Every (source, destination port) pair, optionally filtered by service refs."""
     selection = selection or Selection(mesh)
     cells = []
@@ -47,12 +51,17 @@ def matrix(mesh: Intent, selection: Selection | None = None,
             if destinations and dst.ref not in destinations:
                 continue
             for port in sorted(dst.spec.ports, key=lambda p: p.port):
-                cells.append(Cell(src.ref, dst.ref, port.name, port.port, selection.decide(src, dst, port)))
+                cells.append(
+                    Cell(src.ref, dst.ref, port.name, port.port, selection.decide(src, dst, port))
+                )
     return cells
 
 
 def to_json(mesh: Intent, cells: list[Cell]) -> str:
-    return json.dumps({"revision": mesh.revision, "cells": [c.as_json() for c in cells]}, indent=2) + "\n"
+    return (
+        json.dumps({"revision": mesh.revision, "cells": [c.as_json() for c in cells]}, indent=2)
+        + "\n"
+    )
 
 
 def to_table(mesh: Intent, cells: list[Cell]) -> str:
@@ -67,10 +76,17 @@ def to_table(mesh: Intent, cells: list[Cell]) -> str:
     for src in sources:
         row = [SYMBOLS[by_key[(src, col)].verdict.decision].center(len(col)) for col in columns]
         lines.append(src.ljust(width) + " | " + " | ".join(row))
-    lines += ["", "ALLOW: every request allowed · L7: only requests matching `when` conditions · deny: refused", ""]
+    lines += [
+        "",
+        "ALLOW: every request allowed · L7: only requests matching `when` conditions"
+        " · deny: refused",
+        "",
+    ]
     lines.append("decided by:")
     for c in cells:
         if c.source != c.destination:
-            lines.append(f"  {c.source} -> {c.destination}:{c.port}  "
-                         f"{c.verdict.decision:<11} {', '.join(c.verdict.policies)}")
+            lines.append(
+                f"  {c.source} -> {c.destination}:{c.port}  "
+                f"{c.verdict.decision:<11} {', '.join(c.verdict.policies)}"
+            )
     return "\n".join(lines) + "\n"

@@ -51,7 +51,7 @@ T = TypeVar("T", bound=pydantic.BaseModel)
 
 def _of(kind: type[T], objects: list[pydantic.BaseModel]) -> list[T]:
     found = [o for o in objects if isinstance(o, kind)]
-    return sorted(found, key=lambda o: _sort_name(o))
+    return sorted(found, key=_sort_name)
 
 
 def _sort_name(obj: Any) -> tuple[str, str]:
@@ -60,15 +60,21 @@ def _sort_name(obj: Any) -> tuple[str, str]:
 
 def check(snapshot: files.Snapshot) -> tuple[Intent | None, list[Diagnostic]]:
     """Read and validate a revision; the Intent is None when any error was found."""
-    objects, diagnostics = read(snapshot.files)
+    broken: set[tuple[str, str, str]] = set()
+    objects, diagnostics = read(snapshot.files, broken)
     diagnostics.extend(snapshot.oversized)
     diagnostics.extend(validate.duplicates(objects))
     meshes = [o for o in objects if isinstance(o, Mesh)]
-    diagnostics.extend(validate.meshes(meshes, "."))
+    if not any(kind == "Mesh" for kind, _, _ in broken):  # an invalid Mesh has its own error
+        diagnostics.extend(validate.meshes(meshes, "<repository>"))
     # Later checks run even without a (valid) Mesh, against the defaults, so one run reports
     # every problem; the revision is refused anyway.
-    mesh = meshes[0] if meshes else Mesh.model_validate(
-        {"apiVersion": model.API_VERSION, "kind": "Mesh", "metadata": {"name": "default"}}
+    mesh = (
+        meshes[0]
+        if meshes
+        else Mesh.model_validate(
+            {"apiVersion": model.API_VERSION, "kind": "Mesh", "metadata": {"name": "default"}}
+        )
     )
     services: dict[tuple[str, str], Service] = {}
     for svc in _of(Service, objects):
@@ -82,9 +88,9 @@ def check(snapshot: files.Snapshot) -> tuple[Intent | None, list[Diagnostic]]:
         externals=tuple(_of(ExternalService, objects)),
     )
     diagnostics.extend(validate.services(intent))
-    diagnostics.extend(validate.policies(intent))
+    diagnostics.extend(validate.policies(intent, frozenset(broken)))
     diagnostics.extend(validate.routes(intent))
-    diagnostics.extend(validate.externals(intent))
+    diagnostics.extend(validate.externals(intent, frozenset(broken)))
     diagnostics.extend(validate.gateways(_of(Gateway, objects)))
     diagnostics.sort(key=sort_key)
     return (None if has_errors(diagnostics) else intent), diagnostics

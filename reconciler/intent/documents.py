@@ -59,7 +59,7 @@ class YamlInputError(Exception):
         self.message, self.mark, self.hint = message, mark, hint
 
 
-class _Loader(yaml.CSafeLoader):  # type: ignore[misc]  # CSafeLoader is untyped
+class _Loader(yaml.CSafeLoader):
     yaml_constructors: ClassVar[dict[Any, Any]] = dict(yaml.CSafeLoader.yaml_constructors)
 
 
@@ -69,7 +69,8 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[LocatedD
     for key_node, value_node in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":
             raise YamlInputError(
-                "YAML merge keys (<<) are not supported in intent", _mark(key_node),
+                "YAML merge keys (<<) are not supported in intent",
+                _mark(key_node),
                 "write the fields out; merges hide what a policy really says",
             )
         key = loader.construct_object(key_node, deep=False)
@@ -127,7 +128,8 @@ def _check_size(root: LocatedDict, start: Mark) -> None:
         in_progress.discard(key)
         if total > MAX_NODES:
             raise YamlInputError(
-                f"document expands to more than {MAX_NODES} values (an alias bomb?)", mark,
+                f"document expands to more than {MAX_NODES} values (an alias bomb?)",
+                mark,
                 "intent has no need for YAML anchors that deep",
             )
         expanded[key] = total
@@ -158,12 +160,16 @@ def parse(source: IntentFile) -> tuple[list[Document], list[Diagnostic]]:
         try:
             while loader.check_node():
                 node = loader.get_node()
+                if node is None:
+                    continue
                 body = loader.construct_document(node)
                 start = _mark(node)
                 if body is None:
                     continue
                 if not isinstance(body, LocatedDict):
-                    raise YamlInputError("a document must be a mapping with apiVersion and kind", start)
+                    raise YamlInputError(
+                        "a document must be a mapping with apiVersion and kind", start
+                    )
                 _check_size(body, start)
                 documents.append(Document(source.path, body))
         finally:

@@ -83,11 +83,14 @@ def from_directory(root: Path) -> Snapshot:
     return Snapshot(content_revision(snapshot), snapshot, tuple(oversized))
 
 
-def _walk_tree(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str) -> Iterator[tuple[str, pygit2.Object]]:
+def _walk_tree(
+    repo: pygit2.Repository, tree: pygit2.Tree, prefix: str
+) -> Iterator[tuple[str, pygit2.Object]]:
     for entry in tree:
-        path = f"{prefix}{entry.name}"
+        name = entry.name or ""
+        path = f"{prefix}{name}"
         if entry.type_str == "tree":
-            if not entry.name.startswith("."):
+            if not name.startswith("."):
                 yield from _walk_tree(repo, repo[entry.id].peel(pygit2.Tree), f"{path}/")
         elif entry.type_str == "blob":
             yield path, repo[entry.id]

@@ -39,20 +39,20 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
 
 
 def locate(body: LocatedDict, loc: Loc, *, key: bool = False) -> Mark:
-    """The mark of the value at `loc` (or of its key), or of the deepest part that exists."""
+    """The mark of the value at `loc`, or with `key` of its key (for a problem with a whole
+    block); when `loc` goes deeper than the document, the deepest part that exists."""
     node: Any = body
-    mark = body.mark
-    for i, part in enumerate(loc):
-        last = i == len(loc) - 1
+    mark = key_mark = body.mark
+    for part in loc:
         if isinstance(node, LocatedDict) and isinstance(part, str) and part in node:
-            mark = node.key_marks[part] if (key and last) else node.value_marks[part]
+            mark, key_mark = node.value_marks[part], node.key_marks[part]
             node = node[part]
         elif isinstance(node, LocatedList) and isinstance(part, int) and 0 <= part < len(node):
-            mark = node.item_marks[part]
+            mark = key_mark = node.item_marks[part]
             node = node[part]
         else:
             break
-    return mark
+    return key_mark if key else mark
 
 
 def loc_text(loc: Sequence[int | str]) -> str:
@@ -119,9 +119,24 @@ _TYPE_WORDS = {
 }
 
 
+_BOUNDS = {
+    "less_than_equal": "at most",
+    "greater_than_equal": "at least",
+    "less_than": "less than",
+    "greater_than": "more than",
+}
+
+
 def _describe(value: Any) -> str:
-    kind = {dict: "a mapping", list: "a list", bool: "a boolean", int: "an integer", str: "a string",
-            float: "a number", type(None): "null"}
+    kind = {
+        dict: "a mapping",
+        list: "a list",
+        bool: "a boolean",
+        int: "an integer",
+        str: "a string",
+        float: "a number",
+        type(None): "null",
+    }
     for tp, word in kind.items():
         if isinstance(value, tp):
             shown = "" if tp in (dict, list, type(None)) else f" {value!r}"
@@ -129,9 +144,7 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def _diagnostic(
-    doc: documents.Document, cls: type[pydantic.BaseModel], error: Any
-) -> Diagnostic:
+def _diagnostic(doc: documents.Document, cls: type[pydantic.BaseModel], error: Any) -> Diagnostic:
     loc: Loc = tuple(p for p in error["loc"] if not _is_union_tag(p))
     kind = error["type"]
     where = loc_text(loc)
@@ -144,12 +157,15 @@ def _diagnostic(
             f"valid fields here: {', '.join(valid)}" if valid else None
         )
         return Diagnostic(
-            doc.position(locate(doc.body, loc, key=True)), Severity.ERROR,
-            f"unknown field {where!r}", hint,
+            doc.position(locate(doc.body, loc, key=True)),
+            Severity.ERROR,
+            f"unknown field {where!r}",
+            hint,
         )
     if kind == "missing":
         return Diagnostic(
-            doc.position(locate(doc.body, loc[:-1])), Severity.ERROR,
+            doc.position(locate(doc.body, loc[:-1])),
+            Severity.ERROR,
             f"missing required field {where!r}",
         )
     mark = locate(doc.body, loc)
@@ -163,9 +179,14 @@ def _diagnostic(
         message = f"{where}: expected {_TYPE_WORDS[kind]}, got {_describe(error['input'])}"
     elif kind == "string_pattern_mismatch":
         message = f"{where}: {error['input']!r} is not a valid {_pattern_name(loc)}"
+    elif kind in _BOUNDS:
+        word, bound = _BOUNDS[kind], next(iter(error["ctx"].values()))
+        message = f"{where}: {error['input']!r} is out of range (must be {word} {bound})"
     elif kind == "value_error":
-        message = f"{where}: {error['msg'].removeprefix('Value error, ')}" if where else (
-            error["msg"].removeprefix("Value error, ")
+        message = (
+            f"{where}: {error['msg'].removeprefix('Value error, ')}"
+            if where
+            else (error["msg"].removeprefix("Value error, "))
         )
     else:
         message = f"{where}: {error['msg'][0].lower()}{error['msg'][1:]}"
@@ -198,29 +219,42 @@ def _pattern_name(loc: Loc) -> str:
     return names.get(field, f"{field} value")
 
 
-def validate_document(doc: documents.Document) -> tuple[pydantic.BaseModel | None, list[Diagnostic]]:
+def validate_document(
+    doc: documents.Document,
+) -> tuple[pydantic.BaseModel | None, list[Diagnostic]]:
     """Check one document's envelope and schema; return the typed object or its diagnostics."""
     body = doc.body
     api_version = body.get("apiVersion")
     if api_version != model.API_VERSION:
         mark = locate(body, ("apiVersion",)) if "apiVersion" in body else body.mark
         got = "missing" if api_version is None else repr(api_version)
-        return None, [Diagnostic(
-            doc.position(mark), Severity.ERROR,
-            f"apiVersion is {got}; every document in a Weft repository must be {model.API_VERSION}",
-            "keep other tools' YAML in a folder whose name starts with '.'",
-        )]
+        ours = isinstance(api_version, str) and api_version.startswith("weft.dev/")
+        return None, [
+            Diagnostic(
+                doc.position(mark),
+                Severity.ERROR,
+                f"apiVersion is {got}; every document in a Weft repository "
+                f"must be {model.API_VERSION}",
+                f"did you mean {model.API_VERSION!r}?"
+                if ours
+                else "keep other tools' YAML in a folder whose name starts with '.'",
+            )
+        ]
     kind = body.get("kind")
     cls = model.KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         mark = locate(body, ("kind",)) if "kind" in body else body.mark
         hint = did_you_mean(kind, model.KINDS) if isinstance(kind, str) else None
-        return None, [Diagnostic(
-            doc.position(mark), Severity.ERROR,
-            f"unknown kind {kind!r}; Weft kinds are {', '.join(model.KINDS)}"
-            if kind is not None else "missing required field 'kind'",
-            hint,
-        )]
+        return None, [
+            Diagnostic(
+                doc.position(mark),
+                Severity.ERROR,
+                f"unknown kind {kind!r}; Weft kinds are {', '.join(model.KINDS)}"
+                if kind is not None
+                else "missing required field 'kind'",
+                hint,
+            )
+        ]
     try:
         obj = cls.model_validate(body)
     except pydantic.ValidationError as e:
@@ -229,7 +263,24 @@ def validate_document(doc: documents.Document) -> tuple[pydantic.BaseModel | Non
     return obj, []
 
 
-def read(files: Iterable[IntentFile]) -> tuple[list[pydantic.BaseModel], list[Diagnostic]]:
+def declared_name(doc: documents.Document) -> tuple[str, str, str] | None:
+    """(kind, namespace, name) of a document as written, even if it failed validation."""
+    meta = doc.body.get("metadata")
+    kind = doc.body.get("kind")
+    if isinstance(meta, dict) and isinstance(kind, str) and isinstance(meta.get("name"), str):
+        ns = meta.get("namespace")
+        return (kind, ns if isinstance(ns, str) else "", meta["name"])
+    return None
+
+
+def read(
+    files: Iterable[IntentFile], broken: set[tuple[str, str, str]] | None = None
+) -> tuple[list[pydantic.BaseModel], list[Diagnostic]]:
+    """Every valid document, and a diagnostic for every problem.
+
+    `broken` collects (kind, namespace, name) of documents that were refused, so later checks
+    can leave out "unknown service" errors that are only echoes of the real one.
+    """
     objects: list[pydantic.BaseModel] = []
     diagnostics: list[Diagnostic] = []
     for f in files:
@@ -240,6 +291,8 @@ def read(files: Iterable[IntentFile]) -> tuple[list[pydantic.BaseModel], list[Di
             diagnostics.extend(problems)
             if obj is not None:
                 objects.append(obj)
+            elif broken is not None and (name := declared_name(doc)) is not None:
+                broken.add(name)
     return objects, diagnostics
 
 

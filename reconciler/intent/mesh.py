@@ -68,7 +68,12 @@ class Intent:
     def hostnames(self, service: model.Service) -> tuple[str, ...]:
         """Every name a caller may use for a service, shortest first (Kubernetes DNS forms)."""
         name, ns = service.metadata.name, service.metadata.namespace
-        return (name, f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.{self.spec.cluster_domain}")
+        return (
+            name,
+            f"{name}.{ns}",
+            f"{name}.{ns}.svc",
+            f"{name}.{ns}.svc.{self.spec.cluster_domain}",
+        )
 
     def resolve_host(self, host: str, namespace: str) -> model.Service | None:
         """The service a Route host names, from a document in `namespace`."""
@@ -101,14 +106,16 @@ class Intent:
         """The (service, port) pairs an AccessPolicy governs."""
         ns = policy.metadata.namespace
         names = policy.spec.to.services
-        chosen = self.services_in(ns) if names is None else [
-            s for n in names if (s := self.services.get((ns, n))) is not None
-        ]
+        chosen = (
+            self.services_in(ns)
+            if names is None
+            else [s for n in names if (s := self.services.get((ns, n))) is not None]
+        )
         pairs = []
         for svc in chosen:
             for port in svc.spec.ports:
                 refs = policy.spec.to.ports
-                if refs is None or any(port.name == r or port.port == r for r in refs):
+                if refs is None or any(r in (port.name, port.port) for r in refs):
                     pairs.append((svc, port))
         return pairs
 

@@ -28,7 +28,11 @@ API_VERSION = "weft.dev/v1alpha1"
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+# An optional DNS-name prefix and "/", then a name of up to 63 characters (Kubernetes rules).
+LABEL_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
 HEADER_NAME = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"
 DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
@@ -55,9 +59,13 @@ _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 def parse_duration(value: Any) -> int:
     """A Go-style duration ("250ms", "2s", "1h30m") in whole milliseconds, always > 0."""
     if not isinstance(value, str):
-        raise ValueError(f"a duration is a string with a unit, like '500ms' or '2s' (got {value!r})")
+        raise ValueError(
+            f"a duration is a string with a unit, like '500ms' or '2s' (got {value!r})"
+        )
     if not re.fullmatch(DURATION, value):
-        raise ValueError(f"{value!r} is not a duration; write it like '500ms', '2s', '1m' or '1h30m'")
+        raise ValueError(
+            f"{value!r} is not a duration; write it like '500ms', '2s', '1m' or '1h30m'"
+        )
     ms = sum(float(n) * _UNIT_MS[unit] for n, unit in _DURATION_PART.findall(value))
     if ms < 1 or ms != int(ms):
         raise ValueError(f"{value!r} must be a whole number of milliseconds, at least 1ms")
@@ -106,6 +114,13 @@ def exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
 
 # ---------------------------------------------------------------- documents
 
+
+class Sourced(Model):
+    """A top-level document; remembers where it was read from, for diagnostics only."""
+
+    _source: Any = PrivateAttr(default=None)
+
+
 class ClusterMetadata(Model):
     name: Name
 
@@ -115,11 +130,11 @@ class Metadata(Model):
     namespace: Name
 
 
-class Document(Model):
+class Document(Sourced):
+    """A namespaced document."""
+
     api_version: Literal["weft.dev/v1alpha1"]
     metadata: Metadata
-    # Where the document was read from; set by the loader, used for diagnostics only.
-    _source: Any = PrivateAttr(default=None)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -132,9 +147,12 @@ class Document(Model):
 
 # ---------------------------------------------------------------- Mesh
 
+
 class Telemetry(Model):
     sampling_percent: Annotated[float, Field(ge=0, le=100)] = 1.0
-    otlp_endpoint: Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+(:[0-9]+)?/?$")] | None = None
+    otlp_endpoint: (
+        Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+(:[0-9]+)?/?$")] | None
+    ) = None
 
 
 class MeshSpec(Model):
@@ -152,12 +170,11 @@ class MeshSpec(Model):
         return self
 
 
-class Mesh(Model):
+class Mesh(Sourced):
     api_version: Literal["weft.dev/v1alpha1"]
     kind: Literal["Mesh"]
     metadata: ClusterMetadata
     spec: MeshSpec = MeshSpec()
-    _source: Any = PrivateAttr(default=None)
 
 
 # ---------------------------------------------------------------- Service
@@ -233,6 +250,7 @@ class Service(Document):
 
 # ---------------------------------------------------------------- AccessPolicy
 
+
 class Source(Model):
     """One kind of caller. Entries of a `from` list are alternatives (any may match)."""
 
@@ -275,6 +293,7 @@ class AccessPolicy(Document):
 
 
 # ---------------------------------------------------------------- Route
+
 
 class StringMatch(Model):
     exact: str | None = None
@@ -322,7 +341,9 @@ class Backend(Model):
     weight: Annotated[int, Field(ge=0, le=100)] | None = None
 
 
-RetryOn = Literal["5xx", "gateway-error", "reset", "connect-failure", "refused-stream", "retriable-4xx"]
+RetryOn = Literal[
+    "5xx", "gateway-error", "reset", "connect-failure", "refused-stream", "retriable-4xx"
+]
 
 
 class RetryBudget(Model):
@@ -333,7 +354,11 @@ class RetryBudget(Model):
 class Retries(Model):
     attempts: Annotated[int, Field(ge=0, le=10)]
     per_try_timeout: Duration | None = None
-    retry_on: Annotated[list[RetryOn], Field(min_length=1)] = ["connect-failure", "refused-stream", "gateway-error"]
+    retry_on: Annotated[list[RetryOn], Field(min_length=1)] = [
+        "connect-failure",
+        "refused-stream",
+        "gateway-error",
+    ]
     budget: RetryBudget | None = None
 
 
@@ -379,6 +404,7 @@ class Route(Document):
 
 # ---------------------------------------------------------------- ExternalService
 
+
 class TlsOrigination(Model):
     port: PortNumber = 443
     sni: DnsName | None = None
@@ -411,6 +437,7 @@ class ExternalService(Document):
 
 # ---------------------------------------------------------------- Gateway
 
+
 class CertificateRef(Model):
     name: Name
     namespace: Name | None = None
@@ -439,7 +466,7 @@ class Gateway(Document):
     spec: GatewaySpec
 
 
-KINDS: dict[str, type[BaseModel]] = {
+KINDS: dict[str, type[Sourced]] = {
     "Mesh": Mesh,
     "Service": Service,
     "AccessPolicy": AccessPolicy,

@@ -22,18 +22,26 @@ from reconciler.intent.mesh import Intent
 HEADLESS_SUFFIX = "-weft"
 
 
-def _error(obj: pydantic.BaseModel, loc: Loc, message: str, hint: str | None = None) -> Diagnostic:
-    return Diagnostic(position_of(obj, loc), Severity.ERROR, message, hint)
+def _error(
+    obj: pydantic.BaseModel, loc: Loc, message: str, hint: str | None = None, *, key: bool = False
+) -> Diagnostic:
+    """An error at the value of `loc`, or at its key (for problems with a whole block)."""
+    return Diagnostic(position_of(obj, loc, key=key), Severity.ERROR, message, hint)
 
 
-def _warning(obj: pydantic.BaseModel, loc: Loc, message: str, hint: str | None = None) -> Diagnostic:
-    return Diagnostic(position_of(obj, loc), Severity.WARNING, message, hint)
+def _warning(
+    obj: pydantic.BaseModel, loc: Loc, message: str, hint: str | None = None, *, key: bool = False
+) -> Diagnostic:
+    return Diagnostic(position_of(obj, loc, key=key), Severity.WARNING, message, hint)
 
 
 def _not_supported(obj: pydantic.BaseModel, loc: Loc, what: str) -> Diagnostic:
     return _error(
-        obj, loc, f"{what} is not supported yet: the data plane cannot enforce it, "
+        obj,
+        loc,
+        f"{what} is not supported yet: the data plane cannot enforce it, "
         "so Weft refuses it rather than ignore it",
+        key=True,
     )
 
 
@@ -51,7 +59,8 @@ def duplicates(objects: list[pydantic.BaseModel]) -> Iterator[Diagnostic]:
         first = seen.setdefault(key, obj)
         if first is not obj:
             yield _error(
-                obj, ("metadata", "name"),
+                obj,
+                ("metadata", "name"),
                 f"duplicate {_kind_name(obj)} (first defined at {position_of(first)})",
             )
 
@@ -59,14 +68,17 @@ def duplicates(objects: list[pydantic.BaseModel]) -> Iterator[Diagnostic]:
 def meshes(found: list[model.Mesh], revision_root: str) -> Iterator[Diagnostic]:
     if not found:
         yield Diagnostic(
-            Position(revision_root), Severity.ERROR,
+            Position(revision_root),
+            Severity.ERROR,
             "no Mesh document: a Weft repository needs exactly one",
             "copy mesh.yaml from mesh-repo-template",
         )
     for extra in found[1:]:
         yield _error(
-            extra, ("kind",),
-            f"more than one Mesh (the first is at {position_of(found[0])}); a repository has exactly one",
+            extra,
+            ("kind",),
+            f"more than one Mesh (the first is at {position_of(found[0])}); "
+            "a repository has exactly one",
         )
 
 
@@ -76,93 +88,162 @@ def services(intent: Intent) -> Iterator[Diagnostic]:
     for svc in intent.services.values():
         name, ns = svc.metadata.name, svc.metadata.namespace
         if len(name) + len(HEADLESS_SUFFIX) > 63:
-            yield _error(svc, ("metadata", "name"), f"service name {name!r} is too long: "
-                         f"its discovery Service {name}{HEADLESS_SUFFIX} must fit in 63 characters")
+            yield _error(
+                svc,
+                ("metadata", "name"),
+                f"service name {name!r} is too long: "
+                f"its discovery Service {name}{HEADLESS_SUFFIX} must fit in 63 characters",
+            )
         for field in ("name", "port", "targetPort"):
             seen: dict[object, int] = {}
             for i, port in enumerate(svc.spec.ports):
                 value = {"name": port.name, "port": port.port, "targetPort": port.app_port}[field]
                 if value in seen:
-                    yield _error(svc, ("spec", "ports", i, field),
-                                 f"spec.ports[{i}].{field}: {value!r} is already used by spec.ports[{seen[value]}]")
+                    yield _error(
+                        svc,
+                        ("spec", "ports", i, field),
+                        f"spec.ports[{i}].{field}: {value!r} is already used by "
+                        f"spec.ports[{seen[value]}]",
+                    )
                 seen.setdefault(value, i)
         subset_seen: set[str] = set()
         for i, subset in enumerate(svc.spec.subsets):
             if subset.name in subset_seen:
-                yield _error(svc, ("spec", "subsets", i, "name"), f"duplicate subset {subset.name!r}")
+                yield _error(
+                    svc, ("spec", "subsets", i, "name"), f"duplicate subset {subset.name!r}"
+                )
             subset_seen.add(subset.name)
             if len(name) + len(subset.name) + 1 + len(HEADLESS_SUFFIX) > 63:
-                yield _error(svc, ("spec", "subsets", i, "name"),
-                             f"subset name {subset.name!r} is too long: its discovery Service "
-                             f"{name}-{subset.name}{HEADLESS_SUFFIX} must fit in 63 characters")
+                yield _error(
+                    svc,
+                    ("spec", "subsets", i, "name"),
+                    f"subset name {subset.name!r} is too long: its discovery Service "
+                    f"{name}-{subset.name}{HEADLESS_SUFFIX} must fit in 63 characters",
+                )
         key = (ns, svc.spec.workload.kind, svc.workload_name)
         other = workloads.setdefault(key, svc)
         if other is not svc:
-            yield _error(svc, ("spec", "workload"),
-                         f"{svc.spec.workload.kind} {ns}/{svc.workload_name} is already meshed by "
-                         f"Service {other.ref} ({position_of(other)})")
+            yield _error(
+                svc,
+                ("spec", "workload"),
+                f"{svc.spec.workload.kind} {ns}/{svc.workload_name} is already meshed by "
+                f"Service {other.ref} ({position_of(other)})",
+            )
         owner = accounts.setdefault((ns, svc.service_account), svc)
         if owner is not svc:
-            yield _warning(svc, ("spec",),
-                           f"service account {ns}/{svc.service_account} is shared with Service "
-                           f"{owner.ref}: both get one identity, and policies cannot tell them apart",
-                           "give each Service its own serviceAccount")
+            yield _warning(
+                svc,
+                ("spec", "serviceAccount") if svc.spec.service_account else ("metadata", "name"),
+                f"service account {ns}/{svc.service_account} is shared with Service "
+                f"{owner.ref}: both get one identity, and policies cannot tell them apart",
+                "give each Service its own serviceAccount",
+            )
 
 
-def sources(intent: Intent, obj: model.Document, sources: list[model.Source], field: str) -> Iterator[Diagnostic]:
-    """References in a `from` / `allowedFrom` list must name things that exist in this mesh."""
+Broken = frozenset[tuple[str, str, str]]  # (kind, namespace, name) of documents refused by schema
+
+
+def sources(
+    intent: Intent, obj: model.Document, sources: list[model.Source], field: str, broken: Broken
+) -> Iterator[Diagnostic]:
+    """References in a `from` / `allowedFrom` list must name things that exist in this mesh.
+
+    A reference to a Service that exists but was refused is not reported again: its own error
+    is the one to fix.
+    """
     ns = obj.metadata.namespace
     known_identities = {intent.identity_of(s) for s in intent.services.values()}
     for i, source in enumerate(sources):
         for j, name in enumerate(source.namespaces or ()):
             if name != "*" and name not in intent.namespaces:
-                yield _error(obj, ("spec", field, i, "namespaces", j),
-                             f"unknown namespace {name!r}: no Service is declared in it",
-                             did_you_mean(name, intent.namespaces))
+                yield _error(
+                    obj,
+                    ("spec", field, i, "namespaces", j),
+                    f"unknown namespace {name!r}: no Service is declared in it",
+                    did_you_mean(name, intent.namespaces),
+                )
         for j, ref in enumerate(source.services or ()):
-            if intent.service(ref, ns) is None:
-                full = ref if "/" in ref else f"{ns}/{ref}"
-                yield _error(obj, ("spec", field, i, "services", j), f"unknown service {full!r}",
-                             did_you_mean(full, (f"{a}/{b}" for a, b in intent.services)))
+            full = ref if "/" in ref else f"{ns}/{ref}"
+            if intent.service(ref, ns) is None and ("Service", *full.split("/")) not in broken:
+                yield _error(
+                    obj,
+                    ("spec", field, i, "services", j),
+                    f"unknown service {full!r}",
+                    did_you_mean(full, (f"{a}/{b}" for a, b in intent.services)),
+                )
         for j, spiffe in enumerate(source.identities or ()):
             domain = spiffe.removeprefix("spiffe://").split("/", 1)[0]
             if domain != intent.spec.trust_domain:
-                yield _error(obj, ("spec", field, i, "identities", j),
-                             f"identity {spiffe!r} is outside the trust domain "
-                             f"{intent.spec.trust_domain!r}: no certificate Weft issues can match it")
+                yield _error(
+                    obj,
+                    ("spec", field, i, "identities", j),
+                    f"identity {spiffe!r} is outside the trust domain "
+                    f"{intent.spec.trust_domain!r}: no certificate Weft issues can match it",
+                )
             elif spiffe not in known_identities:
-                yield _error(obj, ("spec", field, i, "identities", j),
-                             f"no Service runs as {spiffe!r}", did_you_mean(spiffe, known_identities))
+                yield _error(
+                    obj,
+                    ("spec", field, i, "identities", j),
+                    f"no Service runs as {spiffe!r}",
+                    did_you_mean(spiffe, known_identities),
+                )
 
 
-def policies(intent: Intent) -> Iterator[Diagnostic]:
+def policies(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
     for policy in intent.policies:
         ns = policy.metadata.namespace
         spec = policy.spec
         if not intent.services_in(ns):
-            yield _error(policy, ("metadata", "namespace"),
-                         f"namespace {ns!r} has no Services: this policy governs nothing",
-                         did_you_mean(ns, intent.namespaces))
+            yield _error(
+                policy,
+                ("metadata", "namespace"),
+                f"namespace {ns!r} has no Services: this policy governs nothing",
+                did_you_mean(ns, intent.namespaces),
+            )
             continue
         for i, name in enumerate(spec.to.services or ()):
-            if (ns, name) not in intent.services:
-                yield _error(policy, ("spec", "to", "services", i), f"unknown service {ns}/{name}",
-                             did_you_mean(name, (s.metadata.name for s in intent.services_in(ns))))
+            if (ns, name) not in intent.services and ("Service", ns, name) not in broken:
+                yield _error(
+                    policy,
+                    ("spec", "to", "services", i),
+                    f"unknown service {ns}/{name}",
+                    did_you_mean(name, (s.metadata.name for s in intent.services_in(ns))),
+                )
         targeted = intent.targets(policy)
         chosen = {svc.metadata.name for svc, _ in targeted} | set(spec.to.services or ())
         for i, ref in enumerate(spec.to.ports or ()):
             if not any(ref in (p.name, p.port) for svc, p in targeted):
-                ports = sorted({p.name for n in chosen for p in intent.services[(ns, n)].spec.ports})
-                yield _error(policy, ("spec", "to", "ports", i),
-                             f"no targeted service has port {ref!r}", did_you_mean(str(ref), ports))
+                ports = sorted(
+                    {p.name for n in chosen for p in intent.services[(ns, n)].spec.ports}
+                )
+                yield _error(
+                    policy,
+                    ("spec", "to", "ports", i),
+                    f"no targeted service has port {ref!r}",
+                    did_you_mean(str(ref), ports),
+                )
         if spec.when is not None:
             for svc, port in targeted:
                 if not port.is_http:
-                    yield _error(policy, ("spec", "when"),
-                                 f"`when` conditions are HTTP-only and can never match tcp port "
-                                 f"{port.name} of {svc.ref}", "narrow spec.to.ports to HTTP ports")
+                    yield _error(
+                        policy,
+                        ("spec", "when"),
+                        f"`when` conditions are HTTP-only and can never match tcp port "
+                        f"{port.name} of {svc.ref}",
+                        "narrow spec.to.ports to HTTP ports",
+                        key=True,
+                    )
                     break
-        yield from sources(intent, policy, spec.from_, "from")
+        yield from sources(intent, policy, spec.from_, "from", broken)
+        if spec.action == "allow" and intent.spec.default_policy == "allow":
+            yield _warning(
+                policy,
+                ("spec", "action"),
+                key=True,
+                message="this allow has no effect: the Mesh's defaultPolicy is allow, so every "
+                "call no deny policy refuses is already allowed",
+                hint="set defaultPolicy: deny in the Mesh to make allow policies count",
+            )
     yield from shadowed_allows(intent)
 
 
@@ -188,9 +269,12 @@ def shadowed_allows(intent: Intent) -> Iterator[Diagnostic]:
             blocked = intent.peers(deny.spec.from_, deny.metadata.namespace)
             covered = {(s.key, p.name) for s, p in intent.targets(deny)}
             if pairs <= covered and all(blocked.admits(*c) for c in who):
-                yield _error(allow, ("spec", "from"),
-                             f"this allow can never match: deny policy {deny.ref} "
-                             f"({position_of(deny)}) blocks every caller it admits")
+                yield _error(
+                    allow,
+                    ("spec", "from"),
+                    f"this allow can never match: deny policy {deny.ref} "
+                    f"({position_of(deny)}) blocks every caller it admits",
+                )
                 break
 
 
@@ -214,25 +298,39 @@ def routes(intent: Intent) -> Iterator[Diagnostic]:
         svc = intent.resolve_host(spec.host, ns)
         if svc is None:
             names = [h for s in intent.services.values() for h in intent.hostnames(s)[:2]]
-            yield _error(route, ("spec", "host"), f"host {spec.host!r} is not a Service of this mesh",
-                         did_you_mean(spec.host, names))
+            yield _error(
+                route,
+                ("spec", "host"),
+                f"host {spec.host!r} is not a Service of this mesh",
+                did_you_mean(spec.host, names),
+            )
             continue
         ports = intent.route_ports(route, svc)
         if spec.port is not None and not ports:
             found = svc.port(spec.port)
-            yield _error(route, ("spec", "port"),
-                         f"{svc.ref} has no port {spec.port!r}" if found is None else
-                         f"port {spec.port!r} of {svc.ref} is tcp; Routes apply to HTTP ports",
-                         did_you_mean(str(spec.port), [p.name for p in svc.spec.ports]))
+            yield _error(
+                route,
+                ("spec", "port"),
+                f"{svc.ref} has no port {spec.port!r}"
+                if found is None
+                else f"port {spec.port!r} of {svc.ref} is tcp; Routes apply to HTTP ports",
+                did_you_mean(str(spec.port), [p.name for p in svc.spec.ports]),
+            )
         elif not ports:
-            yield _error(route, ("spec", "host"), f"{svc.ref} has no HTTP port for a Route to apply to")
+            yield _error(
+                route, ("spec", "host"), f"{svc.ref} has no HTTP port for a Route to apply to"
+            )
         for port in ports:
             other = claimed.setdefault((svc.key, port.port), route)
             if other is not route:
-                yield _error(route, ("spec", "host"),
-                             f"Route {other.ref} ({position_of(other)}) already routes {svc.ref} "
-                             f"port {port.name}: two Routes for one host and port leave the order "
-                             "of their rules undefined", "merge the rules into one Route")
+                yield _error(
+                    route,
+                    ("spec", "host"),
+                    f"Route {other.ref} ({position_of(other)}) already routes {svc.ref} "
+                    f"port {port.name}: two Routes for one host and port leave the order "
+                    "of their rules undefined",
+                    "merge the rules into one Route",
+                )
         yield from _route_rules(intent, route, svc)
 
 
@@ -242,13 +340,21 @@ def _route_rules(intent: Intent, route: model.Route, svc: model.Service) -> Iter
     for r, rule in enumerate(route.spec.rules):
         at: Loc = ("spec", "rules", r)
         if catch_all is not None:
-            yield _error(route, (*at,), f"rule {r} can never match: rule {catch_all} above "
-                         "matches every request", "put the catch-all rule last")
+            yield _error(
+                route,
+                (*at,),
+                f"spec.rules[{r}] can never match: spec.rules[{catch_all}] above matches "
+                "every request",
+                "put the catch-all rule last",
+            )
         for m, match in enumerate(rule.matches):
             key = _match_key(match)
             if key in seen:
-                yield _error(route, (*at, "matches", m),
-                             f"this match can never apply: rule {seen[key]} has the same match above")
+                yield _error(
+                    route,
+                    (*at, "matches", m),
+                    f"this match can never apply: spec.rules[{seen[key]}] has the same match above",
+                )
             seen.setdefault(key, r)
             if match == model.RouteMatch():
                 catch_all = r if catch_all is None else catch_all
@@ -260,23 +366,36 @@ def _route_rules(intent: Intent, route: model.Route, svc: model.Service) -> Iter
             catch_all = r
         yield from _backends(route, svc, rule, at)
         retries = rule.retries
-        if (retries and retries.attempts and retries.per_try_timeout and rule.timeout
-                and retries.per_try_timeout >= rule.timeout):
-            yield _error(route, (*at, "retries", "perTryTimeout"),
-                         "perTryTimeout is not shorter than the rule's timeout: a retry can never happen")
+        if (
+            retries
+            and retries.attempts
+            and retries.per_try_timeout
+            and rule.timeout
+            and retries.per_try_timeout >= rule.timeout
+        ):
+            yield _error(
+                route,
+                (*at, "retries", "perTryTimeout"),
+                "perTryTimeout is not shorter than the rule's timeout: a retry can never happen",
+            )
         if rule.mirror is not None:
             yield _not_supported(route, (*at, "mirror"), "traffic mirroring")
         if rule.fault is not None:
             yield _not_supported(route, (*at, "fault"), "fault injection")
 
 
-def _backends(route: model.Route, svc: model.Service, rule: model.RouteRule, at: Loc) -> Iterator[Diagnostic]:
+def _backends(
+    route: model.Route, svc: model.Service, rule: model.RouteRule, at: Loc
+) -> Iterator[Diagnostic]:
     seen: set[str | None] = set()
     for b, backend in enumerate(rule.backends):
         if backend.subset is not None and svc.subset(backend.subset) is None:
-            yield _error(route, (*at, "backends", b, "subset"),
-                         f"{svc.ref} has no subset {backend.subset!r}",
-                         did_you_mean(backend.subset, [s.name for s in svc.spec.subsets]))
+            yield _error(
+                route,
+                (*at, "backends", b, "subset"),
+                f"{svc.ref} has no subset {backend.subset!r}",
+                did_you_mean(backend.subset, [s.name for s in svc.spec.subsets]),
+            )
         if backend.subset in seen:
             yield _error(route, (*at, "backends", b), "the same backend is listed twice")
         seen.add(backend.subset)
@@ -285,30 +404,45 @@ def _backends(route: model.Route, svc: model.Service, rule: model.RouteRule, at:
         return
     if any(w is None for w in weights):
         missing = weights.index(None)
-        yield _error(route, (*at, "backends", missing), "with several backends every one needs a weight")
+        yield _error(
+            route, (*at, "backends", missing), "with several backends every one needs a weight"
+        )
         return
     total = sum(w or 0 for w in weights)
     if total != 100:
-        yield _error(route, (*at, "backends"), f"backend weights sum to {total}; they must sum to 100")
+        yield _error(
+            route, (*at, "backends"), f"backend weights sum to {total}; they must sum to 100"
+        )
 
 
-def externals(intent: Intent) -> Iterator[Diagnostic]:
+def externals(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
     mesh_hosts = {h for s in intent.services.values() for h in intent.hostnames(s)[1:]}
     claimed: dict[tuple[str, int], model.ExternalService] = {}
     for ext in intent.externals:
         spec = ext.spec
         if spec.host in mesh_hosts:
-            yield _error(ext, ("spec", "host"), f"{spec.host!r} is a mesh Service, not an external one")
+            yield _error(
+                ext, ("spec", "host"), f"{spec.host!r} is a mesh Service, not an external one"
+            )
         for i, port in enumerate(spec.ports):
             other = claimed.setdefault((spec.host, port.port), ext)
             if other is not ext:
-                yield _error(ext, ("spec", "ports", i, "port"),
-                             f"{spec.host}:{port.port} is already declared by ExternalService "
-                             f"{other.ref} ({position_of(other)})")
-        yield from sources(intent, ext, spec.allowed_from, "allowedFrom")
+                yield _error(
+                    ext,
+                    ("spec", "ports", i, "port"),
+                    f"{spec.host}:{port.port} is already declared by ExternalService "
+                    f"{other.ref} ({position_of(other)})",
+                )
+        yield from sources(intent, ext, spec.allowed_from, "allowedFrom", broken)
         if not spec.allowed_from:
-            yield _warning(ext, ("spec",), f"no source may use ExternalService {ext.ref}",
-                           "add spec.allowedFrom")
+            yield _warning(
+                ext,
+                ("spec", "allowedFrom")
+                if "allowed_from" in ext.spec.model_fields_set
+                else ("metadata", "name"),
+                f"no source may use ExternalService {ext.ref}",
+                "add spec.allowedFrom",
+            )
 
 
 def gateways(found: list[model.Gateway]) -> Iterator[Diagnostic]:

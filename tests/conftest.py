@@ -1,0 +1,42 @@
+"""Shared fixtures: the template repository and small helpers to write intent on the fly."""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from reconciler import intent
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "mesh-repo-template"
+
+MESH = """\
+apiVersion: weft.dev/v1alpha1
+kind: Mesh
+metadata: {name: mesh}
+spec: {trustDomain: test.local}
+"""
+
+
+@pytest.fixture
+def template() -> Path:
+    return TEMPLATE
+
+
+def write_repo(root: Path, files: dict[str, str]) -> Path:
+    """Write a small intent repository; text is dedented so tests can indent YAML inline."""
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return root
+
+
+def load(root: Path, revision: str | None = None) -> intent.Intent:
+    snapshot = intent.files.from_directory(root)
+    if revision is not None:
+        snapshot = dataclasses.replace(snapshot, revision=revision)
+    return intent.load(snapshot)
