@@ -51,6 +51,7 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
         for edge in edges_by_source[key]:
             inbound_edges[edge.dest.key].append(edge)
         configs[key] = pc.ProxyConfig(
+            schema_version=pc.SCHEMA_VERSION,
             revision=mesh.revision,
             trust_domain=mesh.spec.trust_domain,
             mtls=mesh.spec.mtls,

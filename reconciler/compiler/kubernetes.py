@@ -2,8 +2,10 @@
 
 These are the compiler's output for a cluster, pure data (dicts in the shape the API takes).
 NetworkPolicies are L3/L4 defence in depth derived from the same access decisions the sidecars
-enforce: a pod port admits exactly the pods of services that may reach it (by namespace when a
-whole namespace may), so a compromised sidecar still cannot open a connection policy forbids.
+enforce: a pod port admits the pods of services that may reach it, so a compromised sidecar
+still cannot open a connection policy forbids. When every service of a namespace may call, the
+whole namespace is admitted with one selector; its unmeshed pods then pass L3, and in STRICT
+mode the sidecar still refuses them for want of a certificate.
 """
 
 from __future__ import annotations

@@ -89,7 +89,10 @@ def http_routes(
             routes.append(
                 pc.HttpRoute(
                     name=f"{route.ref}#{i}",
-                    matches=[_match(m) for m in r.matches if m != model.RouteMatch()],
+                    # an empty match ({}) matches every request, and so does the whole rule
+                    matches=[]
+                    if model.RouteMatch() in r.matches
+                    else [_match(m) for m in r.matches],
                     backends=[
                         pc.WeightedCluster(
                             cluster=cluster_name(service, port, b.subset),

@@ -170,7 +170,7 @@ class Telemetry(Contract):
 
 
 class ProxyConfig(Contract):
-    schema_version: Literal["weft.dev/proxyconfig/v1"] = SCHEMA_VERSION
+    schema_version: Literal["weft.dev/proxyconfig/v1"]
     revision: str
     trust_domain: str
     mtls: Literal["STRICT", "PERMISSIVE"]

@@ -88,6 +88,7 @@ def check(snapshot: files.Snapshot) -> tuple[Intent | None, list[Diagnostic]]:
         externals=tuple(_of(ExternalService, objects)),
     )
     diagnostics.extend(validate.services(intent))
+    diagnostics.extend(validate.discovery_names(intent))
     diagnostics.extend(validate.policies(intent, frozenset(broken)))
     diagnostics.extend(validate.routes(intent))
     diagnostics.extend(validate.externals(intent, frozenset(broken)))

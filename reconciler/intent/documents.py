@@ -18,7 +18,7 @@ import yaml
 from reconciler.intent.diagnostics import Diagnostic, Position, Severity
 from reconciler.intent.files import IntentFile
 
-# A node budget per file, counting every visit through an alias: real intent files hold a few
+# A node budget per document, counting every visit through an alias: real intent files hold a few
 # hundred thousand nodes at most, a billion-laughs file claims 10^9.
 MAX_NODES = 2_000_000
 MAX_DEPTH = 64

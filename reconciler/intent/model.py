@@ -41,6 +41,14 @@ SPIFFE_ID = r"^spiffe://[a-z0-9._-]+/ns/[a-z0-9-]+/sa/[a-z0-9.-]+$"
 SERVICE_REF = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 Name = Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=63)]
+# Kubernetes Service names (and so Weft Service and subset names) must start with a letter.
+ServiceName = Annotated[
+    str, StringConstraints(pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+]
+# Kubernetes port names: at most 15 characters, at least one letter (IANA service names).
+PortName = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=15)
+]
 DnsName = Annotated[str, StringConstraints(pattern=DNS_NAME, max_length=253)]
 PortNumber = Annotated[int, Field(ge=1, le=65535)]
 PortRef = PortNumber | Name  # a port by number or by its name on the service
@@ -182,8 +190,14 @@ class Mesh(Sourced):
 Protocol = Literal["http", "http2", "grpc", "tcp"]
 
 
+def _has_letter(value: str) -> str:
+    if not any(c.isalpha() for c in value):
+        raise ValueError(f"port name {value!r} needs at least one letter")
+    return value
+
+
 class ServicePort(Model):
-    name: Name
+    name: Annotated[PortName, AfterValidator(_has_letter)]
     port: PortNumber
     target_port: PortNumber | None = None
     protocol: Protocol = "http"
@@ -204,7 +218,7 @@ class Workload(Model):
 
 
 class Subset(Model):
-    name: Name
+    name: ServiceName
     labels: Annotated[LabelMap, Field(min_length=1)]
 
 
@@ -222,8 +236,13 @@ class ServiceSpec(Model):
     local: LocalRun | None = None
 
 
+class ServiceMetadata(Metadata):
+    name: ServiceName
+
+
 class Service(Document):
     kind: Literal["Service"]
+    metadata: ServiceMetadata
     spec: ServiceSpec
 
     @property

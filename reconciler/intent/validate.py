@@ -120,6 +120,14 @@ def services(intent: Intent) -> Iterator[Diagnostic]:
                     f"subset name {subset.name!r} is too long: its discovery Service "
                     f"{name}-{subset.name}{HEADLESS_SUFFIX} must fit in 63 characters",
                 )
+        for i, subset in enumerate(svc.spec.subsets):
+            for label in sorted(subset.labels.keys() & svc.pod_selector.keys()):
+                yield _error(
+                    svc,
+                    ("spec", "subsets", i, "labels", label),
+                    f"subset label {label!r} is already in the workload's podSelector: a subset "
+                    "narrows the service's pods, it cannot select others",
+                )
         key = (ns, svc.spec.workload.kind, svc.workload_name)
         other = workloads.setdefault(key, svc)
         if other is not svc:
@@ -141,6 +149,27 @@ def services(intent: Intent) -> Iterator[Diagnostic]:
 
 
 Broken = frozenset[tuple[str, str, str]]  # (kind, namespace, name) of documents refused by schema
+
+
+def discovery_names(intent: Intent) -> Iterator[Diagnostic]:
+    """Two Services must not need the same discovery Service (`api` + subset `v1` vs `api-v1`)."""
+    owners: dict[tuple[str, str], tuple[model.Service, Loc]] = {}
+    for svc in intent.services.values():
+        names: list[tuple[str, Loc]] = [(svc.metadata.name + HEADLESS_SUFFIX, ("metadata", "name"))]
+        names += [
+            (f"{svc.metadata.name}-{s.name}{HEADLESS_SUFFIX}", ("spec", "subsets", i, "name"))
+            for i, s in enumerate(svc.spec.subsets)
+        ]
+        for name, loc in names:
+            first, _ = owners.setdefault((svc.metadata.namespace, name), (svc, loc))
+            if first is not svc:
+                yield _error(
+                    svc,
+                    loc,
+                    f"discovery Service {svc.metadata.namespace}/{name} is also needed by "
+                    f"{first.ref} ({position_of(first)})",
+                    "rename the service or the subset",
+                )
 
 
 def sources(
@@ -210,7 +239,8 @@ def policies(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
                     did_you_mean(name, (s.metadata.name for s in intent.services_in(ns))),
                 )
         targeted = intent.targets(policy)
-        chosen = {svc.metadata.name for svc, _ in targeted} | set(spec.to.services or ())
+        chosen = {n for n in spec.to.services or () if (ns, n) in intent.services}
+        chosen |= {svc.metadata.name for svc, _ in targeted}
         for i, ref in enumerate(spec.to.ports or ()):
             if not any(ref in (p.name, p.port) for svc, p in targeted):
                 ports = sorted(
@@ -425,6 +455,9 @@ def externals(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
                 ext, ("spec", "host"), f"{spec.host!r} is a mesh Service, not an external one"
             )
         for i, port in enumerate(spec.ports):
+            if any(p.port == port.port for p in spec.ports[:i]):
+                yield _error(ext, ("spec", "ports", i, "port"), f"port {port.port} is listed twice")
+                continue
             other = claimed.setdefault((spec.host, port.port), ext)
             if other is not ext:
                 yield _error(
