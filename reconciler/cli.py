@@ -41,7 +41,7 @@ def _load(args: argparse.Namespace) -> intent.Intent | None:
     except intent.IntentError as e:
         _print_diagnostics(e.diagnostics, ".")
         return None
-    _print_diagnostics(diagnostics, "" if args.ref else args.path)
+    _print_diagnostics(diagnostics, args.path)
     return mesh
 
 
@@ -52,7 +52,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except intent.IntentError as e:
         _print_diagnostics(e.diagnostics, ".")
         return 1
-    root = "" if args.ref else args.path
+    root = args.path
     if args.json:
         print(
             json.dumps(
@@ -122,7 +122,7 @@ def parser() -> argparse.ArgumentParser:
 
     def intent_command(name: str, help_text: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_text)
-        c.add_argument("path", help="intent directory, or a git repository with --ref")
+        c.add_argument("path", help="intent directory (with --ref: a folder of a git repository)")
         c.add_argument("--ref", help="read the intent at this branch, tag or commit of a git repo")
         return c
 

@@ -62,7 +62,7 @@ def test_a_broken_commit_is_reported_with_repository_paths(
     assert cli.main(["validate", str(repo), "--ref", "HEAD"]) == 1
     err = capsys.readouterr().err
     assert err.splitlines()[0] == (
-        "c/services.yaml:20:13: error: spec.ports[0].port: "
+        f"{repo}/c/services.yaml:20:13: error: spec.ports[0].port: "
         "99999 is out of range (must be at most 65535)"
     )
     # c/db exists, broken: policies that name it must not also claim it is unknown
@@ -87,3 +87,21 @@ def test_hidden_folders_and_other_files_are_not_intent(repo: Path) -> None:
     snapshot = intent.files.from_git(repo, "main")
     assert all(not f.path.startswith(".") for f in snapshot.files)
     assert intent.load(snapshot)
+
+
+def test_a_folder_inside_a_repository_is_read_alone(repo: Path, tmp_path: Path) -> None:
+    (repo / "unrelated").mkdir()
+    (repo / "unrelated" / "compose.yaml").write_text("services: {}\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "an unrelated folder")
+    snapshot = intent.files.from_git(repo / "b", "main")
+    assert sorted(f.path for f in snapshot.files) == [
+        "external.yaml",
+        "policies.yaml",
+        "routes.yaml",
+        "services.yaml",
+    ]
+    with pytest.raises(intent.IntentError, match="'nope' is not a folder at 'main'"):
+        intent.files.from_git(repo / "nope", "main")
+    with pytest.raises(intent.IntentError, match="not inside a git repository"):
+        intent.files.from_git(tmp_path / "elsewhere", "main")

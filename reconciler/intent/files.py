@@ -96,31 +96,46 @@ def _walk_tree(
             yield path, repo[entry.id]
 
 
-def from_git(repo_path: Path, ref: str) -> Snapshot:
-    """Read the intent at `ref` (branch, tag or commit) of the repository at `repo_path`.
+def from_git(path: Path, ref: str) -> Snapshot:
+    """Read the intent at `ref` (branch, tag or commit) of the repository containing `path`.
 
-    The revision is named `<ref>@sha1:<commit>`, the form status and ProxyConfigs carry.
+    Only the folder `path` names is read (the whole repository when it is the top), with file
+    paths relative to it, as `from_directory` would. The revision is named
+    `<ref>@sha1:<commit>`, the form status and ProxyConfigs carry.
     """
-    where = Position(str(repo_path))
-    try:
-        repo = pygit2.Repository(str(repo_path))
-    except pygit2.GitError as e:
-        raise IntentError([Diagnostic(where, Severity.ERROR, f"not a git repository: {e}")]) from e
+    where = Position(str(path))
+    probe = path.absolute()
+    while not probe.exists() and probe != probe.parent:  # a folder may exist only at `ref`
+        probe = probe.parent
+    found = pygit2.discover_repository(str(probe))
+    if found is None:
+        raise IntentError([Diagnostic(where, Severity.ERROR, "not inside a git repository")])
+    repo = pygit2.Repository(found)
     try:
         commit = repo.revparse_single(ref).peel(pygit2.Commit)
     except (KeyError, ValueError, pygit2.GitError) as e:
         raise IntentError(
             [Diagnostic(where, Severity.ERROR, f"cannot resolve ref {ref!r} to a commit")]
         ) from e
+    tree = commit.tree
+    top = Path(repo.workdir or found).resolve()
+    sub = path.resolve().relative_to(top).as_posix() if path.resolve() != top else ""
+    if sub:
+        try:
+            tree = tree[sub].peel(pygit2.Tree)
+        except (KeyError, ValueError, pygit2.GitError) as e:
+            raise IntentError(
+                [Diagnostic(where, Severity.ERROR, f"{sub!r} is not a folder at {ref!r}")]
+            ) from e
     files: list[IntentFile] = []
     oversized: list[Diagnostic] = []
-    for path, obj in _walk_tree(repo, commit.tree, ""):
-        if not _is_intent_path(tuple(path.split("/"))):
+    for rel, obj in _walk_tree(repo, tree, ""):
+        if not _is_intent_path(tuple(rel.split("/"))):
             continue
         blob = obj.peel(pygit2.Blob)
         if blob.size > MAX_FILE_BYTES:
-            oversized.append(_too_big(path, blob.size))
+            oversized.append(_too_big(rel, blob.size))
             continue
-        files.append(IntentFile(path, blob.data))
+        files.append(IntentFile(rel, blob.data))
     files.sort(key=lambda f: f.path)
     return Snapshot(f"{ref}@sha1:{commit.id}", tuple(files), tuple(oversized))
