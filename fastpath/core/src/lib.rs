@@ -5,7 +5,20 @@
 //! plain data at the boundary.
 #![forbid(unsafe_code)]
 
+pub mod authz;
+pub mod config;
+mod http;
+pub mod inbound;
+pub mod outbound;
+pub mod proxy;
+pub mod retry;
 pub mod route_regex;
+pub mod routing;
+pub mod telemetry;
+pub mod tls;
+pub mod upstream;
+
+pub use proxy::{Listeners, Proxy, ProxyError};
 
 /// The version of this crate, reported by `weft version` so a user can tell which data
 /// plane a reconciler was built with.

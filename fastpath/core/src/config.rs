@@ -1,0 +1,321 @@
+//! `ProxyConfig`, the contract between control plane and data plane (see docs/proxyconfig.md).
+//!
+//! Mirrors `reconciler/compiler/proxyconfig.py` field for field. Unknown fields and unknown
+//! schema versions are refused: a sidecar that guessed at a config it does not understand could
+//! let through traffic the intent forbids.
+
+use serde::Deserialize;
+
+pub const SCHEMA_VERSION: &str = "weft.dev/proxyconfig/v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid ProxyConfig JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported schemaVersion {found:?}; this fastpath reads {SCHEMA_VERSION:?}")]
+    Version { found: String },
+    #[error("route {route:?} sends to unknown cluster {cluster:?}")]
+    UnknownCluster { route: String, cluster: String },
+    #[error("route {route:?}: invalid regex: {reason}")]
+    Regex { route: String, reason: String },
+    #[error("route {route:?}: backend weights sum to zero")]
+    NoWeight { route: String },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub schema_version: String,
+    pub revision: String,
+    pub trust_domain: String,
+    pub mtls: MtlsMode,
+    pub workload: Workload,
+    pub inbound: Vec<InboundPort>,
+    pub outbound: Outbound,
+    pub telemetry: Telemetry,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum MtlsMode {
+    #[serde(rename = "STRICT")]
+    Strict,
+    #[serde(rename = "PERMISSIVE")]
+    Permissive,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Workload {
+    pub namespace: String,
+    pub service: String,
+    pub service_account: String,
+    pub spiffe_id: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http,
+    Http2,
+    Grpc,
+    Tcp,
+}
+
+impl Protocol {
+    pub fn is_http(self) -> bool {
+        self != Protocol::Tcp
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum Action {
+    #[serde(rename = "ALLOW")]
+    Allow,
+    #[serde(rename = "DENY")]
+    Deny,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerMatch {
+    #[serde(default)]
+    pub identities: Vec<String>,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub any_identity: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathPattern {
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthzRule {
+    pub policy: String,
+    pub action: Action,
+    pub peers: PeerMatch,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<PathPattern>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundPort {
+    pub name: String,
+    pub port: u16,
+    pub target_port: u16,
+    pub protocol: Protocol,
+    pub rules: Vec<AuthzRule>,
+    pub default_action: Action,
+    pub default_policy: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StringMatch {
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub regex: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub regex: Option<String>,
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteMatch {
+    pub path: Option<StringMatch>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+    pub method: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WeightedCluster {
+    pub cluster: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudget {
+    pub percent: f64,
+    pub min_retries_per_second: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub per_try_timeout_ms: Option<u64>,
+    pub retry_on: Vec<String>,
+    pub budget: Option<RetryBudget>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRoute {
+    pub name: String,
+    pub matches: Vec<RouteMatch>,
+    pub backends: Vec<WeightedCluster>,
+    pub timeout_ms: Option<u64>,
+    pub retries: Option<RetryPolicy>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpHost {
+    pub service: String,
+    pub hostnames: Vec<String>,
+    pub port: u16,
+    pub routes: Vec<HttpRoute>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpUpstream {
+    pub service: String,
+    pub port: u16,
+    pub cluster: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoints {
+    pub dns: Option<String>,
+    pub r#static: Option<Vec<String>>,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum LoadBalancer {
+    #[serde(rename = "ROUND_ROBIN")]
+    RoundRobin,
+    #[serde(rename = "LEAST_REQUEST")]
+    LeastRequest,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cluster {
+    pub name: String,
+    pub service: String,
+    pub subset: Option<String>,
+    pub spiffe_id: String,
+    pub protocol: Protocol,
+    pub load_balancer: LoadBalancer,
+    pub endpoints: Endpoints,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsOrigination {
+    pub port: u16,
+    pub sni: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressProtocol {
+    Tcp,
+    Tls,
+    Http,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressDestination {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub protocol: EgressProtocol,
+    pub tls_origination: Option<TlsOrigination>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Outbound {
+    pub http: Vec<HttpHost>,
+    pub tcp: Vec<TcpUpstream>,
+    pub egress: Vec<EgressDestination>,
+    pub clusters: Vec<Cluster>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Telemetry {
+    pub sampling_percent: f64,
+    pub otlp_endpoint: Option<String>,
+}
+
+impl ProxyConfig {
+    /// Parses and checks a config: version, JSON shape, and references between its parts.
+    pub fn parse(json: &str) -> Result<ProxyConfig, ConfigError> {
+        // Read the version first, so a future config fails with "unsupported version" rather
+        // than with whichever new field happens to come first.
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Versioned {
+            schema_version: String,
+        }
+        let v: Versioned = serde_json::from_str(json)?;
+        if v.schema_version != SCHEMA_VERSION {
+            return Err(ConfigError::Version {
+                found: v.schema_version,
+            });
+        }
+        let config: ProxyConfig = serde_json::from_str(json)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let known: std::collections::HashSet<&str> = self
+            .outbound
+            .clusters
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        for host in &self.outbound.http {
+            for route in &host.routes {
+                if route.backends.iter().map(|b| b.weight).sum::<u32>() == 0 {
+                    return Err(ConfigError::NoWeight {
+                        route: route.name.clone(),
+                    });
+                }
+                for b in &route.backends {
+                    if !known.contains(b.cluster.as_str()) {
+                        return Err(ConfigError::UnknownCluster {
+                            route: route.name.clone(),
+                            cluster: b.cluster.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        for t in &self.outbound.tcp {
+            if !known.contains(t.cluster.as_str()) {
+                return Err(ConfigError::UnknownCluster {
+                    route: format!("tcp {}:{}", t.service, t.port),
+                    cluster: t.cluster.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,187 @@
+//! Small HTTP helpers shared by both directions: bodies, hop-by-hop headers, local replies,
+//! and the accept loop with graceful drain.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::proxy::Shared;
+use crate::telemetry::{new_span_id, unix_nanos, Span, TraceContext};
+use crate::upstream::{Body, BoxError};
+
+/// Headers that describe one hop, not the message; never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(listed) = headers
+        .get(http::header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    {
+        for name in listed.split(',') {
+            headers.remove(name.trim());
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    // Framing is re-decided by hyper for each hop from the body it is given.
+    headers.remove(http::header::TRANSFER_ENCODING);
+}
+
+pub fn incoming(body: Incoming) -> Body {
+    body.map_err(|e| -> BoxError { Box::new(e) }).boxed()
+}
+
+pub fn full(bytes: Bytes) -> Body {
+    Full::new(bytes)
+        .map_err(|never| -> BoxError { match never {} })
+        .boxed()
+}
+
+/// A reply the sidecar makes itself, always naming what decided and at which revision.
+pub fn local_reply(
+    status: StatusCode,
+    decided_by: &str,
+    revision: &str,
+    message: String,
+) -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from(format!("weft: {message}\n"))));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(decided_by) {
+        h.insert("x-weft-policy", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(revision) {
+        h.insert("x-weft-revision", v);
+    }
+    resp
+}
+
+/// The trace a request belongs to (continued from `traceparent`, or new), and this hop's span.
+pub struct Hop {
+    pub ctx: TraceContext,
+    pub span_id: String,
+    pub started: SystemTime,
+}
+
+impl Hop {
+    pub fn begin(headers: &HeaderMap, sampling_percent: f64) -> Hop {
+        let ctx = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::from_traceparent)
+            .unwrap_or_else(|| TraceContext::new_root(sampling_percent));
+        Hop {
+            ctx,
+            span_id: new_span_id(),
+            started: SystemTime::now(),
+        }
+    }
+
+    pub fn propagate(&self, headers: &mut HeaderMap) {
+        if let Ok(v) = HeaderValue::from_str(&self.ctx.traceparent(&self.span_id)) {
+            headers.insert("traceparent", v);
+        }
+    }
+
+    pub fn finish(self, shared: &Shared, name: String, attributes: Vec<(String, String)>) {
+        if self.ctx.sampled {
+            shared.telemetry.record_span(Span {
+                trace_id: self.ctx.trace_id,
+                span_id: self.span_id,
+                parent_span_id: self.ctx.parent_span_id,
+                name,
+                start_unix_nano: unix_nanos(self.started),
+                end_unix_nano: unix_nanos(SystemTime::now()),
+                attributes,
+            });
+        }
+    }
+}
+
+/// Resolves once shutdown is signalled (at once if it already was).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it inside this future.
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// Accepts connections until shutdown, then waits for every connection it started to finish
+/// (each finishes its in-flight requests and closes); the caller bounds the wait.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    on_connection: F,
+) where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let live = Arc::new(());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((tcp, _)) = accepted else { continue };
+                let _ = tcp.set_nodelay(true);
+                let token = live.clone();
+                let work = on_connection(tcp);
+                tokio::spawn(async move {
+                    work.await;
+                    drop(token);
+                });
+            }
+            _ = stopped(&mut shutdown) => break,
+        }
+    }
+    drop(listener);
+    while Arc::strong_count(&live) > 1 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until it closes, or until shutdown: then it stops
+/// taking new requests, finishes the one in flight and closes.
+pub async fn serve_http1<S, F, Fut>(stream: S, mut shutdown: watch::Receiver<bool>, handler: F)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(http::Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    let service = service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, std::convert::Infallible>(handler(req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stopped(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! The outbound side: the app's plaintext HTTP routed by Host to mesh upstreams over mTLS, with
+//! timeouts, retries and trace propagation; and opaque TCP forwarded per bound port.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use rand::Rng;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::http::{accept_loop, full, incoming, local_reply, serve_http1, strip_hop_by_hop, Hop};
+use crate::proxy::{Active, Shared};
+use crate::retry::{back_off, retryable, Outcome};
+use crate::telemetry::{RequestKey, TcpKey};
+use crate::upstream::{connect_stream, Body, Upstream, UpstreamError};
+
+/// Bodies up to this size are buffered so a retry can send them again; larger bodies stream
+/// through untouched and are sent once.
+pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
+
+pub async fn serve_http(shared: Arc<Shared>, listener: TcpListener) {
+    let shutdown = shared.shutdown.clone();
+    accept_loop(listener, shutdown, move |tcp| {
+        let shared = shared.clone();
+        async move {
+            let stop = shared.shutdown.clone();
+            serve_http1(tcp, stop, move |req| request(shared.clone(), req)).await;
+        }
+    })
+    .await;
+}
+
+fn me(active: &Active) -> String {
+    format!(
+        "{}/{}",
+        active.config.workload.namespace, active.config.workload.service
+    )
+}
+
+async fn request(
+    shared: Arc<Shared>,
+    req: http::Request<hyper::body::Incoming>,
+) -> http::Response<Body> {
+    let started = Instant::now();
+    let active = shared.active.load_full();
+    let revision = active.config.revision.clone();
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let Some(host) = active.routes.host(&authority) else {
+        // REGISTRY_ONLY: only destinations the intent lets this workload call have a route.
+        return local_reply(
+            StatusCode::FORBIDDEN,
+            "outbound: no route",
+            &revision,
+            format!("{} has no route to {authority:?}: it is not a destination this workload may call (revision {revision})", me(&active)),
+        );
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let method = req.method().clone();
+    let Some(route) = host.route(&method, &path, req.headers()) else {
+        return local_reply(
+            StatusCode::NOT_FOUND,
+            "outbound: no route",
+            &revision,
+            format!("no route of {} matches {method} {path}", host.service),
+        );
+    };
+    let hop = Hop::begin(req.headers(), active.config.telemetry.sampling_percent);
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    hop.propagate(&mut parts.headers);
+    parts.uri = path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    if let Ok(v) = http::HeaderValue::from_str(&authority) {
+        parts.headers.insert(http::header::HOST, v);
+    }
+
+    let retries = route.config.retries.as_ref().filter(|r| r.attempts > 0);
+    let small = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map_or(
+            method == http::Method::GET || method == http::Method::HEAD,
+            |n| n <= MAX_REPLAY_BODY,
+        );
+    let mut replay: Option<Bytes> = None;
+    let mut streaming = Some(body);
+    if retries.is_some() && small {
+        match streaming.take().map(|b| b.collect()) {
+            Some(fut) => match fut.await {
+                Ok(collected) => replay = Some(collected.to_bytes()),
+                Err(_) => {
+                    return local_reply(
+                        StatusCode::BAD_REQUEST,
+                        "outbound",
+                        &revision,
+                        "request body could not be read".into(),
+                    )
+                }
+            },
+            None => unreachable!("body taken once"),
+        }
+    }
+    let budget = active.budgets.0.get(&route.config.name);
+    if let Some(b) = budget {
+        b.deposit(Instant::now());
+    }
+    let deadline = route
+        .config
+        .timeout_ms
+        .map(|ms| started + Duration::from_millis(ms));
+    let max_tries = 1 + retries.map_or(0, |r| r.attempts);
+    let mut tries = 0;
+    let (response, cluster) = loop {
+        tries += 1;
+        let cluster = route.pick().to_owned();
+        let Some(upstream) = active.clusters.get(&cluster) else {
+            break (
+                local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &route.config.name,
+                    &revision,
+                    format!("unknown cluster {cluster}"),
+                ),
+                cluster,
+            );
+        };
+        let body = match (&replay, streaming.take()) {
+            (Some(bytes), _) => full(bytes.clone()),
+            (None, Some(b)) => incoming(b),
+            (None, None) => full(Bytes::new()),
+        };
+        let per_try = retries
+            .and_then(|r| r.per_try_timeout_ms)
+            .map(Duration::from_millis);
+        let budget_left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let limit = match (per_try, budget_left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let outcome = attempt(
+            &shared,
+            upstream,
+            http::Request::from_parts(parts.clone(), body),
+            limit,
+        )
+        .await;
+        let can_retry = tries < max_tries
+            && (replay.is_some() || matches!(outcome, Err(Outcome::ConnectFailure)))
+            && retries.is_some_and(|r| {
+                retryable(
+                    r,
+                    outcome
+                        .as_ref()
+                        .map_or_else(|o| *o, |r| Outcome::Status(r.status().as_u16())),
+                )
+            })
+            && deadline.is_none_or(|d| Instant::now() < d)
+            && budget.is_none_or(|b| b.withdraw(Instant::now()));
+        if can_retry {
+            let wait = back_off(tries - 1, rand::rng().random_range(0.0..1.0));
+            tokio::time::sleep(deadline.map_or(wait, |d| {
+                wait.min(d.saturating_duration_since(Instant::now()))
+            }))
+            .await;
+            continue;
+        }
+        break match outcome {
+            Ok(resp) => (resp, cluster),
+            Err(Outcome::Timeout) => (
+                local_reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &route.config.name,
+                    &revision,
+                    format!("{} timed out after {} tries", host.service, tries),
+                ),
+                cluster,
+            ),
+            Err(o) => (
+                local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &route.config.name,
+                    &revision,
+                    format!("{} unavailable ({o:?}) after {tries} tries", host.service),
+                ),
+                cluster,
+            ),
+        };
+    };
+    let code = response.status().as_u16();
+    shared.telemetry.record_request(
+        RequestKey {
+            direction: "outbound",
+            source: active.config.workload.spiffe_id.clone(),
+            destination: host.service.clone(),
+            port: host.port,
+            code,
+            policy: route.config.name.clone(),
+        },
+        started.elapsed(),
+    );
+    hop.finish(
+        &shared,
+        format!("outbound {}:{} {method}", host.service, host.port),
+        vec![
+            ("http.method".into(), method.to_string()),
+            ("http.target".into(), path),
+            ("http.status_code".into(), code.to_string()),
+            ("weft.route".into(), route.config.name.clone()),
+            ("weft.cluster".into(), cluster),
+            ("weft.tries".into(), tries.to_string()),
+            ("weft.revision".into(), revision),
+        ],
+    );
+    response
+}
+
+/// One try against one endpoint of an upstream, bounded by `limit`.
+async fn attempt(
+    shared: &Shared,
+    upstream: &Upstream,
+    req: http::Request<Body>,
+    limit: Option<Duration>,
+) -> Result<http::Response<Body>, Outcome> {
+    let endpoint = upstream.pick().ok_or(Outcome::ConnectFailure)?;
+    endpoint
+        .in_flight
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let send = upstream.send(&endpoint, &shared.tls, req);
+    let result = match limit {
+        Some(l) => tokio::time::timeout(l, send)
+            .await
+            .map_err(|_| Outcome::Timeout),
+        None => Ok(send.await),
+    };
+    endpoint
+        .in_flight
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    match result? {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Ok(http::Response::from_parts(parts, incoming(body)))
+        }
+        Err(e) if e.is_connect_failure() => Err(Outcome::ConnectFailure),
+        Err(UpstreamError::Http { source, .. }) if source.is_canceled() => {
+            Err(Outcome::RefusedStream)
+        }
+        Err(_) => Err(Outcome::Reset),
+    }
+}
+
+pub async fn serve_tcp(shared: Arc<Shared>, key: String, listener: TcpListener) {
+    let shutdown = shared.shutdown.clone();
+    accept_loop(listener, shutdown, move |tcp| {
+        tcp_connection(shared.clone(), key.clone(), tcp)
+    })
+    .await;
+}
+
+async fn tcp_connection(shared: Arc<Shared>, key: String, mut client: TcpStream) {
+    let active = shared.active.load_full();
+    let Some(target) = active
+        .config
+        .outbound
+        .tcp
+        .iter()
+        .find(|t| format!("{}:{}", t.service, t.port) == key)
+    else {
+        return; // no longer a permitted destination at this revision
+    };
+    let Some(upstream) = active.clusters.get(&target.cluster) else {
+        return;
+    };
+    let stats = TcpKey {
+        direction: "outbound",
+        source: active.config.workload.spiffe_id.clone(),
+        destination: target.service.clone(),
+        port: target.port,
+    };
+    // Try each endpoint at most once: a refused connection should not fail the client if
+    // another pod can take it.
+    let tries = upstream.endpoints.load().len().max(1);
+    for _ in 0..tries {
+        let Some(endpoint) = upstream.pick() else {
+            return;
+        };
+        match connect_stream(&endpoint.addr, &upstream.transport, &shared.tls).await {
+            Ok(mut server) => {
+                shared
+                    .telemetry
+                    .record_tcp(stats.clone(), |s| s.opened += 1);
+                let copied = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                shared.telemetry.record_tcp(stats, |s| {
+                    s.closed += 1;
+                    if let Ok((sent, received)) = copied {
+                        s.bytes_sent += sent;
+                        s.bytes_received += received;
+                    }
+                });
+                return;
+            }
+            Err(_) => endpoint.connect_failed(),
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Outbound HTTP routing: from (host, port, request) to a route, and from a route to a cluster.
+//!
+//! Built once per config (regexes compiled, hostnames indexed) so the request path does a hash
+//! lookup and a linear scan of one host's routes.
+
+use std::collections::HashMap;
+
+use rand::Rng;
+use regex::Regex;
+
+use crate::config::{ConfigError, HeaderMatch, HttpHost, HttpRoute, RouteMatch, StringMatch};
+use crate::route_regex;
+
+#[derive(Debug)]
+enum Text {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+impl Text {
+    fn compile(m: &StringMatch, route: &str) -> Result<Option<Text>, ConfigError> {
+        Ok(match (&m.exact, &m.prefix, &m.regex) {
+            (Some(e), _, _) => Some(Text::Exact(e.clone())),
+            (_, Some(p), _) => Some(Text::Prefix(p.clone())),
+            (_, _, Some(r)) => Some(Text::Regex(route_regex::compile(r).map_err(|e| {
+                ConfigError::Regex {
+                    route: route.to_owned(),
+                    reason: e.reason,
+                }
+            })?)),
+            _ => None,
+        })
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            Text::Exact(e) => e == value,
+            Text::Prefix(p) => value.starts_with(p.as_str()),
+            Text::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Header {
+    name: http::HeaderName,
+    text: Option<Text>, // None: presence only
+}
+
+#[derive(Debug, Default)]
+struct Match {
+    path: Option<Text>,
+    headers: Vec<Header>,
+    method: Option<http::Method>,
+}
+
+impl Match {
+    fn compile(m: &RouteMatch, route: &str) -> Result<Match, ConfigError> {
+        let path = match &m.path {
+            Some(p) => Text::compile(p, route)?,
+            None => None,
+        };
+        let headers = m
+            .headers
+            .iter()
+            .map(|h| Header::compile(h, route))
+            .collect::<Result<_, _>>()?;
+        let method = m.method.as_deref().and_then(|s| s.parse().ok());
+        Ok(Match {
+            path,
+            headers,
+            method,
+        })
+    }
+
+    fn matches(&self, method: &http::Method, path: &str, headers: &http::HeaderMap) -> bool {
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        self.method.as_ref().is_none_or(|m| m == method)
+            && self.path.as_ref().is_none_or(|p| p.matches(path))
+            && self
+                .headers
+                .iter()
+                .all(|h| match (headers.get(&h.name), &h.text) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(v), Some(t)) => v.to_str().is_ok_and(|v| t.matches(v)),
+                })
+    }
+}
+
+impl Header {
+    fn compile(h: &HeaderMatch, route: &str) -> Result<Header, ConfigError> {
+        let text = Text::compile(
+            &StringMatch {
+                exact: h.exact.clone(),
+                prefix: h.prefix.clone(),
+                regex: h.regex.clone(),
+            },
+            route,
+        )?;
+        let name = h.name.parse().map_err(|_| ConfigError::Regex {
+            route: route.to_owned(),
+            reason: format!("invalid header name {:?}", h.name),
+        })?;
+        Ok(Header { name, text })
+    }
+}
+
+/// A route ready to match, with its weighted backends.
+#[derive(Debug)]
+pub struct Route {
+    pub config: HttpRoute,
+    matches: Vec<Match>,
+    total_weight: u32,
+}
+
+impl Route {
+    pub fn compile(config: &HttpRoute) -> Result<Route, ConfigError> {
+        let matches = config
+            .matches
+            .iter()
+            .map(|m| Match::compile(m, &config.name))
+            .collect::<Result<_, _>>()?;
+        let total_weight = config.backends.iter().map(|b| b.weight).sum();
+        Ok(Route {
+            config: config.clone(),
+            matches,
+            total_weight,
+        })
+    }
+
+    fn matches(&self, method: &http::Method, path: &str, headers: &http::HeaderMap) -> bool {
+        self.matches.is_empty()
+            || self
+                .matches
+                .iter()
+                .any(|m| m.matches(method, path, headers))
+    }
+
+    /// Picks a backend cluster by weight; `roll` in [0, total weight).
+    pub fn pick_with(&self, roll: u32) -> &str {
+        let mut left = roll;
+        for b in &self.config.backends {
+            if left < b.weight {
+                return &b.cluster;
+            }
+            left -= b.weight;
+        }
+        // Unreachable for roll < total; the last backend is a safe answer anyway.
+        &self.config.backends[self.config.backends.len() - 1].cluster
+    }
+
+    pub fn pick(&self) -> &str {
+        self.pick_with(rand::rng().random_range(0..self.total_weight))
+    }
+}
+
+#[derive(Debug)]
+pub struct Host {
+    pub service: String,
+    pub port: u16,
+    pub routes: Vec<Route>,
+}
+
+/// Every outbound HTTP host of a config, indexed by (lowercased hostname, port).
+#[derive(Debug, Default)]
+pub struct Table {
+    hosts: Vec<Host>,
+    index: HashMap<(String, u16), usize>,
+}
+
+impl Table {
+    pub fn build(hosts: &[HttpHost]) -> Result<Table, ConfigError> {
+        let mut table = Table::default();
+        for h in hosts {
+            let routes = h
+                .routes
+                .iter()
+                .map(Route::compile)
+                .collect::<Result<_, _>>()?;
+            let i = table.hosts.len();
+            table.hosts.push(Host {
+                service: h.service.clone(),
+                port: h.port,
+                routes,
+            });
+            for name in &h.hostnames {
+                table.index.insert((name.to_ascii_lowercase(), h.port), i);
+            }
+        }
+        Ok(table)
+    }
+
+    /// The host an `authority` ("api.b:8080", or "api.b" meaning port 80) names.
+    pub fn host(&self, authority: &str) -> Option<&Host> {
+        let (name, port) = split_authority(authority)?;
+        self.index
+            .get(&(name.to_ascii_lowercase(), port))
+            .map(|&i| &self.hosts[i])
+    }
+}
+
+impl Host {
+    pub fn route(
+        &self,
+        method: &http::Method,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.matches(method, path, headers))
+    }
+}
+
+pub fn split_authority(authority: &str) -> Option<(&str, u16)> {
+    match authority.rsplit_once(':') {
+        Some((name, port)) => Some((name, port.parse().ok()?)),
+        None if !authority.is_empty() => Some((authority, 80)),
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WeightedCluster;
+
+    fn route(name: &str, matches: Vec<RouteMatch>, backends: &[(&str, u32)]) -> HttpRoute {
+        HttpRoute {
+            name: name.into(),
+            matches,
+            backends: backends
+                .iter()
+                .map(|(c, w)| WeightedCluster {
+                    cluster: c.to_string(),
+                    weight: *w,
+                })
+                .collect(),
+            timeout_ms: None,
+            retries: None,
+        }
+    }
+
+    fn canary_host() -> HttpHost {
+        HttpHost {
+            service: "b/api".into(),
+            hostnames: vec!["api.b".into(), "api.b.svc.cluster.local".into()],
+            port: 8080,
+            routes: vec![
+                route(
+                    "b/api-canary#0",
+                    vec![RouteMatch {
+                        headers: vec![HeaderMatch {
+                            name: "x-canary".into(),
+                            exact: Some("always".into()),
+                            prefix: None,
+                            regex: None,
+                            present: None,
+                        }],
+                        ..Default::default()
+                    }],
+                    &[("v2", 100)],
+                ),
+                route(
+                    "b/api-canary#1",
+                    vec![RouteMatch {
+                        path: Some(StringMatch {
+                            regex: Some("/v[0-9]+/.*".into()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    &[("v1", 90), ("v2", 10)],
+                ),
+                route("default", vec![], &[("all", 100)]),
+            ],
+        }
+    }
+
+    #[test]
+    fn hosts_are_found_by_any_name_and_port_case_insensitively() {
+        let t = Table::build(&[canary_host()]).unwrap();
+        assert_eq!(t.host("API.b:8080").unwrap().service, "b/api");
+        assert_eq!(
+            t.host("api.b.svc.cluster.local:8080").unwrap().service,
+            "b/api"
+        );
+        assert!(t.host("api.b").is_none(), "no port means 80");
+        assert!(t.host("api.c:8080").is_none());
+    }
+
+    #[test]
+    fn first_matching_route_wins() {
+        let t = Table::build(&[canary_host()]).unwrap();
+        let host = t.host("api.b:8080").unwrap();
+        let mut headers = http::HeaderMap::new();
+        let get = http::Method::GET;
+        assert_eq!(
+            host.route(&get, "/v1/users", &headers).unwrap().config.name,
+            "b/api-canary#1"
+        );
+        assert_eq!(
+            host.route(&get, "/x/v1/users", &headers)
+                .unwrap()
+                .config
+                .name,
+            "default",
+            "regex is anchored"
+        );
+        headers.insert("x-canary", "always".parse().unwrap());
+        assert_eq!(
+            host.route(&get, "/v1/users", &headers).unwrap().config.name,
+            "b/api-canary#0"
+        );
+    }
+
+    #[test]
+    fn weights_split_exactly_over_the_whole_range() {
+        let r = Route::compile(&route("r", vec![], &[("v1", 90), ("v2", 10)])).unwrap();
+        let picks: Vec<&str> = (0..100).map(|roll| r.pick_with(roll)).collect();
+        assert_eq!(picks.iter().filter(|c| **c == "v1").count(), 90);
+        assert_eq!(picks.iter().filter(|c| **c == "v2").count(), 10);
+    }
+
+    #[test]
+    fn a_bad_regex_is_refused_naming_the_route() {
+        let bad = route(
+            "b/r#0",
+            vec![RouteMatch {
+                path: Some(StringMatch {
+                    regex: Some("(".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            &[("c", 1)],
+        );
+        let err = Route::compile(&bad).unwrap_err().to_string();
+        assert!(err.starts_with("route \"b/r#0\": invalid regex"), "{err}");
+    }
+}

@@ -1,0 +1,274 @@
+//! Request telemetry kept in Rust: counters and latency histograms per (direction, source,
+//! destination, port, response code), TCP byte counts, and a bounded ring of finished spans.
+//!
+//! The agent drains these in batches over the binding; nothing here calls into Python, and a
+//! full span ring drops the oldest span rather than block a request.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// Istio's default buckets for `istio_request_duration_milliseconds`, so dashboards line up.
+pub const BUCKETS_MS: [f64; 14] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0,
+];
+pub const DEFAULT_SPAN_CAPACITY: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct RequestKey {
+    pub direction: &'static str, // "inbound" | "outbound"
+    pub source: String,          // SPIFFE ID of the caller ("unknown" for plaintext)
+    pub destination: String,     // "ns/service"
+    pub port: u16,
+    pub code: u16,
+    pub policy: String, // what decided: a route name outbound, a policy inbound
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RequestStats {
+    pub count: u64,
+    pub sum_ms: f64,
+    pub buckets: Vec<u64>, // cumulative counts per BUCKETS_MS bound
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct TcpKey {
+    pub direction: &'static str,
+    pub source: String,
+    pub destination: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TcpStats {
+    pub opened: u64,
+    pub closed: u64,
+    pub denied: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Span {
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub name: String,
+    pub start_unix_nano: u128,
+    pub end_unix_nano: u128,
+    pub attributes: Vec<(String, String)>,
+}
+
+#[derive(Debug, Serialize)]
+struct Snapshot<'a> {
+    requests: Vec<(&'a RequestKey, &'a RequestStats)>,
+    tcp: Vec<(&'a TcpKey, &'a TcpStats)>,
+    spans_dropped: u64,
+}
+
+#[derive(Debug)]
+pub struct Telemetry {
+    requests: Mutex<HashMap<RequestKey, RequestStats>>,
+    tcp: Mutex<HashMap<TcpKey, TcpStats>>,
+    spans: Mutex<(VecDeque<Span>, u64)>,
+    span_capacity: usize,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry::new(DEFAULT_SPAN_CAPACITY)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere must not take telemetry (and so every request) down with it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Telemetry {
+    pub fn new(span_capacity: usize) -> Telemetry {
+        Telemetry {
+            requests: Mutex::default(),
+            tcp: Mutex::default(),
+            spans: Mutex::new((VecDeque::with_capacity(span_capacity.min(1024)), 0)),
+            span_capacity,
+        }
+    }
+
+    pub fn record_request(&self, key: RequestKey, elapsed: Duration) {
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        let mut map = lock(&self.requests);
+        let stats = map.entry(key).or_insert_with(|| RequestStats {
+            buckets: vec![0; BUCKETS_MS.len()],
+            ..Default::default()
+        });
+        stats.count += 1;
+        stats.sum_ms += ms;
+        for (bound, n) in BUCKETS_MS.iter().zip(stats.buckets.iter_mut()) {
+            if ms <= *bound {
+                *n += 1;
+            }
+        }
+    }
+
+    pub fn record_tcp(&self, key: TcpKey, update: impl FnOnce(&mut TcpStats)) {
+        update(lock(&self.tcp).entry(key).or_default());
+    }
+
+    pub fn record_span(&self, span: Span) {
+        let mut guard = lock(&self.spans);
+        let (ring, dropped) = &mut *guard;
+        if ring.len() >= self.span_capacity {
+            ring.pop_front();
+            *dropped += 1;
+        }
+        ring.push_back(span);
+    }
+
+    /// Every counter as JSON (cumulative since start).
+    pub fn snapshot_json(&self) -> String {
+        let requests = lock(&self.requests);
+        let tcp = lock(&self.tcp);
+        let dropped = lock(&self.spans).1;
+        let snap = Snapshot {
+            requests: requests.iter().collect(),
+            tcp: tcp.iter().collect(),
+            spans_dropped: dropped,
+        };
+        serde_json::to_string(&snap).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// Takes up to `max` finished spans, oldest first.
+    pub fn drain_spans(&self, max: usize) -> Vec<Span> {
+        let mut guard = lock(&self.spans);
+        let n = guard.0.len().min(max);
+        guard.0.drain(..n).collect()
+    }
+}
+
+pub fn unix_nanos(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// W3C trace context: the trace this request belongs to and the span that called it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: String,
+    pub parent_span_id: Option<String>,
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// Parses a `traceparent` header (version 00); invalid values start a new trace.
+    pub fn from_traceparent(value: &str) -> Option<TraceContext> {
+        let parts: Vec<&str> = value.trim().split('-').collect();
+        let [version, trace, parent, flags] = parts.as_slice() else {
+            return None;
+        };
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if *version != "00" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2) {
+            return None;
+        }
+        if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
+            return None;
+        }
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        Some(TraceContext {
+            trace_id: trace.to_ascii_lowercase(),
+            parent_span_id: Some(parent.to_ascii_lowercase()),
+            sampled: flags & 1 == 1,
+        })
+    }
+
+    pub fn new_root(sampling_percent: f64) -> TraceContext {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        TraceContext {
+            trace_id: format!("{:032x}", rng.random::<u128>() | 1),
+            parent_span_id: None,
+            sampled: rng.random_range(0.0..100.0) < sampling_percent,
+        }
+    }
+
+    pub fn traceparent(&self, span_id: &str) -> String {
+        format!(
+            "00-{}-{}-{:02x}",
+            self.trace_id,
+            span_id,
+            u8::from(self.sampled)
+        )
+    }
+}
+
+pub fn new_span_id() -> String {
+    use rand::Rng;
+    format!("{:016x}", rand::rng().random::<u64>() | 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let t = Telemetry::default();
+        let key = RequestKey {
+            direction: "inbound",
+            source: "s".into(),
+            destination: "d".into(),
+            port: 80,
+            code: 200,
+            policy: "p".into(),
+        };
+        t.record_request(key.clone(), Duration::from_micros(1500));
+        t.record_request(key.clone(), Duration::from_millis(30));
+        let map = lock(&t.requests);
+        let s = &map[&key];
+        assert_eq!(s.count, 2);
+        assert_eq!(&s.buckets[..6], &[0, 1, 1, 1, 1, 2]);
+    }
+
+    #[test]
+    fn the_span_ring_keeps_the_newest_and_counts_drops() {
+        let t = Telemetry::new(2);
+        for i in 0..3 {
+            t.record_span(Span {
+                trace_id: "t".into(),
+                span_id: i.to_string(),
+                parent_span_id: None,
+                name: "n".into(),
+                start_unix_nano: 0,
+                end_unix_nano: 0,
+                attributes: vec![],
+            });
+        }
+        let spans = t.drain_spans(10);
+        assert_eq!(
+            spans.iter().map(|s| s.span_id.as_str()).collect::<Vec<_>>(),
+            ["1", "2"]
+        );
+        assert!(t.snapshot_json().contains("\"spans_dropped\":1"));
+    }
+
+    #[test]
+    fn traceparent_round_trips_and_rejects_garbage() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ctx = TraceContext::from_traceparent(tp).unwrap();
+        assert!(ctx.sampled);
+        assert_eq!(ctx.traceparent("00f067aa0ba902b7"), tp);
+        assert_eq!(
+            TraceContext::from_traceparent("00-0000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(
+            TraceContext::from_traceparent(
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+            ),
+            None
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! Mutual TLS between sidecars: TLS 1.3 only, a client certificate always, and the peer's
+//! SPIFFE ID taken from (and, outbound, pinned in) its certificate's URI SAN.
+//!
+//! Identity material arrives as PEM from the agent; this module never sees a CA key. A
+//! `Material` is immutable: rotation builds a new one and swaps it in, so handshakes in flight
+//! finish with the old one and no connection is dropped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("certificate chain: {0}")]
+    Chain(String),
+    #[error("private key: {0}")]
+    Key(String),
+    #[error("trust bundle: {0}")]
+    Bundle(String),
+    #[error("certificate has no SPIFFE ID (a spiffe:// URI SAN)")]
+    NoSpiffeId,
+    #[error("TLS setup: {0}")]
+    Setup(#[from] rustls::Error),
+}
+
+/// The ALPN protocol sidecars speak to each other; it also tells a mesh peer from a client
+/// that merely speaks TLS.
+pub const MESH_ALPN: &[u8] = b"weft/http1";
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The SPIFFE ID in a certificate's URI SANs, if exactly one is present.
+pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    let mut ids = san.value.general_names.iter().filter_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => {
+            Some(u.to_string())
+        }
+        _ => None,
+    });
+    let first = ids.next()?;
+    ids.next().is_none().then_some(first)
+}
+
+/// One workload's identity and trust: its chain and key, and the bundle it trusts.
+pub struct Material {
+    pub spiffe_id: String,
+    pub server: Arc<ServerConfig>,
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    clients: Mutex<HashMap<String, Arc<ClientConfig>>>,
+}
+
+impl std::fmt::Debug for Material {
+    // Never print key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Material")
+            .field("spiffe_id", &self.spiffe_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Material {
+    pub fn from_pem(
+        chain_pem: &[u8],
+        key_pem: &[u8],
+        bundle_pem: &[u8],
+    ) -> Result<Material, TlsError> {
+        let chain: Vec<_> = CertificateDer::pem_slice_iter(chain_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsError::Chain(e.to_string()))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| TlsError::Chain("no certificate found".into()))?;
+        let spiffe_id = spiffe_id(leaf).ok_or(TlsError::NoSpiffeId)?;
+        // The key's parse error could echo key bytes; say only what kind of failure it was.
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|_| TlsError::Key("not a PEM private key".into()))?;
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(bundle_pem) {
+            let cert = cert.map_err(|e| TlsError::Bundle(e.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|e| TlsError::Bundle(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(TlsError::Bundle("no CA certificate found".into()));
+        }
+        let roots = Arc::new(roots);
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| TlsError::Bundle(e.to_string()))?;
+        let mut server = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| TlsError::Key(format!("does not match the certificate: {e}")))?;
+        server.alpn_protocols = vec![MESH_ALPN.to_vec()];
+        Ok(Material {
+            spiffe_id,
+            server: Arc::new(server),
+            roots,
+            chain,
+            key,
+            clients: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A client config that presents this workload's certificate and accepts only an upstream
+    /// whose chain verifies against the bundle and whose SPIFFE ID is exactly `expected`.
+    pub fn client_for(&self, expected: &str) -> Result<Arc<ClientConfig>, TlsError> {
+        let mut cache = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.get(expected) {
+            return Ok(c.clone());
+        }
+        let p = provider();
+        let verifier = Arc::new(PinnedSpiffeVerifier {
+            roots: self.roots.clone(),
+            expected: expected.to_owned(),
+            algorithms: p.signature_verification_algorithms,
+        });
+        let mut config = ClientConfig::builder_with_provider(p)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous() // the verifier below does full chain verification, plus the SPIFFE pin
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| TlsError::Key(format!("does not match the certificate: {e}")))?;
+        config.alpn_protocols = vec![MESH_ALPN.to_vec()];
+        let config = Arc::new(config);
+        cache.insert(expected.to_owned(), config.clone());
+        Ok(config)
+    }
+
+    /// The server name used on mesh connections; identity is checked by SPIFFE ID, not by it.
+    pub fn server_name() -> ServerName<'static> {
+        ServerName::try_from("mesh.weft.invalid").expect("static name is valid")
+    }
+}
+
+/// Verifies an upstream's chain against the mesh trust bundle and pins its SPIFFE ID, so a
+/// workload that holds another service's certificate cannot pose as this one.
+#[derive(Debug)]
+struct PinnedSpiffeVerifier {
+    roots: Arc<RootCertStore>,
+    expected: String,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedSpiffeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        match spiffe_id(end_entity) {
+            Some(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
+            Some(id) => Err(rustls::Error::General(format!(
+                "upstream identity is {id}, expected {}",
+                self.expected
+            ))),
+            None => Err(rustls::Error::General(
+                "upstream certificate has no SPIFFE ID".into(),
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // Sidecars speak TLS 1.3 only; the config never offers 1.2.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
