@@ -37,7 +37,7 @@ def intent_schema() -> dict[str, Any]:
 
 
 def proxyconfig_schema() -> dict[str, Any]:
-    schema = proxyconfig.ProxyConfig.model_json_schema(by_alias=True)
+    schema = proxyconfig.ADAPTER.json_schema(by_alias=True)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from reconciler.allocation import without_gc_pauses
 from reconciler.compiler import authz, identities, kubernetes, outbound, policy, reach
 from reconciler.compiler import proxyconfig as pc
 from reconciler.intent import Intent
@@ -37,6 +38,7 @@ class DesiredState:
     edges: list[policy.Edge]
 
 
+@without_gc_pauses
 def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
     selection = policy.Selection(mesh)
     routes = outbound.RouteTable(mesh)
@@ -87,9 +89,12 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
 
 
 def _yaml(obj: dict[str, Any]) -> str:
-    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)
+    # libyaml's emitter: same bytes as safe_dump, four times faster.
+    text: str = yaml.dump(obj, Dumper=yaml.CSafeDumper, sort_keys=False, default_flow_style=False)
+    return text
 
 
+@without_gc_pauses
 def files(desired: DesiredState) -> dict[str, str]:
     """The compiled output as relative path -> text: what `weft compile --out` writes."""
     out: dict[str, str] = {"revision": desired.revision + "\n"}

@@ -43,7 +43,7 @@ def inbound(selection: Selection, service: model.Service) -> list[pc.InboundPort
     for port in sorted(service.spec.ports, key=lambda p: p.port):
         governing = selection.governing.get((service.key, port.name), [])
         rules = sorted(
-            (rule(selection, p) for p in governing),
+            (rule(selection, g.policy) for g in governing),
             key=lambda r: (r.action != "DENY", r.policy),
         )
         ports.append(

@@ -119,9 +119,14 @@ def http_routes(
 
 
 class RouteTable:
-    """Which Route, if any, governs each (service, port); built once per compile."""
+    """Which Route governs each (service, port), and whom each ExternalService admits; built
+    once per compile."""
 
     def __init__(self, mesh: Intent) -> None:
+        self.externals = [
+            (ext, mesh.peers(ext.spec.allowed_from, ext.metadata.namespace))
+            for ext in mesh.externals
+        ]
         self.by_port: dict[tuple[tuple[str, str], int], model.Route] = {}
         for route in mesh.routes:
             svc = mesh.resolve_host(route.spec.host, route.metadata.namespace)
@@ -129,8 +134,22 @@ class RouteTable:
                 for port in mesh.route_ports(route, svc):
                     self.by_port.setdefault((svc.key, port.port), route)
 
+        # Every caller of a host gets the same routes: build them once, share the (immutable)
+        # objects across ProxyConfigs.
+        self.compiled: dict[
+            tuple[tuple[str, str], int], tuple[list[pc.HttpRoute], list[str | None]]
+        ] = {}
+
     def get(self, service: model.Service, port: model.ServicePort) -> model.Route | None:
         return self.by_port.get((service.key, port.port))
+
+    def routes(
+        self, service: model.Service, port: model.ServicePort
+    ) -> tuple[list[pc.HttpRoute], list[str | None]]:
+        key = (service.key, port.port)
+        if key not in self.compiled:
+            self.compiled[key] = http_routes(self.get(service, port), service, port)
+        return self.compiled[key]
 
 
 def build(mesh: Intent, table: RouteTable, source: model.Service, edges: list[Edge]) -> pc.Outbound:
@@ -140,7 +159,7 @@ def build(mesh: Intent, table: RouteTable, source: model.Service, edges: list[Ed
     for edge in edges:
         dest, port = edge.dest, edge.port
         if port.is_http:
-            routes, subsets = http_routes(table.get(dest, port), dest, port)
+            routes, subsets = table.routes(dest, port)
             names = mesh.hostnames(dest)
             same_ns = dest.metadata.namespace == source.metadata.namespace
             hosts.append(
@@ -160,8 +179,8 @@ def build(mesh: Intent, table: RouteTable, source: model.Service, edges: list[Ed
             clusters.setdefault(name, cluster(mesh, dest, port, None))
     egress = []
     spiffe, ns = mesh.identity_of(source), source.metadata.namespace
-    for ext in mesh.externals:
-        if mesh.peers(ext.spec.allowed_from, ext.metadata.namespace).admits(spiffe, ns):
+    for ext, peers in table.externals:
+        if peers.admits(spiffe, ns):
             for p in ext.spec.ports:
                 origination = (
                     None

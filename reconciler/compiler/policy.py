@@ -36,20 +36,43 @@ class Verdict:
     policies: tuple[str, ...]  # what decided: policy refs, or the mesh default
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Governing:
+    """A policy governing a port, with its ref and resolved peers computed once."""
+
+    policy: model.AccessPolicy
+    ref: str
+    peers: intent_.Peers
+
+
 class Selection:
     """Which policies govern each (service, port), and whom each admits; built once per compile."""
 
     def __init__(self, mesh: intent_.Intent) -> None:
         self.intent = mesh
-        self.governing: dict[PortKey, list[model.AccessPolicy]] = collections.defaultdict(list)
+        self.governing: dict[PortKey, list[Governing]] = collections.defaultdict(list)
         self.peers: dict[str, intent_.Peers] = {}
         self.targets: dict[str, list[tuple[model.Service, model.ServicePort]]] = {}
+        # Allow policies by whom they admit, so a source's candidates come from an index lookup
+        # rather than a scan of every policy.
+        self.allows_by_namespace: dict[str, list[str]] = collections.defaultdict(list)
+        self.allows_by_identity: dict[str, list[str]] = collections.defaultdict(list)
+        self.allows_for_any: list[str] = []
         for policy in mesh.policies:
-            self.peers[policy.ref] = mesh.peers(policy.spec.from_, policy.metadata.namespace)
+            ref = policy.ref
+            peers = mesh.peers(policy.spec.from_, policy.metadata.namespace)
+            self.peers[ref] = peers
             pairs = mesh.targets(policy)
-            self.targets[policy.ref] = pairs
+            self.targets[ref] = pairs
             for svc, port in pairs:
-                self.governing[(svc.key, port.name)].append(policy)
+                self.governing[(svc.key, port.name)].append(Governing(policy, ref, peers))
+            if policy.spec.action == "allow":
+                if peers.any_identity:
+                    self.allows_for_any.append(ref)
+                for ns in peers.namespaces:
+                    self.allows_by_namespace[ns].append(ref)
+                for spiffe in peers.identities:
+                    self.allows_by_identity[spiffe].append(ref)
         mesh_name = mesh.mesh.metadata.name
         self.default_deny = f"Mesh/{mesh_name} defaultPolicy: deny"
         self.default_allow = f"Mesh/{mesh_name} defaultPolicy: allow"
@@ -64,28 +87,26 @@ class Selection:
     ) -> Verdict:
         spiffe, ns = self.intent.identity_of(source), source.metadata.namespace
         admitting = [
-            p
-            for p in self.governing.get((dest.key, port.name), ())
-            if self.peers[p.ref].admits(spiffe, ns)
+            g for g in self.governing.get((dest.key, port.name), ()) if g.peers.admits(spiffe, ns)
         ]
-        denies = [p for p in admitting if p.spec.action == "deny"]
-        for p in denies:
-            if p.spec.when is None:
-                return Verdict("deny", (p.ref,))
-        conditional_denies = tuple(p.ref for p in denies)
+        denies = [g for g in admitting if g.policy.spec.action == "deny"]
+        for g in denies:
+            if g.policy.spec.when is None:
+                return Verdict("deny", (g.ref,))
+        conditional_denies = tuple(g.ref for g in denies)
         default = self.default()
         if default.decision == "allow":
             # Allows add nothing to a default allow; only conditional denies can narrow it.
             return (
                 Verdict("conditional", default.policies + conditional_denies) if denies else default
             )
-        allows = [p for p in admitting if p.spec.action == "allow"]
+        allows = [g for g in admitting if g.policy.spec.action == "allow"]
         if not allows:
             return default
-        full = tuple(p.ref for p in allows if p.spec.when is None)
+        full = tuple(g.ref for g in allows if g.policy.spec.when is None)
         if full and not denies:
             return Verdict("allow", full)
-        return Verdict("conditional", tuple(p.ref for p in allows) + conditional_denies)
+        return Verdict("conditional", tuple(g.ref for g in allows) + conditional_denies)
 
     def candidates(
         self, source: model.Service
@@ -97,12 +118,16 @@ class Selection:
         """
         spiffe, ns = self.intent.identity_of(source), source.metadata.namespace
         seen: set[PortKey] = set()
-        for policy in self.intent.policies:
-            if policy.spec.action == "allow" and self.peers[policy.ref].admits(spiffe, ns):
-                for svc, port in self.targets[policy.ref]:
-                    if (svc.key, port.name) not in seen:
-                        seen.add((svc.key, port.name))
-                        yield svc, port
+        refs = [
+            *self.allows_for_any,
+            *self.allows_by_namespace.get(ns, ()),
+            *self.allows_by_identity.get(spiffe, ()),
+        ]
+        for ref in dict.fromkeys(refs):
+            for svc, port in self.targets[ref]:
+                if (svc.key, port.name) not in seen:
+                    seen.add((svc.key, port.name))
+                    yield svc, port
         if self.intent.spec.default_policy == "allow":
             for svc in self.intent.services.values():
                 for port in svc.spec.ports:

@@ -12,51 +12,67 @@ loopback addresses; Kubernetes uses them as they are).
 
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict, TypeAdapter
 from pydantic.alias_generators import to_camel
 
 SCHEMA_VERSION: Literal["weft.dev/proxyconfig/v1"] = "weft.dev/proxyconfig/v1"
 
 
-class Contract(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
-    )
+# Plain frozen dataclasses: the compiler builds thousands of these from data it already
+# validated, so they are not validated again on construction (mypy checks the types). One
+# pydantic TypeAdapter serialises them and derives the JSON Schema.
+CONFIG = ConfigDict(alias_generator=to_camel, extra="forbid")
 
 
-class Workload(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Workload:
+    __pydantic_config__ = CONFIG
+
     namespace: str
     service: str
     service_account: str
     spiffe_id: str
 
 
-class PeerMatch(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PeerMatch:
     """A rule's callers: the peer certificate's SPIFFE ID, or the namespace it names, or any."""
 
-    identities: list[str] = []
-    namespaces: list[str] = []
+    __pydantic_config__ = CONFIG
+
+    identities: list[str] = dataclasses.field(default_factory=list)
+    namespaces: list[str] = dataclasses.field(default_factory=list)
     any_identity: bool = False
 
 
-class PathPattern(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PathPattern:
+    __pydantic_config__ = CONFIG
+
     exact: str | None = None
     prefix: str | None = None
 
 
-class AuthzRule(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class AuthzRule:
     """Deny rules come first; the first matching deny decides, else any matching allow."""
+
+    __pydantic_config__ = CONFIG
 
     policy: str
     action: Literal["ALLOW", "DENY"]
     peers: PeerMatch
-    methods: list[str] = []
-    paths: list[PathPattern] = []
+    methods: list[str] = dataclasses.field(default_factory=list)
+    paths: list[PathPattern] = dataclasses.field(default_factory=list)
 
 
-class InboundPort(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class InboundPort:
+    __pydantic_config__ = CONFIG
+
     name: str
     port: int
     target_port: int
@@ -66,13 +82,19 @@ class InboundPort(Contract):
     default_policy: str
 
 
-class StringMatch(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class StringMatch:
+    __pydantic_config__ = CONFIG
+
     exact: str | None = None
     prefix: str | None = None
     regex: str | None = None
 
 
-class HeaderMatch(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class HeaderMatch:
+    __pydantic_config__ = CONFIG
+
     name: str
     exact: str | None = None
     prefix: str | None = None
@@ -80,30 +102,45 @@ class HeaderMatch(Contract):
     present: bool | None = None
 
 
-class RouteMatch(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RouteMatch:
+    __pydantic_config__ = CONFIG
+
     path: StringMatch | None = None
-    headers: list[HeaderMatch] = []
+    headers: list[HeaderMatch] = dataclasses.field(default_factory=list)
     method: str | None = None
 
 
-class WeightedCluster(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WeightedCluster:
+    __pydantic_config__ = CONFIG
+
     cluster: str
     weight: int
 
 
-class RetryBudget(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RetryBudget:
+    __pydantic_config__ = CONFIG
+
     percent: float
     min_retries_per_second: int
 
 
-class RetryPolicy(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    __pydantic_config__ = CONFIG
+
     attempts: int
     per_try_timeout_ms: int | None = None
     retry_on: list[str]
     budget: RetryBudget | None = None
 
 
-class HttpRoute(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class HttpRoute:
+    __pydantic_config__ = CONFIG
+
     name: str
     matches: list[RouteMatch]  # empty: matches every request
     backends: list[WeightedCluster]
@@ -111,8 +148,11 @@ class HttpRoute(Contract):
     retries: RetryPolicy | None = None
 
 
-class HttpHost(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class HttpHost:
     """HTTP to one service port, chosen by Host header (or absolute-form URI) and port."""
+
+    __pydantic_config__ = CONFIG
 
     service: str
     hostnames: list[str]
@@ -120,21 +160,30 @@ class HttpHost(Contract):
     routes: list[HttpRoute]
 
 
-class TcpUpstream(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TcpUpstream:
     """Opaque TCP to one service port, chosen by bind port or original destination."""
+
+    __pydantic_config__ = CONFIG
 
     service: str
     port: int
     cluster: str
 
 
-class Endpoints(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoints:
+    __pydantic_config__ = CONFIG
+
     dns: str | None = None
     static: list[str] | None = None  # "host:port"; filled in by the local runtime
     port: int
 
 
-class Cluster(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Cluster:
+    __pydantic_config__ = CONFIG
+
     name: str
     service: str
     subset: str | None = None
@@ -144,12 +193,18 @@ class Cluster(Contract):
     endpoints: Endpoints
 
 
-class TlsOrigination(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TlsOrigination:
+    __pydantic_config__ = CONFIG
+
     port: int
     sni: str
 
 
-class EgressDestination(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class EgressDestination:
+    __pydantic_config__ = CONFIG
+
     name: str
     host: str
     port: int
@@ -157,19 +212,28 @@ class EgressDestination(Contract):
     tls_origination: TlsOrigination | None = None
 
 
-class Outbound(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Outbound:
+    __pydantic_config__ = CONFIG
+
     http: list[HttpHost]
     tcp: list[TcpUpstream]
     egress: list[EgressDestination]
     clusters: list[Cluster]
 
 
-class Telemetry(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Telemetry:
+    __pydantic_config__ = CONFIG
+
     sampling_percent: float
     otlp_endpoint: str | None = None
 
 
-class ProxyConfig(Contract):
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ProxyConfig:
+    __pydantic_config__ = CONFIG
+
     schema_version: Literal["weft.dev/proxyconfig/v1"]
     revision: str
     trust_domain: str
@@ -182,4 +246,14 @@ class ProxyConfig(Contract):
     def to_json(self) -> str:
         # Unset optional fields are left out rather than written as null: the contract treats
         # absent and null alike, and the files stay readable.
-        return self.model_dump_json(by_alias=True, indent=2, exclude_none=True) + "\n"
+        text = ADAPTER.dump_json(self, by_alias=True, indent=2, exclude_none=True)
+        return text.decode() + "\n"
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = ADAPTER.dump_python(
+            self, mode="json", by_alias=True, exclude_none=True
+        )
+        return data
+
+
+ADAPTER: TypeAdapter[ProxyConfig] = TypeAdapter(ProxyConfig)

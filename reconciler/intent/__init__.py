@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pydantic
 
+from reconciler.allocation import without_gc_pauses
 from reconciler.intent import files, model, validate
 from reconciler.intent.diagnostics import Diagnostic, IntentError, Severity, has_errors, sort_key
 from reconciler.intent.loader import read
@@ -58,6 +59,7 @@ def _sort_name(obj: Any) -> tuple[str, str]:
     return (getattr(obj.metadata, "namespace", "") or "", obj.metadata.name)
 
 
+@without_gc_pauses
 def check(snapshot: files.Snapshot) -> tuple[Intent | None, list[Diagnostic]]:
     """Read and validate a revision; the Intent is None when any error was found."""
     broken: set[tuple[str, str, str]] = set()

@@ -6,7 +6,9 @@ happens here and only here, so what the validator accepts is exactly what the co
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 from collections.abc import Iterable
 
 from reconciler.intent import model
@@ -47,9 +49,38 @@ class Intent:
     def spec(self) -> model.MeshSpec:
         return self.mesh.spec
 
-    @property
+    # Indexes, computed once: validation and compilation ask these per policy and per service,
+    # and a scan each time made a 2,000-service mesh quadratic.
+    @functools.cached_property
     def namespaces(self) -> frozenset[str]:
         return frozenset(ns for ns, _ in self.services)
+
+    @functools.cached_property
+    def by_namespace(self) -> dict[str, list[model.Service]]:
+        index: dict[str, list[model.Service]] = collections.defaultdict(list)
+        for (ns, _), svc in self.services.items():
+            index[ns].append(svc)
+        return dict(index)
+
+    @functools.cached_property
+    def identities(self) -> frozenset[str]:
+        return frozenset(self.identity_of(s) for s in self.services.values())
+
+    @functools.cached_property
+    def by_identity(self) -> dict[str, list[model.Service]]:
+        index: dict[str, list[model.Service]] = collections.defaultdict(list)
+        for svc in self.services.values():
+            index[self.identity_of(svc)].append(svc)
+        return dict(index)
+
+    def admitted(self, peers: Peers) -> list[model.Service]:
+        """The mesh services whose identity a `Peers` admits, without scanning every service."""
+        if peers.any_identity:
+            return list(self.services.values())
+        found = {s.key: s for ns in peers.namespaces for s in self.by_namespace.get(ns, ())}
+        for spiffe in peers.identities:
+            found.update((s.key, s) for s in self.by_identity.get(spiffe, ()))
+        return list(found.values())
 
     def spiffe_id(self, namespace: str, service_account: str) -> str:
         return f"spiffe://{self.spec.trust_domain}/ns/{namespace}/sa/{service_account}"
@@ -63,7 +94,7 @@ class Intent:
         return self.services.get((ns or namespace, name))
 
     def services_in(self, namespace: str) -> list[model.Service]:
-        return [s for (ns, _), s in self.services.items() if ns == namespace]
+        return self.by_namespace.get(namespace, [])
 
     def hostnames(self, service: model.Service) -> tuple[str, ...]:
         """Every name a caller may use for a service, shortest first (Kubernetes DNS forms)."""

@@ -17,7 +17,7 @@ from reconciler import _native
 from reconciler.intent import model
 from reconciler.intent.diagnostics import Diagnostic, Position, Severity
 from reconciler.intent.loader import Loc, did_you_mean, position_of
-from reconciler.intent.mesh import Intent
+from reconciler.intent.mesh import Intent, Peers
 
 HEADLESS_SUFFIX = "-weft"
 
@@ -181,7 +181,7 @@ def sources(
     is the one to fix.
     """
     ns = obj.metadata.namespace
-    known_identities = {intent.identity_of(s) for s in intent.services.values()}
+    known_identities = intent.identities
     for i, source in enumerate(sources):
         for j, name in enumerate(source.namespaces or ()):
             if name != "*" and name not in intent.namespaces:
@@ -279,26 +279,27 @@ def policies(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
 
 def shadowed_allows(intent: Intent) -> Iterator[Diagnostic]:
     """An allow that an unconditional deny fully covers can never match: say so."""
-    by_ns: dict[str, list[model.AccessPolicy]] = collections.defaultdict(list)
+    denies: dict[str, list[tuple[model.AccessPolicy, Peers, set[tuple[tuple[str, str], str]]]]] = (
+        collections.defaultdict(list)
+    )
     for p in intent.policies:
         if p.spec.action == "deny" and p.spec.when is None:
-            by_ns[p.metadata.namespace].append(p)
-    if not by_ns:
-        return
-    callers = [(intent.identity_of(s), s.metadata.namespace) for s in intent.services.values()]
+            covered = {(s.key, port.name) for s, port in intent.targets(p)}
+            denies[p.metadata.namespace].append(
+                (p, intent.peers(p.spec.from_, p.metadata.namespace), covered)
+            )
     for allow in intent.policies:
-        denies = by_ns.get(allow.metadata.namespace)
-        if allow.spec.action != "allow" or not denies:
+        candidates = denies.get(allow.metadata.namespace)
+        if allow.spec.action != "allow" or not candidates:
             continue
-        admitted = intent.peers(allow.spec.from_, allow.metadata.namespace)
-        who = [c for c in callers if admitted.admits(*c)]
+        who = intent.admitted(intent.peers(allow.spec.from_, allow.metadata.namespace))
         pairs = {(s.key, p.name) for s, p in intent.targets(allow)}
         if not who or not pairs:
             continue
-        for deny in denies:
-            blocked = intent.peers(deny.spec.from_, deny.metadata.namespace)
-            covered = {(s.key, p.name) for s, p in intent.targets(deny)}
-            if pairs <= covered and all(blocked.admits(*c) for c in who):
+        for deny, blocked, covered in candidates:
+            if pairs <= covered and all(
+                blocked.admits(intent.identity_of(c), c.metadata.namespace) for c in who
+            ):
                 yield _error(
                     allow,
                     ("spec", "from"),
