@@ -1,17 +1,20 @@
 """`weft`: the command line. Thin: parse arguments, call intent and compiler, print, exit.
 
 Exit codes: 0 success, 1 the intent has errors (or warnings with --strict), 2 bad usage.
+`weft ca`: 1 when a CA or a rollover is refused, and from `status` when anything has expired.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from reconciler import __version__, compiler, intent
+from reconciler import __version__, compiler, identity, intent
 from reconciler.compiler import reach
 
 
@@ -114,6 +117,157 @@ def cmd_version(_: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- weft ca: workload identity
+
+
+def _state_dir(value: str | None) -> Path:
+    """--state-dir, else $WEFT_STATE_DIR, else $XDG_STATE_HOME/weft (~/.local/state/weft)."""
+    if value:
+        return Path(value)
+    if os.environ.get("WEFT_STATE_DIR"):
+        return Path(os.environ["WEFT_STATE_DIR"])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "weft"
+
+
+def _duration(value: str) -> datetime.timedelta:
+    if value in ("0", "0s"):
+        return datetime.timedelta(0)
+    try:
+        return datetime.timedelta(milliseconds=intent.model.parse_duration(value))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _from_pem(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    return (Path(args.from_pem[0]), Path(args.from_pem[1])) if args.from_pem else None
+
+
+def _reporting(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Identity errors are the user's to fix: print the message (never key material), exit 1."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except identity.IdentityError as e:
+            print(f"weft ca {args.ca_command}: {e}", file=sys.stderr)
+            return 1
+
+    return wrapped
+
+
+def cmd_ca_init(args: argparse.Namespace) -> int:
+    now = identity.clock.system()
+    store = identity.FileStore(_state_dir(args.state_dir))
+    ca_id = identity.ca.init(store, args.trust_domain, now, from_pem=_from_pem(args))
+    print(f"CA {ca_id} for trust domain {args.trust_domain} in {store.location}")
+    return 0
+
+
+def cmd_ca_rotate(args: argparse.Namespace) -> int:
+    now = identity.clock.system()
+    store = identity.FileStore(_state_dir(args.state_dir))
+    state = identity.ca.rotate(store, now, from_pem=_from_pem(args), grace=args.grace)
+    incoming = state.incoming
+    assert incoming is not None
+    print(
+        f"CA {incoming.ca_id} is trusted now beside CA {state.active.ca_id}; it issues from "
+        f"{identity.clock.timestamp(incoming.issues_from)}. `weft ca issue` then moves every "
+        "identity to it, and retires the old CA once no live certificate chains to it."
+    )
+    return 0
+
+
+def cmd_ca_issue(args: argparse.Namespace) -> int:
+    mesh = _load(args)
+    if mesh is None:
+        return 1
+    store = identity.FileStore(_state_dir(args.state_dir))
+    report = identity.ensure(
+        store,
+        compiler.identities.required(mesh),
+        trust_domain=mesh.spec.trust_domain,
+        lifetime=datetime.timedelta(milliseconds=mesh.spec.certificate_lifetime),
+        now=identity.clock.system(),
+    )
+    if report.generated_ca:
+        print(f"generated CA {report.generated_ca} for trust domain {mesh.spec.trust_domain}")
+    for change in report.changes:
+        print(change)
+    for decision in report.issued:
+        print(f"issued {decision.identity.spiffe_id} ({decision.reason})")
+    counts = [f"{len(report.issued)} issued", f"{report.reused} reused"]
+    if report.kept:
+        counts.append(f"{len(report.kept)} no longer in the mesh kept until they expire")
+    if report.removed:
+        counts.append(f"{len(report.removed)} expired and removed")
+    print(f"{mesh.revision}: {', '.join(counts)} -> {store.location}")
+    return 0
+
+
+def cmd_ca_status(args: argparse.Namespace) -> int:
+    now = identity.clock.system()
+    status = identity.status.read(identity.FileStore(_state_dir(args.state_dir)), now)
+    if args.json:
+        print(json.dumps(identity.status.as_json(status, now, args.warn_before), indent=2))
+    elif args.metrics:
+        print(identity.metrics.prometheus_text(identity.metrics.expiry_samples(status)), end="")
+    else:
+        print(identity.status.render(status, now, args.warn_before), end="")
+    return 1 if identity.status.expired(status, now) else 0
+
+
+def _ca_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ca = sub.add_parser("ca", help="the mesh CA and workload certificates").add_subparsers(
+        dest="ca_command", required=True
+    )
+
+    def ca_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        c = ca.add_parser(name, help=help_text)
+        c.add_argument(
+            "--state-dir",
+            help="where identity is kept (default: $WEFT_STATE_DIR or ~/.local/state/weft)",
+        )
+        return c
+
+    def from_pem(c: argparse.ArgumentParser, help_text: str) -> None:
+        c.add_argument("--from-pem", nargs=2, metavar=("CERT", "KEY"), help=help_text)
+
+    i = ca_command("init", "create the mesh CA: generated, or your own root or intermediate")
+    i.add_argument("--trust-domain", default="cluster.local", help="default: cluster.local")
+    from_pem(i, "use this CA (its chain up to the root, then its key) instead of generating one")
+    i.set_defaults(run=_reporting(cmd_ca_init))
+
+    r = ca_command("rotate", "start a CA rollover: trust a new CA, then issue from it")
+    from_pem(r, "rotate to this CA instead of a newly generated root")
+    r.add_argument(
+        "--grace",
+        type=_duration,
+        default=identity.rollover.DEFAULT_GRACE,
+        metavar="DURATION",
+        help="how long every workload trusts the new CA before it issues (default: 1m)",
+    )
+    r.set_defaults(run=_reporting(cmd_ca_rotate))
+
+    s = ca_command("issue", "issue what the intent at PATH needs; reuse what is still valid")
+    s.add_argument("path", help="intent directory (with --ref: a folder of a git repository)")
+    s.add_argument("--ref", help="read the intent at this branch, tag or commit of a git repo")
+    s.set_defaults(run=_reporting(cmd_ca_issue))
+
+    t = ca_command("status", "list CAs and identities; warn before expiry; exit 1 if expired")
+    t.add_argument(
+        "--warn-before",
+        type=_duration,
+        default=identity.status.DEFAULT_WARN_BEFORE,
+        metavar="DURATION",
+        help="warn about certificates expiring within this (default: 8h; CAs: 30 days)",
+    )
+    out = t.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print status as JSON")
+    out.add_argument("--metrics", action="store_true", help="print expiry as Prometheus text")
+    t.set_defaults(run=_reporting(cmd_ca_status))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="weft", description="A service mesh whose control plane is git."
@@ -146,6 +300,8 @@ def parser() -> argparse.ArgumentParser:
         "--to", dest="dest", action="append", metavar="NS/NAME", help="only these destinations"
     )
     r.set_defaults(run=cmd_reach)
+
+    _ca_commands(sub)
 
     sub.add_parser("version", help="print the weft and fastpath versions").set_defaults(
         run=cmd_version
