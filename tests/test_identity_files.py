@@ -169,3 +169,11 @@ def test_names_that_are_not_directory_names_are_refused(tmp_path: Path) -> None:
     store = identity.FileStore(tmp_path / "state")
     with pytest.raises(identity.IdentityError, match="cannot name a directory"):
         store.read_workload(identity.WorkloadKey("..", "x"))
+
+
+def test_a_corrupt_trust_state_is_reported_not_guessed(tmp_path: Path) -> None:
+    store = identity.FileStore(tmp_path / "state")
+    ensure(store)
+    (store.root / "state.json").write_text("{")
+    with pytest.raises(identity.IdentityError, match=r"state\.json is not a Weft trust state"):
+        ensure(store)

@@ -62,11 +62,13 @@ class FileStore:
             os.close(fd)  # releases the lock
 
     def read_state(self) -> TrustState | None:
+        path = self.root / "state.json"
         try:
-            data = json.loads((self.root / "state.json").read_bytes())
+            return TrustState.from_json(json.loads(path.read_bytes()))
         except FileNotFoundError:
             return None
-        return TrustState.from_json(data)
+        except (ValueError, KeyError, TypeError) as e:
+            raise IdentityError(f"{path} is not a Weft trust state ({e}); restore it") from None
 
     def write_state(self, state: TrustState) -> None:
         atomic.private_directory(self.root)
