@@ -103,3 +103,9 @@ def test_a_ca_is_warned_about_a_month_ahead() -> None:
         "CA ca1",
         "spiffe://test.local/ns/a/sa/web",
     ]
+
+
+def test_next_renewal_is_the_earliest_renewal_time() -> None:
+    s = snapshot(T0 + 24 * HOUR, T0 + 3650 * 24 * HOUR)
+    assert status.next_renewal(s) == T0 + 12 * HOUR
+    assert status.next_renewal(Status("/s", "test.local", s.authorities, ())) is None

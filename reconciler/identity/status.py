@@ -105,6 +105,11 @@ def _name(w: WorkloadStatus) -> str:
     return w.spiffe_id or str(w.key)
 
 
+def next_renewal(status: Status) -> datetime.datetime | None:
+    """The earliest moment a stored certificate becomes due: when a loop should next run."""
+    return min((w.renew_at for w in status.workloads if w.renew_at is not None), default=None)
+
+
 def expired(status: Status, now: datetime.datetime) -> list[str]:
     """Everything past its notAfter: CAs by id, identities by SPIFFE ID."""
     return [f"CA {a.ca_id}" for a in status.authorities if now >= a.not_after] + [
