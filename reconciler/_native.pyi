@@ -1,6 +1,54 @@
 """Type stub for the fastpath extension module (Rust, built by maturin)."""
 
-__all__ = ["check_route_regex", "version"]
+from typing import final
+
+__all__ = [
+    "BindError",
+    "CertificateError",
+    "ConfigError",
+    "Proxy",
+    "check_route_regex",
+    "start",
+    "version",
+]
+
+class ConfigError(ValueError):
+    """A ProxyConfig or listener set was refused."""
+
+class CertificateError(ValueError):
+    """Certificates or the trust bundle were refused."""
+
+class BindError(OSError):
+    """A listener could not be bound."""
+
+@final
+class Proxy:
+    """A running proxy. Its own tokio threads serve traffic; these methods only steer it."""
+
+    def reload(self, config: str) -> str:
+        """Swap in a new ProxyConfig; return its revision. On error the old config stays."""
+    def rotate(self, cert_chain: bytes, key: bytes, bundle: bytes) -> None:
+        """Swap in a new certificate chain, key and trust bundle (PEM)."""
+    def stats(self) -> str:
+        """Cumulative request and TCP counters, as JSON."""
+    def drain_spans(self, max: int = 1024) -> str:
+        """Up to `max` finished spans, oldest first, as a JSON list."""
+    def bound(self) -> dict[str, str]:
+        """Where each listener is bound."""
+    def revision(self) -> str:
+        """The revision of the config in force."""
+    def shutdown(self, drain_timeout: float = 5.0) -> None:
+        """Stop accepting; let in-flight requests finish for up to `drain_timeout` seconds."""
+
+def start(
+    config: str,
+    cert_chain: bytes,
+    key: bytes,
+    bundle: bytes,
+    listeners: str,
+    workers: int = 1,
+) -> Proxy:
+    """Start a proxy; every listener is bound before this returns."""
 
 def version() -> str:
     """The fastpath crate version this extension was built from."""

@@ -1,11 +1,52 @@
 //! The pyo3 binding of fastpath, imported in Python as `reconciler._native`.
 //!
-//! Deliberately thin: plain data crosses the boundary (str in, str or an exception out) and all
-//! logic stays in `fastpath-core`, where it is tested without an interpreter.
+//! Deliberately thin: plain data crosses the boundary (str and bytes in; str, dict or an
+//! exception out), the GIL is released whenever Rust does real work, and nothing on a request
+//! path ever calls back into Python.
 #![forbid(unsafe_code)]
 
-use pyo3::exceptions::PyValueError;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+
+use fastpath::tls::Material;
+use fastpath::{Listeners, Proxy, ProxyError};
+
+create_exception!(
+    _native,
+    ConfigError,
+    PyValueError,
+    "A ProxyConfig or listener set was refused."
+);
+create_exception!(
+    _native,
+    CertificateError,
+    PyValueError,
+    "Certificates or the trust bundle were refused."
+);
+create_exception!(
+    _native,
+    BindError,
+    PyOSError,
+    "A listener could not be bound."
+);
+
+fn to_py(e: ProxyError) -> PyErr {
+    match e {
+        ProxyError::Config(_) | ProxyError::Listeners(_) => ConfigError::new_err(e.to_string()),
+        ProxyError::Tls(_) => CertificateError::new_err(e.to_string()),
+        ProxyError::Bind { .. } => BindError::new_err(e.to_string()),
+        ProxyError::Runtime(_) => PyRuntimeError::new_err(e.to_string()),
+    }
+}
+
+fn material(chain: &[u8], key: &[u8], bundle: &[u8]) -> PyResult<Material> {
+    Material::from_pem(chain, key, bundle).map_err(|e| CertificateError::new_err(e.to_string()))
+}
 
 /// The fastpath version this extension was built from.
 #[pyfunction]
@@ -22,9 +63,111 @@ fn check_route_regex(pattern: &str) -> PyResult<()> {
         .map_err(|e| PyValueError::new_err(e.reason))
 }
 
+/// A running proxy. Its own tokio threads serve traffic; these methods only steer it.
+#[pyclass(module = "reconciler._native", name = "Proxy")]
+struct PyProxy {
+    inner: Mutex<Option<Proxy>>,
+}
+
+impl PyProxy {
+    fn with<T>(&self, f: impl FnOnce(&mut Proxy) -> PyResult<T>) -> PyResult<T> {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_mut() {
+            Some(p) => f(p),
+            None => Err(PyRuntimeError::new_err("the proxy has been shut down")),
+        }
+    }
+}
+
+#[pymethods]
+impl PyProxy {
+    /// Swaps in a new ProxyConfig; returns its revision. On error the old config stays.
+    fn reload(&self, py: Python<'_>, config: &str) -> PyResult<String> {
+        py.detach(|| self.with(|p| p.reload(config).map_err(to_py)))
+    }
+
+    /// Swaps in a new certificate chain, key and trust bundle (PEM).
+    fn rotate(&self, py: Python<'_>, cert_chain: &[u8], key: &[u8], bundle: &[u8]) -> PyResult<()> {
+        let m = py.detach(|| material(cert_chain, key, bundle))?;
+        self.with(|p| {
+            p.rotate(m);
+            Ok(())
+        })
+    }
+
+    /// Cumulative request and TCP counters, as JSON.
+    fn stats(&self, py: Python<'_>) -> PyResult<String> {
+        py.detach(|| self.with(|p| Ok(p.shared.telemetry.snapshot_json())))
+    }
+
+    /// Up to `max` finished spans, oldest first, as a JSON list.
+    #[pyo3(signature = (max = 1024))]
+    fn drain_spans(&self, py: Python<'_>, max: usize) -> PyResult<String> {
+        py.detach(|| {
+            self.with(|p| {
+                let spans = p.shared.telemetry.drain_spans(max);
+                serde_json::to_string(&spans).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+            })
+        })
+    }
+
+    /// Where each listener is bound ("inbound:<port>", "outbound:http", "outbound:<svc:port>").
+    fn bound(&self) -> PyResult<HashMap<String, String>> {
+        self.with(|p| {
+            Ok(p.bound
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect())
+        })
+    }
+
+    /// The revision of the config in force.
+    fn revision(&self) -> PyResult<String> {
+        self.with(|p| Ok(p.shared.active.load().config.revision.clone()))
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `drain_timeout` seconds.
+    #[pyo3(signature = (drain_timeout = 5.0))]
+    fn shutdown(&self, py: Python<'_>, drain_timeout: f64) -> PyResult<()> {
+        let taken = self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut proxy) = taken {
+            py.detach(|| proxy.shutdown(Duration::from_secs_f64(drain_timeout.max(0.0))));
+        }
+        Ok(())
+    }
+}
+
+/// Starts a proxy: every listener is bound before this returns, so it is ready when it does.
+#[pyfunction]
+#[pyo3(signature = (config, cert_chain, key, bundle, listeners, workers = 1))]
+fn start(
+    py: Python<'_>,
+    config: &str,
+    cert_chain: &[u8],
+    key: &[u8],
+    bundle: &[u8],
+    listeners: &str,
+    workers: usize,
+) -> PyResult<PyProxy> {
+    let listeners: Listeners = serde_json::from_str(listeners)
+        .map_err(|e| ConfigError::new_err(format!("invalid listeners: {e}")))?;
+    let proxy = py.detach(|| {
+        let m = material(cert_chain, key, bundle)?;
+        Proxy::start(config, m, listeners, workers).map_err(to_py)
+    })?;
+    Ok(PyProxy {
+        inner: Mutex::new(Some(proxy)),
+    })
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(check_route_regex, m)?)?;
+    m.add_function(wrap_pyfunction!(start, m)?)?;
+    m.add_class::<PyProxy>()?;
+    m.add("ConfigError", m.py().get_type::<ConfigError>())?;
+    m.add("CertificateError", m.py().get_type::<CertificateError>())?;
+    m.add("BindError", m.py().get_type::<BindError>())?;
     Ok(())
 }

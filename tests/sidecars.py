@@ -1,0 +1,146 @@
+"""A test rig: real backends on loopback and real fastpath sidecars started from real intent.
+
+Everything listens on 127.0.0.1 with ports the kernel picks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import http.server
+import json
+import socket
+import socketserver
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from reconciler import _native, compiler, intent
+from reconciler.sidecar.binding import bind_endpoints, to_json
+from tests.conftest import write_repo
+from tests.pki import CA, Identity
+
+
+class EchoHandler(http.server.BaseHTTPRequestHandler):
+    """Answers with what it received; /status/N answers N; POST bodies are counted, streamed."""
+
+    protocol_version = "HTTP/1.1"
+    # Headers and body are separate writes; without this, Nagle and delayed ACKs add 40 ms.
+    disable_nagle_algorithm = True
+    server: EchoServer
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        received = 0
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                while size:
+                    chunk = self.rfile.read(min(size, 1 << 16))
+                    received += len(chunk)
+                    size -= len(chunk)
+                self.rfile.readline()
+        else:
+            while received < length:
+                received += len(self.rfile.read(min(length - received, 1 << 16)))
+        status = 200
+        if self.path.startswith("/status/"):
+            status = int(self.path.split("/")[2])
+        self.server.hits += 1
+        body = json.dumps(
+            {
+                "service": self.server.name,
+                "method": self.command,
+                "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "received": received,
+            }
+        ).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _answer  # noqa: N815  # http.server's names
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class EchoServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, name: str) -> None:
+        super().__init__(("127.0.0.1", 0), EchoHandler)
+        self.name = name
+        self.hits = 0
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+class TcpEchoHandler(socketserver.BaseRequestHandler):
+    """Echoes bytes; when the client half-closes, sends a trailer with the count and closes."""
+
+    def handle(self) -> None:
+        total = 0
+        while data := self.request.recv(65536):
+            total += len(data)
+            self.request.sendall(data)
+        self.request.sendall(f"bye:{total}".encode())
+        self.request.shutdown(socket.SHUT_WR)
+
+
+class TcpEchoServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), TcpEchoHandler)
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+@contextlib.contextmanager
+def serving(server: socketserver.BaseServer) -> Iterator[None]:
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def compiled(
+    root: Path, files: dict[str, str], revision: str = "test@sha1:" + "1" * 40
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Compile intent written to `root`; ProxyConfigs as dicts, by (namespace, service)."""
+    write_repo(root, files)
+    snapshot = dataclasses.replace(intent.files.from_directory(root), revision=revision)
+    desired = compiler.compile(intent.load(snapshot))
+    return {key: c.as_dict() for key, c in desired.proxy_configs.items()}
+
+
+def start(
+    config: dict[str, Any],
+    who: Identity,
+    listeners: dict[str, Any],
+    endpoints: dict[str, list[str]] | None = None,
+) -> _native.Proxy:
+    bound = bind_endpoints(config, endpoints or {})
+    return _native.start(to_json(bound), who.chain, who.key, who.bundle, json.dumps(listeners))
+
+
+def identity(ca: CA, trust_domain: str, ns: str, sa: str) -> Identity:
+    return ca.issue(f"spiffe://{trust_domain}/ns/{ns}/sa/{sa}")
