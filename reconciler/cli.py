@@ -110,6 +110,19 @@ def cmd_reach(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sidecar(args: argparse.Namespace) -> int:
+    from reconciler.sidecar import agent  # noqa: PLC0415  # loads the extension; only this command needs it
+
+    return agent.run(
+        Path(args.config),
+        Path(args.certs),
+        Path(args.listeners),
+        admin_addr=args.admin,
+        workers=args.workers,
+        drain_timeout=args.drain_timeout,
+    )
+
+
 def cmd_version(_: argparse.Namespace) -> int:
     from reconciler import _native  # noqa: PLC0415  # only this command needs the extension loaded
 
@@ -302,6 +315,26 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(run=cmd_reach)
 
     _ca_commands(sub)
+
+    sc = sub.add_parser("sidecar", help="run the sidecar: fastpath plus its agent")
+    sc.add_argument("--config", required=True, help="ProxyConfig JSON file (reloaded on change)")
+    sc.add_argument(
+        "--certs", required=True, help="folder with tls.crt, tls.key and ca.crt (rotated on change)"
+    )
+    sc.add_argument("--listeners", required=True, help="JSON file: where the listeners bind")
+    sc.add_argument(
+        "--admin",
+        default="127.0.0.1:15000",
+        help="admin address (/ready /live /metrics /config_dump)",
+    )
+    sc.add_argument("--workers", type=int, default=1, help="fastpath worker threads")
+    sc.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=5.0,
+        help="seconds to finish in-flight requests on SIGTERM",
+    )
+    sc.set_defaults(run=cmd_sidecar)
 
     sub.add_parser("version", help="print the weft and fastpath versions").set_defaults(
         run=cmd_version

@@ -12,6 +12,7 @@ import json
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ class EchoHandler(http.server.BaseHTTPRequestHandler):
             while received < length:
                 received += len(self.rfile.read(min(length - received, 1 << 16)))
         status = 200
+        if "/sleep/" in self.path:  # a slow request, for drain tests
+            time.sleep(int(self.path.rsplit("/", 1)[1]) / 1000)
         if self.path.startswith("/status/"):
             status = int(self.path.split("/")[2])
         self.server.hits += 1

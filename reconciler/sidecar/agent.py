@@ -1,0 +1,203 @@
+"""`weft sidecar`: the agent around fastpath.
+
+It reads the ProxyConfig, certificates (`tls.crt`, `tls.key`, `ca.crt`, the layout of a
+Kubernetes TLS Secret) and listener bindings from files; starts fastpath; polls the files and
+reloads or rotates when they change (a refused config or certificate leaves the old one
+serving, and is reported); serves the admin port; and on SIGTERM stops accepting, lets
+in-flight requests finish up to a deadline, and exits. The agent is never on a request path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from reconciler import _native
+from reconciler.sidecar import admin, metrics
+
+log = logging.getLogger("weft.sidecar")
+
+POLL_SECONDS = 1.0
+CERT_FILES = ("tls.crt", "tls.key", "ca.crt")
+
+
+def _digest(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@dataclasses.dataclass
+class Counters:
+    reloads: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"applied": 0, "rejected": 0}
+    )
+    rotations: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"applied": 0, "rejected": 0}
+    )
+    last_error: str | None = None
+
+
+class Agent:
+    def __init__(self, config: Path, certs: Path, listeners: Path, workers: int = 1) -> None:
+        self.config_path, self.certs_dir, self.listeners_path = config, certs, listeners
+        self.workers = workers
+        self.proxy: _native.Proxy | None = None
+        self.config: dict[str, Any] = {}
+        self.counters = Counters()
+        self.draining = threading.Event()
+        self._config_digest = self._certs_digest = ""
+        self._lock = threading.Lock()
+
+    def _certs(self) -> tuple[bytes, bytes, bytes]:
+        chain, key, bundle = (self.certs_dir / name for name in CERT_FILES)
+        return chain.read_bytes(), key.read_bytes(), bundle.read_bytes()
+
+    def start(self) -> None:
+        text = self.config_path.read_text()
+        chain, key, bundle = self._certs()
+        self.proxy = _native.start(
+            text, chain, key, bundle, self.listeners_path.read_text(), workers=self.workers
+        )
+        self.config = json.loads(text)
+        self._config_digest = _digest(self.config_path)
+        self._certs_digest = _digest(*(self.certs_dir / n for n in CERT_FILES))
+        log.info(
+            "started",
+            extra={
+                "event": "started",
+                "revision": self.proxy.revision(),
+                "bound": self.proxy.bound(),
+            },
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.proxy is not None and not self.draining.is_set()
+
+    def poll(self) -> None:
+        """Reload or rotate if a file changed since the last look."""
+        assert self.proxy is not None
+        with self._lock:
+            try:
+                digest = _digest(self.config_path)
+            except OSError as e:
+                return self._rejected("reloads", f"cannot read {self.config_path}: {e}")
+            if digest != self._config_digest:
+                self._config_digest = digest
+                text = self.config_path.read_text()
+                try:
+                    revision = self.proxy.reload(text)
+                except _native.ConfigError as e:
+                    return self._rejected("reloads", f"config refused, previous one stays: {e}")
+                self.config = json.loads(text)
+                self.counters.reloads["applied"] += 1
+                log.info("config reloaded", extra={"event": "reloaded", "revision": revision})
+            try:
+                digest = _digest(*(self.certs_dir / n for n in CERT_FILES))
+            except OSError as e:
+                return self._rejected("rotations", f"cannot read certificates: {e}")
+            if digest != self._certs_digest:
+                self._certs_digest = digest
+                try:
+                    self.proxy.rotate(*self._certs())
+                except _native.CertificateError as e:
+                    return self._rejected(
+                        "rotations", f"certificates refused, previous ones stay: {e}"
+                    )
+                self.counters.rotations["applied"] += 1
+                log.info("certificates rotated", extra={"event": "rotated"})
+        return None
+
+    def _rejected(self, kind: str, message: str) -> None:
+        getattr(self.counters, kind)["rejected"] += 1
+        self.counters.last_error = message
+        log.error(message, extra={"event": f"{kind}-rejected"})
+
+    def metrics(self) -> str:
+        assert self.proxy is not None
+        workload = self.config.get("workload", {})
+        c = self.counters
+        extra = [
+            "# TYPE weft_sidecar_reloads_total counter",
+            *(f'weft_sidecar_reloads_total{{result="{k}"}} {v}' for k, v in c.reloads.items()),
+            "# TYPE weft_sidecar_rotations_total counter",
+            *(f'weft_sidecar_rotations_total{{result="{k}"}} {v}' for k, v in c.rotations.items()),
+            "# TYPE weft_sidecar_config_info gauge",
+            f'weft_sidecar_config_info{{revision="{self.proxy.revision()}"}} 1',
+        ]
+        return metrics.render(self.proxy.stats(), workload, extra)
+
+    def config_dump(self) -> dict[str, Any]:
+        assert self.proxy is not None
+        return {
+            "revision": self.proxy.revision(),
+            "bound": self.proxy.bound(),
+            "config": self.config,
+            "reloads": self.counters.reloads,
+            "rotations": self.counters.rotations,
+            "lastError": self.counters.last_error,
+        }
+
+    def shutdown(self, drain_timeout: float) -> None:
+        self.draining.set()
+        if self.proxy is not None:
+            log.info("draining", extra={"event": "draining", "timeout": drain_timeout})
+            self.proxy.shutdown(drain_timeout)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: what log pipelines ingest without parsing rules."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + "Z",
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        for field in ("event", "revision", "bound", "timeout"):
+            if hasattr(record, field):
+                entry[field] = getattr(record, field)
+        return json.dumps(entry)
+
+
+def run(
+    config: Path,
+    certs: Path,
+    listeners: Path,
+    *,
+    admin_addr: str,
+    workers: int,
+    drain_timeout: float,
+) -> int:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    agent = Agent(config, certs, listeners, workers)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server = admin.serve(admin_addr, agent)
+    admin_bound = f"{server.server_address[0]!s}:{server.server_port}"
+    log.info("admin listening", extra={"event": "admin", "bound": {"admin": admin_bound}})
+    try:
+        agent.start()
+    except (OSError, ValueError) as e:
+        log.error(f"cannot start: {e}", extra={"event": "start-failed"})
+        server.shutdown()
+        return 1
+    while not stop.wait(POLL_SECONDS):
+        agent.poll()
+    agent.shutdown(drain_timeout)
+    server.shutdown()
+    log.info("stopped", extra={"event": "stopped"})
+    return 0
