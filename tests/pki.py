@@ -64,6 +64,23 @@ class CA:
         )
         return CA(cert, key)
 
+    def issue_server(self, dns_name: str) -> Identity:
+        """A plain web server certificate, as a site outside the mesh would have."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name)]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - datetime.timedelta(minutes=1))
+            .not_valid_after(NOW + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns_name)]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        return Identity(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key), self.pem)
+
     def issue(
         self,
         spiffe_id: str | None,

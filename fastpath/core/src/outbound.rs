@@ -10,6 +10,7 @@ use http_body_util::BodyExt;
 use rand::Rng;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::config::{EgressDestination, EgressProtocol};
 use crate::http::{accept_loop, full, incoming, local_reply, serve_http1, strip_hop_by_hop, Hop};
 use crate::proxy::{Active, Shared};
 use crate::retry::{back_off, retryable, Outcome};
@@ -58,6 +59,9 @@ async fn request(
         })
         .unwrap_or_default();
     let Some(host) = active.routes.host(&authority) else {
+        if let Some((dest, upstream)) = egress_http(&active, &authority) {
+            return egress(&shared, &active, dest, upstream, req, started).await;
+        }
         // REGISTRY_ONLY: only destinations the intent lets this workload call have a route.
         return local_reply(
             StatusCode::FORBIDDEN,
@@ -273,8 +277,76 @@ pub async fn serve_tcp(shared: Arc<Shared>, key: String, listener: TcpListener) 
     .await;
 }
 
+/// The ExternalService an HTTP authority names, if this workload may use it.
+fn egress_http<'a>(
+    active: &'a Active,
+    authority: &str,
+) -> Option<(&'a EgressDestination, &'a Arc<Upstream>)> {
+    let (name, port) = crate::routing::split_authority(authority)?;
+    let (dest, upstream) = active
+        .egress
+        .get(&format!("{}:{port}", name.to_ascii_lowercase()))?;
+    (dest.protocol == EgressProtocol::Http).then_some((dest, upstream))
+}
+
+/// HTTP to a destination outside the mesh: sent once (no mesh routing, no retries), over TLS
+/// verified against the system roots when the intent says to originate it.
+async fn egress(
+    shared: &Shared,
+    active: &Active,
+    dest: &EgressDestination,
+    upstream: &Upstream,
+    req: http::Request<hyper::body::Incoming>,
+    started: Instant,
+) -> http::Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    parts.uri = path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    let response = match attempt(
+        shared,
+        upstream,
+        http::Request::from_parts(parts, incoming(body)),
+        None,
+    )
+    .await
+    {
+        Ok(resp) => resp,
+        Err(o) => local_reply(
+            StatusCode::BAD_GATEWAY,
+            &format!("egress:{}", dest.name),
+            &active.config.revision,
+            format!(
+                "external service {} ({}:{}) unavailable: {o:?}",
+                dest.name, dest.host, dest.port
+            ),
+        ),
+    };
+    shared.telemetry.record_request(
+        RequestKey {
+            direction: "outbound",
+            source: active.config.workload.spiffe_id.clone(),
+            destination: dest.name.clone(),
+            port: dest.port,
+            code: response.status().as_u16(),
+            policy: format!("egress:{}", dest.name),
+        },
+        started.elapsed(),
+    );
+    response
+}
+
 async fn tcp_connection(shared: Arc<Shared>, key: String, mut client: TcpStream) {
     let active = shared.active.load_full();
+    if let Some((dest, upstream)) = active.egress.get(&key) {
+        if dest.protocol != EgressProtocol::Http {
+            return egress_tcp(&shared, &active, dest, upstream, client).await;
+        }
+    }
     let Some(target) = active
         .config
         .outbound
@@ -318,4 +390,39 @@ async fn tcp_connection(shared: Arc<Shared>, key: String, mut client: TcpStream)
             Err(_) => endpoint.connect_failed(),
         }
     }
+}
+
+/// Opaque TCP (or TLS the app speaks itself) to a destination outside the mesh.
+async fn egress_tcp(
+    shared: &Shared,
+    active: &Active,
+    dest: &EgressDestination,
+    upstream: &Upstream,
+    mut client: TcpStream,
+) {
+    let stats = TcpKey {
+        direction: "outbound",
+        source: active.config.workload.spiffe_id.clone(),
+        destination: dest.name.clone(),
+        port: dest.port,
+    };
+    let Some(endpoint) = upstream.pick() else {
+        return;
+    };
+    let Ok(mut server) = connect_stream(&endpoint.addr, &upstream.transport, &shared.tls).await
+    else {
+        endpoint.connect_failed();
+        return;
+    };
+    shared
+        .telemetry
+        .record_tcp(stats.clone(), |s| s.opened += 1);
+    let copied = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    shared.telemetry.record_tcp(stats, |s| {
+        s.closed += 1;
+        if let Ok((sent, received)) = copied {
+            s.bytes_sent += sent;
+            s.bytes_received += received;
+        }
+    });
 }

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{ConfigError, InboundPort, LoadBalancer, ProxyConfig};
+use crate::config::{ConfigError, EgressDestination, InboundPort, LoadBalancer, ProxyConfig};
 use crate::retry::{Budget, Budgets};
 use crate::routing;
 use crate::telemetry::Telemetry;
@@ -67,6 +67,8 @@ pub struct Active {
     pub clusters: HashMap<String, Arc<Upstream>>,
     pub apps: HashMap<String, Arc<Upstream>>,
     pub budgets: Budgets,
+    /// ExternalService destinations by "host:port", each with the upstream that reaches it.
+    pub egress: HashMap<String, (EgressDestination, Arc<Upstream>)>,
 }
 
 impl Active {
@@ -148,6 +150,7 @@ impl Active {
                 })
                 .collect(),
         );
+        let egress = egress_upstreams(&config)?;
         Ok(Active {
             config,
             routes,
@@ -155,8 +158,44 @@ impl Active {
             clusters,
             apps,
             budgets,
+            egress,
         })
     }
+}
+
+/// The upstreams of the destinations outside the mesh this workload may reach. Egress with TLS
+/// origination loads the system's roots once per config.
+fn egress_upstreams(
+    config: &ProxyConfig,
+) -> Result<HashMap<String, (EgressDestination, Arc<Upstream>)>, ProxyError> {
+    let mut tls = None;
+    let mut out = HashMap::new();
+    for d in &config.outbound.egress {
+        let (transport, target) = match &d.tls_origination {
+            Some(o) => {
+                let tls = match &tls {
+                    Some(t) => Arc::clone(t),
+                    None => tls.insert(crate::tls::egress_client()?).clone(),
+                };
+                (
+                    Transport::Egress {
+                        sni: o.sni.clone(),
+                        tls,
+                    },
+                    format!("{}:{}", d.host, o.port),
+                )
+            }
+            None => (Transport::Plain, format!("{}:{}", d.host, d.port)),
+        };
+        let up = Upstream::new(
+            format!("egress:{}", d.name),
+            LoadBalancer::RoundRobin,
+            transport,
+            vec![target],
+        );
+        out.insert(format!("{}:{}", d.host, d.port), (d.clone(), Arc::new(up)));
+    }
+    Ok(out)
 }
 
 /// State every connection task shares.

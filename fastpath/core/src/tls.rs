@@ -147,6 +147,26 @@ impl Material {
     }
 }
 
+/// A client config for TLS origination to destinations outside the mesh: the system's trust
+/// roots (honouring `SSL_CERT_FILE`/`SSL_CERT_DIR`, like OpenSSL), normal hostname
+/// verification, and no client certificate — the mesh identity is not for outsiders.
+pub fn egress_client() -> Result<Arc<ClientConfig>, TlsError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    for cert in found.certs {
+        // One unparsable system certificate must not disable egress for all the others.
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        return Err(TlsError::Bundle("no system trust roots found".into()));
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// Verifies an upstream's chain against the mesh trust bundle and pins its SPIFFE ID, so a
 /// workload that holds another service's certificate cannot pose as this one.
 #[derive(Debug)]

@@ -124,8 +124,15 @@ impl Endpoint {
 /// How to reach a cluster's endpoints: mTLS pinned to an identity, or plain TCP (the local app).
 #[derive(Debug, Clone)]
 pub enum Transport {
-    Mesh { expected_id: String },
+    Mesh {
+        expected_id: String,
+    },
     Plain,
+    /// TLS to a destination outside the mesh, verified against the system's roots.
+    Egress {
+        sni: String,
+        tls: Arc<rustls::ClientConfig>,
+    },
 }
 
 pub async fn connect_stream(
@@ -148,6 +155,22 @@ pub async fn connect_stream(
     let _ = tcp.set_nodelay(true);
     match transport {
         Transport::Plain => Ok(Box::new(tcp)),
+        Transport::Egress { sni, tls } => {
+            let name = rustls::pki_types::ServerName::try_from(sni.clone()).map_err(|e| {
+                UpstreamError::Tls {
+                    addr: addr.to_owned(),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })?;
+            let stream = TlsConnector::from(tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|source| UpstreamError::Tls {
+                    addr: addr.to_owned(),
+                    source,
+                })?;
+            Ok(Box::new(stream))
+        }
         Transport::Mesh { expected_id } => {
             let config = tls
                 .load()
