@@ -209,6 +209,7 @@ pub struct Shared {
 }
 
 pub struct Proxy {
+    /// The runtime `start` made; `None` when the caller's runtime runs the tasks (`spawn_on`).
     runtime: Option<tokio::runtime::Runtime>,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
@@ -222,11 +223,33 @@ pub const DEFAULT_WORKERS: usize = 1;
 pub const DNS_REFRESH: Duration = Duration::from_secs(5);
 
 impl Proxy {
+    /// Starts on a runtime of its own with `workers` threads: what the binding and the
+    /// binary use, so the proxy never competes with its host for a runtime.
     pub fn start(
         config_json: &str,
         material: Material,
         listeners: Listeners,
         workers: usize,
+    ) -> Result<Proxy, ProxyError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers.max(1))
+            .thread_name("fastpath")
+            .enable_all()
+            .build()
+            .map_err(ProxyError::Runtime)?;
+        let mut proxy = Proxy::spawn_on(runtime.handle(), config_json, material, listeners)?;
+        proxy.runtime = Some(runtime);
+        Ok(proxy)
+    }
+
+    /// Starts on a runtime the caller owns. Tests use it so the proxy, its upstreams and the
+    /// test share one clock: with `start_paused`, timeouts and retries take no real time.
+    /// Stop it with [`Proxy::drain`] from that runtime; `shutdown` only signals.
+    pub fn spawn_on(
+        runtime: &tokio::runtime::Handle,
+        config_json: &str,
+        material: Material,
+        listeners: Listeners,
     ) -> Result<Proxy, ProxyError> {
         let config = ProxyConfig::parse(config_json)?;
         for name in listeners.inbound.keys().chain(listeners.app.keys()) {
@@ -237,12 +260,6 @@ impl Proxy {
             }
         }
         let active = Active::compile(config, &listeners, None)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers.max(1))
-            .thread_name("fastpath")
-            .enable_all()
-            .build()
-            .map_err(ProxyError::Runtime)?;
         let (tx, rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             active: ArcSwap::from_pointee(active),
@@ -295,7 +312,7 @@ impl Proxy {
         }
         tasks.push(runtime.spawn(refresh_dns(shared.clone())));
         Ok(Proxy {
-            runtime: Some(runtime),
+            runtime: None,
             shared,
             shutdown: tx,
             tasks,
@@ -319,20 +336,25 @@ impl Proxy {
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `drain`, then stops.
+    /// On a caller's runtime (`spawn_on`) it can only signal: await [`Proxy::drain`] there.
     pub fn shutdown(&mut self, drain: Duration) {
         let _ = self.shutdown.send(true);
         if let Some(runtime) = self.runtime.take() {
-            let tasks = std::mem::take(&mut self.tasks);
-            runtime.block_on(async {
-                let _ = tokio::time::timeout(drain, async {
-                    for t in tasks {
-                        let _ = t.await;
-                    }
-                })
-                .await;
-            });
+            runtime.block_on(self.drain(drain));
             runtime.shutdown_timeout(Duration::from_millis(100));
         }
+    }
+
+    /// Stops accepting and waits up to `drain` for in-flight requests to finish.
+    pub async fn drain(&mut self, drain: Duration) {
+        let _ = self.shutdown.send(true);
+        let tasks = std::mem::take(&mut self.tasks);
+        let _ = tokio::time::timeout(drain, async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+        .await;
     }
 }
 
