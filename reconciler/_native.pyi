@@ -33,6 +33,8 @@ class Proxy:
         """Cumulative request and TCP counters, as JSON."""
     def drain_spans(self, max: int = 1024) -> str:
         """Up to `max` finished spans, oldest first, as a JSON list."""
+    def drain_access_log(self, max: int = 4096) -> str:
+        """Up to `max` access log entries, oldest first, as a JSON list."""
     def bound(self) -> dict[str, str]:
         """Where each listener is bound."""
     def revision(self) -> str:

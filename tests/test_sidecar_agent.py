@@ -177,6 +177,26 @@ def test_ready_serves_and_reports_istio_metrics(sidecar: Sidecar) -> None:
     assert 'weft_sidecar_config_info{revision="main@sha1:' + "a" * 40 + '"} 1' in text
 
 
+def test_every_request_gets_a_json_access_log_line(sidecar: Sidecar) -> None:
+    assert sidecar.request("/orders?id=7") == 200
+    wait_until(lambda: sidecar.event("access") is not None)
+    entry = sidecar.event("access")
+    assert entry is not None
+    assert {
+        k: entry[k] for k in ("direction", "source", "destination", "method", "path", "status")
+    } == {
+        "direction": "outbound",
+        "source": f"spiffe://{TD}/ns/a/sa/web",
+        "destination": "b/api:8080",
+        "method": "GET",
+        "path": "/orders?id=7",
+        "status": 200,
+    }
+    assert entry["decided_by"] == "default"
+    assert len(entry["trace_id"]) == 32
+    assert entry["revision"] == "main@sha1:" + "a" * 40
+
+
 def test_a_bad_config_is_refused_and_a_good_one_applied(sidecar: Sidecar) -> None:
     (sidecar.files / "config.json").write_text(
         '{"schemaVersion": "weft.dev/proxyconfig/v1", "oops": 1}'

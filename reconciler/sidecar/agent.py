@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from reconciler import _native
 from reconciler.sidecar import admin, metrics
@@ -26,6 +26,8 @@ from reconciler.sidecar import admin, metrics
 log = logging.getLogger("weft.sidecar")
 
 POLL_SECONDS = 1.0
+# Access logs are written this often, so a line appears within a fraction of a second.
+ACCESS_LOG_SECONDS = 0.2
 CERT_FILES = ("tls.crt", "tls.key", "ca.crt")
 
 
@@ -118,6 +120,15 @@ class Agent:
                 log.info("certificates rotated", extra={"event": "rotated"})
         return None
 
+    def write_access_log(self, out: IO[str]) -> None:
+        """Access log entries fastpath queued since the last call, one JSON object a line."""
+        if self.proxy is None:
+            return
+        entries = json.loads(self.proxy.drain_access_log())
+        if entries:
+            out.write("".join(json.dumps({"event": "access", **e}) + "\n" for e in entries))
+            out.flush()
+
     def _rejected(self, kind: str, message: str) -> None:
         getattr(self.counters, kind)["rejected"] += 1
         self.counters.last_error = message
@@ -186,6 +197,7 @@ def run(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    next_poll = time.monotonic() + POLL_SECONDS
     server = admin.serve(admin_addr, agent)
     admin_bound = f"{server.server_address[0]!s}:{server.server_port}"
     log.info("admin listening", extra={"event": "admin", "bound": {"admin": admin_bound}})
@@ -195,9 +207,13 @@ def run(
         log.error(f"cannot start: {e}", extra={"event": "start-failed"})
         server.shutdown()
         return 1
-    while not stop.wait(POLL_SECONDS):
-        agent.poll()
+    while not stop.wait(ACCESS_LOG_SECONDS):
+        agent.write_access_log(sys.stdout)
+        if time.monotonic() >= next_poll:
+            agent.poll()
+            next_poll = time.monotonic() + POLL_SECONDS
     agent.shutdown(drain_timeout)
+    agent.write_access_log(sys.stdout)
     server.shutdown()
     log.info("stopped", extra={"event": "stopped"})
     return 0

@@ -107,6 +107,14 @@ impl Hop {
         }
     }
 
+    pub fn trace_id(&self) -> String {
+        self.ctx.trace_id.clone()
+    }
+
+    pub fn start_unix_ms(&self) -> u128 {
+        unix_nanos(self.started) / 1_000_000
+    }
+
     pub fn finish(self, shared: &Shared, name: String, attributes: Vec<(String, String)>) {
         if self.ctx.sampled {
             shared.telemetry.record_span(Span {

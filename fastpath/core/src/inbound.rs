@@ -13,7 +13,7 @@ use crate::authz::{self, Peer, Request};
 use crate::config::MtlsMode;
 use crate::http::{accept_loop, incoming, local_reply, serve_http1, strip_hop_by_hop, Hop};
 use crate::proxy::Shared;
-use crate::telemetry::{RequestKey, TcpKey};
+use crate::telemetry::{AccessLog, RequestKey, TcpKey};
 use crate::upstream::{connect_stream, Body, Transport};
 
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -139,6 +139,19 @@ async fn request(
         },
         started.elapsed(),
     );
+    shared.telemetry.log_access(AccessLog {
+        start_unix_ms: hop.start_unix_ms(),
+        direction: "inbound",
+        source: source.clone(),
+        destination: format!("{destination}:{}", port.port),
+        method: method.to_string(),
+        path: path.clone(),
+        status: code,
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        decided_by: policy.clone(),
+        trace_id: hop.trace_id(),
+        revision: config.revision.clone(),
+    });
     hop.finish(
         &shared,
         format!("inbound {destination}:{} {method}", port.port),

@@ -14,7 +14,7 @@ use crate::config::{EgressDestination, EgressProtocol};
 use crate::http::{accept_loop, full, incoming, local_reply, serve_http1, strip_hop_by_hop, Hop};
 use crate::proxy::{Active, Shared};
 use crate::retry::{back_off, retryable, Outcome};
-use crate::telemetry::{RequestKey, TcpKey};
+use crate::telemetry::{AccessLog, RequestKey, TcpKey};
 use crate::upstream::{connect_stream, Body, Upstream, UpstreamError};
 
 /// Bodies up to this size are buffered so a retry can send them again; larger bodies stream
@@ -218,6 +218,19 @@ async fn request(
         },
         started.elapsed(),
     );
+    shared.telemetry.log_access(AccessLog {
+        start_unix_ms: hop.start_unix_ms(),
+        direction: "outbound",
+        source: active.config.workload.spiffe_id.clone(),
+        destination: format!("{}:{}", host.service, host.port),
+        method: method.to_string(),
+        path: path.clone(),
+        status: code,
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        decided_by: route.config.name.clone(),
+        trace_id: hop.trace_id(),
+        revision: revision.clone(),
+    });
     hop.finish(
         &shared,
         format!("outbound {}:{} {method}", host.service, host.port),

@@ -61,11 +61,28 @@ pub struct Span {
     pub attributes: Vec<(String, String)>,
 }
 
+/// One request as an access log line; the agent writes these as JSON lines.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessLog {
+    pub start_unix_ms: u128,
+    pub direction: &'static str,
+    pub source: String,
+    pub destination: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub duration_ms: f64,
+    pub decided_by: String,
+    pub trace_id: String,
+    pub revision: String,
+}
+
 #[derive(Debug, Serialize)]
 struct Snapshot<'a> {
     requests: Vec<(&'a RequestKey, &'a RequestStats)>,
     tcp: Vec<(&'a TcpKey, &'a TcpStats)>,
     spans_dropped: u64,
+    access_logs_dropped: u64,
 }
 
 #[derive(Debug)]
@@ -74,6 +91,7 @@ pub struct Telemetry {
     tcp: Mutex<HashMap<TcpKey, TcpStats>>,
     spans: Mutex<(VecDeque<Span>, u64)>,
     span_capacity: usize,
+    access: Mutex<(VecDeque<AccessLog>, u64)>,
 }
 
 impl Default for Telemetry {
@@ -94,6 +112,7 @@ impl Telemetry {
             tcp: Mutex::default(),
             spans: Mutex::new((VecDeque::with_capacity(span_capacity.min(1024)), 0)),
             span_capacity,
+            access: Mutex::new((VecDeque::with_capacity(span_capacity.min(1024)), 0)),
         }
     }
 
@@ -127,15 +146,35 @@ impl Telemetry {
         ring.push_back(span);
     }
 
+    /// Queues an access log entry; when the agent falls behind, the oldest entries are dropped
+    /// (and counted) rather than letting memory grow or a request wait.
+    pub fn log_access(&self, entry: AccessLog) {
+        let mut guard = lock(&self.access);
+        let (ring, dropped) = &mut *guard;
+        if ring.len() >= self.span_capacity {
+            ring.pop_front();
+            *dropped += 1;
+        }
+        ring.push_back(entry);
+    }
+
+    pub fn drain_access_log(&self, max: usize) -> Vec<AccessLog> {
+        let mut guard = lock(&self.access);
+        let n = guard.0.len().min(max);
+        guard.0.drain(..n).collect()
+    }
+
     /// Every counter as JSON (cumulative since start).
     pub fn snapshot_json(&self) -> String {
         let requests = lock(&self.requests);
         let tcp = lock(&self.tcp);
         let dropped = lock(&self.spans).1;
+        let access_dropped = lock(&self.access).1;
         let snap = Snapshot {
             requests: requests.iter().collect(),
             tcp: tcp.iter().collect(),
             spans_dropped: dropped,
+            access_logs_dropped: access_dropped,
         };
         serde_json::to_string(&snap).unwrap_or_else(|_| "{}".into())
     }

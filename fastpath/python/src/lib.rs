@@ -6,13 +6,14 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
+use fastpath::proxy::Shared;
 use fastpath::tls::Material;
 use fastpath::{Listeners, Proxy, ProxyError};
 
@@ -67,6 +68,9 @@ fn check_route_regex(pattern: &str) -> PyResult<()> {
 #[pyclass(module = "reconciler._native", name = "Proxy")]
 struct PyProxy {
     inner: Mutex<Option<Proxy>>,
+    // Telemetry and the config in force stay readable after shutdown: the requests that
+    // finish during the drain must still reach the logs and metrics.
+    shared: Arc<Shared>,
 }
 
 impl PyProxy {
@@ -97,17 +101,24 @@ impl PyProxy {
 
     /// Cumulative request and TCP counters, as JSON.
     fn stats(&self, py: Python<'_>) -> PyResult<String> {
-        py.detach(|| self.with(|p| Ok(p.shared.telemetry.snapshot_json())))
+        py.detach(|| Ok(self.shared.telemetry.snapshot_json()))
     }
 
     /// Up to `max` finished spans, oldest first, as a JSON list.
     #[pyo3(signature = (max = 1024))]
     fn drain_spans(&self, py: Python<'_>, max: usize) -> PyResult<String> {
         py.detach(|| {
-            self.with(|p| {
-                let spans = p.shared.telemetry.drain_spans(max);
-                serde_json::to_string(&spans).map_err(|e| PyRuntimeError::new_err(e.to_string()))
-            })
+            let spans = self.shared.telemetry.drain_spans(max);
+            serde_json::to_string(&spans).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+        })
+    }
+
+    /// Up to `max` access log entries, oldest first, as a JSON list.
+    #[pyo3(signature = (max = 4096))]
+    fn drain_access_log(&self, py: Python<'_>, max: usize) -> PyResult<String> {
+        py.detach(|| {
+            let entries = self.shared.telemetry.drain_access_log(max);
+            serde_json::to_string(&entries).map_err(|e| PyRuntimeError::new_err(e.to_string()))
         })
     }
 
@@ -123,7 +134,7 @@ impl PyProxy {
 
     /// The revision of the config in force.
     fn revision(&self) -> PyResult<String> {
-        self.with(|p| Ok(p.shared.active.load().config.revision.clone()))
+        Ok(self.shared.active.load().config.revision.clone())
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `drain_timeout` seconds.
@@ -155,8 +166,10 @@ fn start(
         let m = material(cert_chain, key, bundle)?;
         Proxy::start(config, m, listeners, workers).map_err(to_py)
     })?;
+    let shared = Arc::clone(&proxy.shared);
     Ok(PyProxy {
         inner: Mutex::new(Some(proxy)),
+        shared,
     })
 }
 
