@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from reconciler import _native
-from reconciler.sidecar import admin, metrics
+from reconciler.sidecar import admin, metrics, otlp
 
 log = logging.getLogger("weft.sidecar")
 
@@ -59,6 +59,7 @@ class Agent:
         self.draining = threading.Event()
         self._config_digest = self._certs_digest = ""
         self._lock = threading.Lock()
+        self.spans: otlp.SpanExport | None = None  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
 
     def _certs(self) -> tuple[bytes, bytes, bytes]:
         chain, key, bundle = (self.certs_dir / name for name in CERT_FILES)
@@ -73,6 +74,10 @@ class Agent:
         self.config = json.loads(text)
         self._config_digest = _digest(self.config_path)
         self._certs_digest = _digest(*(self.certs_dir / n for n in CERT_FILES))
+        self.spans = otlp.from_environment(self.proxy.drain_spans, lambda: self.config)
+        if self.spans is not None:
+            self.spans.start()
+            log.info("exporting spans over OTLP", extra={"event": "span-export"})
         log.info(
             "started",
             extra={
@@ -145,6 +150,10 @@ class Agent:
             *(f'weft_sidecar_rotations_total{{result="{k}"}} {v}' for k, v in c.rotations.items()),
             "# TYPE weft_sidecar_config_info gauge",
             f'weft_sidecar_config_info{{revision="{self.proxy.revision()}"}} 1',
+            "# TYPE weft_sidecar_spans_exported_total counter",
+            f"weft_sidecar_spans_exported_total {self.spans.exported if self.spans else 0}",
+            "# TYPE weft_sidecar_span_export_failures_total counter",
+            f"weft_sidecar_span_export_failures_total {self.spans.failed if self.spans else 0}",
         ]
         return metrics.render(self.proxy.stats(), workload, extra)
 
@@ -164,6 +173,8 @@ class Agent:
         if self.proxy is not None:
             log.info("draining", extra={"event": "draining", "timeout": drain_timeout})
             self.proxy.shutdown(drain_timeout)
+        if self.spans is not None:  # after the drain, so the last requests' spans go out too
+            self.spans.stop()
 
 
 class JsonFormatter(logging.Formatter):
