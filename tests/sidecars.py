@@ -125,6 +125,28 @@ def serving(server: socketserver.BaseServer) -> Iterator[None]:
         server.server_close()
 
 
+def mesh_yaml(trust_domain: str, **spec: str) -> str:
+    """The Mesh document of a test intent; `spec` adds fields (mtls=..., defaultPolicy=...)."""
+    fields = ", ".join(f"{k}: {v}" for k, v in {"trustDomain": trust_domain, **spec}.items())
+    return (
+        f"apiVersion: weft.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: mesh}}\nspec: {{{fields}}}\n"
+    )
+
+
+# The two services most tests need: a/web calls b/api on port 8080.
+WEB_AND_API = """\
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: web, namespace: a}
+spec: {ports: [{name: http, port: 8080}]}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: api, namespace: b}
+spec: {ports: [{name: http, port: 8080}]}
+"""
+
+
 def compiled(
     root: Path, files: dict[str, str], revision: str = "test@sha1:" + "1" * 40
 ) -> dict[tuple[str, str], dict[str, Any]]:

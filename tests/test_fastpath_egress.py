@@ -42,23 +42,8 @@ class External:
 
 def intent(https_port: int, tcp_port: int) -> dict[str, str]:
     return {
-        "mesh.yaml": f"""\
-            apiVersion: weft.dev/v1alpha1
-            kind: Mesh
-            metadata: {{name: mesh}}
-            spec: {{trustDomain: {TD}}}
-            """,
-        "services.yaml": """\
-            apiVersion: weft.dev/v1alpha1
-            kind: Service
-            metadata: {name: web, namespace: a}
-            spec: {ports: [{name: http, port: 8080}]}
-            ---
-            apiVersion: weft.dev/v1alpha1
-            kind: Service
-            metadata: {name: api, namespace: b}
-            spec: {ports: [{name: http, port: 8080}]}
-            """,
+        "mesh.yaml": sidecars.mesh_yaml(TD),
+        "services.yaml": sidecars.WEB_AND_API,
         "external.yaml": f"""\
             apiVersion: weft.dev/v1alpha1
             kind: ExternalService

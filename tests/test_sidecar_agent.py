@@ -21,23 +21,9 @@ from tests.pki import CA
 
 TD = "agent.local"
 INTENT = {
-    "mesh.yaml": f"""\
-        apiVersion: weft.dev/v1alpha1
-        kind: Mesh
-        metadata: {{name: mesh}}
-        spec: {{trustDomain: {TD}}}
-        """,
-    "services.yaml": """\
-        apiVersion: weft.dev/v1alpha1
-        kind: Service
-        metadata: {name: web, namespace: a}
-        spec: {ports: [{name: http, port: 8080}]}
-        ---
-        apiVersion: weft.dev/v1alpha1
-        kind: Service
-        metadata: {name: api, namespace: b}
-        spec: {ports: [{name: http, port: 8080}]}
-        ---
+    "mesh.yaml": sidecars.mesh_yaml(TD),
+    "services.yaml": sidecars.WEB_AND_API,
+    "policies.yaml": """\
         apiVersion: weft.dev/v1alpha1
         kind: AccessPolicy
         metadata: {name: from-a, namespace: b}

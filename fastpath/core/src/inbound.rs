@@ -13,6 +13,7 @@ use crate::authz::{self, Peer, Request};
 use crate::config::MtlsMode;
 use crate::http::{accept_loop, incoming, local_reply, serve_http1, strip_hop_by_hop, Hop};
 use crate::proxy::Shared;
+use crate::tcp::pipe;
 use crate::telemetry::{AccessLog, RequestKey, TcpKey};
 use crate::upstream::{connect_stream, Body, Transport};
 
@@ -246,13 +247,5 @@ where
     else {
         return;
     };
-    shared.telemetry.record_tcp(key.clone(), |s| s.opened += 1);
-    let copied = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
-    shared.telemetry.record_tcp(key, |s| {
-        s.closed += 1;
-        if let Ok((from_peer, from_app)) = copied {
-            s.bytes_received += from_peer;
-            s.bytes_sent += from_app;
-        }
-    });
+    pipe(&shared.telemetry, key, &mut stream, &mut upstream).await;
 }

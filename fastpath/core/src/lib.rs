@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod retry;
 pub mod route_regex;
 pub mod routing;
+mod tcp;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

@@ -14,6 +14,7 @@ use crate::config::{EgressDestination, EgressProtocol};
 use crate::http::{accept_loop, full, incoming, local_reply, serve_http1, strip_hop_by_hop, Hop};
 use crate::proxy::{Active, Shared};
 use crate::retry::{back_off, retryable, Outcome};
+use crate::tcp::pipe;
 use crate::telemetry::{AccessLog, RequestKey, TcpKey};
 use crate::upstream::{connect_stream, Body, Upstream, UpstreamError};
 
@@ -387,18 +388,7 @@ async fn tcp_connection(shared: Arc<Shared>, key: String, mut client: TcpStream)
         };
         match connect_stream(&endpoint.addr, &upstream.transport, &shared.tls).await {
             Ok(mut server) => {
-                shared
-                    .telemetry
-                    .record_tcp(stats.clone(), |s| s.opened += 1);
-                let copied = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                shared.telemetry.record_tcp(stats, |s| {
-                    s.closed += 1;
-                    if let Ok((sent, received)) = copied {
-                        s.bytes_sent += sent;
-                        s.bytes_received += received;
-                    }
-                });
-                return;
+                return pipe(&shared.telemetry, stats, &mut client, &mut server).await;
             }
             Err(_) => endpoint.connect_failed(),
         }
@@ -427,15 +417,5 @@ async fn egress_tcp(
         endpoint.connect_failed();
         return;
     };
-    shared
-        .telemetry
-        .record_tcp(stats.clone(), |s| s.opened += 1);
-    let copied = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-    shared.telemetry.record_tcp(stats, |s| {
-        s.closed += 1;
-        if let Ok((sent, received)) = copied {
-            s.bytes_sent += sent;
-            s.bytes_received += received;
-        }
-    });
+    pipe(&shared.telemetry, stats, &mut client, &mut server).await;
 }

@@ -89,9 +89,40 @@ struct Snapshot<'a> {
 pub struct Telemetry {
     requests: Mutex<HashMap<RequestKey, RequestStats>>,
     tcp: Mutex<HashMap<TcpKey, TcpStats>>,
-    spans: Mutex<(VecDeque<Span>, u64)>,
-    span_capacity: usize,
-    access: Mutex<(VecDeque<AccessLog>, u64)>,
+    spans: Mutex<Ring<Span>>,
+    access: Mutex<Ring<AccessLog>>,
+}
+
+/// A bounded queue that drops (and counts) its oldest entry when full, so a slow reader costs
+/// lost entries, never memory or a waiting request.
+#[derive(Debug)]
+struct Ring<T> {
+    items: VecDeque<T>,
+    capacity: usize,
+    dropped: u64,
+}
+
+impl<T> Ring<T> {
+    fn new(capacity: usize) -> Ring<T> {
+        Ring {
+            items: VecDeque::with_capacity(capacity.min(1024)),
+            capacity,
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, item: T) {
+        if self.items.len() >= self.capacity {
+            self.items.pop_front();
+            self.dropped += 1;
+        }
+        self.items.push_back(item);
+    }
+
+    fn drain(&mut self, max: usize) -> Vec<T> {
+        let n = self.items.len().min(max);
+        self.items.drain(..n).collect()
+    }
 }
 
 impl Default for Telemetry {
@@ -106,13 +137,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Telemetry {
-    pub fn new(span_capacity: usize) -> Telemetry {
+    pub fn new(ring_capacity: usize) -> Telemetry {
         Telemetry {
             requests: Mutex::default(),
             tcp: Mutex::default(),
-            spans: Mutex::new((VecDeque::with_capacity(span_capacity.min(1024)), 0)),
-            span_capacity,
-            access: Mutex::new((VecDeque::with_capacity(span_capacity.min(1024)), 0)),
+            spans: Mutex::new(Ring::new(ring_capacity)),
+            access: Mutex::new(Ring::new(ring_capacity)),
         }
     }
 
@@ -137,39 +167,25 @@ impl Telemetry {
     }
 
     pub fn record_span(&self, span: Span) {
-        let mut guard = lock(&self.spans);
-        let (ring, dropped) = &mut *guard;
-        if ring.len() >= self.span_capacity {
-            ring.pop_front();
-            *dropped += 1;
-        }
-        ring.push_back(span);
+        lock(&self.spans).push(span);
     }
 
     /// Queues an access log entry; when the agent falls behind, the oldest entries are dropped
     /// (and counted) rather than letting memory grow or a request wait.
     pub fn log_access(&self, entry: AccessLog) {
-        let mut guard = lock(&self.access);
-        let (ring, dropped) = &mut *guard;
-        if ring.len() >= self.span_capacity {
-            ring.pop_front();
-            *dropped += 1;
-        }
-        ring.push_back(entry);
+        lock(&self.access).push(entry);
     }
 
     pub fn drain_access_log(&self, max: usize) -> Vec<AccessLog> {
-        let mut guard = lock(&self.access);
-        let n = guard.0.len().min(max);
-        guard.0.drain(..n).collect()
+        lock(&self.access).drain(max)
     }
 
     /// Every counter as JSON (cumulative since start).
     pub fn snapshot_json(&self) -> String {
         let requests = lock(&self.requests);
         let tcp = lock(&self.tcp);
-        let dropped = lock(&self.spans).1;
-        let access_dropped = lock(&self.access).1;
+        let dropped = lock(&self.spans).dropped;
+        let access_dropped = lock(&self.access).dropped;
         let snap = Snapshot {
             requests: requests.iter().collect(),
             tcp: tcp.iter().collect(),
@@ -181,9 +197,7 @@ impl Telemetry {
 
     /// Takes up to `max` finished spans, oldest first.
     pub fn drain_spans(&self, max: usize) -> Vec<Span> {
-        let mut guard = lock(&self.spans);
-        let n = guard.0.len().min(max);
-        guard.0.drain(..n).collect()
+        lock(&self.spans).drain(max)
     }
 }
 
