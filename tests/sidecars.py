@@ -11,11 +11,15 @@ import http.server
 import json
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from reconciler import _native, compiler, intent
 from reconciler.sidecar.binding import bind_endpoints, to_json
@@ -169,3 +173,83 @@ def start(
 
 def identity(ca: CA, trust_domain: str, ns: str, sa: str) -> Identity:
     return ca.issue(f"spiffe://{trust_domain}/ns/{ns}/sa/{sa}")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def http_get(url: str, host: str | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+class AgentProcess:
+    """A real `weft sidecar` process; its JSON log lines are collected as they come."""
+
+    def __init__(
+        self, config: Path, certs: Path, listeners: dict[str, Any], drain_timeout: float = 5
+    ) -> None:
+        self.config, self.certs = config, certs
+        self.listeners = config.with_name(config.stem + ".listeners.json")
+        self.listeners.write_text(json.dumps(listeners))
+        self.drain_timeout = drain_timeout
+        self.lines: list[dict[str, Any]] = []
+
+    def start(self) -> AgentProcess:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "reconciler.cli",
+                "sidecar",
+                "--config",
+                str(self.config),
+                "--certs",
+                str(self.certs),
+                "--listeners",
+                str(self.listeners),
+                "--admin",
+                "127.0.0.1:0",
+                "--drain-timeout",
+                str(self.drain_timeout),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
+        wait_until(lambda: self.event("started") is not None or self.proc.poll() is not None)
+        started = self.event("started")
+        assert started is not None, f"sidecar did not start: {self.lines}"
+        admin = self.event("admin")
+        assert admin is not None
+        self.admin = f"http://{admin['bound']['admin']}"
+        self.bound: dict[str, str] = started["bound"]
+        return self
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append(json.loads(line))
+
+    def event(self, name: str) -> dict[str, Any] | None:
+        return next((entry for entry in self.lines if entry.get("event") == name), None)
+
+    def dump(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(http_get(f"{self.admin}/config_dump")[1])
+        return result
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()

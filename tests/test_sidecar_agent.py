@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
@@ -33,19 +33,10 @@ INTENT = {
 
 
 def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    return sidecars.http_get(url)
 
 
-def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
+wait_until = sidecars.wait_until
 
 
 class Sidecar:
@@ -79,39 +70,14 @@ class Sidecar:
         self.write_config("main@sha1:" + "a" * 40)
         web = sidecars.identity(self.ca, TD, "a", "web")
         self.write_certs(web.chain, web.key, web.bundle)
-        (self.files / "listeners.json").write_text(json.dumps({"outboundHttp": "127.0.0.1:0"}))
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "reconciler.cli",
-                "sidecar",
-                "--config",
-                str(self.files / "config.json"),
-                "--certs",
-                str(self.files / "certs"),
-                "--listeners",
-                str(self.files / "listeners.json"),
-                "--admin",
-                "127.0.0.1:0",
-                "--drain-timeout",
-                "5",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
-        wait_until(lambda: self.event("started") is not None)
-        self.admin = f"http://{self.event('admin')['bound']['admin']}"
-        self.outbound = self.event("started")["bound"]["outbound:http"]
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.lines.append(json.loads(line))
+        self.agent = sidecars.AgentProcess(
+            self.files / "config.json", self.files / "certs", {"outboundHttp": "127.0.0.1:0"}
+        ).start()
+        self.proc, self.lines, self.admin = self.agent.proc, self.agent.lines, self.agent.admin
+        self.outbound = self.agent.bound["outbound:http"]
 
     def event(self, name: str) -> dict[str, Any] | None:
-        return next((entry for entry in self.lines if entry.get("event") == name), None)
+        return self.agent.event(name)
 
     def request(self, path: str = "/hello") -> int:
         req = urllib.request.Request(
@@ -124,15 +90,10 @@ class Sidecar:
             return e.code
 
     def dump(self) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(get(f"{self.admin}/config_dump")[1])
-        return result
+        return self.agent.dump()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        self.agent.stop()
         self.api.shutdown(0.1)
 
 

@@ -31,10 +31,10 @@ ACCESS_LOG_SECONDS = 0.2
 CERT_FILES = ("tls.crt", "tls.key", "ca.crt")
 
 
-def _digest(*paths: Path) -> str:
+def _digest(*contents: bytes) -> str:
     h = hashlib.sha256()
-    for p in paths:
-        h.update(p.read_bytes())
+    for c in contents:
+        h.update(len(c).to_bytes(8, "big") + c)
     return h.hexdigest()
 
 
@@ -62,7 +62,13 @@ class Agent:
         self.spans: otlp.SpanExport | None = None  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
 
     def _certs(self) -> tuple[bytes, bytes, bytes]:
-        chain, key, bundle = (self.certs_dir / name for name in CERT_FILES)
+        """The three files as one consistent set. Stores that publish Kubernetes-style (a
+        `..data` symlink swapped atomically) are read through the resolved `..data` once, so a
+        swap between reads can never pair a new certificate with an old key."""
+        base = self.certs_dir
+        if (base / "..data").is_symlink():
+            base = (base / "..data").resolve()
+        chain, key, bundle = (base / name for name in CERT_FILES)
         return chain.read_bytes(), key.read_bytes(), bundle.read_bytes()
 
     def start(self) -> None:
@@ -72,8 +78,8 @@ class Agent:
             text, chain, key, bundle, self.listeners_path.read_text(), workers=self.workers
         )
         self.config = json.loads(text)
-        self._config_digest = _digest(self.config_path)
-        self._certs_digest = _digest(*(self.certs_dir / n for n in CERT_FILES))
+        self._config_digest = _digest(text.encode())
+        self._certs_digest = _digest(chain, key, bundle)
         self.spans = otlp.from_environment(self.proxy.drain_spans, lambda: self.config)
         if self.spans is not None:
             self.spans.start()
@@ -96,12 +102,12 @@ class Agent:
         assert self.proxy is not None
         with self._lock:
             try:
-                digest = _digest(self.config_path)
+                text = self.config_path.read_text()
             except OSError as e:
                 return self._rejected("reloads", f"cannot read {self.config_path}: {e}")
+            digest = _digest(text.encode())
             if digest != self._config_digest:
                 self._config_digest = digest
-                text = self.config_path.read_text()
                 try:
                     revision = self.proxy.reload(text)
                 except _native.ConfigError as e:
@@ -110,13 +116,14 @@ class Agent:
                 self.counters.reloads["applied"] += 1
                 log.info("config reloaded", extra={"event": "reloaded", "revision": revision})
             try:
-                digest = _digest(*(self.certs_dir / n for n in CERT_FILES))
+                certs = self._certs()
             except OSError as e:
                 return self._rejected("rotations", f"cannot read certificates: {e}")
+            digest = _digest(*certs)
             if digest != self._certs_digest:
                 self._certs_digest = digest
                 try:
-                    self.proxy.rotate(*self._certs())
+                    self.proxy.rotate(*certs)
                 except _native.CertificateError as e:
                     return self._rejected(
                         "rotations", f"certificates refused, previous ones stay: {e}"

@@ -15,6 +15,18 @@ pub struct Peer {
 
 impl Peer {
     /// Parses `spiffe://<td>/ns/<ns>/sa/<sa>`; other shapes carry no namespace a rule can match.
+    /// Like `from_spiffe_id`, for a peer that must belong to `trust_domain`: a certificate
+    /// from another trust domain names namespaces that are not ours, even if a CA we trust
+    /// signed it, so it must not match namespace rules.
+    pub fn in_trust_domain(id: &str, trust_domain: &str) -> Option<Peer> {
+        let rest = id.strip_prefix("spiffe://")?;
+        let (td, _) = rest.split_once('/')?;
+        if td != trust_domain {
+            return None;
+        }
+        Peer::from_spiffe_id(id)
+    }
+
     pub fn from_spiffe_id(id: &str) -> Option<Peer> {
         let rest = id.strip_prefix("spiffe://")?;
         let mut parts = rest.split('/');
@@ -227,5 +239,11 @@ mod tests {
         assert_eq!(Peer::from_spiffe_id("spiffe://td/ns/b/sa/x/extra"), None);
         assert_eq!(Peer::from_spiffe_id("spiffe://td/sa/x/ns/b"), None);
         assert_eq!(Peer::from_spiffe_id("https://td/ns/b/sa/x"), None);
+        assert!(Peer::in_trust_domain("spiffe://td/ns/b/sa/x", "td").is_some());
+        assert_eq!(
+            Peer::in_trust_domain("spiffe://other/ns/b/sa/x", "td"),
+            None
+        );
+        assert_eq!(Peer::in_trust_domain("spiffe://tdx/ns/b/sa/x", "td"), None);
     }
 }

@@ -53,9 +53,9 @@ async fn connection(shared: Arc<Shared>, port: String, tcp: TcpStream) {
         .peer_certificates()
         .and_then(|certs| certs.first())
         .and_then(crate::tls::spiffe_id)
-        .and_then(|id| Peer::from_spiffe_id(&id));
+        .and_then(|id| Peer::in_trust_domain(&id, &shared.active.load().config.trust_domain));
     if peer.is_none() {
-        return; // verified chain without a usable SPIFFE ID: not a mesh workload
+        return; // verified chain, but no SPIFFE ID of this trust domain: not a mesh workload
     }
     serve_stream(shared, port, peer, stream).await;
 }
