@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import intent
+from tests.jaeger import jaeger  # noqa: F401  # session fixture: a real Jaeger, built if missing
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "mesh-repo-template"

@@ -223,4 +223,11 @@ def from_environment(
     interval = int(delay_ms) / 1000 if delay_ms.isdigit() else INTERVAL_SECONDS
     size = environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "")
     batch = int(size) if size.isdigit() and int(size) > 0 else BATCH
-    return SpanExport(drain, config, OTLPSpanExporter(), batch=batch, interval=interval)
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
+        environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces"
+    )
+    exporter = OTLPSpanExporter(endpoint=endpoint)
+    # The exporter warns on every retry of every batch; while a collector is down that is a line
+    # a second. Its final error per batch stays, and `SpanExport` says when an outage starts.
+    logging.getLogger("opentelemetry.exporter.otlp.proto.http").setLevel(logging.ERROR)
+    return SpanExport(drain, config, exporter, batch=batch, interval=interval)
