@@ -196,6 +196,18 @@ def test_an_allowed_request_crosses_mtls_to_the_app(mesh: Mesh) -> None:
     assert (len(trace[1]), len(trace[2])) == (32, 16)
 
 
+def test_the_app_learns_its_verified_caller_and_a_forged_one_is_replaced(mesh: Mesh) -> None:
+    code, body = curl(
+        "-H",
+        "Host: api.b:8080",
+        "-H",
+        f"x-weft-peer: spiffe://{TD}/ns/b/sa/api",
+        f"http://{mesh.outbound}/api/who",
+    )
+    assert code == 200
+    assert json.loads(body)["headers"]["x-weft-peer"] == f"spiffe://{TD}/ns/a/sa/web"
+
+
 def test_a_trace_is_continued_not_restarted(mesh: Mesh) -> None:
     parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     code, body = curl(

@@ -126,7 +126,7 @@ async fn request(
             format!("{source} may not {method} {path} on {destination}:{}: denied by {policy} (revision {})", port.port, config.revision),
         )
     } else {
-        forward(&shared, &active, &port_name, &hop, req).await
+        forward(&shared, &active, &port_name, &hop, &source, req).await
     };
     let code = response.status().as_u16();
     shared.telemetry.record_request(
@@ -168,11 +168,16 @@ async fn request(
     response
 }
 
+/// The header that tells the app who called it: the caller's verified SPIFFE ID, or "unknown"
+/// for plaintext in PERMISSIVE mode. Any value the caller sent is replaced, never passed on.
+pub const PEER_HEADER: &str = "x-weft-peer";
+
 async fn forward(
     shared: &Shared,
     active: &crate::proxy::Active,
     port_name: &str,
     hop: &Hop,
+    source: &str,
     req: http::Request<hyper::body::Incoming>,
 ) -> http::Response<Body> {
     let revision = &active.config.revision;
@@ -195,6 +200,9 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     hop.propagate(&mut parts.headers);
+    if let Ok(v) = http::HeaderValue::from_str(source) {
+        parts.headers.insert(PEER_HEADER, v);
+    }
     parts.uri = parts.uri.path_and_query().map_or_else(
         || http::Uri::from_static("/"),
         |p| p.as_str().parse().unwrap_or_default(),
