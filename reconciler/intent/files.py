@@ -127,6 +127,15 @@ def from_git(path: Path, ref: str) -> Snapshot:
             raise IntentError(
                 [Diagnostic(where, Severity.ERROR, f"{sub!r} is not a folder at {ref!r}")]
             ) from e
+    return from_tree(repo, tree, f"{ref}@sha1:{commit.id}")
+
+
+def from_tree(repo: pygit2.Repository, tree: pygit2.Tree, revision: str) -> Snapshot:
+    """Read the intent files under `tree` of `repo`, with paths relative to it, named `revision`.
+
+    The tree walk behind `from_git`; a git source that keeps its own repository (a bare fetch
+    cache) calls it directly, so both read a commit the same way, without a checkout.
+    """
     files: list[IntentFile] = []
     oversized: list[Diagnostic] = []
     for rel, obj in _walk_tree(repo, tree, ""):
@@ -138,4 +147,4 @@ def from_git(path: Path, ref: str) -> Snapshot:
             continue
         files.append(IntentFile(rel, blob.data))
     files.sort(key=lambda f: f.path)
-    return Snapshot(f"{ref}@sha1:{commit.id}", tuple(files), tuple(oversized))
+    return Snapshot(revision, tuple(files), tuple(oversized))
