@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from reconciler import __version__, compiler, identity, intent
+from reconciler import __version__, compiler, identity, intent, localrepo, loop, status
 from reconciler.compiler import reach
+from reconciler.targets.local.target import LocalTarget
 
 
 def _snapshot(args: argparse.Namespace) -> intent.files.Snapshot:
@@ -121,6 +124,106 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         workers=args.workers,
         drain_timeout=args.drain_timeout,
     )
+
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "mesh-repo-template"
+
+
+def _serve(
+    source: Any, state: Path, poll: float, banner: Callable[[LocalTarget], None] | None
+) -> int:
+    """Reconcile `source` onto the local target until Ctrl-C; then stop everything started."""
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    target = LocalTarget(state)
+    rec = loop.Reconciler(source, target, state / "status.json")
+    stop, wake = threading.Event(), threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        wake.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    shown = False
+
+    def applied(_: str) -> None:
+        nonlocal shown
+        if banner and not shown:
+            banner(target)
+            shown = True
+
+    try:
+        rec.run(stop, wake, poll_seconds=poll, on_applied=applied)
+    finally:
+        target.close()
+        print("weft: stopped every process it started", flush=True)
+    return 0
+
+
+def _banner(repo: Path) -> Callable[[LocalTarget], None]:
+    def show(target: LocalTarget) -> None:
+        lines = ["", "weft: the mesh is running. Where everything listens:"]
+        for ref, where in sorted(target.listening.items()):
+            lines.append(f"  {ref}")
+            lines += [f"    {name:<28} {addr}" for name, addr in where.items()]
+        web = target.listening.get("a/web/default", {}).get("outbound (HTTP_PROXY)")
+        if web:
+            lines += [
+                "",
+                "Try (as a/web, through its sidecar):",
+                f"  curl -x http://{web} http://api.b:8080/        # A -> B: allowed",
+                f"  curl -x http://{web} http://ledger.c:8080/     # A -> C: denied",
+            ]
+        lines += [
+            "",
+            f"Change policy: edit {repo}, then `git -C {repo} commit -am '...'`;",
+            "it is applied within seconds.",
+            "Status: weft status    Stop: Ctrl-C",
+            "",
+        ]
+        print("\n".join(lines), flush=True)
+
+    return show
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    state = _state_dir(args.state_dir)
+    repo = Path(args.repo) if args.repo else state / "repo"
+    if not args.repo and not repo.exists():
+        if not TEMPLATE.is_dir():
+            print(f"weft up: no repository given and no template at {TEMPLATE}", file=sys.stderr)
+            return 2
+        state.mkdir(parents=True, exist_ok=True)
+        localrepo.init_from_template(TEMPLATE, repo)
+        print(f"weft: created {repo} from mesh-repo-template", flush=True)
+    return _serve(localrepo.LocalRepoSource(repo, args.ref), state, args.poll, _banner(repo))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.target != "local":
+        print(f"weft run: target {args.target!r} is not available yet", file=sys.stderr)
+        return 2
+    source = localrepo.LocalRepoSource(Path(args.repo), args.ref)
+    return _serve(source, _state_dir(args.state_dir), args.poll, None)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    current = status.read(_state_dir(args.state_dir) / "status.json")
+    if current is None:
+        print("weft status: nothing has been reconciled here yet", file=sys.stderr)
+        return 1
+    print(json.dumps(current.as_json(), indent=2) if args.json else status.render(current), end="")
+    stalled = current.conditions.get("Stalled")
+    return 1 if stalled and stalled.status else 0
+
+
+def cmd_demo_app(_: argparse.Namespace) -> int:
+    from reconciler import demo_app  # noqa: PLC0415
+
+    return demo_app.main()
 
 
 def cmd_version(_: argparse.Namespace) -> int:
@@ -335,6 +438,34 @@ def parser() -> argparse.ArgumentParser:
         help="seconds to finish in-flight requests on SIGTERM",
     )
     sc.set_defaults(run=cmd_sidecar)
+
+    up = sub.add_parser("up", help="run the mesh on this machine, reconciled from a git repository")
+    up.add_argument(
+        "repo", nargs="?", help="git repository (default: one made from mesh-repo-template)"
+    )
+    up.add_argument("--ref", default="main", help="branch, tag or commit to follow")
+    up.add_argument("--state-dir", help="default: $WEFT_STATE_DIR or ~/.local/state/weft")
+    up.add_argument(
+        "--poll", type=float, default=2.0, help="seconds between looks at the repository"
+    )
+    up.set_defaults(run=cmd_up)
+
+    rn = sub.add_parser("run", help="reconcile a git repository onto a target until stopped")
+    rn.add_argument("--repo", required=True, help="the intent repository (a local path for now)")
+    rn.add_argument("--ref", default="main")
+    rn.add_argument("--target", default="local", choices=["local", "kubernetes"])
+    rn.add_argument("--state-dir")
+    rn.add_argument("--poll", type=float, default=15.0)
+    rn.set_defaults(run=cmd_run)
+
+    st = sub.add_parser("status", help="print the reconcile status")
+    st.add_argument("--state-dir")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(run=cmd_status)
+
+    sub.add_parser("demo-app", help="the demo service the template runs locally").set_defaults(
+        run=cmd_demo_app
+    )
 
     sub.add_parser("version", help="print the weft and fastpath versions").set_defaults(
         run=cmd_version

@@ -62,7 +62,7 @@ def test_a_broken_commit_is_reported_with_repository_paths(
     assert cli.main(["validate", str(repo), "--ref", "HEAD"]) == 1
     err = capsys.readouterr().err
     assert err.splitlines()[0] == (
-        f"{repo}/c/services.yaml:20:13: error: spec.ports[0].port: "
+        f"{repo}/c/services.yaml:22:13: error: spec.ports[0].port: "
         "99999 is out of range (must be at most 65535)"
     )
     # c/db exists, broken: policies that name it must not also claim it is unknown

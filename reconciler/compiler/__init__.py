@@ -25,7 +25,17 @@ from reconciler.compiler import authz, identities, kubernetes, outbound, policy,
 from reconciler.compiler import proxyconfig as pc
 from reconciler.intent import Intent
 
-__all__ = ["DesiredState", "compile", "policy", "reach", "write"]
+__all__ = ["DesiredState", "WorkloadSpec", "compile", "policy", "reach", "write"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkloadSpec:
+    """How a target runs one Service: its instances (one per subset, or one) and, for the
+    local runtime, the command that starts the app."""
+
+    instances: tuple[str, ...]
+    command: tuple[str, ...] | None
+    env: tuple[tuple[str, str], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +46,9 @@ class DesiredState:
     discovery_services: list[dict[str, Any]]
     network_policies: list[dict[str, Any]]
     edges: list[policy.Edge]
+    workloads: dict[tuple[str, str], WorkloadSpec]
+    trust_domain: str
+    certificate_lifetime_ms: int
 
 
 @without_gc_pauses
@@ -85,6 +98,16 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
             for key, svc in mesh.services.items()
         ],
         edges=[e for key in sorted(edges_by_source) for e in edges_by_source[key]],
+        workloads={
+            key: WorkloadSpec(
+                instances=tuple(s.name for s in svc.spec.subsets) or ("default",),
+                command=tuple(svc.spec.local.command) if svc.spec.local else None,
+                env=tuple(sorted(svc.spec.local.env.items())) if svc.spec.local else (),
+            )
+            for key, svc in sorted(mesh.services.items())
+        },
+        trust_domain=mesh.spec.trust_domain,
+        certificate_lifetime_ms=mesh.spec.certificate_lifetime,
     )
 
 

@@ -92,7 +92,7 @@ def check(snapshot: files.Snapshot) -> tuple[Intent | None, list[Diagnostic]]:
     diagnostics.extend(validate.services(intent))
     diagnostics.extend(validate.discovery_names(intent))
     diagnostics.extend(validate.policies(intent, frozenset(broken)))
-    diagnostics.extend(validate.routes(intent))
+    diagnostics.extend(validate.routes(intent, frozenset(broken)))
     diagnostics.extend(validate.externals(intent, frozenset(broken)))
     diagnostics.extend(validate.gateways(_of(Gateway, objects)))
     diagnostics.sort(key=sort_key)

@@ -322,12 +322,15 @@ def _match_key(match: model.RouteMatch) -> str:
     return match.model_dump_json()
 
 
-def routes(intent: Intent) -> Iterator[Diagnostic]:
+def routes(intent: Intent, broken: Broken = frozenset()) -> Iterator[Diagnostic]:
     claimed: dict[tuple[tuple[str, str], int], model.Route] = {}
     for route in intent.routes:
         ns, spec = route.metadata.namespace, route.spec
         svc = intent.resolve_host(spec.host, ns)
         if svc is None:
+            parts = spec.host.split(".")
+            if ("Service", parts[1] if len(parts) > 1 else ns, parts[0]) in broken:
+                continue  # the Service exists but was refused: its own error is the one to fix
             names = [h for s in intent.services.values() for h in intent.hostnames(s)[:2]]
             yield _error(
                 route,

@@ -1,0 +1,238 @@
+"""`weft up` end to end: the template mesh as processes, reconciled from commits.
+
+One mesh runs for the module (starting eleven sidecars and apps takes seconds); each test leaves
+the repository at a good revision for the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pygit2
+import pytest
+
+from reconciler import status as status_
+from tests import sidecars
+
+
+class Up:
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.repo = state / "repo"
+        self.log = (state.parent / "up.log").open("w")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "reconciler.cli",
+                "up",
+                "--state-dir",
+                str(state),
+                "--poll",
+                "0.3",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        sidecars.wait_until(lambda: self.applied() is not None, timeout=60)
+        self.ports: dict[str, int] = json.loads((state / "local" / "ports.json").read_text())
+        # Apps start after their sidecars are ready; give them a moment to listen.
+        sidecars.wait_until(
+            lambda: self.call("a/web/default", "http://api.b:8080/")[0] == 200, timeout=30
+        )
+
+    def status(self) -> status_.Status | None:
+        return status_.read(self.state / "status.json")
+
+    def applied(self) -> str | None:
+        s = self.status()
+        return s.last_applied_revision if s else None
+
+    def proxy(self, instance: str) -> str:
+        return f"http://127.0.0.1:{self.ports[f'outbound:{instance}']}"
+
+    def call(
+        self, instance: str, url: str, method: str = "GET"
+    ) -> tuple[int, dict[str, Any] | str]:
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({"http": self.proxy(instance)})
+        )
+        req = urllib.request.Request(url, method=method)
+        try:
+            with opener.open(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except (urllib.error.URLError, OSError) as e:  # not listening (yet)
+            return 0, str(e)
+
+    def commit(self, message: str, edit: dict[str, str | None]) -> str:
+        """Write (or delete, with None) files in the repo and commit them on main."""
+        for rel, text in edit.items():
+            path = self.repo / rel
+            if text is None:
+                path.unlink()
+            else:
+                path.write_text(text)
+        repo = pygit2.Repository(str(self.repo))
+        repo.index.add_all()
+        repo.index.write()
+        sig = pygit2.Signature("test", "test@localhost")
+        oid = repo.create_commit(
+            "HEAD", sig, sig, message, repo.index.write_tree(), [repo.head.target]
+        )
+        return f"main@sha1:{oid}"
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(timeout=30)
+        self.log.close()
+        return code
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    mesh = Up(tmp_path_factory.mktemp("weft") / "state")
+    try:
+        yield mesh
+    finally:
+        mesh.stop()
+
+
+ALLOW_A_TO_LEDGER = """\
+apiVersion: weft.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: ledger-from-a, namespace: c}
+spec:
+  to: {services: [ledger]}
+  from: [{namespaces: [a]}]
+"""
+
+
+def test_the_template_mesh_enforces_the_seed_scenario(up: Up) -> None:
+    code, body = up.call("a/web/default", "http://api.b:8080/")
+    assert code == 200
+    assert isinstance(body, dict)
+    assert body["caller"] == "spiffe://weft.local/ns/a/sa/web"
+    code, body = up.call("a/web/default", "http://ledger.c:8080/entries")
+    assert code == 403
+    assert "has no route" in str(body)
+    code, _ = up.call("b/api/v1", "http://ledger.c:8080/entries/7")
+    assert code == 200
+    code, body = up.call("b/api/v1", "http://ledger.c:8080/entries/7", method="DELETE")
+    assert code == 403
+    assert "denied by Mesh/mesh defaultPolicy: deny" in str(body)
+
+
+def test_a_committed_policy_change_is_enforced_and_a_revert_undoes_it(up: Up) -> None:
+    deny = (up.repo / "c" / "policies.yaml").read_text()
+    # Lift A<->C's guard on c and allow a -> c/ledger: a commit, then traffic.
+    lifted = deny.replace(
+        "  name: never-from-a\n  namespace: c\nspec:\n  action: deny\n",
+        "  name: never-from-a\n  namespace: c\nspec:\n  action: deny\n  to: {services: [db]}\n",
+    )
+    revision = up.commit(
+        "allow a -> c/ledger", {"c/policies.yaml": lifted, "c/allow-a.yaml": ALLOW_A_TO_LEDGER}
+    )
+    sidecars.wait_until(lambda: up.applied() == revision, timeout=30)
+    sidecars.wait_until(
+        lambda: up.call("a/web/default", "http://ledger.c:8080/x")[0] == 200, timeout=10
+    )
+    revision = up.commit("revert", {"c/policies.yaml": deny, "c/allow-a.yaml": None})
+    sidecars.wait_until(lambda: up.applied() == revision, timeout=30)
+    sidecars.wait_until(
+        lambda: up.call("a/web/default", "http://ledger.c:8080/x")[0] == 403, timeout=10
+    )
+
+
+def test_a_broken_commit_is_refused_and_traffic_keeps_flowing(up: Up) -> None:
+    good = up.applied()
+    services = (up.repo / "b" / "services.yaml").read_text()
+    broken = up.commit(
+        "typo",
+        {
+            "b/services.yaml": services.replace(
+                "port: 8080\n      targetPort: 8081", "port: 8080\n      targetPrt: 8081"
+            )
+        },
+    )
+    sidecars.wait_until(
+        lambda: (
+            (s := up.status()) is not None
+            and s.last_attempted_revision == broken
+            and not s.conditions["Reconciling"].status
+        ),
+        timeout=30,
+    )
+    s = up.status()
+    assert s is not None
+    assert s.last_applied_revision == good
+    assert s.conditions["Stalled"].status
+    assert any(
+        e.startswith("b/services.yaml:11:7: error: unknown field 'spec.ports[0].targetPrt'")
+        for e in s.errors
+    ), s.errors
+    assert len(s.errors) == 1, "no echo of the broken Service from the Route that names it"
+    assert up.call("a/web/default", "http://api.b:8080/")[0] == 200, (
+        "the last good revision still serves"
+    )
+    fixed = up.commit("fix the typo", {"b/services.yaml": services})
+    sidecars.wait_until(lambda: up.applied() == fixed, timeout=30)
+    s = up.status()
+    assert s is not None
+    assert not s.conditions["Stalled"].status
+
+
+def test_canary_weights_hold_in_real_traffic(up: Up) -> None:
+    v2 = sum(
+        1
+        for _ in range(2000)
+        if (r := up.call("a/web/default", "http://api.b:8080/"))[0] == 200
+        and isinstance(r[1], dict)
+        and r[1]["instance"] == "v2"
+    )
+    assert 0.05 <= v2 / 2000 <= 0.15, f"v2 served {v2 / 2000:.1%}"
+
+
+def _pid_of(up: Up, needle: str) -> int:
+    out = subprocess.run(
+        ["pgrep", "-f", "--", needle], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert out, f"no process matches {needle}"
+    return int(out[0])
+
+
+def test_a_killed_app_and_sidecar_are_restarted(up: Up) -> None:
+    folder = up.state / "local" / "workloads" / "c" / "ledger" / "default"
+    sidecar = _pid_of(up, f"--config {folder}/proxyconfig.json")
+    os.kill(sidecar, signal.SIGKILL)
+    sidecars.wait_until(
+        lambda: up.call("b/api/v1", "http://ledger.c:8080/entries")[0] == 200, timeout=20
+    )
+    assert _pid_of(up, f"--config {folder}/proxyconfig.json") != sidecar
+
+
+def test_a_restarted_reconciler_resumes_without_reissuing_certificates(up: Up) -> None:
+    certs = sorted((up.state / "identity" / "workloads").glob("*/*/tls.crt"))
+    before = {p: p.read_bytes() for p in certs}
+    assert up.stop() == 0
+    leftovers = subprocess.run(
+        ["pgrep", "-f", "--", str(up.state)], capture_output=True, text=True, check=False
+    ).stdout
+    assert leftovers.strip() == "", "Ctrl-C stops every process weft started"
+    again = Up(up.state)
+    try:
+        assert {p: p.read_bytes() for p in certs} == before, "no certificate was issued again"
+        assert again.call("a/web/default", "http://api.b:8080/")[0] == 200
+    finally:
+        up.proc, up.log = again.proc, again.log  # the module fixture stops it
