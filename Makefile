@@ -27,11 +27,10 @@ $(STAMP): $(PY) pyproject.toml $(RUST_SRC)
 demo: $(STAMP)
 	@echo "== weft validate $(TEMPLATE)"
 	$(VENV)/bin/weft validate $(TEMPLATE)
-	@echo; echo "== weft reach $(TEMPLATE)"
-	$(VENV)/bin/weft reach $(TEMPLATE)
-	@echo; echo "== weft compile $(TEMPLATE) --out build/compiled"
-	$(VENV)/bin/weft compile $(TEMPLATE) --out build/compiled
-	find build/compiled -type f | sort
+	@echo; echo "== weft reach $(TEMPLATE) --from a/web"
+	$(VENV)/bin/weft reach $(TEMPLATE) --from a/web | head -6
+	@echo; echo "== weft up: the mesh on this machine, reconciled from a git repository (Ctrl-C stops it)"
+	$(VENV)/bin/weft up --state-dir .state
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check reconciler tests bench
