@@ -28,7 +28,7 @@ demo: $(STAMP)
 	@echo "== weft validate $(TEMPLATE)"
 	$(VENV)/bin/weft validate $(TEMPLATE)
 	@echo; echo "== weft reach $(TEMPLATE) --from a/web"
-	$(VENV)/bin/weft reach $(TEMPLATE) --from a/web | head -6
+	$(VENV)/bin/weft reach $(TEMPLATE) --from a/web
 	@echo; echo "== weft up: the mesh on this machine, reconciled from a git repository (Ctrl-C stops it)"
 	$(VENV)/bin/weft up --state-dir .state
 
