@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from reconciler import __version__, compiler, identity, intent, localrepo, loop, status
+from reconciler import __version__, compiler, identity, intent, localrepo, loop, status, telemetry
 from reconciler.compiler import reach
 from reconciler.targets.local.target import LocalTarget
 
@@ -129,16 +129,59 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
 TEMPLATE = Path(__file__).resolve().parent.parent / "mesh-repo-template"
 
 
+def _metrics_server(addr: str, rec: loop.Reconciler, store: identity.FileStore) -> None:
+    """/metrics for Prometheus: reconcile metrics and certificate expiry, on `addr`."""
+    import http.server  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/metrics":
+                self.send_error(404)
+                return
+            body = rec.metrics.render(_expiry_text(store)).encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/plain; version=0.0.4")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    host, _, port = addr.rpartition(":")
+    server = http.server.ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+
+def _expiry_text(store: identity.FileStore) -> str:
+    try:
+        now = datetime.datetime.now(datetime.UTC)
+        return identity.metrics.prometheus_text(
+            identity.metrics.expiry_samples(identity.status.read(store, now))
+        )
+    except identity.IdentityError:
+        return ""
+
+
 def _serve(
-    source: Any, state: Path, poll: float, banner: Callable[[LocalTarget], None] | None
+    source: Any,
+    state: Path,
+    poll: float,
+    banner: Callable[[LocalTarget], None] | None,
+    metrics_addr: str | None = None,
 ) -> int:
     """Reconcile `source` onto the local target until Ctrl-C; then stop everything started."""
     import signal  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    provider = telemetry.configure()
     target = LocalTarget(state)
     rec = loop.Reconciler(source, target, state / "status.json")
+    if metrics_addr:
+        _metrics_server(metrics_addr, rec, target.store)
     stop, wake = threading.Event(), threading.Event()
 
     def on_signal(*_: object) -> None:
@@ -159,6 +202,8 @@ def _serve(
         rec.run(stop, wake, poll_seconds=poll, on_applied=applied)
     finally:
         target.close()
+        if provider is not None:
+            provider.shutdown()
         print("weft: stopped every process it started", flush=True)
     return 0
 
@@ -199,7 +244,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         state.mkdir(parents=True, exist_ok=True)
         localrepo.init_from_template(TEMPLATE, repo)
         print(f"weft: created {repo} from mesh-repo-template", flush=True)
-    return _serve(localrepo.LocalRepoSource(repo, args.ref), state, args.poll, _banner(repo))
+    return _serve(
+        localrepo.LocalRepoSource(repo, args.ref), state, args.poll, _banner(repo), args.metrics
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -207,7 +254,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"weft run: target {args.target!r} is not available yet", file=sys.stderr)
         return 2
     source = localrepo.LocalRepoSource(Path(args.repo), args.ref)
-    return _serve(source, _state_dir(args.state_dir), args.poll, None)
+    return _serve(source, _state_dir(args.state_dir), args.poll, None, args.metrics)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -448,6 +495,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--poll", type=float, default=2.0, help="seconds between looks at the repository"
     )
+    up.add_argument("--metrics", metavar="ADDR", help="serve Prometheus /metrics here")
     up.set_defaults(run=cmd_up)
 
     rn = sub.add_parser("run", help="reconcile a git repository onto a target until stopped")
@@ -456,6 +504,7 @@ def parser() -> argparse.ArgumentParser:
     rn.add_argument("--target", default="local", choices=["local", "kubernetes"])
     rn.add_argument("--state-dir")
     rn.add_argument("--poll", type=float, default=15.0)
+    rn.add_argument("--metrics", metavar="ADDR", help="serve Prometheus /metrics here")
     rn.set_defaults(run=cmd_run)
 
     st = sub.add_parser("status", help="print the reconcile status")

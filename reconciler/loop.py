@@ -15,7 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from reconciler import compiler, intent
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from reconciler import compiler, intent, telemetry
 from reconciler import status as status_
 from reconciler.intent.files import Snapshot
 from reconciler.targets import Target
@@ -37,20 +40,36 @@ class Reconciler:
         self.source, self.target, self.status_path = source, target, status_path
         self.status = status_.read(status_path) or status_.Status()
         self.current: str | None = None  # the revision this process has applied
+        self.metrics = telemetry.Metrics()
 
     def _write(self) -> None:
         status_.write(self.status_path, self.status)
 
-    def reconcile(self, revision: str) -> bool:
-        """Make the target match `revision`. Returns True when it was applied."""
+    def reconcile(self, revision: str, fetched: tuple[int, int] | None = None) -> bool:
+        """Make the target match `revision`, as one trace. Returns True when it was applied.
+
+        `fetched` is the (start, end) of the fetch that found the revision, in ns since the
+        epoch, so the trace begins with it."""
+        tracer = telemetry.tracer()
+        start_ns = fetched[0] if fetched else None
+        with tracer.start_as_current_span("reconcile", start_time=start_ns) as root:
+            root.set_attribute("weft.revision", revision)
+            if fetched:
+                tracer.start_span("fetch", start_time=fetched[0]).end(end_time=fetched[1])
+            return self._reconcile(revision, root)
+
+    def _reconcile(self, revision: str, root: trace.Span) -> bool:
+        tracer = telemetry.tracer()
         started = time.monotonic()
         s = self.status
         s.reconciles += 1
         s.last_attempted_revision = revision
         s.set("Reconciling", True, "Progressing", f"reconciling {revision}")
         self._write()
+        result, kind, objects = "failed", None, 0
         try:
-            mesh, diagnostics = intent.check(self.source.snapshot(revision))
+            with tracer.start_as_current_span("validate"):
+                mesh, diagnostics = intent.check(self.source.snapshot(revision))
             if mesh is None:
                 s.errors = [str(d) for d in diagnostics if d.severity is intent.Severity.ERROR]
                 s.set(
@@ -62,12 +81,19 @@ class Reconciler:
                     "ValidationFailed",
                     f"{revision} refused; {s.last_applied_revision or 'nothing'} stays in force",
                 )
+                root.set_status(Status(StatusCode.ERROR, f"{len(s.errors)} validation error(s)"))
                 log.error("revision %s refused:\n%s", revision, "\n".join(s.errors))
+                result, kind = "refused", "validation"
                 return False
-            desired = compiler.compile(mesh)
-            plan = self.target.plan(desired, self.target.observe())
-            applied = self.target.apply(plan)
-            removed = self.target.prune(plan)
+            with tracer.start_as_current_span("compile"):
+                desired = compiler.compile(mesh)
+            with tracer.start_as_current_span("plan") as span:
+                plan = self.target.plan(desired, self.target.observe())
+                span.set_attribute("weft.changes", len(plan.changes))
+            with tracer.start_as_current_span("apply"):
+                applied = self.target.apply(plan)
+            with tracer.start_as_current_span("prune"):
+                removed = self.target.prune(plan)
             s.errors = []
             s.last_applied_revision = revision
             s.last_success_time = time.time()
@@ -79,18 +105,23 @@ class Reconciler:
                 f"applied {revision}: {len(applied)} changed, {len(removed)} removed",
             )
             self.current = revision
+            result, objects = "applied", len(applied) + len(removed)
             log.info("applied %s: %d changed, %d removed", revision, len(applied), len(removed))
             return True
         except Exception as e:  # a failed apply is reported and retried, never fatal
             s.errors = [f"{type(e).__name__}: {e}"]
             s.set("Stalled", True, "ApplyFailed", str(e))
             s.set("Ready", False, "ApplyFailed", f"{revision} not applied")
+            root.record_exception(e)
+            root.set_status(Status(StatusCode.ERROR, str(e)))
+            kind = "apply"
             log.exception("reconcile of %s failed", revision)
             return False
         finally:
             s.last_duration_seconds = time.monotonic() - started
             s.set("Reconciling", False, "Idle")
             self._write()
+            self.metrics.observe(s.last_duration_seconds, result, kind, objects)
 
     def run(
         self,
@@ -102,17 +133,20 @@ class Reconciler:
         """Poll the source until `stop`; `wake` (the webhook) triggers an immediate fetch."""
         failed: str | None = None
         while not stop.is_set():
+            fetch_started = time.time_ns()
             try:
                 revision = self.source.fetch()
             except Exception as e:
+                self.metrics.observe(0.0, "fetch-failed", "fetch")
                 self.status.set("Stalled", True, "FetchFailed", str(e))
                 self._write()
                 log.warning("fetch failed: %s", e)
                 revision = None
             if revision is None and failed is not None:
                 revision = failed  # retry a revision whose apply failed
+            fetched = (fetch_started, time.time_ns())
             if revision is not None and revision != self.current:
-                ok = self.reconcile(revision)
+                ok = self.reconcile(revision, fetched)
                 failed = (
                     None
                     if ok or self.status.conditions["Stalled"].reason == "ValidationFailed"

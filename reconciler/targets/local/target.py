@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import trace
+
 from reconciler import identity
 from reconciler.compiler import DesiredState
 from reconciler.sidecar.binding import bind_endpoints, to_json
@@ -225,9 +227,11 @@ class LocalTarget:
         applied: list[str] = []
         creates = {c.key for c in plan.of("create", "update")}
         # Configs first (a running sidecar reloads them), then sidecars, then apps.
+        tracer = trace.get_tracer("weft.target.local")
         for kind in ("config", "sidecar", "app"):
             for key in sorted(k for k in creates if units[k].kind == kind):
-                getattr(self, f"_apply_{kind}")(units[key])
+                with tracer.start_as_current_span(f"apply {key}"):
+                    getattr(self, f"_apply_{kind}")(units[key])
                 applied.append(key)
         return applied
 
