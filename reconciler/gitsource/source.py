@@ -138,11 +138,15 @@ class GitSource:
         path = self.repository_path
         if (path / "HEAD").exists():
             try:
-                self._repo = pygit2.Repository(str(path))
-                return self._repo
-            except pygit2.GitError:
-                log.warning("%s: cache %s is unreadable, cloning again", self.url, path)
-                shutil.rmtree(path)
+                repo = pygit2.Repository(str(path))
+                if _usable(repo, self._url):
+                    self._repo = repo
+                    return repo
+                repo.free()
+            except (pygit2.GitError, KeyError, ValueError):
+                pass
+            log.warning("%s: cache %s is unusable, cloning again", self.url, path)
+            shutil.rmtree(path)
         # Built aside and renamed into place, so a crash never leaves a half-made cache.
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         staging = path.with_name(f"{path.name}.{os.getpid()}.new")
@@ -150,6 +154,9 @@ class GitSource:
         repo = pygit2.init_repository(str(staging), bare=True)
         repo.remotes.create("origin", self._url, f"+refs/heads/*:{_BRANCHES}*")
         repo.remotes.add_fetch("origin", f"+{_TAGS}*:{_TAGS}*")
+        # Only the refspec above fetches tags: libgit2's automatic tag following would leave
+        # a force-moved tag where it was.
+        repo.config["remote.origin.tagopt"] = "--no-tags"
         repo.free()
         staging.rename(path)
         self._repo = pygit2.Repository(str(path))
@@ -187,6 +194,16 @@ def _refs(repo: pygit2.Repository) -> tuple[dict[str, str], dict[str, str]]:
             continue  # a tag of a tree or a blob names no revision
     branches.pop("HEAD", None)
     return branches, tags
+
+
+def _usable(repo: pygit2.Repository, url: str) -> bool:
+    """A cache this code made for this URL, whose refs can be read."""
+    repo.lookup_reference("HEAD")  # raises on a corrupt ref store
+    return (
+        repo.is_bare
+        and repo.remotes["origin"].url == url
+        and repo.config["remote.origin.tagopt"] == "--no-tags"
+    )
 
 
 def _has_commit(repo: pygit2.Repository, sha: str) -> bool:

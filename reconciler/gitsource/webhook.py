@@ -90,7 +90,10 @@ class WebhookReceiver:
 
     def start(self) -> WebhookReceiver:
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="weft-webhook", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},  # how long close() waits for the loop to notice
+            name="weft-webhook",
+            daemon=True,
         )
         self._thread.start()
         log.info("webhook receiver listening on %s", self.url)
