@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import pickle
+import subprocess
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,6 +253,16 @@ def test_ssh_key_with_known_host(
         upstream.commit({"mesh.yaml": "private: again\n"})
         assert source.fetch() == head(upstream)
         assert source.fetch() is None
+
+
+@ssh_skip
+def test_ssh_hashed_known_hosts(sshd: SshServer, upstream: Upstream, tmp_path: Path) -> None:
+    known = sshd.known_hosts(tmp_path / "known_hosts")
+    subprocess.run(["ssh-keygen", "-H", "-f", str(known)], check=True, capture_output=True)
+    assert known.read_text().startswith("|1|")
+    auth = credentials.SshKey(sshd.client_key, known)
+    with GitSource(sshd.url(upstream), "main", tmp_path / "cache", auth) as source:
+        assert source.fetch() == head(upstream)
 
 
 @ssh_skip

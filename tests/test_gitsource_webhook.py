@@ -7,10 +7,11 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from reconciler.gitsource import Secret, WebhookReceiver, webhook
+from reconciler.gitsource import Secret, WebhookReceiver, credentials, webhook
 
 SECRET = "hook-secret-7d1e-never-printed"
 BODY = b'{"ref":"refs/heads/main","after":"' + b"a" * 40 + b'"}'
@@ -138,3 +139,12 @@ def test_body_without_length_is_refused(receiver: WebhookReceiver, pushed: threa
 def test_an_empty_secret_is_refused() -> None:
     with pytest.raises(ValueError, match="empty"):
         WebhookReceiver(Secret(""), lambda: None)
+
+
+def test_the_secret_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text(SECRET + "\n")
+    env = {"WEFT_WEBHOOK_SECRET_FILE": str(tmp_path / "secret")}
+    secret = credentials.secret_from_env(env, "WEFT_WEBHOOK_SECRET")
+    assert secret is not None
+    assert secret.reveal() == SECRET
+    assert credentials.secret_from_env({}, "WEFT_WEBHOOK_SECRET") is None

@@ -13,6 +13,7 @@ which refuses to be pickled, so no status, log line, exception or debug dump can
 | `WEFT_GIT_SSH_KEY_FILE` | SSH private key (OpenSSH or PEM format) |
 | `WEFT_GIT_SSH_PASSPHRASE`, `WEFT_GIT_SSH_PASSPHRASE_FILE` | its passphrase, if any |
 | `WEFT_GIT_SSH_KNOWN_HOSTS_FILE` | host keys to trust (default `~/.ssh/known_hosts`) |
+| `WEFT_WEBHOOK_SECRET`, `WEFT_WEBHOOK_SECRET_FILE` | the webhook's HMAC key (`secret_from_env`) |
 """
 
 from __future__ import annotations
@@ -121,8 +122,8 @@ def from_env(url: str, environ: Mapping[str, str] | None = None) -> Credentials:
         return _ssh_from_env(env)
     if urls.scheme(url) not in ("http", "https"):
         return Anonymous()
-    token = _value(env, "WEFT_GIT_TOKEN")
-    password = _value(env, "WEFT_GIT_PASSWORD")
+    token = secret_from_env(env, "WEFT_GIT_TOKEN")
+    password = secret_from_env(env, "WEFT_GIT_PASSWORD")
     username = env.get("WEFT_GIT_USERNAME", "")
     if token is not None and password is not None:
         _refuse("both WEFT_GIT_TOKEN and WEFT_GIT_PASSWORD are set; set one")
@@ -155,12 +156,16 @@ def _ssh_from_env(env: Mapping[str, str]) -> Credentials:
         Path(key),
         known_hosts,
         username=env.get("WEFT_GIT_USERNAME", ""),
-        passphrase=_value(env, "WEFT_GIT_SSH_PASSPHRASE"),
+        passphrase=secret_from_env(env, "WEFT_GIT_SSH_PASSPHRASE"),
     )
 
 
-def _value(env: Mapping[str, str], name: str) -> Secret | None:
-    """`name` from the environment, or the contents of the file `name_FILE` points at."""
+def secret_from_env(env: Mapping[str, str], name: str) -> Secret | None:
+    """`name` from the environment, or the contents of the file `name_FILE` points at.
+
+    None when neither is set; `CredentialsError` when both are, or the value is empty. The
+    webhook secret is read this way too: `secret_from_env(os.environ, "WEFT_WEBHOOK_SECRET")`.
+    """
     direct, file = env.get(name), env.get(f"{name}_FILE")
     if direct is not None and file is not None:
         _refuse(f"both {name} and {name}_FILE are set; set one")
