@@ -2,13 +2,15 @@
 //! timeouts, retries and trace propagation; and opaque TCP forwarded per bound port.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use rand::Rng;
 use tokio::net::{TcpListener, TcpStream};
+// Deadlines, back-off and budgets all read tokio's clock, so a paused-time test sees one clock.
+use tokio::time::Instant;
 
 use crate::config::{EgressDestination, EgressProtocol};
 use crate::http::{accept_loop, full, incoming, local_reply, serve_http1, strip_hop_by_hop, Hop};

@@ -135,7 +135,7 @@ impl Active {
                 (p.name.clone(), app)
             })
             .collect();
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let budgets = Budgets(
             config
                 .outbound

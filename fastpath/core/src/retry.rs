@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, which the request path reads too: a paused-time test sees budgets refill.
+use tokio::time::Instant;
 
 use crate::config::{RetryBudget, RetryPolicy};
 
