@@ -105,24 +105,21 @@ async fn request(
             method == http::Method::GET || method == http::Method::HEAD,
             |n| n <= MAX_REPLAY_BODY,
         );
-    let mut replay: Option<Bytes> = None;
-    let mut streaming = Some(body);
-    if retries.is_some() && small {
-        match streaming.take().map(|b| b.collect()) {
-            Some(fut) => match fut.await {
-                Ok(collected) => replay = Some(collected.to_bytes()),
-                Err(_) => {
-                    return local_reply(
-                        StatusCode::BAD_REQUEST,
-                        "outbound",
-                        &revision,
-                        "request body could not be read".into(),
-                    )
-                }
-            },
-            None => unreachable!("body taken once"),
+    let mut body = if retries.is_some() && small {
+        match body.collect().await {
+            Ok(collected) => RequestBody::Replay(collected.to_bytes()),
+            Err(_) => {
+                return local_reply(
+                    StatusCode::BAD_REQUEST,
+                    "outbound",
+                    &revision,
+                    "request body could not be read".into(),
+                )
+            }
         }
-    }
+    } else {
+        RequestBody::Stream(Some(body))
+    };
     let budget = active.budgets.0.get(&route.config.name);
     if let Some(b) = budget {
         b.deposit(Instant::now());
@@ -147,11 +144,6 @@ async fn request(
                 cluster,
             );
         };
-        let body = match (&replay, streaming.take()) {
-            (Some(bytes), _) => full(bytes.clone()),
-            (None, Some(b)) => incoming(b),
-            (None, None) => full(Bytes::new()),
-        };
         let per_try = retries
             .and_then(|r| r.per_try_timeout_ms)
             .map(Duration::from_millis);
@@ -160,15 +152,9 @@ async fn request(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let outcome = attempt(
-            &shared,
-            upstream,
-            http::Request::from_parts(parts.clone(), body),
-            limit,
-        )
-        .await;
+        let outcome = attempt(&shared, upstream, &parts, &mut body, limit).await;
         let can_retry = tries < max_tries
-            && (replay.is_some() || matches!(outcome, Err(Outcome::ConnectFailure)))
+            && body.can_send_again()
             && retries.is_some_and(|r| {
                 retryable(
                     r,
@@ -250,18 +236,48 @@ async fn request(
     response
 }
 
-/// One try against one endpoint of an upstream, bounded by `limit`.
+/// A request body across tries: bytes that can be sent again, or a stream sent at most once.
+enum RequestBody {
+    Replay(Bytes),
+    Stream(Option<hyper::body::Incoming>),
+}
+
+impl RequestBody {
+    /// The body for one try; a stream is handed over only the first time.
+    fn take(&mut self) -> Body {
+        match self {
+            RequestBody::Replay(bytes) => full(bytes.clone()),
+            RequestBody::Stream(stream) => {
+                stream.take().map_or_else(|| full(Bytes::new()), incoming)
+            }
+        }
+    }
+
+    /// Whether another try could still send the whole body.
+    fn can_send_again(&self) -> bool {
+        matches!(self, RequestBody::Replay(_) | RequestBody::Stream(Some(_)))
+    }
+}
+
+/// One try against one endpoint of an upstream, bounded by `limit`. The body is taken only
+/// once a connection is up: a try that cannot connect has sent nothing, and leaves a streamed
+/// body for the next try.
 async fn attempt(
     shared: &Shared,
     upstream: &Upstream,
-    req: http::Request<Body>,
+    parts: &http::request::Parts,
+    body: &mut RequestBody,
     limit: Option<Duration>,
 ) -> Result<http::Response<Body>, Outcome> {
     let endpoint = upstream.pick().ok_or(Outcome::ConnectFailure)?;
     endpoint
         .in_flight
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let send = upstream.send(&endpoint, &shared.tls, req);
+    let send = async {
+        let connection = upstream.connection(&endpoint, &shared.tls).await?;
+        let req = http::Request::from_parts(parts.clone(), body.take());
+        connection.send(req).await
+    };
     let result = match limit {
         Some(l) => tokio::time::timeout(l, send)
             .await
@@ -326,7 +342,8 @@ async fn egress(
     let response = match attempt(
         shared,
         upstream,
-        http::Request::from_parts(parts, incoming(body)),
+        &parts,
+        &mut RequestBody::Stream(Some(body)),
         None,
     )
     .await

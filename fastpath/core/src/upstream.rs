@@ -296,29 +296,56 @@ impl Upstream {
         tls: &ArcSwap<Material>,
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let mut sender = match endpoint.checkout() {
-            Some(s) => s,
-            None => {
-                let stream = match connect_stream(&endpoint.addr, &self.transport, tls).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        endpoint.connect_failed();
-                        return Err(e);
-                    }
-                };
-                endpoint.connected();
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|source| UpstreamError::Http {
-                        addr: endpoint.addr.clone(),
-                        source,
-                    })?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                sender
+        self.connection(endpoint, tls).await?.send(req).await
+    }
+
+    /// A pooled connection to `endpoint`, or a new one. Nothing has been sent when this
+    /// fails, so the caller still holds its request (and a body it can send only once).
+    pub async fn connection<'a>(
+        &self,
+        endpoint: &'a Endpoint,
+        tls: &ArcSwap<Material>,
+    ) -> Result<Connection<'a>, UpstreamError> {
+        if let Some(sender) = endpoint.checkout() {
+            return Ok(Connection { endpoint, sender });
+        }
+        let stream = match connect_stream(&endpoint.addr, &self.transport, tls).await {
+            Ok(s) => s,
+            Err(e) => {
+                endpoint.connect_failed();
+                return Err(e);
             }
         };
+        endpoint.connected();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Http {
+                addr: endpoint.addr.clone(),
+                source,
+            })?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Connection { endpoint, sender })
+    }
+}
+
+/// A connection to one endpoint, ready to carry one request.
+pub struct Connection<'a> {
+    endpoint: &'a Endpoint,
+    sender: SendRequest<Body>,
+}
+
+impl Connection<'_> {
+    pub async fn send(
+        self,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let Connection {
+            endpoint,
+            mut sender,
+        } = self;
+        // Dropped mid-request (a timeout), `sender` closes the connection: its answer is unwanted.
         let result = sender.send_request(req).await;
         // Back in the pool at once: it reports ready again when this response's body is done.
         endpoint.checkin(sender);

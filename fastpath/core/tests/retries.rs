@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::app::App;
 use common::mesh::{
     answered_by, api_endpoint, cluster, dead_addr, tries, web_config, web_sidecar, Client, Pki,
@@ -148,4 +149,23 @@ async fn the_retry_budget_stops_retries_once_spent_and_refills_over_time() {
         [2],
         "a second later, one more retry is allowed"
     );
+}
+#[tokio::test(start_paused = true)]
+async fn a_streamed_body_is_sent_whole_when_a_refused_connection_is_retried() {
+    let pki = Pki::new();
+    let live = api_endpoint(App::start("live").await, &pki.api);
+    let dead = dead_addr();
+    let retries = json!({"attempts": 2, "retryOn": ["connect-failure"]});
+    let clusters = json!([cluster("b/api", "ROUND_ROBIN", &[&dead, &live.addr])]);
+    let (web, outbound) = web_sidecar(&pki, &web_config(route(retries, None), clusters));
+    let mut client = Client::connect(outbound).await;
+
+    // Over the replay limit, so the proxy streams it rather than buffering it.
+    let size = fastpath::outbound::MAX_REPLAY_BODY as usize + 1;
+    let reply = client
+        .post("/api/upload", Bytes::from(vec![7u8; size]))
+        .await;
+
+    assert_eq!(tries(&web), [2]);
+    assert_eq!(reply, (200, format!("live received={size}")));
 }
