@@ -270,9 +270,7 @@ async fn attempt(
     limit: Option<Duration>,
 ) -> Result<http::Response<Body>, Outcome> {
     let endpoint = upstream.pick().ok_or(Outcome::ConnectFailure)?;
-    endpoint
-        .in_flight
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let in_flight = endpoint.start_request();
     let send = async {
         let connection = upstream.connection(&endpoint, &shared.tls).await?;
         let req = http::Request::from_parts(parts.clone(), body.take());
@@ -284,9 +282,7 @@ async fn attempt(
             .map_err(|_| Outcome::Timeout),
         None => Ok(send.await),
     };
-    endpoint
-        .in_flight
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    drop(in_flight);
     match result? {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();

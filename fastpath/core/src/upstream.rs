@@ -89,6 +89,13 @@ impl Endpoint {
         }
     }
 
+    /// Counts one request in flight here until the guard is dropped, however the request
+    /// ends: answered, timed out, or abandoned by a client that hung up.
+    pub fn start_request(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
+    }
+
     pub fn healthy(&self) -> bool {
         self.down_until.load(Ordering::Relaxed) <= now_ms()
     }
@@ -120,6 +127,15 @@ impl Endpoint {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(sender);
         }
+    }
+}
+
+/// One request in flight on an endpoint, as least-request counts them.
+pub struct InFlight<'a>(&'a Endpoint);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

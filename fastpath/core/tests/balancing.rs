@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::app::App;
@@ -79,6 +80,41 @@ async fn least_request_sends_new_requests_to_the_idle_endpoint() {
     }
     assert_eq!(eps[busy].app.hits(), 1);
     held.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_the_app_gave_up_on_no_longer_counts_as_in_flight() {
+    let pki = Pki::new();
+    let eps = endpoints(&pki, &["one", "two"]).await;
+    let config = web_config(
+        one_route("b/api"),
+        json!([cluster(
+            "b/api",
+            "LEAST_REQUEST",
+            &[&eps[0].addr, &eps[1].addr]
+        )]),
+    );
+    let (web, outbound) = web_sidecar(&pki, &config);
+    let in_flight = || -> Vec<usize> {
+        web.shared.active.load().clusters["b/api"]
+            .endpoints
+            .load()
+            .iter()
+            .map(|e| e.in_flight.load(Ordering::Relaxed))
+            .collect()
+    };
+    let mut holder = Client::connect(outbound).await;
+    let held = tokio::spawn(async move { holder.get("/hold").await });
+    while eps.iter().all(|e| e.app.hits() == 0) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(in_flight().iter().sum::<usize>(), 1);
+
+    held.abort(); // the app hangs up while its request is still waiting upstream
+    tokio::time::sleep(Duration::from_millis(10)).await;
+
+    // Otherwise least-request would shun that endpoint for the rest of the proxy's life.
+    assert_eq!(in_flight(), [0, 0]);
 }
 
 #[tokio::test(start_paused = true)]
