@@ -20,6 +20,7 @@ import http.server
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -175,7 +176,8 @@ class HttpGitServer(http.server.ThreadingHTTPServer):
 
     With neither `users` nor `tokens`, anyone may fetch. Otherwise a request needs
     `Authorization: Basic` with a user's password or any user with a token as password, or
-    `Authorization: Bearer <token>`; anything else gets 401 and a Basic challenge.
+    `Authorization: Bearer <token>`; anything else gets 401 and a Basic challenge. With `tls`
+    (a certificate chain and key, PEM, for `localhost`) it serves HTTPS.
     """
 
     daemon_threads = True
@@ -185,8 +187,18 @@ class HttpGitServer(http.server.ThreadingHTTPServer):
         root: Path,
         users: Mapping[str, str] | None = None,
         tokens: frozenset[str] = frozenset(),
+        tls: tuple[bytes, bytes] | None = None,
     ) -> None:
         super().__init__(("127.0.0.1", 0), _CgiHandler)
+        self.scheme = "http"
+        if tls is not None:
+            chain, key = root.parent / "https-chain.pem", root.parent / "https-key.pem"
+            chain.write_bytes(tls[0])
+            key.write_bytes(tls[1])
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(chain, key)
+            self.socket = context.wrap_socket(self.socket, server_side=True)
+            self.scheme = "https"
         self.root = root
         self.users = dict(users or {})
         self.tokens = tokens
@@ -204,7 +216,8 @@ class HttpGitServer(http.server.ThreadingHTTPServer):
         return int(self.server_address[1])
 
     def url(self, repo: Upstream | str) -> str:
-        return f"http://127.0.0.1:{self.port}/{_name(repo)}"
+        host = "localhost" if self.scheme == "https" else "127.0.0.1"
+        return f"{self.scheme}://{host}:{self.port}/{_name(repo)}"
 
     def authorized(self, header: str | None) -> str | None:
         """The remote user a request authenticates as ("" when no auth is needed), or None."""

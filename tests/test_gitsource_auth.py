@@ -12,6 +12,7 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
+import pygit2
 import pytest
 
 from reconciler.gitsource import (
@@ -31,6 +32,7 @@ from tests.gitservers import (
     git,
     sshd_available,
 )
+from tests.pki import CA
 
 TOKEN = "tok-4f9a0c77e1-never-printed"
 PASSWORD = "pw-93b1d2-never-printed"
@@ -335,3 +337,46 @@ def test_ssh_without_a_key(tmp_path: Path) -> None:
                 "WEFT_GIT_SSH_KNOWN_HOSTS_FILE": str(tmp_path / "absent"),
             },
         )
+
+
+# HTTPS: the server's certificate must chain to a trusted root before anything is sent.
+
+
+@pytest.fixture(scope="module")
+def https(served: Path) -> Iterator[tuple[HttpGitServer, bytes]]:
+    ca = CA.create("weft gitsource test CA")
+    leaf = ca.issue_server("localhost")
+    tls = (leaf.chain, leaf.key)
+    with HttpGitServer(served, tokens=frozenset({TOKEN}), tls=tls) as server:
+        yield server, ca.pem
+
+
+def test_https_untrusted_certificate_is_refused_before_credentials_are_sent(
+    https: tuple[HttpGitServer, bytes], upstream: Upstream, tmp_path: Path
+) -> None:
+    server, _ = https
+    auth = credentials.Token(Secret(TOKEN))
+    source = GitSource(server.url(upstream), "main", tmp_path / "cache", auth)
+    with (
+        source,
+        pytest.raises(HostVerificationError, match="TLS certificate of localhost is not trusted"),
+    ):
+        source.fetch()
+    assert server.requests == []
+    assert server.authorizations == []
+
+
+def test_https_with_a_trusted_certificate(
+    https: tuple[HttpGitServer, bytes], upstream: Upstream, tmp_path: Path
+) -> None:
+    server, ca_pem = https
+    (tmp_path / "ca.pem").write_bytes(ca_pem)
+    previous = (pygit2.settings.ssl_cert_file, pygit2.settings.ssl_cert_dir)
+    pygit2.settings.set_ssl_cert_locations(str(tmp_path / "ca.pem"), None)
+    try:
+        auth = credentials.Token(Secret(TOKEN))
+        with GitSource(server.url(upstream), "main", tmp_path / "cache", auth) as source:
+            assert source.fetch() == head(upstream)
+    finally:
+        pygit2.settings.set_ssl_cert_locations(*previous)  # type: ignore[arg-type]
+    assert server.authorizations

@@ -147,7 +147,12 @@ def translate(
                 f"the SSH host key of {callbacks.refused_host or urls.host(url)} is not in "
                 f"{auth.known_hosts} (or does not match it); unknown hosts are refused",
             )
-        return HostVerificationError(shown, f"the server's certificate is not trusted ({reason})")
+        return HostVerificationError(
+            shown,
+            f"the TLS certificate of {callbacks.refused_host or urls.host(url)} is not trusted "
+            "(not from a trusted CA, expired, or not for this host); "
+            "a private CA goes in the bundle SSL_CERT_FILE names",
+        )
     lowered = reason.lower()
     if "authenticat" in lowered or "401" in lowered or "403" in lowered:
         return AuthError(shown, reason)
