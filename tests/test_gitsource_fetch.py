@@ -327,3 +327,10 @@ def test_source_configuration_errors(tmp_path: Path) -> None:
         GitSource("git://127.0.0.1/x.git", "a..b", tmp_path)
     with pytest.raises(gitsource.UrlError):
         GitSource("gopher://127.0.0.1/x.git", "main", tmp_path)
+
+
+def test_an_unusable_cache_directory_is_a_typed_error(daemon: GitDaemon, tmp_path: Path) -> None:
+    (tmp_path / "not-a-directory").write_text("")
+    source = GitSource(daemon.url("any.git"), "main", tmp_path / "not-a-directory")
+    with source, pytest.raises(gitsource.CacheError, match="cannot use the cache"):
+        source.fetch()

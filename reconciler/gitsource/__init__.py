@@ -16,6 +16,7 @@ from reconciler.gitsource import credentials, refspec, semver, webhook
 from reconciler.gitsource.credentials import Secret
 from reconciler.gitsource.errors import (
     AuthError,
+    CacheError,
     CredentialsError,
     FetchError,
     GitSourceError,
@@ -32,6 +33,7 @@ from reconciler.gitsource.webhook import WebhookReceiver
 __all__ = [
     "AuthError",
     "Backoff",
+    "CacheError",
     "CredentialsError",
     "FetchError",
     "GitSource",

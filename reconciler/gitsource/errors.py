@@ -42,5 +42,9 @@ class HostVerificationError(FetchError):
     """The SSH host key is not in the known_hosts file, or the TLS certificate is not valid."""
 
 
+class CacheError(GitSourceError):
+    """The local cache directory cannot be created, read or written."""
+
+
 class RefNotFoundError(GitSourceError):
     """The fetch succeeded but nothing on the remote matches the ref spec."""

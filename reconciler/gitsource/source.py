@@ -24,7 +24,12 @@ import pygit2
 from pygit2.enums import FetchPrune
 
 from reconciler.gitsource import credentials, refspec, remote, urls
-from reconciler.gitsource.errors import AuthError, GitSourceError, RefNotFoundError
+from reconciler.gitsource.errors import (
+    AuthError,
+    CacheError,
+    GitSourceError,
+    RefNotFoundError,
+)
 from reconciler.gitsource.revision import Revision
 from reconciler.intent import files
 from reconciler.intent.diagnostics import Diagnostic, IntentError, Position, Severity
@@ -135,6 +140,14 @@ class GitSource:
     def _open(self) -> pygit2.Repository:
         if self._repo is not None:
             return self._repo
+        try:
+            return self._open_or_clone()
+        except (OSError, pygit2.GitError) as e:
+            raise CacheError(
+                f"cannot use the cache {self.repository_path} for {self.url}: {e}"
+            ) from None
+
+    def _open_or_clone(self) -> pygit2.Repository:
         path = self.repository_path
         if (path / "HEAD").exists():
             try:
@@ -171,6 +184,8 @@ class GitSource:
                 repo.remotes["origin"].fetch(
                     callbacks=callbacks, prune=FetchPrune.PRUNE, message="weft: fetch"
                 )
+        except OSError as e:  # the private known_hosts copy could not be written
+            raise CacheError(f"cannot write under {self.cache_dir}: {e}") from None
         except (pygit2.GitError, GitSourceError) as e:
             error = remote.translate(e, self._url, self._auth, callbacks)
             log.warning("%s", error)
