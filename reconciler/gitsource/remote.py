@@ -76,7 +76,9 @@ class Callbacks(pygit2.RemoteCallbacks):
                 raise AuthError(shown, "the server refused the bearer token")
         if isinstance(auth, credentials.Anonymous):
             raise AuthError(shown, "the server asks for credentials and none are configured")
-        raise AuthError(shown, f"the server does not accept a {_kind(auth)}")
+        raise AuthError(
+            shown, f"the server does not accept this kind of credential ({_kind(auth)})"
+        )
 
     def certificate_check(self, certificate: None, valid: bool, host: bytes) -> bool:
         if not valid:

@@ -188,7 +188,7 @@ class GitSource:
             raise CacheError(f"cannot write under {self.cache_dir}: {e}") from None
         except (pygit2.GitError, GitSourceError) as e:
             error = remote.translate(e, self._url, self._auth, callbacks)
-            log.warning("%s", error)
+            log.debug("%s", error)  # the caller reports it, with its backoff
             raise error from None
 
 
