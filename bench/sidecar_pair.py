@@ -48,6 +48,7 @@ import platform
 import re
 import selectors
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -225,6 +226,11 @@ def wait_until(what: str, check: Callable[[], bool], procs: list[subprocess.Pope
         time.sleep(0.05)
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM it if this benchmark dies (prctl PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
 class Processes:
     """Processes this benchmark started, stopped by pid: SIGTERM, then SIGKILL."""
 
@@ -236,7 +242,12 @@ class Processes:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         with (self.logs / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(
-                pinned(cpu, argv), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.logs
+                pinned(cpu, argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.logs,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509  # no threads here
             )
         self.procs.append(proc)
         return proc
@@ -1126,6 +1137,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown scenarios: {sorted(unknown)}")
     tools = find_tools(args)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what we started, then exit
 
     selector = selectors.SelectSelector()  # select(2) sleeps to the microsecond; epoll to the ms
     loop = asyncio.SelectorEventLoop(selector)
