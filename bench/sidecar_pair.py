@@ -75,7 +75,18 @@ TRUST_DOMAIN = "bench.local"
 HOST = "api.b:8080"  # what the app calls: Weft routes on it, Envoy and nginx accept any
 BODY = "weft sidecar-pair benchmark: a small fixed body from the backend.\n"
 SCENARIOS = ("direct", "weft", "envoy")
-PROXIES = {"weft": ("A", "B"), "envoy": ("A", "B"), "direct": ()}
+# weft-lean, a diagnostic: the same agent and fastpath started without the `weft` CLI, whose
+# module imports the whole control plane (compiler, intent, identity...) before it dispatches.
+ALL_SCENARIOS = (*SCENARIOS, "weft-lean")
+PROXIES = {"weft": ("A", "B"), "envoy": ("A", "B"), "direct": (), "weft-lean": ("A", "B")}
+LEAN_LAUNCHER = """\
+import sys
+from pathlib import Path
+from reconciler.sidecar import agent
+config, certs, listeners, admin = sys.argv[1:]
+sys.exit(agent.run(Path(config), Path(certs), Path(listeners), admin_addr=admin, workers=1,
+                   drain_timeout=1.0))
+"""
 TARGETS_MB = {"idle": 30.0, "loaded": 50.0}  # issue 3, Weft sidecar RSS
 CLIENT_CPU, PROXY_CPU = 0, 1
 INSTALL = {
@@ -146,6 +157,18 @@ def cpu_seconds(pid: int | str = "self") -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds by thread name (threads of one name added up): who in the process works."""
+    by_name: dict[str, float] = collections.defaultdict(float)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            stat = (task / "stat").read_text()
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            by_name[name] += (int(fields[11]) + int(fields[12])) / TICKS
+    return dict(by_name)
 
 
 def core_busy() -> dict[int, float]:
@@ -356,8 +379,14 @@ class Direct(Pair):
 class Weft(Pair):
     name = "weft"
 
+    def __init__(self, ctx: Context, lean: bool = False) -> None:
+        super().__init__(ctx)
+        self.lean = lean
+        if lean:
+            self.name = "weft-lean"
+
     def start(self) -> int:
-        ctx, root = self.ctx, self.ctx.tmp / "weft"
+        ctx, root = self.ctx, self.ctx.tmp / self.name
         root.mkdir(exist_ok=True)
         a_port, b_port = free_port(), free_port()
         self.admin = {"A": free_port(), "B": free_port()}
@@ -373,23 +402,21 @@ class Weft(Pair):
         for side, config, certs in (("A", a_config, "web"), ("B", b_config, "api")):
             (root / f"{side}.json").write_text(to_json(config))
             (root / f"{side}-listeners.json").write_text(json.dumps(listeners[side]))
+            files = [
+                str(root / f"{side}.json"),
+                str(ctx.certs[certs]),
+                str(root / f"{side}-listeners.json"),
+                f"127.0.0.1:{self.admin[side]}",
+            ]
             argv = [
                 str(REPO / ".venv/bin/weft"),
                 "sidecar",
-                "--config",
-                str(root / f"{side}.json"),
-                "--certs",
-                str(ctx.certs[certs]),
-                "--listeners",
-                str(root / f"{side}-listeners.json"),
-                "--admin",
-                f"127.0.0.1:{self.admin[side]}",
-                "--workers",
-                "1",
-                "--drain-timeout",
-                "1",
+                *("--config", files[0], "--certs", files[1], "--listeners", files[2]),
+                *("--admin", files[3], "--workers", "1", "--drain-timeout", "1"),
             ]
-            proc = ctx.processes.start(f"weft-{side}", argv, ctx.proxy_cpu)
+            if self.lean:
+                argv = [str(REPO / ".venv/bin/python"), "-c", LEAN_LAUNCHER, *files]
+            proc = ctx.processes.start(f"{self.name}-{side}", argv, ctx.proxy_cpu)
             self.procs.append(proc)
             self.pids[side] = proc.pid
         for side in ("A", "B"):
@@ -888,6 +915,7 @@ def scenario(ctx: Context, pair: Pair, loop: asyncio.AbstractEventLoop) -> dict[
                 peak[side] = max(peak[side], memory_kib(pid)["VmRSS"])
 
         cpu_before = {side: cpu_seconds(pid) for side, pid in pair.pids.items()}
+        threads_before = {side: thread_cpu_seconds(pid) for side, pid in pair.pids.items()}
         self_before, busy_before = cpu_seconds(), core_busy()
         assert ctx.backend is not None
         backend_before = cpu_seconds(ctx.backend.pid)
@@ -896,6 +924,13 @@ def scenario(ctx: Context, pair: Pair, loop: asyncio.AbstractEventLoop) -> dict[
         elapsed = time.monotonic() - t0
         sample()
         cpu = {side: cpu_seconds(pid) - cpu_before[side] for side, pid in pair.pids.items()}
+        threads = {
+            side: {
+                name: round((v - threads_before[side].get(name, 0.0)) / max(phase.sent, 1) * 1e6, 1)
+                for name, v in thread_cpu_seconds(pid).items()
+            }
+            for side, pid in pair.pids.items()
+        }
         self_cpu = cpu_seconds() - self_before
         backend_cpu = cpu_seconds(ctx.backend.pid) - backend_before
         busy = {c: v - busy_before[c] for c, v in core_busy().items()}
@@ -922,6 +957,7 @@ def scenario(ctx: Context, pair: Pair, loop: asyncio.AbstractEventLoop) -> dict[
                 },
                 "cpu_s": cpu,
                 "cpu_us_per_request": {side: v / max(ok, 1) * 1e6 for side, v in cpu.items()},
+                "thread_cpu_us_per_request": threads,
                 "generator_cpu_us_per_request": self_cpu / max(ok, 1) * 1e6,
                 "backend_cpu_us_per_request": backend_cpu / max(ok, 1) * 1e6,
                 "core_busy_percent": {str(c): round(v / elapsed * 100, 1) for c, v in busy.items()},
@@ -955,7 +991,7 @@ def _summary(values: list[float]) -> dict[str, float]:
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     direct = [r for r in runs if r["scenario"] == "direct"]
-    for name in SCENARIOS:
+    for name in ALL_SCENARIOS:
         rows = [r for r in runs if r["scenario"] == name]
         if not rows:
             continue
@@ -1124,7 +1160,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured phase length")
     parser.add_argument("--warmup", type=float, default=5.0, help="warm-up at the same rate")
     parser.add_argument("--settle", type=float, default=2.0, help="idle seconds before idle RSS")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="direct,weft,envoy")
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help="of direct,weft,envoy,weft-lean"
+    )
     parser.add_argument("--max-load", type=float, default=0.5, help="1-min load to wait for")
     parser.add_argument("--max-wait", type=float, default=900.0, help="seconds to wait for it")
     parser.add_argument("--no-wrk", dest="wrk", action="store_false", help="skip max throughput")
@@ -1133,7 +1171,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep configs, certs and logs")
     args = parser.parse_args()
     args.scenarios = [s for s in args.scenarios.split(",") if s]
-    unknown = set(args.scenarios) - set(SCENARIOS)
+    unknown = set(args.scenarios) - set(ALL_SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {sorted(unknown)}")
     tools = find_tools(args)
@@ -1150,7 +1188,12 @@ def main() -> int:
             os.sched_setaffinity(0, {ctx.client_cpu})
         else:
             print("   taskset or a second CPU missing: running unpinned", file=sys.stderr)
-        pairs: dict[str, Pair] = {"direct": Direct(ctx), "weft": Weft(ctx), "envoy": Envoy(ctx)}
+        pairs: dict[str, Pair] = {
+            "direct": Direct(ctx),
+            "weft": Weft(ctx),
+            "envoy": Envoy(ctx),
+            "weft-lean": Weft(ctx, lean=True),
+        }
         root = tmp / "nginx"
         conf = nginx_config(root, ctx.backend_port)
         ctx.backend = ctx.processes.start(
