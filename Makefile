@@ -11,7 +11,7 @@ STAMP   := $(VENV)/.weft-installed
 RUST_SRC := $(shell find fastpath -name '*.rs' -o -name Cargo.toml) Cargo.toml
 TEMPLATE := mesh-repo-template
 
-.PHONY: demo test lint typecheck rust-check pytest jaeger bench schema clean
+.PHONY: demo test lint typecheck rust-check pytest jaeger system-tools bench schema clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -51,7 +51,17 @@ rust-check:
 jaeger:
 	@echo "jaeger: $$(tools/jaeger/build.sh)"
 
-pytest: $(STAMP) jaeger
+# Real components the tests drive: git (daemon, http-backend), curl, openssl s_client, and
+# sshd for SSH fetches. Installed from Debian when missing (CI runs as root on a fresh machine).
+SYSTEM_TOOLS := git curl openssl sshd
+system-tools:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done
+	if [ -n "$$missing" ]; then
+		echo "installing:$$missing"
+		apt-get update -qq && apt-get install -y -qq git curl openssl openssh-server
+	fi
+
+pytest: $(STAMP) jaeger system-tools
 	$(VENV)/bin/pytest
 
 test: lint typecheck rust-check pytest

@@ -318,3 +318,33 @@ def test_export_is_off_without_an_endpoint() -> None:
     on = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}
     assert otlp.from_environment(drain, dict, on) is not None
     assert otlp.from_environment(drain, dict, {**on, "OTEL_SDK_DISABLED": "true"}) is None
+
+
+def test_the_meshs_otlp_endpoint_is_used_when_the_environment_names_none(jaeger: Jaeger) -> None:
+    """The Mesh's otlpEndpoint is enforced: with no OTEL_* variables, spans go there."""
+    trace_id = secrets.token_hex(16)
+    now = time.time_ns()
+    spans = [
+        {
+            **span("inbound b/api:8080 GET"),
+            "trace_id": trace_id,
+            "start_unix_nano": now - 1_000_000,
+            "end_unix_nano": now,
+        }
+    ]
+
+    def drain(_max: int) -> str:
+        out = json.dumps(spans)
+        spans.clear()
+        return out
+
+    config = {
+        "workload": {"service": "meshdefault", "namespace": "b"},
+        "revision": "main@sha1:" + "e" * 40,
+        "telemetry": {"samplingPercent": 100, "otlpEndpoint": jaeger.otlp_http},
+    }
+    export = otlp.from_environment(drain, lambda: config, {})
+    assert export is not None
+    assert export.export_once() == 1
+    found = jaeger.trace("meshdefault.b", trace_id, spans=1)
+    assert found["traceID"] == trace_id

@@ -211,8 +211,13 @@ def from_environment(
     config: Callable[[], Mapping[str, Any]],
     environ: Mapping[str, str] = os.environ,
 ) -> SpanExport | None:
-    """A `SpanExport` to the OTLP/HTTP endpoint the environment names, or None when unset."""
-    if not enabled(environ):
+    """A `SpanExport` to the OTLP/HTTP endpoint the environment names or, failing that, the one
+    the Mesh names (`spec.telemetry.otlpEndpoint`, carried in the ProxyConfig); None when
+    neither does or `OTEL_SDK_DISABLED=true`."""
+    mesh_endpoint = config().get("telemetry", {}).get("otlpEndpoint")
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    if not enabled(environ) and not mesh_endpoint:
         return None
     protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get(
         "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
@@ -223,8 +228,9 @@ def from_environment(
     interval = int(delay_ms) / 1000 if delay_ms.isdigit() else INTERVAL_SECONDS
     size = environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "")
     batch = int(size) if size.isdigit() and int(size) > 0 else BATCH
+    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or str(mesh_endpoint)
     endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
-        environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces"
+        base.rstrip("/") + "/v1/traces"
     )
     exporter = OTLPSpanExporter(endpoint=endpoint)
     # The exporter warns on every retry of every batch; while a collector is down that is a line

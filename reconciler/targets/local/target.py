@@ -18,7 +18,9 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import logging
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -38,6 +40,8 @@ from reconciler.targets.local.ports import Ports
 from reconciler.targets.local.supervisor import Spec, Supervisor
 
 READY_TIMEOUT = 20.0
+APP_LISTEN_TIMEOUT = 10.0
+log = logging.getLogger("weft.local")
 
 
 def _digest(text: str) -> str:
@@ -292,6 +296,13 @@ class LocalTarget:
         env = dict(unit.payload["env"])
         env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"  # `weft` for demo apps
         self.supervisor.start(unit.key, Spec(unit.payload["command"], env, unit.fingerprint))
+        # "Applied" should mean serving: wait for the app to listen on the ports it was given.
+        # An app that listens elsewhere only costs this wait, and a warning.
+        ports = json.loads(env["WEFT_PORTS"]).values()
+        if not all(_listening(p["addr"]) for p in ports):
+            log.warning(
+                "%s is not listening on its ports after %.0f s", unit.key, APP_LISTEN_TIMEOUT
+            )
 
     def prune(self, plan: Plan) -> list[str]:
         removed = []
@@ -318,6 +329,18 @@ class LocalTarget:
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+def _listening(addr: str) -> bool:
+    host, _, port = addr.rpartition(":")
+    deadline = time.monotonic() + APP_LISTEN_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
 
 
 def _wait_ready(url: str, what: str) -> None:
