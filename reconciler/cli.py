@@ -16,7 +16,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from reconciler import __version__, compiler, identity, intent, localrepo, loop, status, telemetry
+from reconciler import (
+    __version__,
+    compiler,
+    gitsource,
+    identity,
+    intent,
+    localrepo,
+    loop,
+    sources,
+    status,
+    telemetry,
+)
 from reconciler.compiler import reach
 from reconciler.targets.local.target import LocalTarget
 
@@ -170,7 +181,9 @@ def _serve(
     state: Path,
     poll: float,
     banner: Callable[[LocalTarget], None] | None,
+    *,
     metrics_addr: str | None = None,
+    webhook_addr: str | None = None,
 ) -> int:
     """Reconcile `source` onto the local target until Ctrl-C; then stop everything started."""
     import signal  # noqa: PLC0415
@@ -190,6 +203,19 @@ def _serve(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    hook = None
+    if webhook_addr:
+        secret = gitsource.credentials.secret_from_env(os.environ, "WEFT_WEBHOOK_SECRET")
+        if secret is None:
+            print(
+                "weft: --webhook needs WEFT_WEBHOOK_SECRET or WEFT_WEBHOOK_SECRET_FILE",
+                file=sys.stderr,
+            )
+            target.close()
+            return 2
+        host, _, port = webhook_addr.rpartition(":")
+        hook = gitsource.WebhookReceiver(secret, wake.set, host or "127.0.0.1", int(port)).start()
+        logging.getLogger("weft").info("webhook listening on %s", hook.url)
     shown = False
 
     def applied(_: str) -> None:
@@ -201,6 +227,8 @@ def _serve(
     try:
         rec.run(stop, wake, poll_seconds=poll, on_applied=applied)
     finally:
+        if hook is not None:
+            hook.close()
         target.close()
         if provider is not None:
             provider.shutdown()
@@ -245,7 +273,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         localrepo.init_from_template(TEMPLATE, repo)
         print(f"weft: created {repo} from mesh-repo-template", flush=True)
     return _serve(
-        localrepo.LocalRepoSource(repo, args.ref), state, args.poll, _banner(repo), args.metrics
+        localrepo.LocalRepoSource(repo, args.ref),
+        state,
+        args.poll,
+        _banner(repo),
+        metrics_addr=args.metrics,
     )
 
 
@@ -253,8 +285,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.target != "local":
         print(f"weft run: target {args.target!r} is not available yet", file=sys.stderr)
         return 2
-    source = localrepo.LocalRepoSource(Path(args.repo), args.ref)
-    return _serve(source, _state_dir(args.state_dir), args.poll, None, args.metrics)
+    state = _state_dir(args.state_dir)
+    try:
+        source = sources.open_source(args.repo, args.ref, state / "cache")
+    except (gitsource.GitSourceError, ValueError) as e:
+        print(f"weft run: {e}", file=sys.stderr)
+        return 2
+    return _serve(
+        source, state, args.poll, None, metrics_addr=args.metrics, webhook_addr=args.webhook
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -499,7 +538,12 @@ def parser() -> argparse.ArgumentParser:
     up.set_defaults(run=cmd_up)
 
     rn = sub.add_parser("run", help="reconcile a git repository onto a target until stopped")
-    rn.add_argument("--repo", required=True, help="the intent repository (a local path for now)")
+    rn.add_argument("--repo", required=True, help="the intent repository: a URL, or a local path")
+    rn.add_argument(
+        "--webhook",
+        metavar="ADDR",
+        help="serve POST /hook here (GitHub-style HMAC, secret in $WEFT_WEBHOOK_SECRET[_FILE])",
+    )
     rn.add_argument("--ref", default="main")
     rn.add_argument("--target", default="local", choices=["local", "kubernetes"])
     rn.add_argument("--state-dir")

@@ -25,6 +25,8 @@ from reconciler.targets import Target
 
 log = logging.getLogger("weft.loop")
 
+BACKOFF_MAX = 300.0
+
 
 class Source(Protocol):
     """Where revisions come from (a git remote, a local repository)."""
@@ -130,18 +132,27 @@ class Reconciler:
         poll_seconds: float = 15.0,
         on_applied: Callable[[str], None] | None = None,
     ) -> None:
-        """Poll the source until `stop`; `wake` (the webhook) triggers an immediate fetch."""
+        """Poll the source until `stop`; `wake` (the webhook) triggers an immediate fetch. An
+        unreachable source is retried with exponential back-off, up to BACKOFF_MAX seconds;
+        the last good revision stays in force meanwhile."""
         failed: str | None = None
+        fetch_failures = 0
         while not stop.is_set():
             fetch_started = time.time_ns()
             try:
                 revision = self.source.fetch()
             except Exception as e:
+                fetch_failures += 1
                 self.metrics.observe(0.0, "fetch-failed", "fetch")
                 self.status.set("Stalled", True, "FetchFailed", str(e))
                 self._write()
-                log.warning("fetch failed: %s", e)
+                log.warning("fetch failed (%d in a row): %s", fetch_failures, e)
                 revision = None
+            else:
+                if fetch_failures:
+                    self.status.set("Stalled", False, "Recovered")
+                    self._write()
+                fetch_failures = 0
             if revision is None and failed is not None:
                 revision = failed  # retry a revision whose apply failed
             fetched = (fetch_started, time.time_ns())
@@ -155,5 +166,10 @@ class Reconciler:
                 if ok and on_applied:
                     on_applied(revision)
             self.target.maintain()
-            wake.wait(poll_seconds)
+            delay = (
+                min(poll_seconds * 2**fetch_failures, BACKOFF_MAX)
+                if fetch_failures
+                else poll_seconds
+            )
+            wake.wait(delay)
             wake.clear()
