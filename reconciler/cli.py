@@ -29,6 +29,7 @@ from reconciler import (
     telemetry,
 )
 from reconciler.compiler import reach
+from reconciler.sidecar import command as sidecar_command
 from reconciler.targets.local.target import LocalTarget
 
 
@@ -122,19 +123,6 @@ def cmd_reach(args: argparse.Namespace) -> int:
     cells = reach.matrix(mesh, sources=set(args.source or ()), destinations=set(args.dest or ()))
     print(reach.to_json(mesh, cells) if args.json else reach.to_table(mesh, cells), end="")
     return 0
-
-
-def cmd_sidecar(args: argparse.Namespace) -> int:
-    from reconciler.sidecar import agent  # noqa: PLC0415  # loads the extension; only this command needs it
-
-    return agent.run(
-        Path(args.config),
-        Path(args.certs),
-        Path(args.listeners),
-        admin_addr=args.admin,
-        workers=args.workers,
-        drain_timeout=args.drain_timeout,
-    )
 
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "mesh-repo-template"
@@ -506,24 +494,8 @@ def parser() -> argparse.ArgumentParser:
     _ca_commands(sub)
 
     sc = sub.add_parser("sidecar", help="run the sidecar: fastpath plus its agent")
-    sc.add_argument("--config", required=True, help="ProxyConfig JSON file (reloaded on change)")
-    sc.add_argument(
-        "--certs", required=True, help="folder with tls.crt, tls.key and ca.crt (rotated on change)"
-    )
-    sc.add_argument("--listeners", required=True, help="JSON file: where the listeners bind")
-    sc.add_argument(
-        "--admin",
-        default="127.0.0.1:15000",
-        help="admin address (/ready /live /metrics /config_dump)",
-    )
-    sc.add_argument("--workers", type=int, default=1, help="fastpath worker threads")
-    sc.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=5.0,
-        help="seconds to finish in-flight requests on SIGTERM",
-    )
-    sc.set_defaults(run=cmd_sidecar)
+    sidecar_command.add_arguments(sc)
+    sc.set_defaults(run=sidecar_command.run)
 
     up = sub.add_parser("up", help="run the mesh on this machine, reconciled from a git repository")
     up.add_argument(

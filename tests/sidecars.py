@@ -209,8 +209,7 @@ class AgentProcess:
             [
                 sys.executable,
                 "-m",
-                "reconciler.cli",
-                "sidecar",
+                "reconciler.sidecar",
                 "--config",
                 str(self.config),
                 "--certs",

@@ -13,15 +13,19 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from reconciler import _native
-from reconciler.sidecar import admin, metrics, otlp
+from reconciler.sidecar import admin, metrics
+
+if TYPE_CHECKING:
+    from reconciler.sidecar import otlp
 
 log = logging.getLogger("weft.sidecar")
 
@@ -29,6 +33,14 @@ POLL_SECONDS = 1.0
 # Access logs are written this often, so a line appears within a fraction of a second.
 ACCESS_LOG_SECONDS = 0.2
 CERT_FILES = ("tls.crt", "tls.key", "ca.crt")
+
+
+def _exports_spans(config: dict[str, Any]) -> bool:
+    env = os.environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    named = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    return bool(named or config.get("telemetry", {}).get("otlpEndpoint"))
 
 
 def _digest(*contents: bytes) -> str:
@@ -80,7 +92,11 @@ class Agent:
         self.config = json.loads(text)
         self._config_digest = _digest(text.encode())
         self._certs_digest = _digest(chain, key, bundle)
-        self.spans = otlp.from_environment(self.proxy.drain_spans, lambda: self.config)
+        if _exports_spans(self.config):
+            # OpenTelemetry costs a sidecar ~10 MB: load it only when spans go somewhere.
+            from reconciler.sidecar import otlp  # noqa: PLC0415
+
+            self.spans = otlp.from_environment(self.proxy.drain_spans, lambda: self.config)
         if self.spans is not None:
             self.spans.start()
             log.info("exporting spans over OTLP", extra={"event": "span-export"})

@@ -273,8 +273,7 @@ class LocalTarget:
                 command=[
                     sys.executable,
                     "-m",
-                    "reconciler.cli",
-                    "sidecar",
+                    "reconciler.sidecar",
                     "--config",
                     str(folder / "proxyconfig.json"),
                     "--certs",
