@@ -151,6 +151,15 @@ spec: {ports: [{name: http, port: 8080}]}
 """
 
 
+# b accepts every service of namespace a.
+ALLOW_A_TO_B = """\
+apiVersion: weft.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: from-a, namespace: b}
+spec: {from: [{namespaces: [a]}]}
+"""
+
+
 def compiled(
     root: Path, files: dict[str, str], revision: str = "test@sha1:" + "1" * 40
 ) -> dict[tuple[str, str], dict[str, Any]]:

@@ -23,12 +23,7 @@ def intent(default: str) -> dict[str, str]:
     return {
         "mesh.yaml": sidecars.mesh_yaml(TD, mtls="PERMISSIVE", defaultPolicy=default),
         "services.yaml": sidecars.WEB_AND_API,
-        "policies.yaml": """\
-            apiVersion: weft.dev/v1alpha1
-            kind: AccessPolicy
-            metadata: {name: from-a, namespace: b}
-            spec: {from: [{namespaces: [a]}]}
-            """,
+        "policies.yaml": sidecars.ALLOW_A_TO_B,
     }
 
 

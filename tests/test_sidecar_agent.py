@@ -23,12 +23,7 @@ TD = "agent.local"
 INTENT = {
     "mesh.yaml": sidecars.mesh_yaml(TD),
     "services.yaml": sidecars.WEB_AND_API,
-    "policies.yaml": """\
-        apiVersion: weft.dev/v1alpha1
-        kind: AccessPolicy
-        metadata: {name: from-a, namespace: b}
-        spec: {from: [{namespaces: [a]}]}
-        """,
+    "policies.yaml": sidecars.ALLOW_A_TO_B,
 }
 
 

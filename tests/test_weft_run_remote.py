@@ -27,12 +27,7 @@ from tests import sidecars
 from tests.gitservers import GitDaemon, Upstream, free_port
 
 SECRET = "webhook-secret-for-tests"
-ALLOW = """\
-apiVersion: weft.dev/v1alpha1
-kind: AccessPolicy
-metadata: {name: from-a, namespace: b}
-spec: {from: [{namespaces: [a]}]}
-"""
+ALLOW = sidecars.ALLOW_A_TO_B
 SERVICES = sidecars.WEB_AND_API.replace(
     "spec: {ports: [{name: http, port: 8080}]}",
     "spec: {ports: [{name: http, port: 8080}], local: {command: [weft, demo-app]}}",
