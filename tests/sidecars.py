@@ -235,7 +235,9 @@ class AgentProcess:
         )
         assert self.proc.stdout is not None
         threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
-        wait_until(lambda: self.event("started") is not None or self.proc.poll() is not None)
+        wait_until(
+            lambda: self.event("started") is not None or self.proc.poll() is not None, timeout=30
+        )
         started = self.event("started")
         assert started is not None, f"sidecar did not start: {self.lines}"
         admin = self.event("admin")
