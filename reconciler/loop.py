@@ -9,6 +9,7 @@ compiles to what already runs writes nothing.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -166,10 +167,7 @@ class Reconciler:
                 if ok and on_applied:
                     on_applied(revision)
             self.target.maintain()
-            delay = (
-                min(poll_seconds * 2**fetch_failures, BACKOFF_MAX)
-                if fetch_failures
-                else poll_seconds
-            )
-            wake.wait(delay)
+            delay = poll_seconds * 2**fetch_failures if fetch_failures else poll_seconds
+            # ±10 % jitter, so reconcilers started together do not fetch in lockstep.
+            wake.wait(min(delay, BACKOFF_MAX) * random.uniform(0.9, 1.1))
             wake.clear()
