@@ -84,3 +84,9 @@ bench-sidecar: $(STAMP)
 
 clean:
 	rm -rf $(VENV) target build
+
+# Push-to-effect latency (bench/push_to_effect.py): from `git push` to a policy change enforced on
+# a request, with the webhook and with polling, over a real git daemon on loopback (about 7 min).
+.PHONY: bench-push
+bench-push: $(STAMP)
+	$(PY) bench/push_to_effect.py
