@@ -236,3 +236,26 @@ def test_a_restarted_reconciler_resumes_without_reissuing_certificates(up: Up) -
         assert again.call("a/web/default", "http://api.b:8080/")[0] == 200
     finally:
         up.proc, up.log = again.proc, again.log  # the module fixture stops it
+
+
+def test_a_weft_killed_outright_leaves_no_process_behind(tmp_path: Path) -> None:
+    mesh = Up(tmp_path / "state")
+    ports = list(mesh.ports.values())
+    mesh.proc.kill()  # SIGKILL: no chance to stop its children itself
+    mesh.proc.wait()
+    mesh.log.close()
+
+    def nothing_listens() -> bool:
+        import socket  # noqa: PLC0415
+
+        for port in ports:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return False
+        return True
+
+    sidecars.wait_until(nothing_listens, timeout=20)
+    leftovers = subprocess.run(
+        ["pgrep", "-f", "--", str(mesh.state)], capture_output=True, text=True, check=False
+    )
+    assert leftovers.stdout.strip() == ""
