@@ -199,6 +199,20 @@ def wait_for_quiet(max_load: float, max_wait: float) -> dict[str, Any]:
     }
 
 
+def wait_for_idle_cpu(max_other: float, max_wait: float, window: float = 5.0) -> float:
+    """Wait (up to `max_wait` seconds) for a `window` in which other processes use less than
+    `max_other` % of a core; return the last figure. Right after a run the load average still
+    carries that run, so this looks at CPU time itself."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        before, mine = all_cpu_seconds(), cpu_seconds()
+        time.sleep(window)
+        other = (all_cpu_seconds() - before - (cpu_seconds() - mine)) / window * 100
+        if other < max_other or time.monotonic() > deadline:
+            return other
+        print(f"   other work {other:.0f}% of a core; waiting", flush=True)
+
+
 def machine() -> dict[str, Any]:
     model = next(
         (
@@ -1220,6 +1234,40 @@ def main() -> int:
         )
         runs: list[dict[str, Any]] = []
         discarded: list[dict[str, Any]] = []
+        quiet: dict[str, Any] = {}
+
+        def save(complete: bool) -> dict[str, Any]:
+            """Write what has been measured so far (a run cut short still leaves its figures)."""
+            summary = summarise(runs)
+            result = {
+                "benchmark": "sidecar-pair",
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "machine": machine(),
+                "versions": found_versions,
+                "settings": {
+                    "rate_rps": args.rate,
+                    "seconds": args.seconds,
+                    "warmup_s": args.warmup,
+                    "runs": args.runs,
+                    "pinned": {"generator_and_backend": ctx.client_cpu, "proxies": ctx.proxy_cpu},
+                    "host_header": HOST,
+                    "body_bytes": len(BODY),
+                    "wrk": "wrk -t1 -c16" if args.wrk else None,
+                    "nice": niceness,
+                    "envoy_access_log": args.envoy_access_log,
+                    "max_other_cpu_percent": args.max_other,
+                },
+                "load": quiet,
+                "runs": runs,
+                "discarded_runs": discarded,
+                "summary": summary,
+                "targets": targets(summary),
+            }
+            result["complete"] = complete
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+            return result
+
         try:
             wait_until(
                 "nginx",
@@ -1248,41 +1296,18 @@ def main() -> int:
                         )
                         if r["clean"] or attempt == args.retries:
                             runs.append(r)
+                            save(False)
                             break
                         discarded.append(r)
+                        save(False)
                         print("   discarded: other work on the machine; again when quiet")
-                        wait_for_quiet(args.max_load, args.max_wait)
+                        wait_for_idle_cpu(args.max_other, args.max_wait)
         finally:
             ctx.processes.stop()
             loop.close()
 
-    summary = summarise(runs)
-    result = {
-        "benchmark": "sidecar-pair",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "versions": found_versions,
-        "settings": {
-            "rate_rps": args.rate,
-            "seconds": args.seconds,
-            "warmup_s": args.warmup,
-            "runs": args.runs,
-            "pinned": {"generator_and_backend": ctx.client_cpu, "proxies": ctx.proxy_cpu},
-            "host_header": HOST,
-            "body_bytes": len(BODY),
-            "wrk": "wrk -t1 -c16" if args.wrk else None,
-            "nice": niceness,
-            "envoy_access_log": args.envoy_access_log,
-            "max_other_cpu_percent": args.max_other,
-        },
-        "load": quiet,
-        "runs": runs,
-        "discarded_runs": discarded,
-        "summary": summary,
-        "targets": targets(summary),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    result = save(True)
+    summary = result["summary"]
     print()
     print(markdown(summary))
     print()
