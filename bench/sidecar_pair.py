@@ -994,6 +994,11 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def _baseline(direct: list[dict[str, Any]], round_: int, q: str) -> float:
+    same = [r["latency_ms"][q] for r in direct if r["round"] == round_]
+    return float(same[0]) if same else statistics.median(r["latency_ms"][q] for r in direct)
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the clean runs of each scenario (all of them if none was clean)."""
     summary: dict[str, Any] = {}
@@ -1017,12 +1022,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "failed_requests": sum(r["requests"]["scheduled"] - r["requests"]["ok"] for r in rows),
         }
         if direct and name != "direct":
-            # added latency per run: the pair minus the direct run of the same round
-            by_round = {r["round"]: r for r in direct}
+            # added latency per run: the pair minus the direct run of the same round (or, while
+            # that round has none yet, the median direct run)
             s["added_ms"] = {
-                q: _summary(
-                    [r["latency_ms"][q] - by_round[r["round"]]["latency_ms"][q] for r in rows]
-                )
+                q: _summary([r["latency_ms"][q] - _baseline(direct, r["round"], q) for r in rows])
                 for q in ("p50", "p90", "p99", "max")
             }
         for side in PROXIES[name]:
