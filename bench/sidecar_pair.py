@@ -1042,6 +1042,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                     ]
                 ),
                 "hwm_mb": _summary([r["loaded_kib"][side]["VmHWM"] / 1024 for r in rows]),
+                # private memory; the rest of RSS is file-backed (the binary and libraries),
+                # which processes running the same files share
+                "idle_anon_mb": _summary([r["idle_kib"][side]["RssAnon"] / 1024 for r in rows]),
+                "loaded_anon_mb": _summary([r["loaded_kib"][side]["RssAnon"] / 1024 for r in rows]),
                 "cpu_us_per_request": _summary([r["cpu_us_per_request"][side] for r in rows]),
             }
         if PROXIES[name]:
@@ -1073,15 +1077,17 @@ def markdown(summary: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| proxy | idle RSS MB | RSS at rate MB (peak) | VmHWM MB | CPU µs/request |",
-        "|---|---:|---:|---:|---:|",
+        "| proxy | idle RSS MB | RSS at rate MB (peak) | VmHWM MB | anon idle / at rate MB "
+        "| CPU µs/request |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, s in summary.items():
         for side in PROXIES[name]:
             m = s[side]
             lines.append(
                 f"| {name} {side} | {fmt(m['idle_rss_mb'], 1)} | {fmt(m['loaded_rss_peak_mb'], 1)}"
-                f" | {fmt(m['hwm_mb'], 1)} | {fmt(m['cpu_us_per_request'], 1)} |"
+                f" | {fmt(m['hwm_mb'], 1)} | {m['idle_anon_mb']['median']:.1f} / "
+                f"{m['loaded_anon_mb']['median']:.1f} | {fmt(m['cpu_us_per_request'], 1)} |"
             )
     if any("wrk_max_rps" in s for s in summary.values()):
         lines += ["", "| | wrk max requests/s (closed loop) |", "|---|---:|"]
