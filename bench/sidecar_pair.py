@@ -34,7 +34,8 @@ Nothing is installed here: a missing tool is reported with the command that inst
 (`make bench-sidecar` installs them). Raw results go to `bench/results/sidecar-pair.json`.
 
     .venv/bin/python bench/sidecar_pair.py [--runs 3] [--rate 1000] [--seconds 20]
-        [--warmup 5] [--max-load 0.5] [--max-wait 900] [--no-wrk]
+        [--warmup 5] [--max-load 0.5] [--max-wait 900] [--max-other 10] [--no-wrk]
+        [--scenarios direct,weft,envoy] [--no-envoy-access-log] [--keep]
 """
 
 from __future__ import annotations
