@@ -30,12 +30,15 @@ __all__ = ["DesiredState", "WorkloadSpec", "compile", "policy", "reach", "write"
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WorkloadSpec:
-    """How a target runs one Service: its instances (one per subset, or one) and, for the
-    local runtime, the command that starts the app."""
+    """How a target runs one Service: its instances (one per subset, or one); for the local
+    runtime, the command that starts the app; for a cluster, which workloads are its pods."""
 
     instances: tuple[str, ...]
     command: tuple[str, ...] | None
     env: tuple[tuple[str, str], ...]
+    kind: str = "Deployment"  # Deployment | StatefulSet | DaemonSet
+    name: str | None = None  # set only when the intent names the workload explicitly
+    pod_selector: tuple[tuple[str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +106,9 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
                 instances=tuple(s.name for s in svc.spec.subsets) or ("default",),
                 command=tuple(svc.spec.local.command) if svc.spec.local else None,
                 env=tuple(sorted(svc.spec.local.env.items())) if svc.spec.local else (),
+                kind=svc.spec.workload.kind,
+                name=svc.spec.workload.name,
+                pod_selector=tuple(sorted(svc.pod_selector.items())),
             )
             for key, svc in sorted(mesh.services.items())
         },
