@@ -47,6 +47,10 @@ class Reconciler:
 
     def _write(self) -> None:
         status_.write(self.status_path, self.status)
+        try:
+            self.target.report(self.status.as_json())
+        except Exception as e:  # publishing status must never fail a reconcile
+            log.warning("could not publish the status to the %s target: %s", self.target.name, e)
 
     def reconcile(self, revision: str, fetched: tuple[int, int] | None = None) -> bool:
         """Make the target match `revision`, as one trace. Returns True when it was applied.
@@ -132,12 +136,16 @@ class Reconciler:
         wake: threading.Event,
         poll_seconds: float = 15.0,
         on_applied: Callable[[str], None] | None = None,
+        resync_seconds: float | None = None,
     ) -> None:
         """Poll the source until `stop`; `wake` (the webhook) triggers an immediate fetch. An
-        unreachable source is retried with exponential back-off, up to BACKOFF_MAX seconds;
-        the last good revision stays in force meanwhile."""
+        unreachable source, and a revision whose apply failed, are retried with exponential
+        back-off, up to BACKOFF_MAX seconds; the last good revision stays in force meanwhile.
+        With `resync_seconds`, the applied revision is reconciled again that often even when
+        nothing new was fetched, so drift in the target (a hand edit) is reverted."""
         failed: str | None = None
-        fetch_failures = 0
+        fetch_failures = apply_failures = 0
+        last_reconcile = time.monotonic()
         while not stop.is_set():
             fetch_started = time.time_ns()
             try:
@@ -156,18 +164,28 @@ class Reconciler:
                 fetch_failures = 0
             if revision is None and failed is not None:
                 revision = failed  # retry a revision whose apply failed
+            resync = (
+                resync_seconds is not None
+                and self.current is not None
+                and time.monotonic() - last_reconcile >= resync_seconds
+            )
+            if revision is None and resync:
+                revision = self.current
             fetched = (fetch_started, time.time_ns())
-            if revision is not None and revision != self.current:
+            if revision is not None and (revision != self.current or resync):
                 ok = self.reconcile(revision, fetched)
+                last_reconcile = time.monotonic()
                 failed = (
                     None
                     if ok or self.status.conditions["Stalled"].reason == "ValidationFailed"
                     else revision
                 )
+                apply_failures = 0 if failed is None else apply_failures + 1
                 if ok and on_applied:
                     on_applied(revision)
             self.target.maintain()
-            delay = poll_seconds * 2**fetch_failures if fetch_failures else poll_seconds
+            failures = fetch_failures + apply_failures
+            delay = poll_seconds * 2**failures if failures else poll_seconds
             # ±10 % jitter, so reconcilers started together do not fetch in lockstep.
             wake.wait(min(delay, BACKOFF_MAX) * random.uniform(0.9, 1.1))
             wake.clear()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from reconciler.compiler import DesiredState
 
@@ -54,6 +54,10 @@ class Target(Protocol):
 
     def maintain(self) -> None:
         """Periodic upkeep between revisions (certificate renewal, restarts)."""
+
+    def report(self, status: Mapping[str, Any]) -> None:
+        """Publish the loop's status (its JSON form) where the target's users look for it; a
+        target whose status file is enough does nothing."""
 
     def close(self) -> None:
         """Stop everything this target started."""

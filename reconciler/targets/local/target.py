@@ -322,6 +322,9 @@ class LocalTarget:
         """Renew certificates that are due; sidecars pick the files up themselves."""
         self._ensure_identities()
 
+    def report(self, status: Mapping[str, Any]) -> None:
+        """The status file in the state directory is where `weft status` looks; nothing more."""
+
     def close(self) -> None:
         self.supervisor.close()
 
