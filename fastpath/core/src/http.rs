@@ -136,6 +136,9 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }
 
+/// How long the accept loop pauses after accept() fails.
+pub const ACCEPT_BACK_OFF: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Accepts connections until shutdown, then waits for every connection it started to finish
 /// (each finishes its in-flight requests and closes); the caller bounds the wait.
 pub async fn accept_loop<F, Fut>(
@@ -150,7 +153,18 @@ pub async fn accept_loop<F, Fut>(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((tcp, _)) = accepted else { continue };
+                let tcp = match accepted {
+                    Ok((tcp, _)) => tcp,
+                    // Out of file descriptors (EMFILE, ENFILE) or memory: accept fails again at
+                    // once, so retrying without a pause would spin a core and starve the very
+                    // connections whose closing would free a descriptor.
+                    Err(_) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(ACCEPT_BACK_OFF) => continue,
+                            _ = stopped(&mut shutdown) => break,
+                        }
+                    }
+                };
                 let _ = tcp.set_nodelay(true);
                 let token = live.clone();
                 let work = on_connection(tcp);
