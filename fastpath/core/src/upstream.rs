@@ -29,6 +29,10 @@ pub type Body = BoxBody<Bytes, BoxError>;
 pub const EJECT_BASE: Duration = Duration::from_millis(500);
 pub const EJECT_MAX: Duration = Duration::from_secs(30);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The bound on a TLS handshake with an upstream (a peer sidecar or an external host). A peer
+/// that accepts TCP but never answers the ClientHello would otherwise hold a request, and
+/// a pooled connection slot, for as long as the route's timeout (or forever without one).
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = CONNECT_TIMEOUT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -180,13 +184,8 @@ pub async fn connect_stream(
                     source: std::io::Error::other(e.to_string()),
                 }
             })?;
-            let stream = TlsConnector::from(tls.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(|source| UpstreamError::Tls {
-                    addr: addr.to_owned(),
-                    source,
-                })?;
+            let stream =
+                handshake(addr, TlsConnector::from(tls.clone()).connect(name, tcp)).await?;
             Ok(Box::new(stream))
         }
         Transport::Mesh { expected_id } => {
@@ -197,16 +196,37 @@ pub async fn connect_stream(
                     addr: addr.to_owned(),
                     source: std::io::Error::other(e.to_string()),
                 })?;
-            let stream = TlsConnector::from(config)
-                .connect(Material::server_name(), tcp)
-                .await
-                .map_err(|source| UpstreamError::Tls {
-                    addr: addr.to_owned(),
-                    source,
-                })?;
+            let stream = handshake(
+                addr,
+                TlsConnector::from(config).connect(Material::server_name(), tcp),
+            )
+            .await?;
             Ok(Box::new(stream))
         }
     }
+}
+
+/// A client TLS handshake bounded by [`TLS_HANDSHAKE_TIMEOUT`]; a timeout is a TLS failure,
+/// so it counts as a connect failure (retried, and the endpoint ejected) like a refused one.
+async fn handshake<S>(
+    addr: &str,
+    connect: tokio_rustls::Connect<S>,
+) -> Result<tokio_rustls::client::TlsStream<S>, UpstreamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connect)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            ))
+        })
+        .map_err(|source| UpstreamError::Tls {
+            addr: addr.to_owned(),
+            source,
+        })
 }
 
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
