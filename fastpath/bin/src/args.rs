@@ -18,7 +18,8 @@ Runs the fastpath data plane on its own. Once every listener is bound it prints 
   --cert-chain FILE      this workload's certificate chain, PEM, leaf first
   --key FILE             its private key, PEM
   --bundle FILE          the trust bundle, PEM
-  --listeners FILE       listener bindings JSON: inbound, app, outboundHttp, outboundTcp
+  --listeners FILE       listener bindings JSON: inbound, app, outboundHttp, outboundTcp,
+                         outboundCapture, originalDestinations
   --workers N            tokio worker threads (default 1)
   --drain-timeout SECS   how long in-flight requests may take to finish on stop (default 5)";
 

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authz;
+pub mod capture;
 pub mod config;
 mod http;
 pub mod inbound;

@@ -30,7 +30,7 @@ pub async fn serve_http(shared: Arc<Shared>, listener: TcpListener) {
         let shared = shared.clone();
         async move {
             let stop = shared.shutdown.clone();
-            serve_http1(tcp, stop, move |req| request(shared.clone(), req)).await;
+            serve_http1(tcp, stop, move |req| request(shared.clone(), req, None)).await;
         }
     })
     .await;
@@ -43,9 +43,13 @@ fn me(active: &Active) -> String {
     )
 }
 
-async fn request(
+/// Routes one request by its authority; `fallback` ("ns/service:port") is the upstream a
+/// captured connection's original destination maps to, used when the authority names none
+/// (a client that called an address rather than a service name).
+pub(crate) async fn request(
     shared: Arc<Shared>,
     req: http::Request<hyper::body::Incoming>,
+    fallback: Option<String>,
 ) -> http::Response<Body> {
     let started = Instant::now();
     let active = shared.active.load_full();
@@ -61,10 +65,14 @@ async fn request(
                 .map(str::to_owned)
         })
         .unwrap_or_default();
-    let Some(host) = active.routes.host(&authority) else {
+    let mut host = active.routes.host(&authority);
+    if host.is_none() {
         if let Some((dest, upstream)) = egress_http(&active, &authority) {
             return egress(&shared, &active, dest, upstream, req, started).await;
         }
+        host = fallback.as_deref().and_then(|k| active.routes.service(k));
+    }
+    let Some(host) = host else {
         // REGISTRY_ONLY: only destinations the intent lets this workload call have a route.
         return local_reply(
             StatusCode::FORBIDDEN,
@@ -369,7 +377,7 @@ async fn egress(
     response
 }
 
-async fn tcp_connection(shared: Arc<Shared>, key: String, mut client: TcpStream) {
+pub(crate) async fn tcp_connection(shared: Arc<Shared>, key: String, mut client: TcpStream) {
     let active = shared.active.load_full();
     if let Some((dest, upstream)) = active.egress.get(&key) {
         if dest.protocol != EgressProtocol::Http {

@@ -21,7 +21,7 @@ use crate::routing;
 use crate::telemetry::Telemetry;
 use crate::tls::{Material, TlsError};
 use crate::upstream::{Transport, Upstream};
-use crate::{inbound, outbound};
+use crate::{capture, inbound, outbound};
 
 /// Where this sidecar listens. Not part of ProxyConfig: binding is the target's business
 /// (loopback ports locally; capture ports under iptables).
@@ -39,6 +39,13 @@ pub struct Listeners {
     /// "ns/service:port" -> a local address that forwards opaque TCP to that upstream.
     #[serde(default)]
     pub outbound_tcp: HashMap<String, SocketAddr>,
+    /// Where iptables redirects the app's outbound TCP (transparent capture); see `capture`.
+    pub outbound_capture: Option<SocketAddr>,
+    /// Captured original destination -> the upstream it reaches: "ns/service:port" (a mesh TCP
+    /// or HTTP upstream) or "host:port" (an ExternalService). Which addresses stand for which
+    /// upstream is the target's knowledge, like endpoints, so it lives here, not in ProxyConfig.
+    #[serde(default)]
+    pub original_destinations: HashMap<SocketAddr, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -259,6 +266,11 @@ impl Proxy {
                 )));
             }
         }
+        if listeners.outbound_capture.is_none() && !listeners.original_destinations.is_empty() {
+            return Err(ProxyError::Listeners(
+                "originalDestinations needs an outboundCapture listener".into(),
+            ));
+        }
         let active = Active::compile(config, &listeners, None)?;
         let (tx, rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -294,6 +306,9 @@ impl Proxy {
         if let Some(addr) = listeners.outbound_http {
             pending.push((Kind::OutboundHttp, bind("outbound:http".into(), addr)?));
         }
+        if let Some(addr) = listeners.outbound_capture {
+            pending.push((Kind::Capture, bind("outbound:capture".into(), addr)?));
+        }
         for (key, addr) in &listeners.outbound_tcp {
             pending.push((
                 Kind::OutboundTcp(key.clone()),
@@ -307,6 +322,7 @@ impl Proxy {
                     Kind::Inbound(name) => inbound::serve(shared, name, listener).await,
                     Kind::OutboundHttp => outbound::serve_http(shared, listener).await,
                     Kind::OutboundTcp(key) => outbound::serve_tcp(shared, key, listener).await,
+                    Kind::Capture => capture::serve(shared, listener).await,
                 }
             }));
         }
@@ -368,6 +384,7 @@ enum Kind {
     Inbound(String),
     OutboundHttp,
     OutboundTcp(String),
+    Capture,
 }
 
 async fn refresh_dns(shared: Arc<Shared>) {

@@ -168,6 +168,8 @@ pub struct Host {
 pub struct Table {
     hosts: Vec<Host>,
     index: HashMap<(String, u16), usize>,
+    /// "ns/service:port" -> host, for connections routed by their original destination.
+    by_service: HashMap<String, usize>,
 }
 
 impl Table {
@@ -188,6 +190,9 @@ impl Table {
             for name in &h.hostnames {
                 table.index.insert((name.to_ascii_lowercase(), h.port), i);
             }
+            table
+                .by_service
+                .insert(format!("{}:{}", h.service, h.port), i);
         }
         Ok(table)
     }
@@ -198,6 +203,11 @@ impl Table {
         self.index
             .get(&(name.to_ascii_lowercase(), port))
             .map(|&i| &self.hosts[i])
+    }
+
+    /// The host of one service port, named as upstreams are ("ns/service:port").
+    pub fn service(&self, key: &str) -> Option<&Host> {
+        self.by_service.get(key).map(|&i| &self.hosts[i])
     }
 }
 

@@ -1,0 +1,284 @@
+//! Transparent capture: the app's outbound TCP, redirected here by iptables, sent on by the
+//! connection's original destination (SO_ORIGINAL_DST).
+//!
+//! The target maps original destinations to upstreams (`Listeners::original_destinations`).
+//! A destination mapped to a TCP upstream is forwarded without reading a byte, so protocols
+//! where the server speaks first (databases, SMTP) work. Anything else is sniffed: HTTP/1.x
+//! goes through the outbound HTTP path (routed by Host, falling back to the upstream the
+//! original destination maps to); everything else is refused, as REGISTRY_ONLY demands.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::EgressProtocol;
+use crate::http::{accept_loop, serve_http1};
+use crate::proxy::{Active, Shared};
+use crate::telemetry::TcpKey;
+
+/// How long a captured connection to an unmapped destination may stay silent before it is
+/// refused. Clients of HTTP send at once; a server-first protocol to an unknown destination
+/// would wait forever otherwise.
+pub const SNIFF_TIMEOUT: Duration = Duration::from_secs(1);
+/// Enough bytes to tell an HTTP/1 request line by its method ("OPTIONS " is the longest).
+const SNIFF_BYTES: usize = 8;
+/// HTTP/1.1 methods (RFC 9110 and PATCH). HTTP/2's preface starts with "PRI " and is not one.
+const METHODS: [&[u8]; 9] = [
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+];
+
+/// The `destination` label of refused captured connections in the TCP counters: a fixed
+/// name, because an address an app may choose freely would make the metrics unbounded.
+pub const UNREGISTERED: &str = "unregistered";
+/// The label of connections that were not redirected, or were redirected to this listener.
+pub const LOOP: &str = "capture-loop";
+
+/// What a captured connection's original destination says to do, before any byte is read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan<'a> {
+    /// A mesh TCP upstream or a TCP/TLS ExternalService, by its `Listeners.outboundTcp` key.
+    Tcp(&'a str),
+    /// Read the first bytes. HTTP/1 is routed by Host, else to this HTTP upstream key if any.
+    Sniff(Option<&'a str>),
+    /// The original destination is the capture listener itself: not redirected, or a loop.
+    Loop,
+}
+
+/// Decides by the original destination alone. `is_tcp` says whether an upstream key names a
+/// TCP upstream (or a non-HTTP ExternalService) at the config in force.
+pub fn plan<'a>(
+    original: SocketAddr,
+    local: SocketAddr,
+    map: &'a HashMap<SocketAddr, String>,
+    is_tcp: impl Fn(&str) -> bool,
+) -> Plan<'a> {
+    let original = canonical(original);
+    if original == canonical(local) {
+        return Plan::Loop;
+    }
+    match map.get(&original) {
+        Some(key) if is_tcp(key) => Plan::Tcp(key),
+        mapped => Plan::Sniff(mapped.map(String::as_str)),
+    }
+}
+
+/// What the first bytes of a connection are.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sniffed {
+    Http1,
+    Other,
+    /// Too few bytes to tell yet.
+    NeedMore,
+}
+
+pub fn sniff(first: &[u8]) -> Sniffed {
+    let mut could_be = false;
+    for method in METHODS {
+        if first.starts_with(method) {
+            return Sniffed::Http1;
+        }
+        could_be |= method.starts_with(first);
+    }
+    if could_be && first.len() < SNIFF_BYTES {
+        Sniffed::NeedMore
+    } else {
+        Sniffed::Other
+    }
+}
+
+/// An IPv4 address seen through a dual-stack socket (`::ffff:a.b.c.d`) as the IPv4 address,
+/// so map keys and the loop check compare like with like.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// The destination the app connected to before iptables redirected it here.
+pub fn original_dst(tcp: &TcpStream) -> io::Result<SocketAddr> {
+    let sock = socket2::SockRef::from(tcp);
+    // socket2 wraps getsockopt(SOL_IP, SO_ORIGINAL_DST) and (SOL_IPV6, IP6T_SO_ORIGINAL_DST),
+    // so this crate keeps `forbid(unsafe_code)`. IPv4 on a dual-stack socket is tracked by
+    // the IPv4 conntrack table, so it is asked with the IPv4 option.
+    let addr = match canonical(tcp.local_addr()?) {
+        SocketAddr::V4(_) => sock.original_dst_v4()?,
+        SocketAddr::V6(_) => sock.original_dst_v6()?,
+    };
+    addr.as_socket()
+        .map(canonical)
+        .ok_or_else(|| io::Error::other("original destination is not an IP address"))
+}
+
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    let shutdown = shared.shutdown.clone();
+    accept_loop(listener, shutdown, move |tcp| {
+        connection(shared.clone(), tcp)
+    })
+    .await;
+}
+
+fn is_tcp(active: &Active, key: &str) -> bool {
+    active
+        .egress
+        .get(key)
+        .is_some_and(|(d, _)| d.protocol != EgressProtocol::Http)
+        || active
+            .config
+            .outbound
+            .tcp
+            .iter()
+            .any(|t| format!("{}:{}", t.service, t.port) == key)
+}
+
+async fn connection(shared: Arc<Shared>, tcp: TcpStream) {
+    let active = shared.active.load_full();
+    let (Ok(original), Ok(local)) = (original_dst(&tcp), tcp.local_addr()) else {
+        // No conntrack entry: nothing redirected this connection, so it has nowhere to go.
+        return refuse(&shared, &active, LOOP, 0);
+    };
+    let map = &shared.listeners.original_destinations;
+    match plan(original, local, map, |k| is_tcp(&active, k)) {
+        Plan::Loop => refuse(&shared, &active, LOOP, original.port()),
+        Plan::Tcp(key) => {
+            crate::outbound::tcp_connection(shared.clone(), key.to_owned(), tcp).await
+        }
+        Plan::Sniff(fallback) => {
+            if first_bytes(&tcp).await != Sniffed::Http1 {
+                return refuse(&shared, &active, UNREGISTERED, original.port());
+            }
+            let fallback = fallback.map(str::to_owned);
+            let stop = shared.shutdown.clone();
+            let shared = shared.clone();
+            serve_http1(tcp, stop, move |req| {
+                crate::outbound::request(shared.clone(), req, fallback.clone())
+            })
+            .await;
+        }
+    }
+}
+
+/// Sniffs the first bytes without consuming them, for at most [`SNIFF_TIMEOUT`].
+async fn first_bytes(tcp: &TcpStream) -> Sniffed {
+    let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
+    let mut buf = [0u8; SNIFF_BYTES];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return Sniffed::Other, // silent, closed or failed
+        };
+        match sniff(&buf[..n]) {
+            // `peek` returns at once while the bytes it saw are unread: wait for more.
+            Sniffed::NeedMore if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Sniffed::NeedMore => return Sniffed::Other,
+            found => return found,
+        }
+    }
+}
+
+/// Closes a captured connection that has nowhere it may go, and counts it.
+fn refuse(shared: &Shared, active: &Active, destination: &str, port: u16) {
+    let key = TcpKey {
+        direction: "outbound",
+        source: active.config.workload.spiffe_id.clone(),
+        destination: destination.to_owned(),
+        port,
+    };
+    shared.telemetry.record_tcp(key, |s| s.denied += 1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("address")
+    }
+
+    #[test]
+    fn http1_methods_are_recognised_and_http2_is_not() {
+        assert_eq!(sniff(b"GET / HTTP/1.1\r\n"), Sniffed::Http1);
+        assert_eq!(sniff(b"OPTIONS * HTTP/1.1"), Sniffed::Http1);
+        assert_eq!(sniff(b"PRI * HTTP/2.0\r\n"), Sniffed::Other);
+        assert_eq!(sniff(b"\x16\x03\x01\x02\x00"), Sniffed::Other); // a TLS ClientHello
+        assert_eq!(sniff(b"*1\r\n$4\r\nPING"), Sniffed::Other); // redis
+        assert_eq!(sniff(b"get / HTTP/1.1"), Sniffed::Other); // methods are case-sensitive
+    }
+
+    #[test]
+    fn a_prefix_of_a_method_waits_for_more_but_not_forever() {
+        assert_eq!(sniff(b"G"), Sniffed::NeedMore);
+        assert_eq!(sniff(b"OPTION"), Sniffed::NeedMore);
+        assert_eq!(sniff(b"GETX"), Sniffed::Other);
+        assert_eq!(sniff(b""), Sniffed::NeedMore);
+    }
+
+    #[test]
+    fn the_original_destination_picks_tcp_sniffing_or_a_loop() {
+        let map: HashMap<SocketAddr, String> = [
+            (addr("10.0.0.5:5432"), "c/db:5432".to_owned()),
+            (addr("10.0.0.6:8080"), "b/api:8080".to_owned()),
+        ]
+        .into();
+        let tcp = |k: &str| k == "c/db:5432";
+        let local = addr("127.0.0.1:15001");
+        assert_eq!(
+            plan(addr("10.0.0.5:5432"), local, &map, tcp),
+            Plan::Tcp("c/db:5432")
+        );
+        assert_eq!(
+            plan(addr("10.0.0.6:8080"), local, &map, tcp),
+            Plan::Sniff(Some("b/api:8080"))
+        );
+        assert_eq!(
+            plan(addr("192.0.2.1:80"), local, &map, tcp),
+            Plan::Sniff(None)
+        );
+        assert_eq!(plan(local, local, &map, tcp), Plan::Loop);
+    }
+
+    #[test]
+    fn a_tcp_key_that_left_the_config_is_sniffed_not_forwarded() {
+        let map: HashMap<SocketAddr, String> =
+            [(addr("10.0.0.5:5432"), "c/db:5432".to_owned())].into();
+        assert_eq!(
+            plan(addr("10.0.0.5:5432"), addr("127.0.0.1:1"), &map, |_| false),
+            Plan::Sniff(Some("c/db:5432"))
+        );
+    }
+
+    #[test]
+    fn ipv4_through_a_dual_stack_socket_compares_as_ipv4() {
+        let map: HashMap<SocketAddr, String> =
+            [(addr("10.0.0.5:5432"), "c/db:5432".to_owned())].into();
+        assert_eq!(
+            plan(
+                addr("[::ffff:10.0.0.5]:5432"),
+                addr("[::]:15001"),
+                &map,
+                |_| true
+            ),
+            Plan::Tcp("c/db:5432")
+        );
+        assert_eq!(
+            plan(
+                addr("[::ffff:127.0.0.1]:15001"),
+                addr("127.0.0.1:15001"),
+                &map,
+                |_| true
+            ),
+            Plan::Loop
+        );
+    }
+}
