@@ -1,0 +1,50 @@
+//! The server under load and the one request sent to it, shared by every mode; and the clock
+//! helpers that keep sends on time.
+
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a read may block before the request counts as failed.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// The prepared request, written as is every time.
+    pub request: Vec<u8>,
+}
+
+impl Target {
+    pub fn connect(&self) -> std::io::Result<TcpStream> {
+        let stream = TcpStream::connect(self.addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(READ_TIMEOUT))?;
+        Ok(stream)
+    }
+}
+
+pub fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        thread::sleep(t - now);
+    }
+}
+
+/// Timer slack 1 µs for this thread and the threads it starts afterwards, so a sleeping sender
+/// wakes when its request is due rather than up to 50 µs later. Best effort: a kernel without
+/// the file keeps the default, and the lateness histogram shows what that costs.
+pub fn tight_timers() {
+    let _ = std::fs::write("/proc/thread-self/timerslack_ns", "1000");
+}
+
+/// Phase markers on stderr, one JSON line each, so a harness can sample the server's CPU and
+/// memory over exactly the measured window: `measuring` when warm-up ends, `measured` at the end.
+pub fn announce_phases(start: Instant, warmup: Duration, duration: Duration) {
+    thread::spawn(move || {
+        sleep_until(start + warmup);
+        eprintln!("{{\"event\":\"measuring\"}}");
+        sleep_until(start + warmup + duration);
+        eprintln!("{{\"event\":\"measured\"}}");
+    });
+}
