@@ -109,3 +109,21 @@ def test_next_renewal_is_the_earliest_renewal_time() -> None:
     s = snapshot(T0 + 24 * HOUR, T0 + 3650 * 24 * HOUR)
     assert status.next_renewal(s) == T0 + 12 * HOUR
     assert status.next_renewal(Status("/s", "test.local", s.authorities, ())) is None
+
+
+def test_findings_name_their_subject_and_concern() -> None:
+    s = snapshot(T0 + 24 * HOUR, T0 + 20 * 24 * HOUR)
+    found = status.findings(s, T0 + 25 * HOUR, status.DEFAULT_WARN_BEFORE)
+    assert [(f.subject, f.concern) for f in found] == [
+        ("CA ca1", status.Concern.EXPIRING),
+        ("spiffe://test.local/ns/a/sa/web", status.Concern.EXPIRED),
+    ]
+    assert [f.message for f in found] == status.warnings(
+        s, T0 + 25 * HOUR, status.DEFAULT_WARN_BEFORE
+    )
+
+
+def test_json_reads_back_to_the_same_facts() -> None:
+    s = snapshot(T0 + 24 * HOUR, T0 + 3650 * 24 * HOUR)
+    data = status.as_json(s, T0, status.DEFAULT_WARN_BEFORE)
+    assert status.from_json(data) == s

@@ -26,3 +26,8 @@ def normalise(now: datetime.datetime) -> datetime.datetime:
 def timestamp(moment: datetime.datetime) -> str:
     """`2026-01-31T12:00:00Z`: how times appear in messages, status and JSON."""
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_timestamp(text: str) -> datetime.datetime:
+    """The inverse of `timestamp`, for status read back from JSON."""
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import enum
 from typing import Any
 
 from cryptography import x509
 
 from reconciler.identity import renewal, workload
 from reconciler.identity.ca import read_state
-from reconciler.identity.clock import normalise, timestamp
+from reconciler.identity.clock import normalise, parse_timestamp, timestamp
 from reconciler.identity.renewal import RenewalWindow
 from reconciler.identity.rollover import Role
 from reconciler.identity.store import Store, WorkloadKey
@@ -96,7 +97,7 @@ def _workload(
         leaf.serial_number,
         leaf.not_valid_before_utc,
         leaf.not_valid_after_utc,
-        renewal.schedule(leaf, window).renew_at,
+        normalise(renewal.schedule(leaf, window).renew_at),  # whole seconds, as shown
         None if stored.key_matches else "key missing or not the certificate's",
     )
 
@@ -117,35 +118,87 @@ def expired(status: Status, now: datetime.datetime) -> list[str]:
     ]
 
 
-def warnings(status: Status, now: datetime.datetime, warn_before: datetime.timedelta) -> list[str]:
-    found: list[str] = []
+class Concern(enum.StrEnum):
+    """What a warning is about, most urgent first (the reconciler's status names the first)."""
+
+    EXPIRED = "Expired"
+    EXPIRING = "ExpiringSoon"
+    RENEWAL_OVERDUE = "RenewalOverdue"
+    NOT_YET_VALID = "NotYetValid"
+    UNUSABLE = "Unusable"  # unreadable, a key that is not the certificate's, or no CA for it
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Finding:
+    """One warning: whom it is about (`CA <id>` or a SPIFFE ID), what, and the full message."""
+
+    subject: str
+    concern: Concern
+    message: str
+
+
+def findings(
+    status: Status, now: datetime.datetime, warn_before: datetime.timedelta
+) -> list[Finding]:
+    found: list[Finding] = []
     for a in status.authorities:
+        subject = f"CA {a.ca_id}"
         if now >= a.not_after:
-            found.append(f"CA {a.ca_id} expired at {timestamp(a.not_after)}")
+            found.append(
+                Finding(subject, Concern.EXPIRED, f"{subject} expired at {timestamp(a.not_after)}")
+            )
         elif a.not_after - now <= max(warn_before, CA_WARN_BEFORE):
             found.append(
-                f"CA {a.ca_id} expires at {timestamp(a.not_after)} "
-                f"(in {_span(a.not_after - now)}); start a rollover with `weft ca rotate`"
+                Finding(
+                    subject,
+                    Concern.EXPIRING,
+                    f"{subject} expires at {timestamp(a.not_after)} "
+                    f"(in {_span(a.not_after - now)}); start a rollover with `weft ca rotate`",
+                )
             )
     for w in status.workloads:
         name = _name(w)
         if w.problem is not None:
-            found.append(f"{name}: {w.problem}")
+            found.append(Finding(name, Concern.UNUSABLE, f"{name}: {w.problem}"))
         if w.not_after is None:
             continue
         if now >= w.not_after:
-            found.append(f"{name} expired at {timestamp(w.not_after)}")
+            found.append(
+                Finding(name, Concern.EXPIRED, f"{name} expired at {timestamp(w.not_after)}")
+            )
         elif w.not_before is not None and now < w.not_before:  # a clock that jumped back
-            found.append(f"{name} is not valid until {timestamp(w.not_before)}")
+            found.append(
+                Finding(
+                    name,
+                    Concern.NOT_YET_VALID,
+                    f"{name} is not valid until {timestamp(w.not_before)}",
+                )
+            )
         elif w.not_after - now <= warn_before:
             found.append(
-                f"{name} expires at {timestamp(w.not_after)} (in {_span(w.not_after - now)})"
+                Finding(
+                    name,
+                    Concern.EXPIRING,
+                    f"{name} expires at {timestamp(w.not_after)} (in {_span(w.not_after - now)})",
+                )
             )
         elif w.renew_at is not None and now >= w.renew_at:
-            found.append(f"{name}: renewal overdue since {timestamp(w.renew_at)}")
+            found.append(
+                Finding(
+                    name,
+                    Concern.RENEWAL_OVERDUE,
+                    f"{name}: renewal overdue since {timestamp(w.renew_at)}",
+                )
+            )
         if w.issuer is None:
-            found.append(f"{name} chains to no CA in the trust bundle")
+            found.append(
+                Finding(name, Concern.UNUSABLE, f"{name} chains to no CA in the trust bundle")
+            )
     return found
+
+
+def warnings(status: Status, now: datetime.datetime, warn_before: datetime.timedelta) -> list[str]:
+    return [f.message for f in findings(status, now, warn_before)]
 
 
 def render(status: Status, now: datetime.datetime, warn_before: datetime.timedelta) -> str:
@@ -209,6 +262,47 @@ def as_json(
         "warnings": warnings(status, now, warn_before),
         "expired": expired(status, now),
     }
+
+
+def from_json(data: dict[str, Any]) -> Status:
+    """The facts of `as_json` read back (warnings are not: they depend on when one looks).
+    Raises KeyError or ValueError on data `as_json` did not write."""
+
+    def time(text: str | None) -> datetime.datetime | None:
+        return None if text is None else parse_timestamp(text)
+
+    def serial(text: str | None) -> int | None:
+        return None if text is None else int(text, 16)
+
+    return Status(
+        data["location"],
+        data["trustDomain"],
+        tuple(
+            CAStatus(
+                a["caId"],
+                Role(a["role"]),
+                a["subject"],
+                int(a["serial"], 16),
+                parse_timestamp(a["notAfter"]),
+                time(a.get("issuesFrom")),
+                int(a["liveCertificates"]),
+            )
+            for a in data["authorities"]
+        ),
+        tuple(
+            WorkloadStatus(
+                WorkloadKey(w["namespace"], w["serviceAccount"]),
+                w.get("spiffeId"),
+                w.get("issuer"),
+                serial(w.get("serial")),
+                time(w.get("notBefore")),
+                time(w.get("notAfter")),
+                time(w.get("renewAt")),
+                w.get("problem"),
+            )
+            for w in data["identities"]
+        ),
+    )
 
 
 def _span(delta: datetime.timedelta) -> str:
