@@ -180,7 +180,12 @@ def _serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     provider = telemetry.configure()
     target = LocalTarget(state)
-    rec = loop.Reconciler(source, target, state / "status.json")
+    rec = loop.Reconciler(
+        source,
+        target,
+        state / "status.json",
+        certificates=lambda now: identity.status.read(target.store, now),
+    )
     if metrics_addr:
         _metrics_server(metrics_addr, rec, target.store)
     stop, wake = threading.Event(), threading.Event()
@@ -289,9 +294,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if current is None:
         print("weft status: nothing has been reconciled here yet", file=sys.stderr)
         return 1
-    print(json.dumps(current.as_json(), indent=2) if args.json else status.render(current), end="")
+    if current.certificates is not None:
+        # Warnings as of now, not as of the reconciler's last look: if it stopped, its
+        # certificates are still running out.
+        current.assess_certificates(current.certificates, identity.clock.system())
+    if args.json:
+        print(json.dumps(current.as_json(), indent=2))
+    else:
+        print(status.render(current), end="")
     stalled = current.conditions.get("Stalled")
-    return 1 if stalled and stalled.status else 0
+    return 1 if (stalled and stalled.status) or current.certificates_expired() else 0
 
 
 def cmd_demo_app(_: argparse.Namespace) -> int:
@@ -523,7 +535,10 @@ def parser() -> argparse.ArgumentParser:
     rn.add_argument("--metrics", metavar="ADDR", help="serve Prometheus /metrics here")
     rn.set_defaults(run=cmd_run)
 
-    st = sub.add_parser("status", help="print the reconcile status")
+    st = sub.add_parser(
+        "status",
+        help="print the reconcile status and certificate expiry; exit 1 if stalled or expired",
+    )
     st.add_argument("--state-dir")
     st.add_argument("--json", action="store_true")
     st.set_defaults(run=cmd_status)

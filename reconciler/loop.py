@@ -4,10 +4,15 @@ status, once per new revision, driving any Target through its small interface.
 A revision with any validation error is refused whole: nothing of it is applied, the last good
 revision stays in force, and the status names the errors with file and line. A revision that
 compiles to what already runs writes nothing.
+
+After each reconcile and each tick's upkeep, the loop reads certificate expiry from the identity
+store it is given (metadata only: `identity.status`) into the status, which it writes again
+only when what it says about certificates changed.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import random
 import threading
@@ -19,7 +24,7 @@ from typing import Protocol
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from reconciler import compiler, intent, telemetry
+from reconciler import compiler, identity, intent, telemetry
 from reconciler import status as status_
 from reconciler.intent.files import Snapshot
 from reconciler.targets import Target
@@ -27,6 +32,9 @@ from reconciler.targets import Target
 log = logging.getLogger("weft.loop")
 
 BACKOFF_MAX = 300.0
+
+# What the loop knows of identity: a way to read certificate expiry (never keys) as of `now`.
+CertificateReader = Callable[[datetime.datetime], identity.status.Status]
 
 
 class Source(Protocol):
@@ -39,11 +47,38 @@ class Source(Protocol):
 
 
 class Reconciler:
-    def __init__(self, source: Source, target: Target, status_path: Path) -> None:
+    def __init__(
+        self,
+        source: Source,
+        target: Target,
+        status_path: Path,
+        *,
+        certificates: CertificateReader | None = None,
+        clock: identity.clock.Clock = identity.clock.system,
+    ) -> None:
         self.source, self.target, self.status_path = source, target, status_path
+        self.certificates, self.clock = certificates, clock
         self.status = status_.read(status_path) or status_.Status()
         self.current: str | None = None  # the revision this process has applied
         self.metrics = telemetry.Metrics()
+
+    def observe_certificates(self) -> bool:
+        """Read certificate expiry into the status. True when that changed what the status
+        says (the certificates, or the CertificateWarning condition), so it needs writing."""
+        if self.certificates is None:
+            return False
+        now = self.clock()
+        try:
+            found = self.certificates(now)
+        except identity.NotInitialisedError:
+            return False  # no CA before the first revision is applied
+        except Exception as e:  # reporting expiry must never stop the loop
+            log.warning("cannot read certificate expiry: %s", e)
+            return False
+        s = self.status
+        before = (s.certificates, s.conditions.get(status_.CERTIFICATE_WARNING))
+        s.assess_certificates(found, now)
+        return (s.certificates, s.conditions.get(status_.CERTIFICATE_WARNING)) != before
 
     def _write(self) -> None:
         status_.write(self.status_path, self.status)
@@ -127,6 +162,7 @@ class Reconciler:
         finally:
             s.last_duration_seconds = time.monotonic() - started
             s.set("Reconciling", False, "Idle")
+            self.observe_certificates()
             self._write()
             self.metrics.observe(s.last_duration_seconds, result, kind, objects)
 
@@ -184,6 +220,8 @@ class Reconciler:
                 if ok and on_applied:
                     on_applied(revision)
             self.target.maintain()
+            if self.observe_certificates():
+                self._write()
             failures = fetch_failures + apply_failures
             delay = poll_seconds * 2**failures if failures else poll_seconds
             # ±10 % jitter, so reconcilers started together do not fetch in lockstep.

@@ -1,19 +1,36 @@
-"""Reconcile status: conditions Ready / Reconciling / Stalled, the revisions attempted and
-applied, errors, and durations — written atomically to a JSON file that `weft status` reads.
+"""Reconcile status: conditions Ready / Reconciling / Stalled / CertificateWarning, the
+revisions attempted and applied, errors, durations, and the expiry of every certificate —
+written atomically to a JSON file that `weft status` reads.
 
 `lastAppliedRevision` advances only after apply and prune both succeeded; a refused revision
-leaves it, and the mesh, where they were.
+leaves it, and the mesh, where they were. Certificates appear as `identity.status` describes
+them: SPIFFE IDs, issuers, serials and validity, never a key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from reconciler import identity
+
+CERTIFICATE_WARNING = "CertificateWarning"
+# As `weft ca status`: a 24 h certificate renews at 11-13 h of age, so 8 h left means renewal
+# has failed for hours; CAs are warned about 30 days ahead whatever this says.
+WARN_BEFORE = identity.status.DEFAULT_WARN_BEFORE
+_CONCERNS = {
+    identity.status.Concern.EXPIRED: "expired",
+    identity.status.Concern.EXPIRING: "expiring soon",
+    identity.status.Concern.RENEWAL_OVERDUE: "renewal overdue",
+    identity.status.Concern.NOT_YET_VALID: "not valid yet",
+    identity.status.Concern.UNUSABLE: "unusable",
+}
 
 
 @dataclasses.dataclass
@@ -34,6 +51,8 @@ class Status:
     last_duration_seconds: float | None = None
     last_success_time: float | None = None
     reconciles: int = 0
+    certificates: identity.status.Status | None = None
+    certificates_checked_at: datetime.datetime | None = None  # when the warnings were worked out
 
     def set(self, type_: str, status: bool, reason: str, message: str = "") -> None:
         old = self.conditions.get(type_)
@@ -41,7 +60,45 @@ class Status:
             return
         self.conditions[type_] = Condition(type_, status, reason, message)
 
+    def assess_certificates(
+        self, certificates: identity.status.Status, now: datetime.datetime
+    ) -> None:
+        """Record `certificates` and set CertificateWarning as of `now`. The reconciler calls
+        this after each look at the identity store; `weft status` calls it again with the
+        current time, so the certificates of a reconciler that stopped still show running out.
+
+        The message names subjects and concerns, not countdowns, so the condition (and its
+        `since`) changes only when what is wrong changes."""
+        self.certificates, self.certificates_checked_at = certificates, now
+        found = identity.status.findings(certificates, now, WARN_BEFORE)
+        if not found:
+            self.set(
+                CERTIFICATE_WARNING,
+                False,
+                "Valid",
+                f"{len(certificates.workloads)} identities and "
+                f"{len(certificates.authorities)} CA(s) valid",
+            )
+            return
+        worst = min((f.concern for f in found), key=list(identity.status.Concern).index)
+        shown = [f"{f.subject} {_CONCERNS[f.concern]}" for f in found[:5]]
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        self.set(CERTIFICATE_WARNING, True, worst.value, ", ".join(shown) + more)
+
+    def certificates_expired(self) -> list[str]:
+        if self.certificates is None or self.certificates_checked_at is None:
+            return []
+        return identity.status.expired(self.certificates, self.certificates_checked_at)
+
     def as_json(self) -> dict[str, Any]:
+        certificates = None
+        if self.certificates is not None and self.certificates_checked_at is not None:
+            certificates = {
+                "checkedAt": identity.clock.timestamp(self.certificates_checked_at),
+                **identity.status.as_json(
+                    self.certificates, self.certificates_checked_at, WARN_BEFORE
+                ),
+            }
         return {
             "conditions": [dataclasses.asdict(c) for c in self.conditions.values()],
             "lastAttemptedRevision": self.last_attempted_revision,
@@ -50,10 +107,12 @@ class Status:
             "lastDurationSeconds": self.last_duration_seconds,
             "lastSuccessTime": self.last_success_time,
             "reconciles": self.reconciles,
+            "certificates": certificates,
         }
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> Status:
+        certificates = data.get("certificates")
         return Status(
             conditions={c["type"]: Condition(**c) for c in data.get("conditions", [])},
             last_attempted_revision=data.get("lastAttemptedRevision"),
@@ -62,6 +121,10 @@ class Status:
             last_duration_seconds=data.get("lastDurationSeconds"),
             last_success_time=data.get("lastSuccessTime"),
             reconciles=int(data.get("reconciles", 0)),
+            certificates=identity.status.from_json(certificates) if certificates else None,
+            certificates_checked_at=(
+                identity.clock.parse_timestamp(certificates["checkedAt"]) if certificates else None
+            ),
         )
 
 
@@ -83,11 +146,21 @@ def read(path: Path) -> Status | None:
 
 def render(status: Status) -> str:
     lines = []
+    width = max((len(t) for t in status.conditions), default=0)
     for c in status.conditions.values():
-        lines.append(f"{c.type:<12} {c.status!s:<6} {c.reason}: {c.message}".rstrip(": "))
+        lines.append(f"{c.type:<{width}}  {c.status!s:<6} {c.reason}: {c.message}".rstrip(": "))
     lines.append(f"last applied revision:   {status.last_applied_revision or '-'}")
     lines.append(f"last attempted revision: {status.last_attempted_revision or '-'}")
     if status.last_duration_seconds is not None:
         lines.append(f"last reconcile took:     {status.last_duration_seconds:.3f} s")
     lines += [f"error: {e}" for e in status.errors]
+    if status.certificates is not None and status.certificates_checked_at is not None:
+        lines.append(
+            f"certificates, as of {identity.clock.timestamp(status.certificates_checked_at)}:"
+        )
+        text = identity.status.render(
+            status.certificates, status.certificates_checked_at, WARN_BEFORE
+        )
+        # Warnings stay at the margin, like errors, where a reader scanning the output sees them.
+        lines += [x if x.startswith("warning: ") else f"  {x}" for x in text.splitlines()]
     return "\n".join(lines) + "\n"
