@@ -52,13 +52,14 @@ jaeger:
 	@echo "jaeger: $$(tools/jaeger/build.sh)"
 
 # Real components the tests drive: git (daemon, http-backend), curl, openssl s_client, and
-# sshd for SSH fetches. Installed from Debian when missing (CI runs as root on a fresh machine).
-SYSTEM_TOOLS := git curl openssl sshd
+# sshd for SSH fetches, iptables for transparent capture in network namespaces. Installed from
+# Debian when missing (CI runs as root on a fresh machine).
+SYSTEM_TOOLS := git curl openssl sshd iptables
 system-tools:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done
 	if [ -n "$$missing" ]; then
 		echo "installing:$$missing"
-		apt-get update -qq && apt-get install -y -qq git curl openssl openssh-server
+		apt-get update -qq && apt-get install -y -qq git curl openssl openssh-server iptables
 	fi
 
 pytest: $(STAMP) jaeger system-tools
