@@ -78,13 +78,14 @@ def render(stats_json: str, workload: Mapping[str, str], extra: Iterable[str] = 
         )
     }
     for key, value in stats["tcp"]:
-        dest_ns, _, dest_name = str(key["destination"]).partition("/")
+        # Refused captured connections have no service, only a reason ("unregistered").
+        dest_ns, _, dest_name = str(key["destination"]).rpartition("/")
         tcp_labels = _labels(
             {
                 "reporter": "destination" if key["direction"] == "inbound" else "source",
                 "source_principal": str(key["source"]),
                 "destination_service_name": dest_name,
-                "destination_service_namespace": dest_ns,
+                "destination_service_namespace": dest_ns or "unknown",
                 "destination_port": str(key["port"]),
             }
         )

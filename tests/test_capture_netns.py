@@ -1,0 +1,360 @@
+"""Transparent capture end to end: two hosts in network namespaces, each with a real sidecar
+running as its own UID behind `weft-capture.sh`, and clients that know nothing of the mesh.
+
+Host A runs `a/web`'s sidecar; host B runs `b/api`'s sidecar in front of the demo app (HTTP on
+8081, TCP echo on 7000). curl and a raw TCP client in A connect straight to B's address: A's
+iptables hands the connection to A's sidecar, which carries it over mTLS to B, where B's
+iptables hands it to B's sidecar, which authorizes A's SPIFFE ID and delivers it. Everything
+listens inside namespaces this test makes (10.253.x.0/24 on a bridge of its own), all removed
+at the end even when a test fails. Needs root, iproute2, iptables, setpriv and curl.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler import capture
+from reconciler.sidecar.binding import bind_endpoints, to_json
+from reconciler.targets.local import netns
+from tests import sidecars
+from tests.pki import CA
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "iptables", "setpriv", "curl")),
+    reason="needs root, iproute2, iptables, setpriv and curl",
+)
+
+TD = "capture.local"
+WEB_ID = f"spiffe://{TD}/ns/a/sa/web"
+UID = capture.PROXY_UID
+ADMIN_PORT = 15020
+INBOUND = {"http": 15006, "echo": 15007}  # B's mTLS listeners, per port name
+INTENT = {
+    "mesh.yaml": sidecars.mesh_yaml(TD),
+    "services.yaml": """\
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: web, namespace: a}
+spec: {ports: [{name: http, port: 8080}]}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: api, namespace: b}
+spec:
+  ports:
+    - {name: http, port: 8080, targetPort: 8081}
+    - {name: echo, port: 7000, protocol: tcp}
+""",
+    "policies.yaml": """\
+apiVersion: weft.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: api-from-a, namespace: b}
+spec:
+  to: {services: [api], ports: [http]}
+  from: [{namespaces: [a]}]
+  when: {paths: ["/ok", "/ok/*"]}
+---
+apiVersion: weft.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: echo-from-a, namespace: b}
+spec:
+  to: {services: [api], ports: [echo]}
+  from: [{namespaces: [a]}]
+""",
+}
+# A client must carry no proxy settings: capture, not configuration, brings it to the sidecar.
+CLEAN_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+RAW_CLIENT = """\
+import socket, sys
+host, port, data = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+s = socket.create_connection((host, port), timeout=10)
+got = b""
+try:
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    while chunk := s.recv(65536):
+        got += chunk
+except (ConnectionResetError, BrokenPipeError):
+    got = b"<reset>"
+print(got.decode())
+"""
+
+
+class Process:
+    """A program in a namespace; its output goes to a file the test prints when it fails."""
+
+    def __init__(self, name: str, cmd: Sequence[str], log: Path, env: dict[str, str]) -> None:
+        self.name, self.log = name, log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+def get(url: str) -> tuple[int, str]:
+    """From the root namespace, with no proxy whatever the environment says."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=2) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait_ready(admin: str, proc: Process) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.proc.poll() is None, f"{proc.name} exited:\n{proc.log.read_text()}"
+        with contextlib.suppress(OSError):
+            if get(f"http://{admin}/ready")[0] == 200:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{proc.name} not ready:\n{proc.log.read_text()}")
+
+
+class Mesh:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.ca = CA.create()
+        self.configs = sidecars.compiled(tmp / "intent", INTENT)
+        tag = secrets.token_hex(3)
+        self.net = netns.Network(tag, netns.free_subnet(tag))
+        self.procs: list[Process] = []
+
+    def build(self) -> None:
+        self.net.create()
+        self.a = self.net.add(0)
+        self.b = self.net.add(1)
+        self.outside = self.net.address(200)  # no host has it: a destination not in the mesh
+        b = self.b.address
+        # A: capture only; its originalDestinations say which of B's addresses are b/api.
+        self.sidecar(
+            self.a,
+            "web",
+            {
+                "outboundCapture": f"127.0.0.1:{capture.CAPTURE_PORT}",
+                "originalDestinations": {f"{b}:8080": "b/api:8080", f"{b}:7000": "b/api:7000"},
+            },
+            endpoints={"b/api:8080": [f"{b}:8081"], "b/api:7000": [f"{b}:7000"]},
+            inbound={},
+        )
+        # B: the demo app on loopback, reached only through the sidecar's inbound listeners.
+        ports = {
+            "http": {"addr": "127.0.0.1:8081", "protocol": "http"},
+            "echo": {"addr": "127.0.0.1:7000", "protocol": "tcp"},
+        }
+        self.run(
+            "b-app",
+            [*self.b.exec_prefix(), str(Path(sys.executable).parent / "weft"), "demo-app"],
+            {**CLEAN_ENV, "WEFT_SERVICE": "b/api", "WEFT_PORTS": json.dumps(ports)},
+        )
+        self.sidecar(
+            self.b,
+            "api",
+            {
+                "outboundCapture": f"127.0.0.1:{capture.CAPTURE_PORT}",
+                "inbound": {name: f"0.0.0.0:{port}" for name, port in INBOUND.items()},
+            },
+            endpoints={},
+            inbound={8081: INBOUND["http"], 7000: INBOUND["echo"]},
+        )
+
+    def run(self, name: str, cmd: Sequence[str], env: dict[str, str]) -> Process:
+        proc = Process(name, cmd, self.tmp / f"{name}.log", env)
+        self.procs.append(proc)
+        return proc
+
+    def sidecar(
+        self,
+        host: netns.Host,
+        service: str,
+        listeners: dict[str, Any],
+        endpoints: dict[str, list[str]],
+        inbound: dict[int, int],
+    ) -> None:
+        ns = "a" if service == "web" else "b"
+        folder = self.tmp / service
+        (folder / "certs").mkdir(parents=True)
+        who = sidecars.identity(self.ca, TD, ns, service)
+        for name, data in (("tls.crt", who.chain), ("tls.key", who.key), ("ca.crt", who.bundle)):
+            (folder / "certs" / name).write_bytes(data)
+        bound = bind_endpoints(self.configs[(ns, service)], endpoints)
+        (folder / "config.json").write_text(to_json(bound))
+        (folder / "listeners.json").write_text(json.dumps(listeners))
+        subprocess.run(
+            [*host.exec_prefix(), *capture.apply_command(proxy_uid=UID, inbound=inbound)],
+            check=True,
+        )
+        admin = f"{host.address}:{ADMIN_PORT}"
+        # As the local runtime runs it: its own UID (so capture lets its traffic pass), able
+        # to read the root-owned certificates and nothing more.
+        proc = self.run(
+            f"{service}-sidecar",
+            [
+                *host.exec_prefix(uid=UID, caps=["dac_read_search"]),
+                sys.executable,
+                "-m",
+                "reconciler.sidecar",
+                "--config",
+                str(folder / "config.json"),
+                "--certs",
+                str(folder / "certs"),
+                "--listeners",
+                str(folder / "listeners.json"),
+                "--admin",
+                admin,
+            ],
+            {**CLEAN_ENV, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        wait_ready(admin, proc)
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.net.remove()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.log.read_text()}" for p in self.procs)
+
+    def curl(self, host: netns.Host, url: str) -> tuple[int, dict[str, str], str]:
+        """curl in `host`'s namespace: (status or -exit code, response headers, body)."""
+        done = subprocess.run(
+            [*host.exec_prefix(), "curl", "-sS", "-m", "10", "-D", "-", url],
+            capture_output=True,
+            env=CLEAN_ENV,
+            check=False,
+        )
+        if done.returncode != 0:
+            return -done.returncode, {}, done.stderr.decode()
+        head, _, body = done.stdout.decode().partition("\r\n\r\n")
+        lines = head.split("\r\n")
+        fields = (line.split(": ", 1) for line in lines[1:] if ": " in line)
+        headers = {name.lower(): value for name, value in fields}
+        return int(lines[0].split()[1]), headers, body
+
+    def raw(self, host: netns.Host, addr: str, port: int, data: str) -> str:
+        done = subprocess.run(
+            [*host.exec_prefix(), sys.executable, "-c", RAW_CLIENT, addr, str(port), data],
+            capture_output=True,
+            text=True,
+            env=CLEAN_ENV,
+            check=True,
+            timeout=30,
+        )
+        return done.stdout.strip()
+
+    def metrics(self, host: netns.Host) -> str:
+        return get(f"http://{host.address}:{ADMIN_PORT}/metrics")[1]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    m = Mesh(tmp_path_factory.mktemp("capture"))
+    try:
+        m.build()
+        yield m
+    except BaseException:
+        print(m.logs())
+        raise
+    finally:
+        m.close()
+
+
+def test_an_unmodified_http_client_is_captured_and_carried_over_mtls(mesh: Mesh) -> None:
+    status, _, body = mesh.curl(mesh.a, f"http://{mesh.b.address}:8080/ok")
+    assert status == 200, body
+    seen = json.loads(body)
+    # B's sidecar verified A's certificate and told the app: the call went over mTLS from
+    # A's sidecar, though curl only ever connected to B's address.
+    assert seen["service"] == "b/api"
+    assert seen["caller"] == WEB_ID
+    assert 'destination_service_name="api"' in mesh.metrics(mesh.a)
+
+
+def test_a_request_policy_denies_gets_403_naming_the_policy(mesh: Mesh) -> None:
+    status, headers, body = mesh.curl(mesh.a, f"http://{mesh.b.address}:8080/admin")
+    assert status == 403
+    assert headers["x-weft-policy"] == "Mesh/mesh defaultPolicy: deny"
+    assert "denied by" in body
+
+
+def test_raw_tcp_is_forwarded_by_its_original_destination_without_sniffing(mesh: Mesh) -> None:
+    assert mesh.raw(mesh.a, mesh.b.address, 7000, "bytes, not HTTP") == "bytes, not HTTP"
+    assert "istio_tcp_connections_opened_total" in mesh.metrics(mesh.b)
+    opened = [
+        line
+        for line in mesh.metrics(mesh.b).splitlines()
+        if line.startswith("istio_tcp_connections_opened_total")
+    ]
+    assert any(WEB_ID in line for line in opened), opened
+
+
+def test_a_destination_outside_the_mesh_is_refused(mesh: Mesh) -> None:
+    # Raw TCP: A's sidecar accepts (capture is local), finds no upstream, and closes; with
+    # the client's bytes unread, the close is a reset.
+    assert mesh.raw(mesh.a, mesh.outside, 5555, "hello") in ("", "<reset>")
+    refused = (
+        f'weft_tcp_connections_denied_total{{reporter="source",source_principal="{WEB_ID}",'
+        'destination_service_name="unregistered",destination_service_namespace="unknown",'
+        'destination_port="5555"} 1'
+    )
+    assert refused in mesh.metrics(mesh.a)
+    # HTTP: refused with a 403 that says why.
+    status, headers, body = mesh.curl(mesh.a, f"http://{mesh.outside}:8080/")
+    assert status == 403
+    assert "no route" in body
+    assert headers["x-weft-policy"] == "outbound: no route"
+
+
+def test_a_caller_that_bypasses_its_own_sidecar_meets_the_inbound_one(mesh: Mesh) -> None:
+    # From the root namespace nothing captures curl: it reaches B's pod port in plaintext,
+    # B's iptables send it to the STRICT mTLS listener, which refuses it.
+    done = subprocess.run(
+        ["curl", "-sS", "-m", "5", f"http://{mesh.b.address}:8081/ok"],
+        capture_output=True,
+        env=CLEAN_ENV,
+        check=False,
+    )
+    assert done.returncode != 0
+
+
+def test_capture_rules_are_idempotent_and_cleanup_removes_them(mesh: Mesh) -> None:
+    ns = mesh.b.exec_prefix()
+
+    def rules() -> list[str]:
+        out = subprocess.run(
+            [*ns, "iptables", "-t", "nat", "-S"], capture_output=True, text=True, check=True
+        )
+        return [r for r in out.stdout.splitlines() if "WEFT" in r]
+
+    before = rules()
+    inbound = {8081: INBOUND["http"], 7000: INBOUND["echo"]}
+    subprocess.run([*ns, *capture.apply_command(proxy_uid=UID, inbound=inbound)], check=True)
+    assert rules() == before
+    subprocess.run([*ns, *capture.cleanup_command()], check=True)
+    assert rules() == []
+    subprocess.run([*ns, *capture.apply_command(proxy_uid=UID, inbound=inbound)], check=True)
+    assert rules() == before
+    status, _, _ = mesh.curl(mesh.a, f"http://{mesh.b.address}:8080/ok")
+    assert status == 200
