@@ -1,0 +1,72 @@
+"""The Kubernetes target's pure parts: what it would apply, and when a live object holds it."""
+
+from __future__ import annotations
+
+import json
+
+from reconciler import capture
+from reconciler.targets.kubernetes import compare, objects
+from tests.kubeapps import desired_template
+
+
+def test_subset_holds_despite_server_defaults_and_other_managers() -> None:
+    desired = {"spec": {"template": {"spec": {"initContainers": [{"name": "s", "image": "i"}]}}}}
+    live = {
+        "spec": {
+            "replicas": 3,
+            "template": {
+                "spec": {
+                    "initContainers": [
+                        {"name": "other", "image": "x"},
+                        {"name": "s", "image": "i", "imagePullPolicy": "IfNotPresent"},
+                    ],
+                    "containers": [{"name": "app"}],
+                }
+            },
+        }
+    }
+    assert compare.differences(desired, live) == []
+
+
+def test_differences_name_the_path() -> None:
+    desired = {"data": {"a": "1", "b": "2"}, "spec": {"ports": [{"port": 80, "name": "http"}]}}
+    live = {"data": {"a": "1", "b": "3"}, "spec": {"ports": [{"port": 80, "name": "web"}]}}
+    assert compare.differences(desired, live) == [".data.b", ".spec.ports[http]"]
+
+
+def test_scalars_of_another_type_differ() -> None:
+    assert compare.differences({"x": 1}, {"x": "1"}) == [".x"]
+    assert compare.differences({"x": True}, {"x": 1}) == [".x"]
+    assert compare.differences({"x": []}, {}) == []
+
+
+def test_injection_touches_only_weft_fields() -> None:
+    desired = desired_template()
+    config = desired.proxy_configs[("b", "api")]
+    body = objects.injection("Deployment", "b", "api-v1", service="api", config=config, image="i")
+    pod = body["spec"]["template"]["spec"]
+    assert set(body["spec"]) == {"template"}
+    assert set(body["spec"]["template"]) == {"spec"}
+    assert set(pod) == {"initContainers", "volumes"}
+    assert [c["name"] for c in pod["initContainers"]] == ["weft-capture", "weft-sidecar"]
+    # The init container runs the one capture script, with the pod port → listener mapping.
+    args = pod["initContainers"][0]["args"]
+    assert args[0] == "apply"
+    assert args[args.index("--proxy-uid") + 1] == str(capture.PROXY_UID)
+    assert args[args.index("--inbound") + 1] == f"8081:{objects.INBOUND_BASE}"
+
+
+def test_listeners_map_cluster_ips_of_tcp_upstreams() -> None:
+    desired = desired_template()
+    config = desired.proxy_configs[("b", "api")]
+    tcp = list(config.as_dict()["outbound"]["tcp"])
+    assert tcp, "b/api calls b/cache over TCP in the template"
+    ns, name = tcp[0]["service"].split("/")
+    found = objects.listeners(config, {(ns, name): "10.96.0.42"})
+    assert found["originalDestinations"] == {
+        f"10.96.0.42:{tcp[0]['port']}": f"{tcp[0]['service']}:{tcp[0]['port']}"
+    }
+    assert found["inbound"] == {"http": f"0.0.0.0:{objects.INBOUND_BASE}"}
+    assert found["app"] == {"http": "127.0.0.1:8081"}
+    cm = objects.sidecar_configmap("b", "api", config)
+    assert json.loads(cm["data"]["proxyconfig.json"]) == config.as_dict()
