@@ -205,12 +205,18 @@ class AgentProcess:
     """A real `weft sidecar` process; its JSON log lines are collected as they come."""
 
     def __init__(
-        self, config: Path, certs: Path, listeners: dict[str, Any], drain_timeout: float = 5
+        self,
+        config: Path,
+        certs: Path,
+        listeners: dict[str, Any],
+        drain_timeout: float = 5,
+        poll: float | None = None,
     ) -> None:
         self.config, self.certs = config, certs
         self.listeners = config.with_name(config.stem + ".listeners.json")
         self.listeners.write_text(json.dumps(listeners))
         self.drain_timeout = drain_timeout
+        self.poll = poll  # seconds between the agent's looks at its files; None: its default
         self.lines: list[dict[str, Any]] = []
 
     def start(self) -> AgentProcess:
@@ -229,6 +235,7 @@ class AgentProcess:
                 "127.0.0.1:0",
                 "--drain-timeout",
                 str(self.drain_timeout),
+                *(["--poll", str(self.poll)] if self.poll is not None else []),
             ],
             stdout=subprocess.PIPE,
             text=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.identity import atomic
 from tests import sidecars
 from tests.pki import CA
 
@@ -35,7 +37,8 @@ wait_until = sidecars.wait_until
 
 
 class Sidecar:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, poll: float | None = None) -> None:
+        self.poll = poll
         self.ca = CA.create()
         configs = sidecars.compiled(tmp / "intent", INTENT, "main@sha1:" + "a" * 40)
         self.app = sidecars.EchoServer("api")
@@ -43,13 +46,23 @@ class Sidecar:
         self.api_config = configs[("b", "api")]
         self.files = tmp / "sidecar"
         (self.files / "certs").mkdir(parents=True)
+        self.config_path = self.files / "config.json"
         self.lines: list[dict[str, Any]] = []
 
-    def write_config(self, revision: str) -> None:
+    def config_text(self, revision: str) -> str:
         bound = sidecars.bind_endpoints(
             {**self.web_config, "revision": revision}, {"b/api": [self.api_addr]}
         )
-        (self.files / "config.json").write_text(sidecars.to_json(bound))
+        return sidecars.to_json(bound)
+
+    def write_config(self, revision: str) -> None:
+        self.config_path.write_text(self.config_text(revision))
+
+    def replace_config(self, text: str) -> None:
+        """As the local target writes it: a temporary file renamed over the old one."""
+        temp = self.config_path.with_name(".config.json.tmp")
+        temp.write_text(text)
+        os.replace(temp, self.config_path)
 
     def write_certs(self, chain: bytes, key: bytes, bundle: bytes) -> None:
         for name, data in (("tls.crt", chain), ("tls.key", key), ("ca.crt", bundle)):
@@ -66,7 +79,10 @@ class Sidecar:
         web = sidecars.identity(self.ca, TD, "a", "web")
         self.write_certs(web.chain, web.key, web.bundle)
         self.agent = sidecars.AgentProcess(
-            self.files / "config.json", self.files / "certs", {"outboundHttp": "127.0.0.1:0"}
+            self.config_path,
+            self.files / "certs",
+            {"outboundHttp": "127.0.0.1:0"},
+            poll=self.poll,
         ).start()
         self.proc, self.lines, self.admin = self.agent.proc, self.agent.lines, self.agent.admin
         self.outbound = self.agent.bound["outbound:http"]
@@ -95,6 +111,21 @@ class Sidecar:
 @pytest.fixture
 def sidecar(tmp_path: Path) -> Iterator[Sidecar]:
     s = Sidecar(tmp_path)
+    with sidecars.serving(s.app):
+        s.start()
+        try:
+            yield s
+        finally:
+            s.stop()
+
+
+# The agent's own poll, set far beyond any test's waits: what these see, inotify delivered.
+NEVER = 600.0
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Iterator[Sidecar]:
+    s = Sidecar(tmp_path, poll=NEVER)
     with sidecars.serving(s.app):
         s.start()
         try:
@@ -208,3 +239,86 @@ def test_a_sidecar_that_cannot_start_exits_with_a_reason(tmp_path: Path) -> None
     )
     assert done.returncode == 1
     assert any("cannot start" in json.loads(x)["message"] for x in done.stdout.splitlines())
+
+
+def test_a_changed_config_is_applied_without_waiting_for_the_poll(watched: Sidecar) -> None:
+    assert watched.event("watch-unavailable") is None
+    started = time.monotonic()
+    watched.replace_config(watched.config_text("main@sha1:" + "b" * 40))
+    wait_until(lambda: watched.dump()["revision"] == "main@sha1:" + "b" * 40)
+    watched.write_config("main@sha1:" + "c" * 40)  # written in place: seen once it is closed
+    wait_until(lambda: watched.dump()["revision"] == "main@sha1:" + "c" * 40)
+    assert time.monotonic() - started < NEVER
+    assert watched.dump()["reloads"] == {"applied": 2, "rejected": 0}
+    assert watched.request() == 200
+
+
+def test_a_bad_config_seen_at_once_is_refused_and_the_old_stays(watched: Sidecar) -> None:
+    watched.replace_config('{"schemaVersion": "weft.dev/proxyconfig/v1", "oops": 1}')
+    wait_until(lambda: watched.dump()["reloads"]["rejected"] == 1)
+    dump = watched.dump()
+    assert dump["revision"] == "main@sha1:" + "a" * 40
+    assert "config refused, previous one stays" in dump["lastError"]
+    assert watched.request() == 200
+    # A temporary file of the writer's, whatever it holds, is not the config.
+    (watched.files / ".config.json.tmp").write_text("garbage")
+    watched.replace_config(watched.config_text("main@sha1:" + "d" * 40))
+    wait_until(lambda: watched.dump()["revision"] == "main@sha1:" + "d" * 40)
+    assert watched.dump()["reloads"] == {"applied": 1, "rejected": 1}
+
+
+def test_certificates_published_through_data_rotate_at_once(watched: Sidecar) -> None:
+    certs = watched.files / "certs"
+    fresh = sidecars.identity(watched.ca, TD, "a", "web")
+    # As identity and Kubernetes publish them: a new version directory, then `..data` swapped.
+    atomic.write_directory(
+        certs,
+        {
+            "tls.crt": (fresh.chain, 0o644),
+            "tls.key": (fresh.key, 0o600),
+            "ca.crt": (fresh.bundle, 0o644),
+        },
+    )
+    wait_until(lambda: watched.dump()["rotations"]["applied"] == 1)
+    assert watched.request() == 200
+    other = sidecars.identity(watched.ca, TD, "a", "web")
+    atomic.write_directory(
+        certs,
+        {
+            "tls.crt": (other.chain, 0o644),
+            "tls.key": (fresh.key, 0o600),
+            "ca.crt": (other.bundle, 0o644),
+        },
+    )  # a certificate with someone else's key: refused whole
+    wait_until(lambda: watched.dump()["rotations"]["rejected"] == 1)
+    assert watched.request() == 200
+    assert watched.dump()["rotations"]["applied"] == 1
+
+
+def test_files_written_one_by_one_are_rotated_once(watched: Sidecar) -> None:
+    fresh = sidecars.identity(watched.ca, TD, "a", "web")
+    watched.write_certs(fresh.chain, fresh.key, fresh.bundle)  # three writes in place
+    wait_until(lambda: watched.dump()["rotations"]["applied"] == 1)
+    time.sleep(0.3)
+    assert watched.dump()["rotations"] == {"applied": 1, "rejected": 0}
+
+
+def test_the_poll_still_finds_what_inotify_cannot_see(tmp_path: Path) -> None:
+    # The config's folder is reached through a symlink; the watch is on the folder it named
+    # at start, so swapping the symlink to another folder is invisible to inotify.
+    s = Sidecar(tmp_path, poll=0.3)
+    first, second = s.files / "v1", s.files / "v2"
+    first.mkdir()
+    second.mkdir()
+    (s.files / "live").symlink_to("v1")
+    s.config_path = s.files / "live" / "config.json"
+    with sidecars.serving(s.app):
+        s.start()
+        try:
+            (second / "config.json").write_text(s.config_text("main@sha1:" + "e" * 40))
+            temp = s.files / "live.tmp"
+            temp.symlink_to("v2")
+            os.replace(temp, s.files / "live")
+            wait_until(lambda: s.dump()["revision"] == "main@sha1:" + "e" * 40)
+        finally:
+            s.stop()

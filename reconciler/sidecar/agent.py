@@ -1,10 +1,15 @@
 """`weft sidecar`: the agent around fastpath.
 
 It reads the ProxyConfig, certificates (`tls.crt`, `tls.key`, `ca.crt`, the layout of a
-Kubernetes TLS Secret) and listener bindings from files; starts fastpath; polls the files and
-reloads or rotates when they change (a refused config or certificate leaves the old one
-serving, and is reported); serves the admin port; and on SIGTERM stops accepting, lets
-in-flight requests finish up to a deadline, and exits. The agent is never on a request path.
+Kubernetes TLS Secret) and listener bindings from files; starts fastpath; reloads or rotates
+when the files change (a refused config or certificate leaves the old one serving, and is
+reported); serves the admin port; and on SIGTERM stops accepting, lets in-flight requests
+finish up to a deadline, and exits. The agent is never on a request path.
+
+Changes are noticed through inotify (`watch`) as soon as a writer finishes, and by a poll every
+`POLL_SECONDS` as well, for what inotify cannot see or where it is not available. Both end in
+`Agent.poll` on the main thread (the watching thread only wakes it), which compares digests, so
+a change seen twice is applied once and reloads never race the drain or the access log.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from reconciler import _native
-from reconciler.sidecar import admin, metrics
+from reconciler.sidecar import admin, metrics, watch
 
 if TYPE_CHECKING:
     from reconciler.sidecar import otlp
@@ -30,6 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("weft.sidecar")
 
 POLL_SECONDS = 1.0
+# After an inotify event, wait until the files have been quiet this long: a writer that puts
+# tls.crt, tls.key and ca.crt in place one by one is then read once, not half-new (which would
+# be refused and counted). Atomic writers (`..data` swap, rename) only pay this once.
+SETTLE_SECONDS = 0.02
 # Access logs are written this often, so a line appears within a fraction of a second.
 ACCESS_LOG_SECONDS = 0.2
 CERT_FILES = ("tls.crt", "tls.key", "ca.crt")
@@ -215,6 +224,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+def _follow(changes: watch.Watch, wake: threading.Event, stop: threading.Event) -> None:
+    """Wake the main loop as soon as inotify reports a change, until `stop`."""
+    while not stop.is_set():
+        if changes.changed(0.5):
+            changes.settle(SETTLE_SECONDS)
+            wake.set()
+
+
+def _watch(agent: Agent) -> watch.Watch | None:
+    files = [agent.config_path, *(agent.certs_dir / name for name in CERT_FILES)]
+    try:
+        return watch.start(files)
+    except watch.WatchError as e:
+        log.warning(f"polling only: {e}", extra={"event": "watch-unavailable"})
+        return None
+
+
 def run(
     config: Path,
     certs: Path,
@@ -223,30 +249,52 @@ def run(
     admin_addr: str,
     workers: int,
     drain_timeout: float,
+    poll_seconds: float = POLL_SECONDS,
 ) -> int:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     agent = Agent(config, certs, listeners, workers)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    next_poll = time.monotonic() + POLL_SECONDS
+    wake = threading.Event()  # a file changed, or `stop`: the main loop looks at once
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    next_poll = time.monotonic() + poll_seconds
     server = admin.serve(admin_addr, agent)
     admin_bound = f"{server.server_address[0]!s}:{server.server_port}"
     log.info("admin listening", extra={"event": "admin", "bound": {"admin": admin_bound}})
+    # Watch before the first read, so no change can fall between the two.
+    changes = _watch(agent)
     try:
         agent.start()
     except (OSError, ValueError) as e:
         log.error(f"cannot start: {e}", extra={"event": "start-failed"})
         server.shutdown()
+        if changes is not None:
+            changes.close()
         return 1
-    while not stop.wait(ACCESS_LOG_SECONDS):
+    follower = None
+    if changes is not None:
+        follower = threading.Thread(target=_follow, args=(changes, wake, stop), daemon=True)
+        follower.start()
+    while True:
+        changed = wake.wait(ACCESS_LOG_SECONDS)
+        wake.clear()
+        if stop.is_set():
+            break
         agent.write_access_log(sys.stdout)
-        if time.monotonic() >= next_poll:
+        if changed or time.monotonic() >= next_poll:
             agent.poll()
-            next_poll = time.monotonic() + POLL_SECONDS
+            next_poll = time.monotonic() + poll_seconds
     agent.shutdown(drain_timeout)
+    if changes is not None and follower is not None:
+        follower.join()  # within half a second of `stop`; the drain has not waited for it
+        changes.close()
     agent.write_access_log(sys.stdout)
     server.shutdown()
     log.info("stopped", extra={"event": "stopped"})

@@ -25,6 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--workers", type=int, default=1, help="fastpath worker threads")
     p.add_argument(
+        "--poll",
+        type=float,
+        default=1.0,
+        help="seconds between looks at the files, besides inotify's immediate notice (default 1)",
+    )
+    p.add_argument(
         "--drain-timeout",
         type=float,
         default=5.0,
@@ -42,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         admin_addr=args.admin,
         workers=args.workers,
         drain_timeout=args.drain_timeout,
+        poll_seconds=args.poll,
     )
 
 
