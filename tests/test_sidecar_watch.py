@@ -32,8 +32,8 @@ def test_a_file_renamed_into_place_is_reported(folder: Path, changes: watch.Watc
     temp = folder / ".proxyconfig.123"
     temp.write_text('{"new": 1}')
     os.replace(temp, folder / "config.json")
-    assert changes.changed(5)
-    assert not changes.changed(0.05), "one change, reported once"
+    assert changes.changed(5) == watch.Changes(in_place=False)
+    assert changes.changed(0.05) is None, "one change, reported once"
 
 
 def test_a_file_written_in_place_is_reported_when_closed(
@@ -42,30 +42,30 @@ def test_a_file_written_in_place_is_reported_when_closed(
     with (folder / "config.json").open("w") as f:
         f.write("{")
         f.flush()
-        assert not changes.changed(0.05), "not while it is half written"
-    assert changes.changed(5)
+        assert changes.changed(0.05) is None, "not while it is half written"
+    assert changes.changed(5) == watch.Changes(in_place=True)
 
 
 def test_other_names_are_ignored(folder: Path, changes: watch.Watch) -> None:
     (folder / "listeners.json").write_text("{}")
     (folder / ".proxyconfig.456").write_text("{}")
     (folder / "certs" / "tls.crt.bak").write_text("x")
-    assert not changes.changed(0.1)
+    assert changes.changed(0.1) is None
 
 
 def test_a_data_symlink_swap_is_reported(folder: Path, changes: watch.Watch) -> None:
     atomic.write_directory(folder / "certs", {"tls.crt": (b"a", 0o644), "tls.key": (b"b", 0o600)})
-    assert changes.changed(5)
+    assert changes.changed(5) is not None
     changes.settle(0.05)
     atomic.write_directory(folder / "certs", {"tls.crt": (b"c", 0o644), "tls.key": (b"d", 0o600)})
-    assert changes.changed(5)
+    assert changes.changed(5) == watch.Changes(in_place=False)  # only `..data` moved
 
 
 def test_settle_returns_once_writes_stop(folder: Path, changes: watch.Watch) -> None:
     (folder / "config.json").write_text("{}")
-    assert changes.changed(5)
+    assert changes.changed(5) is not None
     changes.settle(0.05)
-    assert not changes.changed(0.05)
+    assert changes.changed(0.05) is None
 
 
 def test_a_missing_folder_is_a_watch_error(tmp_path: Path) -> None:

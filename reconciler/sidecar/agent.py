@@ -35,9 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("weft.sidecar")
 
 POLL_SECONDS = 1.0
-# After an inotify event, wait until the files have been quiet this long: a writer that puts
-# tls.crt, tls.key and ca.crt in place one by one is then read once, not half-new (which would
-# be refused and counted). Atomic writers (`..data` swap, rename) only pay this once.
+# After a file is written in place, wait until the files have been quiet this long: a writer
+# that puts tls.crt, tls.key and ca.crt in place one by one is then read once, not half-new
+# (which would be refused and counted). A rename into place (a `..data` swap) is acted on at once.
 SETTLE_SECONDS = 0.02
 # Access logs are written this often, so a line appears within a fraction of a second.
 ACCESS_LOG_SECONDS = 0.2
@@ -227,8 +227,10 @@ class JsonFormatter(logging.Formatter):
 def _follow(changes: watch.Watch, wake: threading.Event, stop: threading.Event) -> None:
     """Wake the main loop as soon as inotify reports a change, until `stop`."""
     while not stop.is_set():
-        if changes.changed(0.5):
-            changes.settle(SETTLE_SECONDS)
+        found = changes.changed(0.5)
+        if found is not None:
+            if found.in_place:
+                changes.settle(SETTLE_SECONDS)
             wake.set()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import os
 import select
@@ -43,26 +44,34 @@ class WatchError(OSError):
     """inotify is missing or refused; the reason names the directory and the errno."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Changes:
+    """Watched names changed. `in_place`: some were written where they stand rather than
+    renamed into place, so more writes of the same set may follow."""
+
+    in_place: bool
+
+
 class Watch:
     """An inotify instance watching some directories for some names in each."""
 
     def __init__(self, fd: int, names: Mapping[int, frozenset[str]]) -> None:
         self._fd, self._names = fd, names
 
-    def changed(self, timeout: float) -> bool:
-        """True as soon as a watched name changes; False if none did within `timeout` s."""
+    def changed(self, timeout: float) -> Changes | None:
+        """What changed, as soon as a watched name does; None if none did within `timeout` s."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             readable, _, _ = select.select([self._fd], [], [], left)
-            if readable and self._relevant(self._read()):
-                return True
-        return False
+            if readable and (found := self._relevant(self._read())) is not None:
+                return found
+        return None
 
     def settle(self, quiet: float, longest: float = 1.0) -> None:
         """Wait until watched names have been quiet for `quiet` s (at most `longest` s), so a
         set of files written one by one is read once, whole, rather than half new."""
         deadline = time.monotonic() + longest
-        while time.monotonic() < deadline and self.changed(quiet):
+        while time.monotonic() < deadline and self.changed(quiet) is not None:
             pass
 
     def _read(self) -> bytes:
@@ -71,15 +80,18 @@ class Watch:
         except BlockingIOError:
             return b""
 
-    def _relevant(self, data: bytes) -> bool:
-        found, offset = False, 0
+    def _relevant(self, data: bytes) -> Changes | None:
+        found = in_place = False
+        offset = 0
         while offset + _EVENT.size <= len(data):
             wd, mask, _, length = _EVENT.unpack_from(data, offset)
             raw = data[offset + _EVENT.size : offset + _EVENT.size + length]
             offset += _EVENT.size + length
             name = raw.rstrip(b"\0").decode(errors="replace")
-            found = found or bool(mask & _IN_Q_OVERFLOW) or name in self._names.get(wd, ())
-        return found
+            if mask & _IN_Q_OVERFLOW or name in self._names.get(wd, ()):
+                found = True
+                in_place = in_place or not mask & _IN_MOVED_TO
+        return Changes(in_place) if found else None
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
