@@ -30,6 +30,7 @@ from reconciler import (
 )
 from reconciler.compiler import reach
 from reconciler.sidecar import command as sidecar_command
+from reconciler.targets.local import netns
 from reconciler.targets.local.target import LocalTarget
 
 
@@ -172,6 +173,7 @@ def _serve(
     *,
     metrics_addr: str | None = None,
     webhook_addr: str | None = None,
+    isolation: str = "none",
 ) -> int:
     """Reconcile `source` onto the local target until Ctrl-C; then stop everything started."""
     import signal  # noqa: PLC0415
@@ -179,7 +181,7 @@ def _serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     provider = telemetry.configure()
-    target = LocalTarget(state)
+    target = LocalTarget(state, isolation=isolation)
     rec = loop.Reconciler(
         source,
         target,
@@ -243,6 +245,14 @@ def _banner(repo: Path) -> Callable[[LocalTarget], None]:
                 f"  curl -x http://{web} http://api.b:8080/        # A -> B: allowed",
                 f"  curl -x http://{web} http://ledger.c:8080/     # A -> C: denied",
             ]
+        web_netns = target.listening.get("a/web/default", {}).get("netns")
+        if web_netns:
+            lines += [
+                "",
+                "Try (as a/web, in its network namespace, with no proxy settings):",
+                f"  ip netns exec {web_netns} curl http://api.b:8080/     # A -> B: allowed",
+                f"  ip netns exec {web_netns} curl http://ledger.c:8080/  # A -> C: denied",
+            ]
         lines += [
             "",
             f"Change policy: edit {repo}, then `git -C {repo} commit -am '...'`;",
@@ -256,6 +266,12 @@ def _banner(repo: Path) -> Callable[[LocalTarget], None]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    if args.isolation == "netns":
+        try:
+            netns.check_tools()
+        except netns.NetnsError as e:
+            print(f"weft up: {e}", file=sys.stderr)
+            return 2
     state = _state_dir(args.state_dir)
     repo = Path(args.repo) if args.repo else state / "repo"
     if not args.repo and not repo.exists():
@@ -271,6 +287,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         args.poll,
         _banner(repo),
         metrics_addr=args.metrics,
+        isolation=args.isolation,
     )
 
 
@@ -519,6 +536,13 @@ def parser() -> argparse.ArgumentParser:
         "--poll", type=float, default=2.0, help="seconds between looks at the repository"
     )
     up.add_argument("--metrics", metavar="ADDR", help="serve Prometheus /metrics here")
+    up.add_argument(
+        "--isolation",
+        choices=["none", "netns"],
+        default="none",
+        help="netns (root): each workload in its own network namespace, its TCP captured by "
+        "iptables, so apps need no proxy settings",
+    )
     up.set_defaults(run=cmd_up)
 
     rn = sub.add_parser("run", help="reconcile a git repository onto a target until stopped")

@@ -89,7 +89,7 @@ try:
     s.shutdown(socket.SHUT_WR)
     while chunk := s.recv(65536):
         got += chunk
-except (ConnectionResetError, BrokenPipeError):
+except OSError:  # reset, or not connected any more
     got = b"<reset>"
 print(got.decode())
 """
@@ -133,6 +133,22 @@ def wait_ready(admin: str, proc: Process) -> None:
     raise AssertionError(f"{proc.name} not ready:\n{proc.log.read_text()}")
 
 
+def wait_listening(host: netns.Host, port: int, proc: Process) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.proc.poll() is None, f"{proc.name} exited:\n{proc.log.read_text()}"
+        listening = subprocess.run(
+            ["ss", "-N", host.netns, "-Hltn", f"sport = :{port}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        if listening.stdout.strip():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{proc.name} does not listen on {port}:\n{proc.log.read_text()}")
+
+
 class Mesh:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -144,8 +160,10 @@ class Mesh:
 
     def build(self) -> None:
         self.net.create()
-        self.a = self.net.add(0)
-        self.b = self.net.add(1)
+        # Each host names itself: the sidecar's admin server looks its address up, and these
+        # namespaces have no DNS server (a lookup would cost two 5 s timeouts).
+        self.a = self.net.add(0, {"web.a": self.net.address(0)})
+        self.b = self.net.add(1, {"api.b": self.net.address(1)})
         self.outside = self.net.address(200)  # no host has it: a destination not in the mesh
         b = self.b.address
         # A: capture only; its originalDestinations say which of B's addresses are b/api.
@@ -164,11 +182,13 @@ class Mesh:
             "http": {"addr": "127.0.0.1:8081", "protocol": "http"},
             "echo": {"addr": "127.0.0.1:7000", "protocol": "tcp"},
         }
-        self.run(
+        app = self.run(
             "b-app",
             [*self.b.exec_prefix(), str(Path(sys.executable).parent / "weft"), "demo-app"],
             {**CLEAN_ENV, "WEFT_SERVICE": "b/api", "WEFT_PORTS": json.dumps(ports)},
         )
+        for port in (8081, 7000):
+            wait_listening(self.b, port, app)
         self.sidecar(
             self.b,
             "api",

@@ -12,9 +12,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -184,3 +187,68 @@ def _links() -> list[str]:
         for line in ip("-o", "link", "show").splitlines()
         if line.count(":") >= 2
     ]
+
+
+class Addresses:
+    """Which host index each workload instance has, and which virtual address each Service
+    has, kept in the state directory so they survive restarts like loopback ports do.
+
+    Instances count up from the bottom of the /24, Services down from the top: a Service's
+    address stands for it as a ClusterIP does (nothing listens on it; capture maps it to the
+    upstream), so a caller need not know which instance will answer.
+    """
+
+    def __init__(self, path: Path, tag: str) -> None:
+        self.path = path
+        try:
+            saved = json.loads(path.read_text())
+        except FileNotFoundError:
+            saved = {}
+        self.subnet: int | None = saved.get("subnet")
+        self.hosts: dict[str, int] = saved.get("hosts", {})
+        self.services: dict[str, int] = saved.get("services", {})
+        self.tag = tag
+
+    def network(self) -> Network:
+        """The network to make: the saved /24 if no interface holds it, else a free one. Call
+        it once, after `remove_stale`; once the bridge exists its /24 is in use."""
+        if self.subnet is None or self.subnet in subnets_in_use():
+            self.subnet = free_subnet(self.tag)
+            self._save()
+        return Network(self.tag, self.subnet)
+
+    def host(self, ref: str) -> int:
+        return self._index(self.hosts, ref)
+
+    def service(self, key: str) -> int:
+        return 252 - self._index(self.services, key)
+
+    def _index(self, table: dict[str, int], key: str) -> int:
+        if key not in table:
+            table[key] = min(set(range(len(table) + 1)) - set(table.values()))
+            if len(self.hosts) + len(self.services) > 251:
+                raise NetnsError("more than 251 instances and Services in one /24")
+            self._save()
+        return table[key]
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".netns.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(
+                {"subnet": self.subnet, "hosts": self.hosts, "services": self.services},
+                f,
+                indent=2,
+                sort_keys=True,
+            )
+        os.replace(tmp, self.path)
+
+
+def check_tools() -> None:
+    """Raises NetnsError naming what `--isolation netns` lacks on this machine."""
+    if os.geteuid() != 0:
+        raise NetnsError("--isolation netns needs root (it makes namespaces and iptables rules)")
+    missing = [t for t in ("ip", "iptables", "iptables-restore", "setpriv") if not shutil.which(t)]
+    if missing:
+        raise NetnsError(f"--isolation netns needs {', '.join(missing)} (Debian: iproute2, "
+                         "iptables, util-linux)")  # fmt: skip

@@ -37,6 +37,7 @@ class Spec:
     env: Mapping[str, str]
     fingerprint: str
     cwd: Path | None = None
+    unset: Sequence[str] = ()  # variables of weft's environment the process must not inherit
 
 
 @dataclasses.dataclass
@@ -63,7 +64,7 @@ class Supervisor:
         try:
             return subprocess.Popen(
                 [*_DIE_WITH_PARENT, *spec.command],
-                env={**os.environ, **spec.env},
+                env={k: v for k, v in os.environ.items() if k not in spec.unset} | dict(spec.env),
                 cwd=spec.cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,

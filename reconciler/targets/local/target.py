@@ -10,6 +10,12 @@ Objects it manages, by key:
 
 A Service with subsets runs one instance per subset (so canary weights are real); otherwise one
 instance, `default`. Identities are issued into the state directory by `reconciler.identity`.
+
+With `isolation="netns"` (root only) each instance gets its own network namespace on a bridge
+(`netns`): the app runs there with no proxy settings, its sidecar as UID 1337 beside it, and
+`weft-capture.sh` sends the app's TCP through the sidecar. Each Service has a virtual address
+that every namespace's /etc/hosts names; the sidecars' `originalDestinations` map it (and each
+port) to the upstream, and clusters are bound to the instances' addresses.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,16 +39,32 @@ from typing import Any
 
 from opentelemetry import trace
 
-from reconciler import identity
+from reconciler import capture, identity
 from reconciler.compiler import DesiredState
 from reconciler.sidecar.binding import bind_endpoints, to_json
 from reconciler.targets import Change, Plan
+from reconciler.targets.local import netns
 from reconciler.targets.local.ports import Ports
 from reconciler.targets.local.supervisor import Spec, Supervisor
 
 READY_TIMEOUT = 20.0
 APP_LISTEN_TIMEOUT = 10.0
 log = logging.getLogger("weft.local")
+
+ISOLATIONS = ("none", "netns")
+# Inside a namespace ports are the instance's own, so they are fixed, not allocated.
+ADMIN_PORT = 15020
+INBOUND_FIRST_PORT = 15100  # the mTLS listener of the i-th inbound port: 15100 + i
+# The sidecar reads root's 0600 certificate files with this capability and nothing else.
+SIDECAR_CAPS = ("dac_read_search",)
+PROXY_VARIABLES = (
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+)
 
 
 def _digest(text: str) -> str:
@@ -70,15 +93,29 @@ class Unit:
 class LocalTarget:
     name = "local"
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, isolation: str = "none") -> None:
+        if isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be one of {ISOLATIONS}, not {isolation!r}")
         self.state = state_dir
         self.root = state_dir / "local"
         self.ports = Ports(self.root / "ports.json")
         self.store = identity.FileStore(state_dir)
-        self.supervisor = Supervisor(self.root / "logs")
         self._planned: dict[str, dict[str, Unit]] = {}
         self._desired: DesiredState | None = None
         self.listening: dict[str, dict[str, str]] = {}
+        self.network: netns.Network | None = None
+        self._namespaces: dict[str, netns.Host] = {}  # made this run, by instance ref
+        self._hosts_files: dict[str, dict[str, str]] = {}  # netns -> /etc/hosts names
+        if isolation == "netns":
+            netns.check_tools()
+            tag = netns.tag_for(state_dir)
+            # A crashed run left its namespaces, bridge and rules: remove them before anything.
+            if stale := netns.remove_stale(tag):
+                log.warning("removed %d network namespaces left by an earlier run", len(stale))
+            self.addresses = netns.Addresses(self.root / "netns.json", tag)
+            self.network = self.addresses.network()
+            self.network.create()
+        self.supervisor = Supervisor(self.root / "logs")
 
     # ------------------------------------------------------------------ observe / plan
 
@@ -115,10 +152,15 @@ class LocalTarget:
         configs = {key: c.as_dict() for key, c in desired.proxy_configs.items()}
         units: dict[str, Unit] = {}
         self.listening = {}
+        self._hosts_files = {}
         for key, config in configs.items():
             spec = desired.workloads[key]
             for inst in instances[key]:
-                listeners = self._listeners(inst, config)
+                listeners = (
+                    self._captured(inst, config, configs)
+                    if self.network
+                    else self._listeners(inst, config)
+                )
                 bound = bind_endpoints(config, self._endpoints(config, configs, instances))
                 text = to_json(bound)
                 units[f"config/{inst.ref}"] = Unit(
@@ -130,21 +172,47 @@ class LocalTarget:
                     / inst.namespace
                     / config["workload"]["serviceAccount"]
                 )
-                admin = self.ports.addr(f"admin:{inst.ref}")
-                sidecar = {"listeners": listeners, "certs": str(certs), "admin": admin}
+                # In a namespace, the admin port is on its address, where this process (and
+                # a user) can reach it.
+                admin = (
+                    f"{self._host(inst).address}:{ADMIN_PORT}"
+                    if self.network
+                    else self.ports.addr(f"admin:{inst.ref}")
+                )
+                sidecar: dict[str, Any] = {
+                    "listeners": listeners,
+                    "certs": str(certs),
+                    "admin": admin,
+                }
+                if self.network:
+                    host = self._host(inst)
+                    sidecar["netns"] = dataclasses.asdict(host)
+                    sidecar["capture"] = {
+                        p["targetPort"]: int(listeners["inbound"][p["name"]].rsplit(":", 1)[1])
+                        for p in config["inbound"]
+                    }
+                    self._hosts_files[host.netns] = self._names(inst, config, configs)
                 units[f"sidecar/{inst.ref}"] = Unit(
                     f"sidecar/{inst.ref}",
                     "sidecar",
                     _digest(json.dumps(sidecar, sort_keys=True)),
                     sidecar,
                 )
-                self.listening[inst.ref] = {
-                    "admin": admin,
-                    **{f"inbound {n}": a for n, a in listeners["inbound"].items()},
-                    **{f"app {n}": a for n, a in listeners["app"].items()},
-                    "outbound (HTTP_PROXY)": listeners["outboundHttp"],
-                    **{f"tcp to {k}": a for k, a in listeners["outboundTcp"].items()},
-                }
+                self.listening[inst.ref] = (
+                    {
+                        "netns": sidecar["netns"]["netns"],
+                        "address": sidecar["netns"]["address"],
+                        "admin": admin,
+                    }
+                    if self.network
+                    else {
+                        "admin": admin,
+                        **{f"inbound {n}": a for n, a in listeners["inbound"].items()},
+                        **{f"app {n}": a for n, a in listeners["app"].items()},
+                        "outbound (HTTP_PROXY)": listeners["outboundHttp"],
+                        **{f"tcp to {k}": a for k, a in listeners["outboundTcp"].items()},
+                    }
+                )
                 if spec.command:
                     app = self._app(inst, config, listeners, spec.command, dict(spec.env))
                     units[f"app/{inst.ref}"] = Unit(
@@ -176,6 +244,75 @@ class LocalTarget:
             "outboundTcp": tcp,
         }
 
+    # ------------------------------------------------------------------ netns isolation
+
+    def _host(self, inst: Instance) -> netns.Host:
+        assert self.network is not None
+        index = self.addresses.host(inst.ref)
+        return netns.Host(self.network.netns_name(index), self.network.address(index))
+
+    def _vip(self, service: str) -> str:
+        """The virtual address of a Service ("ns/name"), as a ClusterIP: callers use it, capture
+        turns it into the upstream, nothing listens on it."""
+        assert self.network is not None
+        return self.network.address(self.addresses.service(service))
+
+    def _captured(
+        self,
+        inst: Instance,
+        config: dict[str, Any],
+        configs: dict[tuple[str, str], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Listeners inside a namespace. Every Service port of the mesh is an original
+        destination, reachable or not: whether it may be called is the config's business, so a
+        policy change never changes listeners (which would restart the sidecar)."""
+        destinations = {
+            f"{self._vip(f'{ns}/{svc}')}:{p['port']}": f"{ns}/{svc}:{p['port']}"
+            for (ns, svc), other in configs.items()
+            for p in other["inbound"]
+        }
+        return {
+            "inbound": {
+                p["name"]: f"0.0.0.0:{INBOUND_FIRST_PORT + i}"
+                for i, p in enumerate(config["inbound"])
+            },
+            "app": {p["name"]: f"127.0.0.1:{p['targetPort']}" for p in config["inbound"]},
+            "outboundCapture": f"127.0.0.1:{capture.CAPTURE_PORT}",
+            "originalDestinations": dict(sorted(destinations.items())),
+        }
+
+    def _names(
+        self,
+        inst: Instance,
+        config: dict[str, Any],
+        configs: dict[tuple[str, str], dict[str, Any]],
+    ) -> dict[str, str]:
+        """/etc/hosts of an instance's namespace: every Service by `name.namespace` (and
+        `name.namespace.svc`; plain `name` in its own namespace), plus every hostname its
+        config routes, so callers use the names they would in a cluster."""
+        # Its own address too: the admin server looks its name up (http.server's getfqdn),
+        # and the namespace has no DNS server to ask, which would cost two 5 s timeouts.
+        names = {f"{inst.name}.{inst.service}.{inst.namespace}": self._host(inst).address}
+        for ns, svc in configs:
+            vip = self._vip(f"{ns}/{svc}")
+            names[f"{svc}.{ns}"] = names[f"{svc}.{ns}.svc"] = vip
+            if ns == inst.namespace:
+                names[svc] = vip
+        for host in config["outbound"]["http"]:
+            for name in host["hostnames"]:
+                names[name] = self._vip(host["service"])
+        return names
+
+    def _namespace(self, host: dict[str, str], ref: str) -> netns.Host:
+        """The instance's namespace, made (with its hosts file) the first time it is needed."""
+        assert self.network is not None
+        made = self._namespaces.get(ref)
+        if made is None:
+            index = self.addresses.host(ref)
+            made = self.network.add(index, self._hosts_files.get(host["netns"], {}))
+            self._namespaces[ref] = made
+        return made
+
     def _endpoints(
         self,
         config: dict[str, Any],
@@ -191,6 +328,12 @@ class LocalTarget:
                 p for p in dest["inbound"] if p["targetPort"] == cluster["endpoints"]["port"]
             )
             chosen = [i for i in instances[(ns, svc)] if cluster.get("subset") in (None, i.name)]
+            if self.network:
+                # The pod port at the instance's address: its capture hands it to the sidecar.
+                endpoints[cluster["name"]] = [
+                    f"{self._host(i).address}:{port['targetPort']}" for i in chosen
+                ]
+                continue
             endpoints[cluster["name"]] = [
                 self.ports.addr(f"inbound:{i.ref}:{port['name']}") for i in chosen
             ]
@@ -209,6 +352,19 @@ class LocalTarget:
             for p in config["inbound"]
         }
         first = next(iter(ports.values()), None)
+        if self.network:
+            # Nothing of the mesh: the app listens on its own ports and calls services by name.
+            return {
+                "command": list(command),
+                "netns": self._host(inst).netns,
+                "env": {
+                    **env,
+                    "WEFT_SERVICE": f"{inst.namespace}/{inst.service}",
+                    "WEFT_INSTANCE": inst.name,
+                    "WEFT_PORTS": json.dumps(ports, sort_keys=True),
+                    "PORT": first["addr"].rsplit(":", 1)[1] if first else "",
+                },
+            }
         return {
             "command": list(command),
             "env": {
@@ -228,6 +384,8 @@ class LocalTarget:
     def apply(self, plan: Plan) -> list[str]:
         units = self._planned.pop(plan.revision)
         self._ensure_identities()
+        for made in self._namespaces.values():  # Services may have come or gone
+            netns.write_hosts(made.netns, self._hosts_files.get(made.netns, {}))
         applied: list[str] = []
         creates = {c.key for c in plan.of("create", "update")}
         # Configs first (a running sidecar reloads them), then sidecars, then apps.
@@ -267,10 +425,23 @@ class LocalTarget:
         folder = self.root / "workloads" / ns / svc / inst
         (folder / "listeners.json").write_text(json.dumps(unit.payload["listeners"], indent=2))
         self.supervisor.stop(unit.key)
+        prefix: list[str] = []
+        if "netns" in unit.payload:
+            host = self._namespace(unit.payload["netns"], f"{ns}/{svc}/{inst}")
+            inbound = {int(k): v for k, v in unit.payload["capture"].items()}
+            subprocess.run(
+                [*host.exec_prefix(), *capture.apply_command(inbound=inbound)],
+                check=True,
+                capture_output=True,
+            )
+            # Its own UID, so capture lets its traffic out; the parent-death signal again,
+            # because changing the UID clears it.
+            prefix = host.exec_prefix(uid=capture.PROXY_UID, caps=SIDECAR_CAPS, pdeathsig=True)
         self.supervisor.start(
             unit.key,
             Spec(
                 command=[
+                    *prefix,
                     sys.executable,
                     "-m",
                     "reconciler.sidecar",
@@ -294,11 +465,18 @@ class LocalTarget:
         bin_dir = str(Path(sys.executable).parent)
         env = dict(unit.payload["env"])
         env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"  # `weft` for demo apps
-        self.supervisor.start(unit.key, Spec(unit.payload["command"], env, unit.fingerprint))
+        where = unit.payload.get("netns")
+        command = unit.payload["command"]
+        if where is not None:
+            command = ["ip", "netns", "exec", where, *command]
+        self.supervisor.start(
+            unit.key,
+            Spec(command, env, unit.fingerprint, unset=PROXY_VARIABLES if where else ()),
+        )
         # "Applied" should mean serving: wait for the app to listen on the ports it was given.
         # An app that listens elsewhere only costs this wait, and a warning.
         ports = json.loads(env["WEFT_PORTS"]).values()
-        if not all(_listening(p["addr"]) for p in ports):
+        if not all(_listening(p["addr"], where) for p in ports):
             log.warning(
                 "%s is not listening on its ports after %.0f s", unit.key, APP_LISTEN_TIMEOUT
             )
@@ -327,16 +505,32 @@ class LocalTarget:
 
     def close(self) -> None:
         self.supervisor.close()
+        if self.network is not None:
+            # The namespaces take their iptables rules and veths with them.
+            self.network.remove()
 
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _listening(addr: str) -> bool:
+def _listening(addr: str, where: str | None = None) -> bool:
+    """Whether something listens on `addr`, in network namespace `where` if given (asked
+    of `ss`, since this process cannot connect to another namespace's loopback)."""
     host, _, port = addr.rpartition(":")
     deadline = time.monotonic() + APP_LISTEN_TIMEOUT
     while time.monotonic() < deadline:
+        if where is not None:
+            out = subprocess.run(
+                ["ss", "-N", where, "-Hltn", f"sport = :{port}"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            if out.strip():
+                return True
+            time.sleep(0.05)
+            continue
         try:
             socket.create_connection((host, int(port)), timeout=1).close()
             return True
