@@ -30,6 +30,7 @@ from reconciler import (
 )
 from reconciler.compiler import reach
 from reconciler.sidecar import command as sidecar_command
+from reconciler.targets import Target
 from reconciler.targets.local import netns
 from reconciler.targets.local.target import LocalTarget
 
@@ -129,7 +130,7 @@ def cmd_reach(args: argparse.Namespace) -> int:
 TEMPLATE = Path(__file__).resolve().parent.parent / "mesh-repo-template"
 
 
-def _metrics_server(addr: str, rec: loop.Reconciler, store: identity.FileStore) -> None:
+def _metrics_server(addr: str, rec: loop.Reconciler, store: identity.Store) -> None:
     """/metrics for Prometheus: reconcile metrics and certificate expiry, on `addr`."""
     import http.server  # noqa: PLC0415
     import threading  # noqa: PLC0415
@@ -155,7 +156,7 @@ def _metrics_server(addr: str, rec: loop.Reconciler, store: identity.FileStore) 
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
 
-def _expiry_text(store: identity.FileStore) -> str:
+def _expiry_text(store: identity.Store) -> str:
     try:
         now = datetime.datetime.now(datetime.UTC)
         return identity.metrics.prometheus_text(
@@ -174,22 +175,37 @@ def _serve(
     metrics_addr: str | None = None,
     webhook_addr: str | None = None,
     isolation: str = "none",
+    kubernetes: argparse.Namespace | None = None,
 ) -> int:
-    """Reconcile `source` onto the local target until Ctrl-C; then stop everything started."""
+    """Reconcile `source` onto a target until Ctrl-C or SIGTERM; then stop everything started.
+    The local target by default; with `kubernetes` (the `weft run` arguments), the cluster, once
+    this process holds the leader-election Lease."""
+    import contextlib  # noqa: PLC0415
     import signal  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     provider = telemetry.configure()
-    target = LocalTarget(state, isolation=isolation)
+    target: Target
+    store: identity.Store
+    resync: float | None = None
+    if kubernetes is not None:
+        from reconciler import kubecli  # noqa: PLC0415  # the kubernetes client loads slowly
+
+        api = kubecli.connect(kubernetes)
+        cluster = kubecli.target(kubernetes, api)
+        target, store, resync = cluster, cluster.store, kubernetes.resync
+    else:
+        local = LocalTarget(state, isolation=isolation)
+        target, store = local, local.store
     rec = loop.Reconciler(
         source,
         target,
         state / "status.json",
-        certificates=lambda now: identity.status.read(target.store, now),
+        certificates=lambda now: identity.status.read(store, now),
     )
     if metrics_addr:
-        _metrics_server(metrics_addr, rec, target.store)
+        _metrics_server(metrics_addr, rec, store)
     stop, wake = threading.Event(), threading.Event()
 
     def on_signal(*_: object) -> None:
@@ -215,12 +231,20 @@ def _serve(
 
     def applied(_: str) -> None:
         nonlocal shown
-        if banner and not shown:
+        if banner and isinstance(target, LocalTarget) and not shown:
             banner(target)
             shown = True
 
+    lost = False
     try:
-        rec.run(stop, wake, poll_seconds=poll, on_applied=applied)
+        with (
+            kubecli.leadership(kubernetes, api, stop)
+            if kubernetes is not None
+            else contextlib.nullcontext()
+        ) as elector:
+            if elector is None or elector.leading.is_set():
+                rec.run(stop, wake, poll_seconds=poll, on_applied=applied, resync_seconds=resync)
+            lost = elector is not None and elector.lost.is_set()
     finally:
         if hook is not None:
             hook.close()
@@ -228,6 +252,10 @@ def _serve(
         if provider is not None:
             provider.shutdown()
         print("weft: stopped every process it started", flush=True)
+    if lost:
+        print("weft: lost the leader-election Lease; exiting so a follower takes over",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
@@ -292,9 +320,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.target != "local":
-        print(f"weft run: target {args.target!r} is not available yet", file=sys.stderr)
-        return 2
     state = _state_dir(args.state_dir)
     try:
         source = sources.open_source(args.repo, args.ref, state / "cache")
@@ -302,7 +327,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"weft run: {e}", file=sys.stderr)
         return 2
     return _serve(
-        source, state, args.poll, None, metrics_addr=args.metrics, webhook_addr=args.webhook
+        source,
+        state,
+        args.poll,
+        None,
+        metrics_addr=args.metrics,
+        webhook_addr=args.webhook,
+        kubernetes=args if args.target == "kubernetes" else None,
     )
 
 
@@ -321,6 +352,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(status.render(current), end="")
     stalled = current.conditions.get("Stalled")
     return 1 if (stalled and stalled.status) or current.certificates_expired() else 0
+
+
+def kubecli_arguments(p: argparse.ArgumentParser, *, election: bool) -> None:
+    from reconciler import kubecli  # noqa: PLC0415
+
+    kubecli.add_arguments(p, election=election)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from reconciler import kubecli  # noqa: PLC0415
+
+    return kubecli.cmd_diff(args)
 
 
 def cmd_demo_app(_: argparse.Namespace) -> int:
@@ -557,7 +600,16 @@ def parser() -> argparse.ArgumentParser:
     rn.add_argument("--state-dir")
     rn.add_argument("--poll", type=float, default=15.0)
     rn.add_argument("--metrics", metavar="ADDR", help="serve Prometheus /metrics here")
+    kubecli_arguments(rn, election=True)
     rn.set_defaults(run=cmd_run)
+
+    df = sub.add_parser(
+        "diff", help="show what applying intent to a cluster would change; exit 1 if anything"
+    )
+    df.add_argument("path", help="intent directory")
+    df.add_argument("--target", default="kubernetes", choices=["kubernetes"])
+    kubecli_arguments(df, election=False)
+    df.set_defaults(run=cmd_diff)
 
     st = sub.add_parser(
         "status",

@@ -10,6 +10,7 @@ import base64
 import dataclasses
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,35 @@ def test_kubectl_sees_weft_as_the_owner_of_its_fields(
     managers = {m["manager"]: m["operation"] for m in json.loads(out)["metadata"]["managedFields"]}
     assert managers["weft"] == "Apply"
     assert managers[APP_MANAGER] == "Apply"
+
+
+def test_weft_diff_shows_what_would_change_and_exits_1(
+    template_cluster: ControlPlane, target: KubernetesTarget
+) -> None:
+    def diff() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "reconciler.cli", "diff", "--target", "kubernetes",
+             "--kubeconfig", str(template_cluster.admin_kubeconfig), "--image", IMAGE,
+             str(TEMPLATE)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    before = diff()
+    assert before.returncode == 1, before.stderr
+    assert "create  ConfigMap/a/web-weft-sidecar" in before.stdout
+    assert "update  Deployment/b/api-v1  (.metadata.annotations" in before.stdout  # injection
+    api = template_cluster.admin()
+    assert api.get("ConfigMap", "a", "web-weft-sidecar") is None, "diff writes nothing"
+
+    reconcile(target, compiler.compile(load(TEMPLATE)))  # the revision diff computes too
+    same = diff()
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "no changes" in same.stdout
+
+    template_cluster.kubectl(
+        "-n", "c", "patch", "networkpolicy", "ledger-weft", "--type=json",
+        "-p", json.dumps([{"op": "remove", "path": "/spec/ingress"}]),
+    )  # fmt: skip
+    drifted = diff()
+    assert drifted.returncode == 1
+    assert "update  NetworkPolicy/c/ledger-weft  (.spec.ingress)" in drifted.stdout

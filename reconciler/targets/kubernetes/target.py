@@ -365,7 +365,7 @@ class KubernetesTarget:
     def report(self, status: Mapping[str, Any]) -> None:
         """Publish the loop's status as ConfigMap weft-system/weft-status, and an Event when
         the outcome changed. A reconcile that changed nothing writes nothing here either."""
-        conditions = status.get("conditions", {})
+        conditions = {c["type"]: c for c in status.get("conditions", [])}
         key = (
             status.get("lastAttemptedRevision"),
             status.get("lastAppliedRevision"),

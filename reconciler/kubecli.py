@@ -1,0 +1,135 @@
+"""The command line's Kubernetes parts: connecting, leader election around `weft run`, and
+`weft diff --target kubernetes`. `cli` dispatches here; nothing else imports this module.
+
+The kubernetes client takes a while to import, so it is imported only by the commands that talk
+to a cluster, not when the parser is built."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from reconciler import __version__, compiler, intent
+
+if TYPE_CHECKING:
+    from reconciler.targets.kubernetes import Api, KubernetesTarget
+    from reconciler.targets.kubernetes.leader import LeaderElector, Timing
+
+log = logging.getLogger("weft.kubernetes")
+
+DEFAULT_IMAGE = f"ghcr.io/weft-mesh/weft:{__version__}"
+
+
+def add_arguments(p: argparse.ArgumentParser, *, election: bool) -> None:
+    g = p.add_argument_group("--target kubernetes")
+    g.add_argument(
+        "--kubeconfig",
+        help="kubeconfig file (default: in-cluster config when KUBERNETES_SERVICE_HOST is set,"
+        " else $KUBECONFIG or ~/.kube/config)",
+    )
+    g.add_argument("--context", help="kubeconfig context")
+    g.add_argument("--image", default=DEFAULT_IMAGE, help="image of the injected containers")
+    g.add_argument(
+        "--system-namespace", default="weft-system", help="where the CA, inventory and Lease live"
+    )
+    if election:
+        g.add_argument(
+            "--resync",
+            type=float,
+            default=60.0,
+            help="seconds between reconciles of an unchanged revision (reverts drift)",
+        )
+        g.add_argument(
+            "--lease-duration",
+            type=float,
+            default=15.0,
+            help="leader-election Lease in seconds (renew deadline 2/3 of it)",
+        )
+
+
+def connect(args: argparse.Namespace) -> Api:
+    from reconciler.targets.kubernetes import Api  # noqa: PLC0415
+
+    if args.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return Api.in_cluster()
+    return Api.from_kubeconfig(args.kubeconfig, args.context)
+
+
+def target(args: argparse.Namespace, api: Api) -> KubernetesTarget:
+    from reconciler.targets.kubernetes import KubernetesTarget  # noqa: PLC0415
+
+    return KubernetesTarget(api, image=args.image, system_namespace=args.system_namespace)
+
+
+def timing(lease_seconds: float) -> Timing:
+    """client-go's proportions (15 s / 10 s / 2 s) for any Lease duration."""
+    from reconciler.targets.kubernetes.leader import Timing  # noqa: PLC0415
+
+    return Timing(
+        duration=lease_seconds, renew_deadline=lease_seconds * 2 / 3, retry=lease_seconds * 2 / 15
+    )
+
+
+@contextlib.contextmanager
+def leadership(
+    args: argparse.Namespace, api: Api, stop: threading.Event
+) -> Iterator[LeaderElector]:
+    """Lead before reconciling: blocks until this process holds the Lease (or `stop`). If
+    leadership is lost, `stop` is set so the loop ends, and the elector's `lost` says why. On
+    leaving, the Lease is released only after the loop has stopped writing."""
+    from reconciler.targets.kubernetes.leader import LeaderElector  # noqa: PLC0415
+
+    elector = LeaderElector(api, args.system_namespace, timing=timing(args.lease_duration))
+    election_stop = threading.Event()
+    thread = threading.Thread(
+        target=elector.run, args=(election_stop, stop.set), name="leader-election", daemon=True
+    )
+    thread.start()
+    log.info("%s waiting to lead (Lease %s/%s)", elector.identity, args.system_namespace,
+             elector.name)  # fmt: skip
+    try:
+        while not stop.is_set() and not elector.leading.wait(0.5):
+            pass
+        yield elector
+    finally:
+        election_stop.set()
+        thread.join(10)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Compile the intent and show what applying it would change; exit 1 when it would."""
+    from reconciler.targets.kubernetes import ApiError, ConflictError, UnreachableError  # noqa: PLC0415
+
+    snapshot = intent.files.from_directory(Path(args.path))
+    mesh, diagnostics = intent.check(snapshot)
+    if mesh is None:
+        for d in diagnostics:
+            print(d, file=sys.stderr)
+        return 2
+    desired = compiler.compile(mesh)
+    try:
+        api = connect(args)
+        t = target(args, api)
+        plan = t.plan(desired, t.observe())
+        rejected = t.dry_run(plan)
+    except (ApiError, ConflictError, UnreachableError) as e:
+        print(f"weft diff: {e}", file=sys.stderr)
+        return 2
+    for change in plan.changes:
+        detail = f"  ({change.detail})" if change.detail else ""
+        print(f"{change.action:<7} {change.key}{detail}")
+    for ref, message in rejected.items():
+        print(f"weft diff: the API server would reject {ref}: {message}", file=sys.stderr)
+    if rejected:
+        return 2
+    if plan.empty:
+        print(f"no changes: the cluster matches {desired.revision}")
+        return 0
+    return 1
