@@ -21,8 +21,15 @@ pub struct Settings {
     pub duration: Duration,
 }
 
-pub fn run(target: &Target, tls: &Arc<ClientConfig>, s: &Settings) -> Value {
-    let negotiated = probe(target, tls);
+/// `verified` makes one connection first, checking the server's chain; `tls` (which need not
+/// verify) makes the load.
+pub fn run(
+    target: &Target,
+    verified: &Arc<ClientConfig>,
+    tls: &Arc<ClientConfig>,
+    s: &Settings,
+) -> Value {
+    let negotiated = probe(target, verified);
     let start = Instant::now();
     announce_phases(start, s.warmup, s.duration);
     let (from, until) = (start + s.warmup, start + s.warmup + s.duration);

@@ -82,7 +82,8 @@ fn run(args: &Args) -> Result<serde_json::Value, tls::TlsError> {
             };
             handshakes::run(
                 &target,
-                &tls::client_config(&files)?,
+                &tls::client_config(&files, tls::Verify::Chain)?,
+                &tls::client_config(&files, tls::Verify::No)?,
                 &handshakes::Settings {
                     connections: args.connections,
                     warmup: args.warmup,
