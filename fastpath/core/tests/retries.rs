@@ -169,3 +169,33 @@ async fn a_streamed_body_is_sent_whole_when_a_refused_connection_is_retried() {
     assert_eq!(tries(&web), [2]);
     assert_eq!(reply, (200, format!("live received={size}")));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_that_accepts_but_never_answers_the_handshake_fails_in_bounded_time() {
+    let pki = Pki::new();
+    // Accepts TCP and then says nothing: the ClientHello is never answered.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = silent.local_addr().expect("address").to_string();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            open.push(tcp);
+        }
+    });
+    let tls = arc_swap::ArcSwap::from_pointee(pki.web.material());
+    let transport = fastpath::upstream::Transport::Mesh {
+        expected_id: common::mesh::API_ID.into(),
+    };
+    let started = Instant::now();
+    let result = fastpath::upstream::connect_stream(&addr, &transport, &tls).await;
+    let err = result.err().expect("the handshake must fail");
+    assert!(err.is_connect_failure(), "{err}");
+    assert!(err.to_string().contains("TLS handshake timed out"), "{err}");
+    assert_eq!(
+        started.elapsed().as_secs(),
+        fastpath::upstream::TLS_HANDSHAKE_TIMEOUT.as_secs()
+    );
+    held.abort();
+}
