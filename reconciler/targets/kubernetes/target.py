@@ -95,6 +95,8 @@ class KubernetesTarget:
         owned: dict[str, Object] = {}
         for kind in ("ConfigMap", "NetworkPolicy"):
             for obj in api.list(kind, selector=objects.MANAGED_SELECTOR):
+                if obj["metadata"]["labels"].get(objects.PART) in ("inventory", "status"):
+                    continue  # the target's own bookkeeping, not part of any desired state
                 owned[ref_of(obj)] = obj
         # Every Service: Weft's discovery Services, and the ClusterIPs apps call, which the
         # sidecars' capture maps need.
