@@ -433,6 +433,11 @@ def measure(ctx: Context, peer: str, topology: str, rates: list[float]) -> dict[
     return result
 
 
+def other_cpu(run: dict[str, Any]) -> float:
+    """The most CPU other processes used in any latency window of a run (% of one core)."""
+    return max(x["window"]["other_cpu_percent"] for x in run["rate"].values())
+
+
 def calibrate(ctx: Context, topology: str, peers: list[str]) -> dict[str, float]:
     """Each peer's maximum throughput once, for the offered rates of the rounds."""
     found = {}
@@ -711,6 +716,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--handshake-connections", type=int, default=8)
     p.add_argument("--max-load", type=float, default=0.5, help="1-min load average to wait for")
     p.add_argument("--max-wait", type=float, default=900.0, help="seconds to wait for it")
+    p.add_argument(
+        "--max-other",
+        type=float,
+        default=20.0,
+        help="a run during whose latency windows other processes used more CPU than this "
+        "(%% of one core) is discarded and repeated once the machine is quiet",
+    )
+    p.add_argument("--retries", type=int, default=2, help="repeats of a discarded run")
     p.add_argument("--nice", type=int, default=-10, help="niceness of everything measured")
     p.add_argument("--no-install", dest="install", action="store_false")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -721,7 +734,7 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.runs, args.seconds, args.warmup = 1, 3.0, 1.0
         args.max_seconds, args.calibrate_seconds, args.settle = 2.0, 2.0, 0.5
-        args.max_wait = 0.0
+        args.max_wait, args.retries = 0.0, 0
     args.peers = [x for x in args.peers.split(",") if x]
     args.topologies = [x for x in args.topologies.split(",") if x]
     for name, allowed in (("peers", PEERS), ("topologies", TOPOLOGIES)):
@@ -789,6 +802,7 @@ def main() -> int:
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "pinned": {"loadgen_and_backend": ctx.client_cpu, "proxies": ctx.proxy_cpu},
             "runs": [],
+            "discarded_runs": [],
             "complete": False,
         }
 
@@ -818,12 +832,22 @@ def main() -> int:
                 order = args.peers[n % len(args.peers) :] + args.peers[: n % len(args.peers)]
                 for topology in args.topologies:
                     for peer in order:
-                        print(f"== round {n + 1}/{args.runs}: {topology} {peer}", flush=True)
-                        r = measure(ctx, peer, topology, rates[topology])
-                        r["round"] = n
-                        r["loadavg"] = host.loadavg()
-                        result["runs"].append(r)
-                        save()
+                        for attempt in range(args.retries + 1):
+                            print(f"== round {n + 1}/{args.runs}: {topology} {peer}", flush=True)
+                            r = measure(ctx, peer, topology, rates[topology])
+                            r.update(round=n, attempt=attempt, loadavg=host.loadavg())
+                            r["other_cpu_percent"] = other_cpu(r)
+                            if r["other_cpu_percent"] <= args.max_other or attempt == args.retries:
+                                result["runs"].append(r)
+                                save()
+                                break
+                            result["discarded_runs"].append(r)
+                            print(
+                                f"   discarded: other work used {r['other_cpu_percent']:.0f}% "
+                                "of a core; again when the machine is quiet",
+                                flush=True,
+                            )
+                            host.wait_for_idle_cpu(args.max_other, args.max_wait)
                         summary = ", ".join(
                             f"{k}/s p99 {v['latency_us'].get('p99', 0):,.0f} µs"
                             for k, v in r["rate"].items()
