@@ -31,11 +31,12 @@ pub fn sleep_until(t: Instant) {
     }
 }
 
-/// Timer slack 1 µs for this thread and the threads it starts afterwards, so a sleeping sender
-/// wakes when its request is due rather than up to 50 µs later. Best effort: a kernel without
-/// the file keeps the default, and the lateness histogram shows what that costs.
+/// Timer slack 1 µs for the main thread, which every thread started afterwards inherits, so a
+/// sleeping sender wakes when its request is due rather than up to 50 µs later. Call it before
+/// starting threads. (`/proc/self` is the main thread's; there is no per-thread file.) Best
+/// effort: where the write fails the default stays, and the lateness histogram shows the cost.
 pub fn tight_timers() {
-    let _ = std::fs::write("/proc/thread-self/timerslack_ns", "1000");
+    let _ = std::fs::write("/proc/self/timerslack_ns", "1000");
 }
 
 /// Phase markers on stderr, one JSON line each, so a harness can sample the server's CPU and
