@@ -31,6 +31,7 @@ from typing import Any
 from opentelemetry import trace
 
 from reconciler import identity
+from reconciler.allocation import without_gc_pauses
 from reconciler.compiler import DesiredState
 from reconciler.identity import secretstore
 from reconciler.targets import Change, Plan
@@ -90,6 +91,9 @@ class KubernetesTarget:
 
     # ------------------------------------------------------------------ observe
 
+    # Decoding and comparing thousands of objects allocates heavily and makes no cycles: the
+    # cyclic collector only adds pauses (see reconciler.allocation).
+    @without_gc_pauses
     def observe(self) -> Mapping[str, str]:
         api = self.api
         owned: dict[str, Object] = {}
@@ -177,28 +181,42 @@ class KubernetesTarget:
             )
         return wanted, problems
 
+    @without_gc_pauses
     def plan(self, desired: DesiredState, observed: Mapping[str, str]) -> Plan:
         del observed  # the fingerprints are for the loop; the objects are kept from observe
         seen = self._need_observed()
         wanted, problems = self.desired_objects(desired)
         changes: list[Change] = []
         bodies: dict[str, Object] = {}
-        for ref, body in wanted.items():
-            kind = body["kind"]
-            live = seen.owned.get(ref) or (
-                seen.workloads.get(ref) if kind in objects.WORKLOAD_KINDS else None
-            )
-            if live is None:
-                namesake = self.api.get(kind, *split_ref(ref)[1:])
-                if namesake is not None:
-                    problems.append(
-                        f"{ref} exists and is not Weft's (no app.kubernetes.io/managed-by=weft"
-                        " label); Weft never takes over an object it did not create"
-                    )
-                    continue
+        missing = {
+            ref
+            for ref, body in wanted.items()
+            if ref not in seen.owned
+            and not (body["kind"] in objects.WORKLOAD_KINDS and ref in seen.workloads)
+        }
+        # An object Weft would create may exist without Weft's label: look, a few at a time.
+        namesakes: set[str] = set()
+
+        def look(ref: str) -> str:
+            kind, ns, name = split_ref(ref)
+            if self.api.get(kind, ns, name) is not None:
+                namesakes.add(ref)
+            return ref
+
+        _each(look, sorted(missing))
+        for ref in sorted(missing):
+            if ref in namesakes:
+                problems.append(
+                    f"{ref} exists and is not Weft's (no app.kubernetes.io/managed-by=weft"
+                    " label); Weft never takes over an object it did not create"
+                )
+            else:
                 changes.append(Change("create", ref))
-                bodies[ref] = body
+                bodies[ref] = wanted[ref]
+        for ref, body in wanted.items():
+            if ref in missing:
                 continue
+            live = seen.owned.get(ref) or seen.workloads[ref]
             diff = compare.differences(body, live)
             if diff:
                 changes.append(Change("update", ref, ", ".join(diff[:5])))
@@ -345,6 +363,7 @@ class KubernetesTarget:
             force=True,
         )
 
+    @without_gc_pauses
     def _ensure_identities(self, desired: DesiredState) -> None:
         now = self._clock()
         if self.store.read_state() is None:
