@@ -420,7 +420,7 @@ def _reporting(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
 
 def cmd_ca_init(args: argparse.Namespace) -> int:
     now = identity.clock.system()
-    store = identity.FileStore(_state_dir(args.state_dir))
+    store = _identity_store(args)
     ca_id = identity.ca.init(store, args.trust_domain, now, from_pem=_from_pem(args))
     print(f"CA {ca_id} for trust domain {args.trust_domain} in {store.location}")
     return 0
@@ -428,7 +428,7 @@ def cmd_ca_init(args: argparse.Namespace) -> int:
 
 def cmd_ca_rotate(args: argparse.Namespace) -> int:
     now = identity.clock.system()
-    store = identity.FileStore(_state_dir(args.state_dir))
+    store = _identity_store(args)
     state = identity.ca.rotate(store, now, from_pem=_from_pem(args), grace=args.grace)
     incoming = state.incoming
     assert incoming is not None
@@ -444,7 +444,7 @@ def cmd_ca_issue(args: argparse.Namespace) -> int:
     mesh = _load(args)
     if mesh is None:
         return 1
-    store = identity.FileStore(_state_dir(args.state_dir))
+    store = _identity_store(args)
     report = identity.ensure(
         store,
         compiler.identities.required(mesh),
@@ -469,7 +469,7 @@ def cmd_ca_issue(args: argparse.Namespace) -> int:
 
 def cmd_ca_status(args: argparse.Namespace) -> int:
     now = identity.clock.system()
-    status = identity.status.read(identity.FileStore(_state_dir(args.state_dir)), now)
+    status = identity.status.read(_identity_store(args), now)
     if args.json:
         print(json.dumps(identity.status.as_json(status, now, args.warn_before), indent=2))
     elif args.metrics:
@@ -477,6 +477,16 @@ def cmd_ca_status(args: argparse.Namespace) -> int:
     else:
         print(identity.status.render(status, now, args.warn_before), end="")
     return 1 if identity.status.expired(status, now) else 0
+
+
+def _identity_store(args: argparse.Namespace) -> identity.Store:
+    """The state directory's files; with --kubeconfig, the cluster's Secrets (the store the
+    Kubernetes target issues into, so a rotation started here is carried on by the reconciler)."""
+    if getattr(args, "kubeconfig", None):
+        from reconciler import kubecli  # noqa: PLC0415
+
+        return kubecli.identity_store(args)
+    return identity.FileStore(_state_dir(args.state_dir))
 
 
 def _ca_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -489,6 +499,14 @@ def _ca_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         c.add_argument(
             "--state-dir",
             help="where identity is kept (default: $WEFT_STATE_DIR or ~/.local/state/weft)",
+        )
+        c.add_argument(
+            "--kubeconfig",
+            help="work on a cluster's identity Secrets instead of a state directory",
+        )
+        c.add_argument("--context", help="kubeconfig context")
+        c.add_argument(
+            "--system-namespace", default="weft-system", help="where the cluster's CA lives"
         )
         return c
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler import __version__, compiler, intent
+from reconciler import __version__, compiler, identity, intent
 
 if TYPE_CHECKING:
     from reconciler.targets.kubernetes import Api, KubernetesTarget
@@ -66,6 +66,14 @@ def target(args: argparse.Namespace, api: Api) -> KubernetesTarget:
     from reconciler.targets.kubernetes import KubernetesTarget  # noqa: PLC0415
 
     return KubernetesTarget(api, image=args.image, system_namespace=args.system_namespace)
+
+
+def identity_store(args: argparse.Namespace) -> identity.Store:
+    """The cluster's identity Secrets, for `weft ca --kubeconfig`."""
+    from reconciler.identity.secretstore import SecretStore  # noqa: PLC0415
+    from reconciler.targets.kubernetes.target import SecretBackend  # noqa: PLC0415
+
+    return SecretStore(SecretBackend(connect(args)), args.system_namespace)
 
 
 def timing(lease_seconds: float) -> Timing:
