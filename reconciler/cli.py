@@ -22,6 +22,7 @@ from reconciler import (
     gitsource,
     identity,
     intent,
+    kubecli,
     localrepo,
     loop,
     sources,
@@ -29,6 +30,7 @@ from reconciler import (
     telemetry,
 )
 from reconciler.compiler import reach
+from reconciler.identity.authority import Authority
 from reconciler.sidecar import command as sidecar_command
 from reconciler.targets import Target
 from reconciler.targets.local import netns
@@ -190,8 +192,6 @@ def _serve(
     store: identity.Store
     resync: float | None = None
     if kubernetes is not None:
-        from reconciler import kubecli  # noqa: PLC0415  # the kubernetes client loads slowly
-
         api = kubecli.connect(kubernetes)
         cluster = kubecli.target(kubernetes, api)
         target, store, resync = cluster, cluster.store, kubernetes.resync
@@ -354,18 +354,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 1 if (stalled and stalled.status) or current.certificates_expired() else 0
 
 
-def kubecli_arguments(p: argparse.ArgumentParser, *, election: bool) -> None:
-    from reconciler import kubecli  # noqa: PLC0415
-
-    kubecli.add_arguments(p, election=election)
-
-
-def cmd_diff(args: argparse.Namespace) -> int:
-    from reconciler import kubecli  # noqa: PLC0415
-
-    return kubecli.cmd_diff(args)
-
-
 def cmd_demo_app(_: argparse.Namespace) -> int:
     from reconciler import demo_app  # noqa: PLC0415
 
@@ -421,7 +409,9 @@ def _reporting(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
 def cmd_ca_init(args: argparse.Namespace) -> int:
     now = identity.clock.system()
     store = _identity_store(args)
-    ca_id = identity.ca.init(store, args.trust_domain, now, from_pem=_from_pem(args))
+    ca_id = identity.ca.init(
+        store, args.trust_domain, now, from_pem=_from_pem(args), provided=_provided(args, now)
+    )
     print(f"CA {ca_id} for trust domain {args.trust_domain} in {store.location}")
     return 0
 
@@ -429,7 +419,9 @@ def cmd_ca_init(args: argparse.Namespace) -> int:
 def cmd_ca_rotate(args: argparse.Namespace) -> int:
     now = identity.clock.system()
     store = _identity_store(args)
-    state = identity.ca.rotate(store, now, from_pem=_from_pem(args), grace=args.grace)
+    state = identity.ca.rotate(
+        store, now, from_pem=_from_pem(args), provided=_provided(args, now), grace=args.grace
+    )
     incoming = state.incoming
     assert incoming is not None
     print(
@@ -479,12 +471,22 @@ def cmd_ca_status(args: argparse.Namespace) -> int:
     return 1 if identity.status.expired(status, now) else 0
 
 
+def _provided(args: argparse.Namespace, now: datetime.datetime) -> Authority | None:
+    """The CA in `--from-secret`, read from the cluster and checked; None without the flag."""
+    ref = getattr(args, "from_secret", None)
+    if ref is None:
+        return None
+    if not args.kubeconfig:
+        raise identity.RefusedCAError(
+            f"Secret {ref[0]}/{ref[1]}", ["--from-secret needs --kubeconfig"]
+        )
+    return kubecli.identity_store(args).provided_ca(ref[0], ref[1], now)
+
+
 def _identity_store(args: argparse.Namespace) -> identity.Store:
     """The state directory's files; with --kubeconfig, the cluster's Secrets (the store the
     Kubernetes target issues into, so a rotation started here is carried on by the reconciler)."""
     if getattr(args, "kubeconfig", None):
-        from reconciler import kubecli  # noqa: PLC0415
-
         return kubecli.identity_store(args)
     return identity.FileStore(_state_dir(args.state_dir))
 
@@ -511,7 +513,14 @@ def _ca_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         return c
 
     def from_pem(c: argparse.ArgumentParser, help_text: str) -> None:
-        c.add_argument("--from-pem", nargs=2, metavar=("CERT", "KEY"), help=help_text)
+        source = c.add_mutually_exclusive_group()
+        source.add_argument("--from-pem", nargs=2, metavar=("CERT", "KEY"), help=help_text)
+        source.add_argument(
+            "--from-secret",
+            metavar="NAMESPACE/NAME",
+            type=kubecli.secret_ref,
+            help="the same, from a kubernetes.io/tls Secret (tls.crt, tls.key); needs --kubeconfig",
+        )
 
     i = ca_command("init", "create the mesh CA: generated, or your own root or intermediate")
     i.add_argument("--trust-domain", default="cluster.local", help="default: cluster.local")
@@ -618,7 +627,7 @@ def parser() -> argparse.ArgumentParser:
     rn.add_argument("--state-dir")
     rn.add_argument("--poll", type=float, default=15.0)
     rn.add_argument("--metrics", metavar="ADDR", help="serve Prometheus /metrics here")
-    kubecli_arguments(rn, election=True)
+    kubecli.add_arguments(rn, election=True)
     rn.set_defaults(run=cmd_run)
 
     df = sub.add_parser(
@@ -626,8 +635,8 @@ def parser() -> argparse.ArgumentParser:
     )
     df.add_argument("path", help="intent directory")
     df.add_argument("--target", default="kubernetes", choices=["kubernetes"])
-    kubecli_arguments(df, election=False)
-    df.set_defaults(run=cmd_diff)
+    kubecli.add_arguments(df, election=False)
+    df.set_defaults(run=kubecli.cmd_diff)
 
     st = sub.add_parser(
         "status",

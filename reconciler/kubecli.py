@@ -39,6 +39,12 @@ def add_arguments(p: argparse.ArgumentParser, *, election: bool) -> None:
     g.add_argument(
         "--system-namespace", default="weft-system", help="where the CA, inventory and Lease live"
     )
+    g.add_argument(
+        "--ca-secret",
+        metavar="NAMESPACE/NAME",
+        type=secret_ref,
+        help="on first start, use the CA in this kubernetes.io/tls Secret, not a generated one",
+    )
     if election:
         g.add_argument(
             "--resync",
@@ -54,6 +60,13 @@ def add_arguments(p: argparse.ArgumentParser, *, election: bool) -> None:
         )
 
 
+def secret_ref(text: str) -> tuple[str, str]:
+    ns, sep, name = text.partition("/")
+    if not sep or not ns or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAMESPACE/NAME")
+    return ns, name
+
+
 def connect(args: argparse.Namespace) -> Api:
     from reconciler.targets.kubernetes import Api  # noqa: PLC0415
 
@@ -65,10 +78,15 @@ def connect(args: argparse.Namespace) -> Api:
 def target(args: argparse.Namespace, api: Api) -> KubernetesTarget:
     from reconciler.targets.kubernetes import KubernetesTarget  # noqa: PLC0415
 
-    return KubernetesTarget(api, image=args.image, system_namespace=args.system_namespace)
+    return KubernetesTarget(
+        api,
+        image=args.image,
+        system_namespace=args.system_namespace,
+        ca_secret=getattr(args, "ca_secret", None),
+    )
 
 
-def identity_store(args: argparse.Namespace) -> identity.Store:
+def identity_store(args: argparse.Namespace) -> identity.secretstore.SecretStore:
     """The cluster's identity Secrets, for `weft ca --kubeconfig`."""
     from reconciler.identity.secretstore import SecretStore  # noqa: PLC0415
     from reconciler.targets.kubernetes.target import SecretBackend  # noqa: PLC0415

@@ -10,11 +10,15 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+from reconciler import identity
 from reconciler.targets.kubernetes import KubernetesTarget
 from tests.kube import ControlPlane
 from tests.kubeapps import desired_template
+from tests.pki import CA
 
 IMAGE = "registry.example/weft:test"
 
@@ -86,3 +90,55 @@ def test_ca_status_and_a_full_rollover_in_the_cluster(template_cluster: ControlP
         leaf, bundle = leaf_and_bundle(template_cluster, ident.namespace, ident.service_account)
         assert leaf.issuer == new_cert.subject, ident.spiffe_id
         assert [c.subject for c in bundle] == [new_cert.subject]
+
+
+def tls_secret(name: str, cert: bytes, key: bytes) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": "weft-system"},
+        "data": {
+            "tls.crt": base64.b64encode(cert).decode(),
+            "tls.key": base64.b64encode(key).decode(),
+        },
+    }
+
+
+def test_the_mesh_ca_from_a_users_secret(template_cluster: ControlPlane) -> None:
+    api = template_cluster.admin()
+    user = CA.create("platform team intermediate-less root")
+    key = user.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    api.create(tls_secret("company-ca", user.pem, key))
+    target = KubernetesTarget(api, image=IMAGE, ca_secret=("weft-system", "company-ca"))
+    plan = target.plan(desired_template(), target.observe())
+    target.apply(plan)
+    leaf, bundle = leaf_and_bundle(template_cluster, "b", "api")
+    assert leaf.issuer == user.cert.subject
+    assert [c.subject for c in bundle] == [user.cert.subject]
+
+
+def test_a_secret_that_is_not_a_ca_is_refused_and_nothing_is_issued(
+    template_cluster: ControlPlane,
+) -> None:
+    api = template_cluster.admin()
+    leaf = CA.create().issue("spiffe://weft.local/ns/a/sa/web")
+    api.create(tls_secret("not-a-ca", leaf.chain, leaf.key))
+    target = KubernetesTarget(api, image=IMAGE, ca_secret=("weft-system", "not-a-ca"))
+    plan = target.plan(desired_template(), target.observe())
+    with pytest.raises(
+        identity.RefusedCAError, match=r"Secret weft-system/not-a-ca.*not a CA"
+    ) as refused:
+        target.apply(plan)
+    assert "PRIVATE KEY" not in str(refused.value)
+    assert api.get("Secret", "weft-system", "weft-trust") is None
+    assert api.get("Secret", "b", "weft-identity-api") is None
+    assert api.get("ConfigMap", "b", "api-weft-sidecar") is None
+
+    # The same refusal from the command line, with the Secret named.
+    done = weft_ca(template_cluster, "init", "--from-secret", "weft-system/not-a-ca")
+    assert done.returncode == 1
+    assert "Secret weft-system/not-a-ca" in done.stderr
+    assert "the certificate is not a CA" in done.stderr

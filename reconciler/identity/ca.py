@@ -44,11 +44,13 @@ def init(
     now: datetime.datetime,
     *,
     from_pem: tuple[Path, Path] | None = None,
+    provided: Authority | None = None,
 ) -> str:
-    """Give the store its first CA: the one in `from_pem` (certificate file, key file), or a
-    generated root. Returns the CA id."""
+    """Give the store its first CA: the one in `from_pem` (certificate file, key file), one
+    already read and checked (`provided`, e.g. from a Kubernetes Secret), or a generated root.
+    Returns the CA id."""
     now = normalise(now)
-    provided = read_provided(*from_pem, now) if from_pem else None
+    provided = read_provided(*from_pem, now) if from_pem else provided
     with store.lock():
         if store.read_state() is not None:
             raise AlreadyInitialisedError(
@@ -66,12 +68,13 @@ def rotate(
     now: datetime.datetime,
     *,
     from_pem: tuple[Path, Path] | None = None,
+    provided: Authority | None = None,
     grace: datetime.timedelta = rollover.DEFAULT_GRACE,
 ) -> TrustState:
-    """Start a rollover to the CA in `from_pem`, or a new generated root: trusted now, issuing
-    after `grace`."""
+    """Start a rollover to the CA in `from_pem` (or `provided`), or a new generated root:
+    trusted now, issuing after `grace`."""
     now = normalise(now)
-    provided = read_provided(*from_pem, now) if from_pem else None
+    provided = read_provided(*from_pem, now) if from_pem else provided
     with store.lock():
         state = read_state(store)
         chains = {ca_id: store.read_ca_chain(ca_id) for ca_id in state.trusted}

@@ -17,6 +17,7 @@ is far cheaper than a GET per service account.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,9 +25,10 @@ from typing import Protocol
 
 from cryptography import x509
 
-from reconciler.identity import keys
+from reconciler.identity import keys, user_ca
 from reconciler.identity.authority import Authority
-from reconciler.identity.errors import IdentityError
+from reconciler.identity.clock import normalise
+from reconciler.identity.errors import IdentityError, RefusedCAError
 from reconciler.identity.rollover import TrustState
 from reconciler.identity.store import StoredWorkload, WorkloadKey
 from reconciler.identity.workload import WorkloadCertificate, pem
@@ -148,6 +150,21 @@ class SecretStore:
 
     def remove_authority(self, ca_id: str) -> None:
         self.backend.delete_secret(self.namespace, CA_PREFIX + ca_id)
+
+    def provided_ca(self, namespace: str, name: str, now: datetime.datetime) -> Authority:
+        """A user's CA from a `kubernetes.io/tls` Secret (`tls.crt`: the CA and its chain to the
+        root; `tls.key`: its key), checked as `weft ca init --from-pem` checks files;
+        `RefusedCAError` says what is wrong, naming the Secret, never the key."""
+        where = f"Secret {namespace}/{name}"
+        data = self.backend.read_secret(namespace, name)
+        if data is None:
+            raise RefusedCAError(where, ["it does not exist"])
+        missing = [k for k in ("tls.crt", "tls.key") if k not in data]
+        if missing:
+            raise RefusedCAError(where, [f"it has no {k}" for k in missing])
+        return user_ca.load(
+            data["tls.crt"], data["tls.key"], normalise(now), f"{where} tls.crt", f"{where} tls.key"
+        )
 
     # ------------------------------------------------------------------ workloads
 

@@ -77,9 +77,11 @@ class KubernetesTarget:
         *,
         image: str,
         system_namespace: str = objects.SYSTEM_NAMESPACE,
+        ca_secret: tuple[str, str] | None = None,
         clock: Callable[[], datetime.datetime] | None = None,
     ) -> None:
         self.api = api
+        self.ca_secret = ca_secret  # (namespace, name) of the user's CA, used on first start
         self.image = image
         self.system_namespace = system_namespace
         self.store = secretstore.SecretStore(SecretBackend(api), system_namespace)
@@ -367,7 +369,8 @@ class KubernetesTarget:
     def _ensure_identities(self, desired: DesiredState) -> None:
         now = self._clock()
         if self.store.read_state() is None:
-            identity.ca.init(self.store, desired.trust_domain, now)
+            provided = self.store.provided_ca(*self.ca_secret, now) if self.ca_secret else None
+            identity.ca.init(self.store, desired.trust_domain, now, provided=provided)
         identity.ensure(
             self.store,
             desired.identities,
