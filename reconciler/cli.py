@@ -132,17 +132,22 @@ def cmd_reach(args: argparse.Namespace) -> int:
 TEMPLATE = Path(__file__).resolve().parent.parent / "mesh-repo-template"
 
 
-def _metrics_server(addr: str, rec: loop.Reconciler, store: identity.Store) -> None:
-    """/metrics for Prometheus: reconcile metrics and certificate expiry, on `addr`."""
+def _metrics_server(addr: str, rec: loop.Reconciler) -> None:
+    """/metrics for Prometheus (reconcile metrics and certificate expiry) and /healthz for
+    probes, on `addr`. Neither reads the target: expiry is what the loop last read, so a scrape
+    or a probe costs nothing and still answers while the target is unreachable."""
     import http.server  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path != "/metrics":
+            if self.path == "/healthz":
+                body = b"ok\n"
+            elif self.path == "/metrics":
+                body = rec.metrics.render(_expiry_text(rec.status.certificates)).encode()
+            else:
                 self.send_error(404)
                 return
-            body = rec.metrics.render(_expiry_text(store)).encode()
             self.send_response(200)
             self.send_header("content-type", "text/plain; version=0.0.4")
             self.send_header("content-length", str(len(body)))
@@ -158,14 +163,10 @@ def _metrics_server(addr: str, rec: loop.Reconciler, store: identity.Store) -> N
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
 
-def _expiry_text(store: identity.Store) -> str:
-    try:
-        now = datetime.datetime.now(datetime.UTC)
-        return identity.metrics.prometheus_text(
-            identity.metrics.expiry_samples(identity.status.read(store, now))
-        )
-    except identity.IdentityError:
+def _expiry_text(certificates: identity.status.Status | None) -> str:
+    if certificates is None:
         return ""
+    return identity.metrics.prometheus_text(identity.metrics.expiry_samples(certificates))
 
 
 def _serve(
@@ -205,7 +206,7 @@ def _serve(
         certificates=lambda now: identity.status.read(store, now),
     )
     if metrics_addr:
-        _metrics_server(metrics_addr, rec, store)
+        _metrics_server(metrics_addr, rec)
     stop, wake = threading.Event(), threading.Event()
 
     def on_signal(*_: object) -> None:

@@ -32,6 +32,7 @@ from reconciler.targets import Target
 log = logging.getLogger("weft.loop")
 
 BACKOFF_MAX = 300.0
+_NOT_STALLED = status_.Condition("Stalled", False, "")
 
 # What the loop knows of identity: a way to read certificate expiry (never keys) as of `now`.
 CertificateReader = Callable[[datetime.datetime], identity.status.Status]
@@ -219,7 +220,22 @@ class Reconciler:
                 apply_failures = 0 if failed is None else apply_failures + 1
                 if ok and on_applied:
                     on_applied(revision)
-            self.target.maintain()
+            try:
+                self.target.maintain()
+            except Exception as e:  # an outage of the target is retried, never fatal
+                apply_failures += 1
+                self.metrics.observe(0.0, "maintain-failed", "maintain")
+                self.status.set("Stalled", True, "MaintenanceFailed", str(e))
+                self._write()
+                log.warning("upkeep of the %s target failed: %s", self.target.name, e)
+            else:
+                if self.status.conditions.get("Stalled", _NOT_STALLED).reason == (
+                    "MaintenanceFailed"
+                ):
+                    self.status.set("Stalled", False, "Recovered")
+                    self._write()
+                if failed is None:
+                    apply_failures = 0
             if self.observe_certificates():
                 self._write()
             failures = fetch_failures + apply_failures

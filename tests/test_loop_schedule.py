@@ -7,14 +7,16 @@ directory, validated and compiled for real.
 
 from __future__ import annotations
 
+import socket
 import threading
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from reconciler import intent, loop, targets
+from reconciler import cli, intent, loop, targets
 from reconciler.compiler import DesiredState
 from tests import sidecars
 from tests.conftest import write_repo
@@ -121,3 +123,38 @@ def test_without_resync_an_unchanged_revision_is_left_alone(repo: Path, tmp_path
     stop = threading.Event()
     rec.run(stop, Ticks(stop, 4), poll_seconds=1.0)
     assert target.applies == 1
+
+
+class Unreachable(Target):
+    """Applies once, then its upkeep fails: the API server went away after the first apply."""
+
+    def maintain(self) -> None:
+        if self.applies:
+            raise ConnectionError("connection refused")
+
+
+def test_failed_upkeep_backs_off_and_is_reported_not_fatal(repo: Path, tmp_path: Path) -> None:
+    target = Unreachable(failures=0)
+    rec = loop.Reconciler(Unchanging(repo), target, tmp_path / "status.json")
+    stop = threading.Event()
+    wake = Ticks(stop, 3)
+    rec.run(stop, wake, poll_seconds=10.0)  # returns: the failures did not escape the loop
+    stalled = rec.status.conditions["Stalled"]
+    assert (stalled.status, stalled.reason) == (True, "MaintenanceFailed")
+    assert "connection refused" in stalled.message
+    nominal = [20.0, 40.0, 80.0]
+    assert all(0.89 * n <= w <= 1.11 * n for w, n in zip(wake.waits, nominal, strict=True))
+
+
+def test_the_metrics_server_answers_without_touching_the_target(repo: Path, tmp_path: Path) -> None:
+    rec = loop.Reconciler(Unchanging(repo), Unreachable(failures=0), tmp_path / "status.json")
+    assert rec.reconcile(REVISION)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cli._metrics_server(f"127.0.0.1:{port}", rec)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+        assert resp.read() == b"ok\n"
+    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        assert 'weft_reconciles_total{result="applied"} 1' in resp.read().decode()
