@@ -708,8 +708,8 @@ def parse_args() -> argparse.Namespace:
         help="more offered rates, as fractions of the slowest peer's maximum (default 0.5)",
     )
     p.add_argument("--seconds", type=float, default=8.0, help="measured window per rate")
-    p.add_argument("--warmup", type=float, default=2.0, help="warm-up before each window")
-    p.add_argument("--max-seconds", type=float, default=5.0, help="max, bulk, handshake windows")
+    p.add_argument("--warmup", type=float, default=1.0, help="warm-up before each window")
+    p.add_argument("--max-seconds", type=float, default=4.0, help="max, bulk, handshake windows")
     p.add_argument("--calibrate-seconds", type=float, default=3.0)
     p.add_argument("--settle", type=float, default=1.0, help="idle seconds before idle RSS")
     p.add_argument("--connections", type=int, default=16, help="keep-alive connections")
@@ -724,6 +724,9 @@ def parse_args() -> argparse.Namespace:
         "(%% of one core) is discarded and repeated once the machine is quiet",
     )
     p.add_argument("--retries", type=int, default=2, help="repeats of a discarded run")
+    p.add_argument(
+        "--retry-wait", type=float, default=120.0, help="seconds to wait for quiet before one"
+    )
     p.add_argument("--nice", type=int, default=-10, help="niceness of everything measured")
     p.add_argument("--no-install", dest="install", action="store_false")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -847,7 +850,7 @@ def main() -> int:
                                 "of a core; again when the machine is quiet",
                                 flush=True,
                             )
-                            host.wait_for_idle_cpu(args.max_other, args.max_wait)
+                            host.wait_for_idle_cpu(args.max_other, args.retry_wait)
                         summary = ", ".join(
                             f"{k}/s p99 {v['latency_us'].get('p99', 0):,.0f} µs"
                             for k, v in r["rate"].items()
