@@ -40,8 +40,10 @@ def _request_labels(key: Mapping[str, Any], workload: Mapping[str, str]) -> dict
         "destination_service_name": dest_name,
         "destination_service_namespace": dest_ns,
         "destination_port": str(key["port"]),
-        "request_protocol": "http",
+        "request_protocol": str(key.get("protocol", "http")),
         "response_code": str(key["code"]),
+        # A gRPC call's outcome (its HTTP code is 200 whatever happened); empty for plain HTTP.
+        "grpc_response_status": "" if key.get("grpc_status") is None else str(key["grpc_status"]),
         "connection_security_policy": "mutual_tls" if source != "unknown" else "none",
         "weft_decided_by": str(key["policy"]),
     }

@@ -3,9 +3,10 @@
 //!
 //! The target maps original destinations to upstreams (`Listeners::original_destinations`).
 //! A destination mapped to a TCP upstream is forwarded without reading a byte, so protocols
-//! where the server speaks first (databases, SMTP) work. Anything else is sniffed: HTTP/1.x
-//! goes through the outbound HTTP path (routed by Host, falling back to the upstream the
-//! original destination maps to); everything else is refused, as REGISTRY_ONLY demands.
+//! where the server speaks first (databases, SMTP) work. Anything else is sniffed: HTTP/1.x,
+//! and HTTP/2 with prior knowledge (h2c, as gRPC clients speak it), go through the outbound
+//! HTTP path (routed by authority, falling back to the upstream the original destination maps
+//! to); everything else is refused, as REGISTRY_ONLY demands.
 
 use std::collections::HashMap;
 use std::io;
@@ -16,7 +17,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::EgressProtocol;
-use crate::http::{accept_loop, serve_http1};
+use crate::http::{accept_loop, serve_connection};
+use crate::protocol::{HttpVersion, Serve};
 use crate::proxy::{Active, Shared};
 use crate::telemetry::TcpKey;
 
@@ -24,9 +26,14 @@ use crate::telemetry::TcpKey;
 /// refused. Clients of HTTP send at once; a server-first protocol to an unknown destination
 /// would wait forever otherwise.
 pub const SNIFF_TIMEOUT: Duration = Duration::from_secs(1);
-/// Enough bytes to tell an HTTP/1 request line by its method ("OPTIONS " is the longest).
-const SNIFF_BYTES: usize = 8;
-/// HTTP/1.1 methods (RFC 9110 and PATCH). HTTP/2's preface starts with "PRI " and is not one.
+/// Enough bytes to tell an HTTP/1 request line by its method ("OPTIONS " is the longest) and
+/// HTTP/2 by the start of its preface.
+const SNIFF_BYTES: usize = H2_PREFACE.len();
+/// The start of the HTTP/2 client connection preface (RFC 9113 §3.4) up to its blank line:
+/// what a client with prior knowledge (h2c) sends first. It is not an HTTP/1 request: "PRI"
+/// is no method.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\n";
+/// HTTP/1.1 methods (RFC 9110 and PATCH).
 const METHODS: [&[u8]; 9] = [
     b"GET ",
     b"POST ",
@@ -78,13 +85,18 @@ pub fn plan<'a>(
 #[derive(Debug, PartialEq, Eq)]
 pub enum Sniffed {
     Http1,
+    /// HTTP/2 with prior knowledge.
+    Http2,
     Other,
     /// Too few bytes to tell yet.
     NeedMore,
 }
 
 pub fn sniff(first: &[u8]) -> Sniffed {
-    let mut could_be = false;
+    if first.starts_with(H2_PREFACE) {
+        return Sniffed::Http2;
+    }
+    let mut could_be = H2_PREFACE.starts_with(first);
     for method in METHODS {
         if first.starts_with(method) {
             return Sniffed::Http1;
@@ -153,13 +165,17 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream) {
             crate::outbound::tcp_connection(shared.clone(), key.to_owned(), tcp).await
         }
         Plan::Sniff(fallback) => {
-            if first_bytes(&tcp).await != Sniffed::Http1 {
-                return refuse(&shared, &active, UNREGISTERED, original.port());
-            }
+            let version = match first_bytes(&tcp).await {
+                Sniffed::Http1 => HttpVersion::Http1,
+                Sniffed::Http2 => HttpVersion::Http2,
+                Sniffed::Other | Sniffed::NeedMore => {
+                    return refuse(&shared, &active, UNREGISTERED, original.port())
+                }
+            };
             let fallback = fallback.map(str::to_owned);
             let stop = shared.shutdown.clone();
             let shared = shared.clone();
-            serve_http1(tcp, stop, move |req| {
+            serve_connection(tcp, Serve::Only(version), stop, move |req| {
                 crate::outbound::request(shared.clone(), req, fallback.clone())
             })
             .await;
@@ -207,10 +223,15 @@ mod tests {
     }
 
     #[test]
-    fn http1_methods_are_recognised_and_http2_is_not() {
+    fn http1_methods_and_the_http2_preface_are_recognised() {
         assert_eq!(sniff(b"GET / HTTP/1.1\r\n"), Sniffed::Http1);
         assert_eq!(sniff(b"OPTIONS * HTTP/1.1"), Sniffed::Http1);
-        assert_eq!(sniff(b"PRI * HTTP/2.0\r\n"), Sniffed::Other);
+        assert_eq!(
+            sniff(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00"),
+            Sniffed::Http2
+        );
+        assert_eq!(sniff(b"PRI * HTTP/2.0\r\n"), Sniffed::NeedMore);
+        assert_eq!(sniff(b"PRI * HTTP/1.1\r\n\r\n"), Sniffed::Other);
         assert_eq!(sniff(b"\x16\x03\x01\x02\x00"), Sniffed::Other); // a TLS ClientHello
         assert_eq!(sniff(b"*1\r\n$4\r\nPING"), Sniffed::Other); // redis
         assert_eq!(sniff(b"get / HTTP/1.1"), Sniffed::Other); // methods are case-sensitive

@@ -1,5 +1,5 @@
 //! Small HTTP helpers shared by both directions: bodies, hop-by-hop headers, local replies,
-//! and the accept loop with graceful drain.
+//! the accept loop with graceful drain, and serving HTTP/1.1, HTTP/2 or either on a connection.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -9,11 +9,12 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::protocol::{HttpVersion, Serve};
 use crate::proxy::Shared;
 use crate::telemetry::{new_span_id, unix_nanos, Span, TraceContext};
 use crate::upstream::{Body, BoxError};
@@ -30,7 +31,13 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// Removes hop-by-hop headers, except `te: trailers`: the one TE value HTTP/2 allows
+/// (RFC 9113 §8.2.2), which gRPC clients send and gRPC servers require.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let trailers = headers
+        .get_all(http::header::TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     if let Some(listed) = headers
         .get(http::header::CONNECTION)
         .and_then(|v| v.to_str().ok())
@@ -45,6 +52,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // Framing is re-decided by hyper for each hop from the body it is given.
     headers.remove(http::header::TRANSFER_ENCODING);
+    if trailers {
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
 pub fn incoming(body: Incoming) -> Body {
@@ -57,6 +67,13 @@ pub fn full(bytes: Bytes) -> Body {
         .boxed()
 }
 
+/// Marks a response the sidecar made itself, with what it says, so a gRPC caller can be
+/// given it as a gRPC status instead (see `grpc::local_reply`).
+#[derive(Debug, Clone)]
+pub struct LocalReply {
+    pub message: String,
+}
+
 /// A reply the sidecar makes itself, always naming what decided and at which revision.
 pub fn local_reply(
     status: StatusCode,
@@ -66,6 +83,7 @@ pub fn local_reply(
 ) -> Response<Body> {
     let mut resp = Response::new(full(Bytes::from(format!("weft: {message}\n"))));
     *resp.status_mut() = status;
+    resp.extensions_mut().insert(LocalReply { message });
     let h = resp.headers_mut();
     h.insert(
         http::header::CONTENT_TYPE,
@@ -182,10 +200,14 @@ pub async fn accept_loop<F, Fut>(
     }
 }
 
-/// Serves HTTP/1.1 on one connection until it closes, or until shutdown: then it stops
-/// taking new requests, finishes the one in flight and closes.
-pub async fn serve_http1<S, F, Fut>(stream: S, mut shutdown: watch::Receiver<bool>, handler: F)
-where
+/// Serves HTTP on one connection as `serve` says until it closes, or until shutdown: then it
+/// stops taking new requests (HTTP/2 sends GOAWAY), finishes those in flight and closes.
+pub async fn serve_connection<S, F, Fut>(
+    stream: S,
+    serve: Serve,
+    mut shutdown: watch::Receiver<bool>,
+    handler: F,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(http::Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
@@ -195,15 +217,33 @@ where
         let handler = handler.clone();
         async move { Ok::<_, std::convert::Infallible>(handler(req).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stopped(&mut shutdown) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    let io = TokioIo::new(stream);
+    // Each arm drives its own connection type; HTTP/1.1 keeps hyper's plain server (no preface
+    // read ahead) so the common case pays nothing for HTTP/2 support.
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stopped(&mut shutdown) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        }};
+    }
+    match serve {
+        Serve::Only(HttpVersion::Http1) => drive!(hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(io, service)),
+        Serve::Only(HttpVersion::Http2) => drive!(hyper::server::conn::http2::Builder::new(
+            TokioExecutor::new()
+        )
+        .serve_connection(io, service)),
+        Serve::Either => {
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            drive!(builder.serve_connection(io, service))
         }
     }
 }

@@ -1,17 +1,25 @@
 //! The inbound listener: mTLS from peer sidecars (and plaintext in PERMISSIVE mode), the
 //! port's authorization rules, then the local app.
+//!
+//! The HTTP version comes from the connection: whatever ALPN settled on with a peer sidecar
+//! (`h2` or Weft's HTTP/1.1), either for plaintext. The app is spoken to as its port's
+//! protocol says: h2c for `http2` and `grpc`, HTTP/1.1 for `http`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+// Latency is read on tokio's clock, like the outbound side's, so paused-time tests see one clock.
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::authz::{self, Peer, Request};
 use crate::config::MtlsMode;
-use crate::http::{accept_loop, incoming, local_reply, serve_http1, strip_hop_by_hop, Hop};
+use crate::grpc;
+use crate::http::{accept_loop, incoming, local_reply, serve_connection, strip_hop_by_hop, Hop};
+use crate::protocol::{HttpVersion, Serve};
 use crate::proxy::Shared;
 use crate::tcp::pipe;
 use crate::telemetry::{AccessLog, RequestKey, TcpKey};
@@ -39,7 +47,7 @@ async fn connection(shared: Arc<Shared>, port: String, tcp: TcpStream) {
         }
     };
     if !tls {
-        return serve_stream(shared, port, None, tcp).await;
+        return serve_stream(shared, port, None, Serve::Either, tcp).await;
     }
     let acceptor = TlsAcceptor::from(shared.tls.load().server.clone());
     // A failed handshake (no client certificate, unknown CA, expired) just closes: there is
@@ -57,11 +65,17 @@ async fn connection(shared: Arc<Shared>, port: String, tcp: TcpStream) {
     if peer.is_none() {
         return; // verified chain, but no SPIFFE ID of this trust domain: not a mesh workload
     }
-    serve_stream(shared, port, peer, stream).await;
+    let version = HttpVersion::negotiated(stream.get_ref().1.alpn_protocol());
+    serve_stream(shared, port, peer, Serve::Only(version), stream).await;
 }
 
-async fn serve_stream<S>(shared: Arc<Shared>, port: String, peer: Option<Peer>, stream: S)
-where
+async fn serve_stream<S>(
+    shared: Arc<Shared>,
+    port: String,
+    peer: Option<Peer>,
+    serve: Serve,
+    stream: S,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Some(protocol) = shared.active.load().inbound.get(&port).map(|p| p.protocol) else {
@@ -70,7 +84,7 @@ where
     if protocol.is_http() {
         let peer = Arc::new(peer);
         let shutdown = shared.shutdown.clone();
-        serve_http1(stream, shutdown, move |req| {
+        serve_connection(stream, serve, shutdown, move |req| {
             request(shared.clone(), port.clone(), peer.clone(), req)
         })
         .await;
@@ -108,6 +122,7 @@ async fn request(
         .map_or("/", |p| p.as_str())
         .to_owned();
     let method = req.method().clone();
+    let is_grpc = grpc::is_grpc(req.headers());
     let hop = Hop::begin(req.headers(), config.telemetry.sampling_percent);
     let decision = authz::decide(
         port,
@@ -128,8 +143,14 @@ async fn request(
     } else {
         forward(&shared, &active, &port_name, &hop, &source, req).await
     };
+    let response = if is_grpc {
+        grpc::local_reply(response)
+    } else {
+        response
+    };
     let code = response.status().as_u16();
-    shared.telemetry.record_request(
+    let response = grpc::record(
+        &shared,
         RequestKey {
             direction: "inbound",
             source: source.clone(),
@@ -137,8 +158,11 @@ async fn request(
             port: port.port,
             code,
             policy: policy.clone(),
+            protocol: if is_grpc { "grpc" } else { "http" },
+            grpc_status: None,
         },
-        started.elapsed(),
+        started,
+        response,
     );
     shared.telemetry.log_access(AccessLog {
         start_unix_ms: hop.start_unix_ms(),
@@ -203,10 +227,8 @@ async fn forward(
     if let Ok(v) = http::HeaderValue::from_str(source) {
         parts.headers.insert(PEER_HEADER, v);
     }
-    parts.uri = parts.uri.path_and_query().map_or_else(
-        || http::Uri::from_static("/"),
-        |p| p.as_str().parse().unwrap_or_default(),
-    );
+    // The request keeps its authority (HTTP/2's `:authority`, HTTP/1.1's Host); the app's
+    // connection puts it in the form its version sends.
     let upstream_req = http::Request::from_parts(parts, incoming(body));
     match app.send(&endpoint, &shared.tls, upstream_req).await {
         Ok(resp) => {

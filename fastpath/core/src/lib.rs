@@ -8,9 +8,11 @@
 pub mod authz;
 pub mod capture;
 pub mod config;
+pub mod grpc;
 mod http;
 pub mod inbound;
 pub mod outbound;
+pub mod protocol;
 pub mod proxy;
 pub mod retry;
 pub mod route_regex;

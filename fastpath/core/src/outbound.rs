@@ -1,5 +1,6 @@
-//! The outbound side: the app's plaintext HTTP routed by Host to mesh upstreams over mTLS, with
-//! timeouts, retries and trace propagation; and opaque TCP forwarded per bound port.
+//! The outbound side: the app's plaintext HTTP (HTTP/1.1, or HTTP/2 with prior knowledge as
+//! gRPC clients send it) routed by authority to mesh upstreams over mTLS, with timeouts,
+//! retries and trace propagation; and opaque TCP forwarded per bound port.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use crate::config::{EgressDestination, EgressProtocol};
-use crate::http::{accept_loop, full, incoming, local_reply, serve_http1, strip_hop_by_hop, Hop};
+use crate::grpc;
+use crate::http::{
+    accept_loop, full, incoming, local_reply, serve_connection, strip_hop_by_hop, Hop,
+};
+use crate::protocol::Serve;
 use crate::proxy::{Active, Shared};
 use crate::retry::{back_off, retryable, Outcome};
 use crate::tcp::pipe;
@@ -30,7 +35,10 @@ pub async fn serve_http(shared: Arc<Shared>, listener: TcpListener) {
         let shared = shared.clone();
         async move {
             let stop = shared.shutdown.clone();
-            serve_http1(tcp, stop, move |req| request(shared.clone(), req, None)).await;
+            serve_connection(tcp, Serve::Either, stop, move |req| {
+                request(shared.clone(), req, None)
+            })
+            .await;
         }
     })
     .await;
@@ -45,13 +53,31 @@ fn me(active: &Active) -> String {
 
 /// Routes one request by its authority; `fallback` ("ns/service:port") is the upstream a
 /// captured connection's original destination maps to, used when the authority names none
-/// (a client that called an address rather than a service name).
+/// (a client that called an address rather than a service name). A gRPC caller gets the
+/// sidecar's own replies as gRPC statuses.
 pub(crate) async fn request(
     shared: Arc<Shared>,
     req: http::Request<hyper::body::Incoming>,
     fallback: Option<String>,
 ) -> http::Response<Body> {
+    if grpc::is_grpc(req.headers()) {
+        grpc::local_reply(route(shared, req, fallback).await)
+    } else {
+        route(shared, req, fallback).await
+    }
+}
+
+async fn route(
+    shared: Arc<Shared>,
+    req: http::Request<hyper::body::Incoming>,
+    fallback: Option<String>,
+) -> http::Response<Body> {
     let started = Instant::now();
+    let protocol = if grpc::is_grpc(req.headers()) {
+        "grpc"
+    } else {
+        "http"
+    };
     let active = shared.active.load_full();
     let revision = active.config.revision.clone();
     let authority = req
@@ -203,8 +229,14 @@ pub(crate) async fn request(
             ),
         };
     };
+    let response = if protocol == "grpc" {
+        grpc::local_reply(response)
+    } else {
+        response
+    };
     let code = response.status().as_u16();
-    shared.telemetry.record_request(
+    let response = grpc::record(
+        &shared,
         RequestKey {
             direction: "outbound",
             source: active.config.workload.spiffe_id.clone(),
@@ -212,8 +244,11 @@ pub(crate) async fn request(
             port: host.port,
             code,
             policy: route.config.name.clone(),
+            protocol,
+            grpc_status: None,
         },
-        started.elapsed(),
+        started,
+        response,
     );
     shared.telemetry.log_access(AccessLog {
         start_unix_ms: hop.start_unix_ms(),
@@ -371,6 +406,8 @@ async fn egress(
             port: dest.port,
             code: response.status().as_u16(),
             policy: format!("egress:{}", dest.name),
+            protocol: "http",
+            grpc_status: None,
         },
         started.elapsed(),
     );

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{ConfigError, EgressDestination, InboundPort, LoadBalancer, ProxyConfig};
+use crate::protocol::HttpVersion;
 use crate::retry::{Budget, Budgets};
 use crate::routing;
 use crate::telemetry::Telemetry;
@@ -102,6 +103,7 @@ impl Active {
                         (Transport::Mesh { expected_id: a }, Transport::Mesh { expected_id: b }) if a == b)
                         && old.dns == fresh.dns
                         && old.load_balancer == fresh.load_balancer
+                        && old.version == fresh.version
                 });
                 match kept {
                     Some(old) => {
@@ -123,21 +125,26 @@ impl Active {
                     .get(&p.name)
                     .copied()
                     .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], p.target_port)));
+                let version = HttpVersion::for_protocol(p.protocol);
                 let kept = previous
                     .and_then(|prev| prev.apps.get(&p.name))
                     .filter(|a| {
-                        a.endpoints
-                            .load()
-                            .first()
-                            .is_some_and(|e| e.addr == addr.to_string())
+                        a.version == version
+                            && a.endpoints
+                                .load()
+                                .first()
+                                .is_some_and(|e| e.addr == addr.to_string())
                     });
                 let app = kept.cloned().unwrap_or_else(|| {
-                    Arc::new(Upstream::new(
-                        format!("app:{}", p.name),
-                        LoadBalancer::RoundRobin,
-                        Transport::Plain,
-                        vec![addr.to_string()],
-                    ))
+                    Arc::new(
+                        Upstream::new(
+                            format!("app:{}", p.name),
+                            LoadBalancer::RoundRobin,
+                            Transport::Plain,
+                            vec![addr.to_string()],
+                        )
+                        .speaking(version),
+                    )
                 });
                 (p.name.clone(), app)
             })

@@ -24,6 +24,9 @@ pub struct RequestKey {
     pub port: u16,
     pub code: u16,
     pub policy: String, // what decided: a route name outbound, a policy inbound
+    pub protocol: &'static str, // "http" | "grpc" (Istio's `request_protocol`)
+    /// The call's `grpc-status`; none for plain HTTP, or a call that ended without one.
+    pub grpc_status: Option<u16>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -276,6 +279,8 @@ mod tests {
             port: 80,
             code: 200,
             policy: "p".into(),
+            protocol: "http",
+            grpc_status: None,
         };
         t.record_request(key.clone(), Duration::from_micros(1500));
         t.record_request(key.clone(), Duration::from_millis(30));

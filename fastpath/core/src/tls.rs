@@ -15,6 +15,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
+use crate::protocol::{HttpVersion, ALPN_H2, ALPN_HTTP1};
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("certificate chain: {0}")]
@@ -29,9 +31,12 @@ pub enum TlsError {
     Setup(#[from] rustls::Error),
 }
 
-/// The ALPN protocol sidecars speak to each other; it also tells a mesh peer from a client
-/// that merely speaks TLS.
-pub const MESH_ALPN: &[u8] = b"weft/http1";
+/// What the inbound side offers by ALPN: HTTP/2 first, then Weft's HTTP/1.1. A client chooses
+/// by what it offers (see [`HttpVersion::offered`]); a client offering neither is refused, which
+/// tells a mesh peer from a client that merely speaks TLS.
+pub fn server_alpn() -> Vec<Vec<u8>> {
+    vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()]
+}
 
 /// aws-lc-rs, with TLS_AES_128_GCM_SHA256 first among the TLS 1.3 suites (rustls puts
 /// AES-256-GCM first). AES-128-GCM is TLS 1.3's mandatory suite and what BoringSSL (Envoy) and
@@ -66,7 +71,7 @@ pub struct Material {
     roots: Arc<RootCertStore>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-    clients: Mutex<HashMap<String, Arc<ClientConfig>>>,
+    clients: Mutex<HashMap<(String, HttpVersion), Arc<ClientConfig>>>,
 }
 
 impl std::fmt::Debug for Material {
@@ -113,7 +118,7 @@ impl Material {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| TlsError::Key(format!("does not match the certificate: {e}")))?;
-        server.alpn_protocols = vec![MESH_ALPN.to_vec()];
+        server.alpn_protocols = server_alpn();
         Ok(Material {
             spiffe_id,
             server: Arc::new(server),
@@ -125,10 +130,16 @@ impl Material {
     }
 
     /// A client config that presents this workload's certificate and accepts only an upstream
-    /// whose chain verifies against the bundle and whose SPIFFE ID is exactly `expected`.
-    pub fn client_for(&self, expected: &str) -> Result<Arc<ClientConfig>, TlsError> {
+    /// whose chain verifies against the bundle and whose SPIFFE ID is exactly `expected`,
+    /// offering by ALPN what `version` wants.
+    pub fn client_for(
+        &self,
+        expected: &str,
+        version: HttpVersion,
+    ) -> Result<Arc<ClientConfig>, TlsError> {
         let mut cache = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = cache.get(expected) {
+        let key = (expected.to_owned(), version);
+        if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
         let p = provider();
@@ -143,9 +154,9 @@ impl Material {
             .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| TlsError::Key(format!("does not match the certificate: {e}")))?;
-        config.alpn_protocols = vec![MESH_ALPN.to_vec()];
+        config.alpn_protocols = version.offered();
         let config = Arc::new(config);
-        cache.insert(expected.to_owned(), config.clone());
+        cache.insert(key, config.clone());
         Ok(config)
     }
 

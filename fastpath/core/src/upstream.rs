@@ -1,5 +1,7 @@
 //! Upstreams: a cluster's endpoints, the load balancer that picks one, passive health, and a
-//! pool of HTTP/1.1 connections per endpoint (mTLS to mesh peers, plain to the local app).
+//! pool of connections per endpoint (mTLS to mesh peers, plain to the local app): HTTP/1.1
+//! connections, one request at a time each, or one shared HTTP/2 connection that multiplexes
+//! every request to the endpoint.
 //!
 //! An endpoint that fails to connect is skipped for a back-off period; if every endpoint is
 //! down, all are tried again rather than failing fast forever.
@@ -12,14 +14,15 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{Cluster, LoadBalancer};
+use crate::protocol::{shape_request, HttpVersion};
 use crate::tls::Material;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -68,7 +71,9 @@ pub struct Endpoint {
     pub in_flight: AtomicUsize,
     failures: AtomicU32,
     down_until: AtomicU64, // ms since `epoch`
-    idle: Mutex<Vec<SendRequest<Body>>>,
+    idle: Mutex<Vec<http1::SendRequest<Body>>>,
+    /// The HTTP/2 connection every request to this endpoint shares, once one is up.
+    multiplexed: Mutex<Option<http2::SendRequest<Body>>>,
 }
 
 // Ejection is timed on tokio's clock, like every other timeout, so a paused-time test can
@@ -90,6 +95,7 @@ impl Endpoint {
             failures: AtomicU32::new(0),
             down_until: AtomicU64::new(0),
             idle: Mutex::new(Vec::new()),
+            multiplexed: Mutex::new(None),
         }
     }
 
@@ -116,15 +122,33 @@ impl Endpoint {
         self.down_until.store(0, Ordering::Relaxed);
     }
 
-    /// A pooled connection that can take a request now, if any.
-    fn checkout(&self) -> Option<SendRequest<Body>> {
+    /// A pooled connection that can take a request now, if any: the shared HTTP/2 connection
+    /// while it is open, else an idle HTTP/1.1 one (a peer that did not negotiate HTTP/2).
+    fn checkout(&self) -> Option<Sender> {
+        {
+            let mut shared = self.multiplexed.lock().unwrap_or_else(|p| p.into_inner());
+            match shared.as_ref() {
+                Some(s) if !s.is_closed() => return Some(Sender::Http2(s.clone())),
+                Some(_) => *shared = None, // gone away: the next request opens another
+                None => {}
+            }
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|s| !s.is_closed());
         let i = idle.iter().position(|s| s.is_ready())?;
-        Some(idle.swap_remove(i))
+        Some(Sender::Http1(idle.swap_remove(i)))
     }
 
-    fn checkin(&self, sender: SendRequest<Body>) {
+    /// Shares a new HTTP/2 connection, unless a concurrent request already opened one: then
+    /// this one carries only its own request and closes when that is done.
+    fn share(&self, sender: &http2::SendRequest<Body>) {
+        let mut shared = self.multiplexed.lock().unwrap_or_else(|p| p.into_inner());
+        if shared.as_ref().is_none_or(|s| s.is_closed()) {
+            *shared = Some(sender.clone());
+        }
+    }
+
+    fn checkin(&self, sender: http1::SendRequest<Body>) {
         if !sender.is_closed() {
             self.idle
                 .lock()
@@ -157,11 +181,23 @@ pub enum Transport {
     },
 }
 
+/// A connection for opaque bytes (TCP upstreams, the app's TCP port).
 pub async fn connect_stream(
     addr: &str,
     transport: &Transport,
     tls: &ArcSwap<Material>,
 ) -> Result<Box<dyn Stream>, UpstreamError> {
+    Ok(connect(addr, transport, tls, HttpVersion::Http1).await?.0)
+}
+
+/// A connection to speak HTTP on, and the version to speak: what `wanted` asked for, unless a
+/// mesh peer settled on HTTP/1.1 by ALPN. Egress is HTTP/1.1 (its ExternalService says `http`).
+pub async fn connect(
+    addr: &str,
+    transport: &Transport,
+    tls: &ArcSwap<Material>,
+    wanted: HttpVersion,
+) -> Result<(Box<dyn Stream>, HttpVersion), UpstreamError> {
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .unwrap_or_else(|_| {
@@ -176,7 +212,7 @@ pub async fn connect_stream(
         })?;
     let _ = tcp.set_nodelay(true);
     match transport {
-        Transport::Plain => Ok(Box::new(tcp)),
+        Transport::Plain => Ok((Box::new(tcp), wanted)),
         Transport::Egress { sni, tls } => {
             let name = rustls::pki_types::ServerName::try_from(sni.clone()).map_err(|e| {
                 UpstreamError::Tls {
@@ -186,22 +222,23 @@ pub async fn connect_stream(
             })?;
             let stream =
                 handshake(addr, TlsConnector::from(tls.clone()).connect(name, tcp)).await?;
-            Ok(Box::new(stream))
+            Ok((Box::new(stream), HttpVersion::Http1))
         }
         Transport::Mesh { expected_id } => {
-            let config = tls
-                .load()
-                .client_for(expected_id)
-                .map_err(|e| UpstreamError::Tls {
-                    addr: addr.to_owned(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
+            let config =
+                tls.load()
+                    .client_for(expected_id, wanted)
+                    .map_err(|e| UpstreamError::Tls {
+                        addr: addr.to_owned(),
+                        source: std::io::Error::other(e.to_string()),
+                    })?;
             let stream = handshake(
                 addr,
                 TlsConnector::from(config).connect(Material::server_name(), tcp),
             )
             .await?;
-            Ok(Box::new(stream))
+            let version = HttpVersion::negotiated(stream.get_ref().1.alpn_protocol());
+            Ok((Box::new(stream), version))
         }
     }
 }
@@ -237,6 +274,8 @@ pub struct Upstream {
     pub name: String,
     pub load_balancer: LoadBalancer,
     pub transport: Transport,
+    /// The HTTP version its port's protocol asks for.
+    pub version: HttpVersion,
     pub endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     pub dns: Option<(String, u16)>,
     next: AtomicUsize,
@@ -253,7 +292,8 @@ impl Upstream {
                 expected_id: c.spiffe_id.clone(),
             },
             endpoints,
-        );
+        )
+        .speaking(HttpVersion::for_protocol(c.protocol));
         up.dns = dns.filter(|_| c.endpoints.r#static.is_none());
         up
     }
@@ -268,6 +308,7 @@ impl Upstream {
             name,
             load_balancer: lb,
             transport,
+            version: HttpVersion::Http1,
             endpoints: ArcSwap::from_pointee(
                 addrs
                     .into_iter()
@@ -277,6 +318,12 @@ impl Upstream {
             dns: None,
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// The same upstream, speaking `version` (HTTP/1.1 unless told).
+    pub fn speaking(mut self, version: HttpVersion) -> Upstream {
+        self.version = version;
+        self
     }
 
     /// Replaces the endpoint list, keeping the state (pools, health) of endpoints that remain.
@@ -342,49 +389,128 @@ impl Upstream {
         endpoint: &'a Endpoint,
         tls: &ArcSwap<Material>,
     ) -> Result<Connection<'a>, UpstreamError> {
-        if let Some(sender) = endpoint.checkout() {
-            return Ok(Connection { endpoint, sender });
+        let scheme = self.scheme();
+        // A shared HTTP/2 connection may be at its peer's stream limit or going away: wait for
+        // a stream here, while the caller still holds its body, and open another connection if
+        // this one is gone.
+        let reusable = match endpoint.checkout() {
+            Some(Sender::Http2(mut sender)) => sender
+                .ready()
+                .await
+                .is_ok()
+                .then_some(Sender::Http2(sender)),
+            other => other,
+        };
+        if let Some(sender) = reusable {
+            return Ok(Connection {
+                endpoint,
+                sender,
+                scheme,
+            });
         }
-        let stream = match connect_stream(&endpoint.addr, &self.transport, tls).await {
-            Ok(s) => s,
-            Err(e) => {
-                endpoint.connect_failed();
-                return Err(e);
+        let (stream, version) =
+            match connect(&endpoint.addr, &self.transport, tls, self.version).await {
+                Ok(s) => s,
+                Err(e) => {
+                    endpoint.connect_failed();
+                    return Err(e);
+                }
+            };
+        endpoint.connected();
+        let http_error = |source| UpstreamError::Http {
+            addr: endpoint.addr.clone(),
+            source,
+        };
+        let sender = match version {
+            HttpVersion::Http1 => {
+                let (sender, conn) = http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(http_error)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Sender::Http1(sender)
+            }
+            HttpVersion::Http2 => {
+                let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .map_err(http_error)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                endpoint.share(&sender);
+                Sender::Http2(sender)
             }
         };
-        endpoint.connected();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::Http {
-                addr: endpoint.addr.clone(),
-                source,
-            })?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Connection { endpoint, sender })
+        Ok(Connection {
+            endpoint,
+            sender,
+            scheme,
+        })
     }
+
+    /// The `:scheme` of HTTP/2 requests: `https` over TLS, `http` over plain TCP (h2c).
+    fn scheme(&self) -> http::uri::Scheme {
+        match self.transport {
+            Transport::Plain => http::uri::Scheme::HTTP,
+            Transport::Mesh { .. } | Transport::Egress { .. } => http::uri::Scheme::HTTPS,
+        }
+    }
+}
+
+/// A pooled connection's request half.
+enum Sender {
+    /// One request at a time; back to the endpoint's idle list after each.
+    Http1(http1::SendRequest<Body>),
+    /// A handle on the endpoint's shared connection; requests multiplex as streams.
+    Http2(http2::SendRequest<Body>),
 }
 
 /// A connection to one endpoint, ready to carry one request.
 pub struct Connection<'a> {
     endpoint: &'a Endpoint,
-    sender: SendRequest<Body>,
+    sender: Sender,
+    scheme: http::uri::Scheme,
 }
 
 impl Connection<'_> {
+    /// Sends `req` in the form this connection's version wants (see [`shape_request`]).
     pub async fn send(
         self,
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         let Connection {
             endpoint,
-            mut sender,
+            sender,
+            scheme,
         } = self;
-        // Dropped mid-request (a timeout), `sender` closes the connection: its answer is unwanted.
-        let result = sender.send_request(req).await;
-        // Back in the pool at once: it reports ready again when this response's body is done.
-        endpoint.checkin(sender);
+        let (mut parts, body) = req.into_parts();
+        let result = match sender {
+            Sender::Http1(mut sender) => {
+                shape_request(&mut parts, HttpVersion::Http1, scheme);
+                // Dropped mid-request (a timeout), `sender` closes the connection: its answer
+                // is unwanted.
+                let result = sender
+                    .send_request(http::Request::from_parts(parts, body))
+                    .await;
+                // Back in the pool at once: it reports ready again when this response's body
+                // is done.
+                endpoint.checkin(sender);
+                result
+            }
+            Sender::Http2(mut sender) => {
+                shape_request(&mut parts, HttpVersion::Http2, scheme);
+                // Dropped mid-request, only this stream is reset; the connection carries on.
+                match sender.ready().await {
+                    Ok(()) => {
+                        sender
+                            .send_request(http::Request::from_parts(parts, body))
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
         result.map_err(|source| UpstreamError::Http {
             addr: endpoint.addr.clone(),
             source,

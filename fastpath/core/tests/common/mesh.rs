@@ -42,7 +42,7 @@ impl Pki {
     }
 }
 
-fn workload(namespace: &str, service: &str, spiffe_id: &str) -> Value {
+pub fn workload(namespace: &str, service: &str, spiffe_id: &str) -> Value {
     json!({
         "namespace": namespace,
         "service": service,
@@ -218,15 +218,31 @@ impl Client {
         self.send(http::Method::GET, path, Bytes::new()).await
     }
 
+    /// A GET with another authority than [`API_HOST`].
+    pub async fn get_from(&mut self, host: &str, path: &str) -> Reply {
+        self.send_to(host, http::Method::GET, path, Bytes::new())
+            .await
+    }
+
     pub async fn post(&mut self, path: &str, body: Bytes) -> Reply {
         self.send(http::Method::POST, path, body).await
     }
 
     async fn send(&mut self, method: http::Method, path: &str, body: Bytes) -> Reply {
+        self.send_to(API_HOST, method, path, body).await
+    }
+
+    async fn send_to(
+        &mut self,
+        host: &str,
+        method: http::Method,
+        path: &str,
+        body: Bytes,
+    ) -> Reply {
         let req = http::Request::builder()
             .method(method)
             .uri(path)
-            .header(http::header::HOST, API_HOST)
+            .header(http::header::HOST, host)
             .body(Full::new(body))
             .expect("request");
         let exchange = async {
