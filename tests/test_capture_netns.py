@@ -257,10 +257,10 @@ class Mesh:
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.log.read_text()}" for p in self.procs)
 
-    def curl(self, host: netns.Host, url: str) -> tuple[int, dict[str, str], str]:
+    def curl(self, host: netns.Host, url: str, *options: str) -> tuple[int, dict[str, str], str]:
         """curl in `host`'s namespace: (status or -exit code, response headers, body)."""
         done = subprocess.run(
-            [*host.exec_prefix(), "curl", "-sS", "-m", "10", "-D", "-", url],
+            [*host.exec_prefix(), "curl", "-sS", "-m", "10", "-D", "-", *options, url],
             capture_output=True,
             env=CLEAN_ENV,
             check=False,
@@ -310,6 +310,16 @@ def test_an_unmodified_http_client_is_captured_and_carried_over_mtls(mesh: Mesh)
     assert seen["service"] == "b/api"
     assert seen["caller"] == WEB_ID
     assert 'destination_service_name="api"' in mesh.metrics(mesh.a)
+
+
+def test_an_h2c_client_is_captured_by_its_preface_and_routed(mesh: Mesh) -> None:
+    # gRPC clients speak HTTP/2 with prior knowledge: capture tells it by the client preface,
+    # and routes it like HTTP/1.1 (here to an `http` port, which B's app gets in HTTP/1.1).
+    status, _, body = mesh.curl(
+        mesh.a, f"http://{mesh.b.address}:8080/ok", "--http2-prior-knowledge"
+    )
+    assert status == 200, body
+    assert json.loads(body)["caller"] == WEB_ID
 
 
 def test_a_request_policy_denies_gets_403_naming_the_policy(mesh: Mesh) -> None:
