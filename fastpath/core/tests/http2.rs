@@ -52,7 +52,8 @@ struct Seen {
 }
 
 /// A gRPC-shaped h2c app: answers three messages and a `grpc-status: 0` trailer, and counts
-/// the connections it accepted.
+/// the connections it accepted. `/pkg.Service/Unavailable` answers 503; `/pkg.Service/Slow`
+/// answers only after a minute.
 #[derive(Clone, Default)]
 struct GrpcApp {
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -88,7 +89,7 @@ impl GrpcApp {
             version: parts.version,
             authority: parts.uri.authority().map(|a| a.to_string()),
             path: parts.uri.path().to_owned(),
-            headers: parts.headers,
+            headers: parts.headers.clone(),
         });
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
@@ -97,9 +98,15 @@ impl GrpcApp {
             .map(|m| Frame::data(Bytes::from(m)))
             .collect();
         frames.push_back(Frame::trailers(trailers));
+        if parts.uri.path() == "/pkg.Service/Slow" {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        }
         let mut resp = Response::new(Frames(frames));
         resp.headers_mut()
             .insert("content-type", HeaderValue::from_static("application/grpc"));
+        if parts.uri.path() == "/pkg.Service/Unavailable" {
+            *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        }
         resp
     }
 
@@ -135,12 +142,14 @@ fn api_config() -> String {
     .to_string()
 }
 
-/// `a/web`: `api.b:9090` to the grpc cluster, `api.b:8080` to the http one.
+/// `a/web`: `api.b:9090` to the grpc cluster, `api.b:8080` to the http one; both retry 5xx
+/// twice, within 2 s.
 fn web_config(grpc_endpoint: &str, http_endpoint: &str) -> String {
     let host = |port: u16, cluster: &str| {
         json!({"service": "b/api", "hostnames": ["api.b"], "port": port, "routes": [
             {"name": format!("b/api:{port}"), "matches": [],
              "backends": [{"cluster": cluster, "weight": 100}],
+             "timeoutMs": 2000,
              "retries": {"attempts": 2, "retryOn": ["5xx", "reset", "connect-failure"]}}]})
     };
     let cluster = |name: &str, protocol: &str, endpoint: &str, port: u16| {
@@ -239,7 +248,12 @@ struct Answer {
 }
 
 /// An app speaking h2c with prior knowledge to its sidecar, as gRPC clients do.
-async fn h2c_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+async fn h2c_client<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
@@ -372,4 +386,52 @@ async fn an_http1_client_reaches_a_grpc_port_over_http2() {
     let reply = client.get_from(GRPC_HOST, "/pkg.Service/Method").await;
     assert_eq!(reply, (200, "onetwothree".into()));
     assert_eq!(mesh.grpc_app.seen()[0].version, Version::HTTP_2);
+}
+
+#[tokio::test]
+async fn a_streamed_grpc_request_is_never_retried_and_a_replayable_one_is() {
+    let mesh = Mesh::start().await;
+    let unavailable = "/pkg.Service/Unavailable";
+    let hits = |mesh: &Mesh| {
+        mesh.grpc_app
+            .seen()
+            .iter()
+            .filter(|s| s.path == unavailable)
+            .count()
+    };
+
+    // As gRPC sends it: no Content-Length, the body streamed. Once sent it cannot be sent
+    // again, so the 503 comes back after one try, retry policy or not.
+    let mut client = h2c_client(mesh.outbound).await;
+    let message = Frames([Frame::data(Bytes::from_static(b"\0\0\0\0\x02hi"))].into());
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("http://{GRPC_HOST}{unavailable}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(message)
+        .expect("request");
+    let resp = client.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), 503);
+    assert_eq!(hits(&mesh), 1);
+
+    // A GET has no body to lose: tried three times, over the same HTTP/2 connection.
+    let mut client = Client::connect(mesh.outbound).await;
+    let reply = client.get_from(GRPC_HOST, unavailable).await;
+    assert_eq!(reply.0, 503);
+    assert_eq!(hits(&mesh), 4);
+    assert_eq!(mesh.grpc_connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_call_past_its_routes_timeout_is_deadline_exceeded() {
+    let mesh = Mesh::start().await;
+    let mut client = h2c_client(mesh.outbound).await;
+
+    let answer = grpc_call(&mut client, GRPC_HOST, "/pkg.Service/Slow").await;
+
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.headers["grpc-status"], "4");
+    let message = answer.headers["grpc-message"].to_str().expect("ascii");
+    assert!(message.contains("timed out"), "{message}");
 }
