@@ -86,6 +86,14 @@ pub fn authority(parts: &http::request::Parts) -> Option<String> {
 /// HTTP/2 in absolute form (`:scheme`, `:authority`, `:path`) without one, since `Host` and
 /// `:authority` must not disagree and gRPC servers read `:authority`.
 pub fn shape_request(parts: &mut http::request::Parts, version: HttpVersion, scheme: Scheme) {
+    // The common case, HTTP/1.1 already in origin form with its Host: nothing to rebuild.
+    if version == HttpVersion::Http1
+        && parts.uri.authority().is_none()
+        && parts.headers.contains_key(HOST)
+    {
+        parts.version = Version::HTTP_11;
+        return;
+    }
     let authority = authority(parts);
     let path = parts
         .uri

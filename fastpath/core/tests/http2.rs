@@ -435,3 +435,48 @@ async fn a_grpc_call_past_its_routes_timeout_is_deadline_exceeded() {
     let message = answer.headers["grpc-message"].to_str().expect("ascii");
     assert!(message.contains("timed out"), "{message}");
 }
+
+/// A TLS server holding `b/api`'s certificate that offers `alpn` and answers nothing; returns
+/// its address.
+async fn tls_server(pki: &Pki, alpn: &[&[u8]]) -> String {
+    let mut config = (*pki.api.material().server).clone();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address").to_string();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(stream) = acceptor.accept(tcp).await {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    drop(stream);
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn alpn_settles_on_http2_only_when_the_cluster_wants_it_and_the_peer_offers_it() {
+    use fastpath::protocol::HttpVersion::{Http1, Http2};
+    let pki = Pki::new();
+    let tls = arc_swap::ArcSwap::from_pointee(pki.web.material());
+    let mesh = fastpath::upstream::Transport::Mesh {
+        expected_id: API_ID.into(),
+    };
+    let current = tls_server(&pki, &[b"h2", b"weft/http1"]).await;
+    let older = tls_server(&pki, &[b"weft/http1"]).await;
+    for (server, wanted, settled) in [
+        (&current, Http2, Http2),
+        (&current, Http1, Http1), // an http port stays HTTP/1.1
+        (&older, Http2, Http1),   // a peer without h2 (an earlier release) is still served
+        (&older, Http1, Http1),
+    ] {
+        let (_, version) = fastpath::upstream::connect(server, &mesh, &tls, wanted)
+            .await
+            .expect("handshake");
+        assert_eq!(version, settled, "{wanted:?} against {server}");
+    }
+}
