@@ -421,7 +421,7 @@ def cmd_ca_rotate(args: argparse.Namespace) -> int:
     now = identity.clock.system()
     store = _identity_store(args)
     state = identity.ca.rotate(
-        store, now, from_pem=_from_pem(args), provided=_provided(args, now), grace=args.grace
+        store, now, from_pem=_from_pem(args), provided=_provided(args, now), grace=_grace(args)
     )
     incoming = state.incoming
     assert incoming is not None
@@ -484,6 +484,17 @@ def _provided(args: argparse.Namespace, now: datetime.datetime) -> Authority | N
     return kubecli.identity_store(args).provided_ca(ref[0], ref[1], now)
 
 
+# A kubelet refreshes a mounted Secret up to its sync period (a minute) plus its cache's TTL
+# after the Secret changes: every pod must hold the new bundle before the new CA issues.
+CLUSTER_GRACE = datetime.timedelta(minutes=5)
+
+
+def _grace(args: argparse.Namespace) -> datetime.timedelta:
+    if args.grace is not None:
+        return args.grace  # type: ignore[no-any-return]
+    return CLUSTER_GRACE if args.kubeconfig else identity.rollover.DEFAULT_GRACE
+
+
 def _identity_store(args: argparse.Namespace) -> identity.Store:
     """The state directory's files; with --kubeconfig, the cluster's Secrets (the store the
     Kubernetes target issues into, so a rotation started here is carried on by the reconciler)."""
@@ -533,9 +544,10 @@ def _ca_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     r.add_argument(
         "--grace",
         type=_duration,
-        default=identity.rollover.DEFAULT_GRACE,
+        default=None,
         metavar="DURATION",
-        help="how long every workload trusts the new CA before it issues (default: 1m)",
+        help="how long every workload trusts the new CA before it issues"
+        " (default: 1m; 5m with --kubeconfig, for kubelets to refresh mounted Secrets)",
     )
     r.set_defaults(run=_reporting(cmd_ca_rotate))
 

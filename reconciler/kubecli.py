@@ -112,7 +112,15 @@ def leadership(
     leaving, the Lease is released only after the loop has stopped writing."""
     from reconciler.targets.kubernetes.leader import LeaderElector  # noqa: PLC0415
 
-    elector = LeaderElector(api, args.system_namespace, timing=timing(args.lease_duration))
+    lease_timing = timing(args.lease_duration)
+    # The elector's requests time out within one retry period, so a hung API call cannot keep
+    # a stale leader believing it still leads; the target's writes are fenced on it.
+    elector = LeaderElector(
+        api.with_timeout((lease_timing.retry, lease_timing.retry)),
+        args.system_namespace,
+        timing=lease_timing,
+    )
+    api.fence = elector.holds
     election_stop = threading.Event()
     thread = threading.Thread(
         target=elector.run, args=(election_stop, stop.set), name="leader-election", daemon=True
@@ -132,6 +140,7 @@ def leadership(
 def cmd_diff(args: argparse.Namespace) -> int:
     """Compile the intent and show what applying it would change; exit 1 when it would."""
     from reconciler.targets.kubernetes import ApiError, ConflictError, UnreachableError  # noqa: PLC0415
+    from reconciler.targets.kubernetes.target import RELEASE  # noqa: PLC0415
 
     snapshot = intent.files.from_directory(Path(args.path))
     mesh, diagnostics = intent.check(snapshot)
@@ -149,6 +158,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print(f"weft diff: {e}", file=sys.stderr)
         return 2
     for change in plan.changes:
+        if change.detail == RELEASE:  # the workload stays; only Weft's fields go
+            print(f"release {change.key}")
+            continue
         detail = f"  ({change.detail})" if change.detail else ""
         print(f"{change.action:<7} {change.key}{detail}")
     for ref, message in rejected.items():

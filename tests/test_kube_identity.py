@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from reconciler import identity
+from reconciler.identity.secretstore import ConcurrentChangeError
 from reconciler.targets.kubernetes import KubernetesTarget
 from tests.kube import ControlPlane
 from tests.kubeapps import desired_template
@@ -142,3 +143,47 @@ def test_a_secret_that_is_not_a_ca_is_refused_and_nothing_is_issued(
     assert done.returncode == 1
     assert "Secret weft-system/not-a-ca" in done.stderr
     assert "the certificate is not a CA" in done.stderr
+
+
+def test_a_concurrent_change_of_the_trust_state_is_not_overwritten(
+    template_cluster: ControlPlane,
+) -> None:
+    api = template_cluster.admin()
+    target = KubernetesTarget(api, image=IMAGE)
+    plan = target.plan(desired_template(), target.observe())
+    target.apply(plan)
+    store = target.store
+    with store.lock():
+        assert store.read_state() is not None
+        # Another weft (a `weft ca rotate` from a workstation) writes the trust state now.
+        trust = api.get("Secret", "weft-system", "weft-trust")
+        assert trust is not None
+        trust["metadata"].setdefault("annotations", {})["other"] = "writer"
+        api.replace(trust)
+        with pytest.raises(ConcurrentChangeError, match="changed while this step ran"):
+            store.write_bundle(b"a bundle read before the other write\n", [])
+    after = api.get("Secret", "weft-system", "weft-trust")
+    assert after is not None
+    assert after["metadata"]["annotations"]["other"] == "writer"
+    assert (
+        base64.b64decode(after["data"]["bundle.pem"]) != b"a bundle read before the other write\n"
+    )
+
+
+def test_an_identity_secret_that_is_not_weft_s_is_never_taken_over(
+    template_cluster: ControlPlane,
+) -> None:
+    api = template_cluster.admin()
+    api.create({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "weft-identity-web",
+        "namespace": "a"}, "data": {"mine": base64.b64encode(b"yes").decode()},
+    })  # fmt: skip
+    target = KubernetesTarget(api, image=IMAGE)
+    plan = target.plan(desired_template(), target.observe())
+    with pytest.raises(
+        identity.IdentityError, match="Secret a/weft-identity-web exists and is not"
+    ):
+        target.apply(plan)
+    secret = api.get("Secret", "a", "weft-identity-web")
+    assert secret is not None
+    assert secret["data"] == {"mine": base64.b64encode(b"yes").decode()}

@@ -70,3 +70,28 @@ def test_listeners_map_cluster_ips_of_tcp_upstreams() -> None:
     assert found["app"] == {"http": "127.0.0.1:8081"}
     cm = objects.sidecar_configmap("b", "api", config)
     assert json.loads(cm["data"]["proxyconfig.json"]) == config.as_dict()
+
+
+def test_inbound_listener_ports_are_sticky() -> None:
+    config = desired_template().proxy_configs[("b", "api")]
+    assert objects.inbound_ports(config) == {"http": objects.INBOUND_BASE}
+    # The port had another listener when the pods started: it keeps it.
+    assert objects.inbound_ports(config, {"http": 15104, "gone": 15100}) == {"http": 15104}
+    cm = objects.sidecar_configmap("b", "api", config, inbound={"http": 15104})
+    assert objects.live_inbound_ports(cm) == {"http": 15104}
+    assert objects.live_inbound_ports(None) == {}
+    args = objects.capture_args(config, {"http": 15104}, ["10.96.0.1/32"])
+    assert args[args.index("--inbound") + 1] == "8081:15104"
+    assert args[args.index("--exclude-ports") + 1] == "53"
+    assert args[args.index("--exclude-cidrs") + 1] == "10.96.0.1/32"
+
+
+def test_the_applied_digest_changes_with_what_is_applied() -> None:
+    body = {"kind": "Service", "metadata": {"name": "x", "annotations": {"a": "b"}}, "spec": {}}
+    first = objects.stamped(body)
+    assert first["metadata"]["annotations"]["a"] == "b"
+    again = objects.stamped(json.loads(json.dumps(body)))
+    assert again == first
+    changed = objects.stamped({**body, "spec": {"selector": {"app": "x"}}})
+    digest = objects.APPLIED
+    assert changed["metadata"]["annotations"][digest] != first["metadata"]["annotations"][digest]

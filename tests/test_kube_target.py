@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gzip
 import json
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from reconciler import compiler
 from reconciler.targets import Plan
 from reconciler.targets.kubernetes import ConflictError, KubernetesTarget
 from reconciler.targets.kubernetes import objects as kobjects
+from reconciler.targets.kubernetes.api import FencedError
 from tests.conftest import TEMPLATE, load
 from tests.kube import ControlPlane
 from tests.kubeapps import APP_MANAGER, WORKLOADS, desired_template, resource_versions, workload
@@ -119,7 +121,8 @@ def test_template_applied_with_every_object(
 
     inventory = api.get("ConfigMap", "weft-system", "weft-inventory")
     assert inventory is not None
-    recorded = set(inventory["data"]["objects"].split())
+    packed = base64.b64decode(inventory["binaryData"]["objects.gz"])
+    recorded = set(gzip.decompress(packed).decode().split())
     assert "ConfigMap/b/api-weft-sidecar" in recorded
     assert "NetworkPolicy/c/db-weft" in recorded
 
@@ -327,3 +330,95 @@ def test_weft_diff_shows_what_would_change_and_exits_1(
     drifted = diff()
     assert drifted.returncode == 1
     assert "update  NetworkPolicy/c/ledger-weft  (.spec.ingress)" in drifted.stdout
+
+
+def test_a_field_weft_stops_applying_is_removed(
+    template_cluster: ControlPlane, target: KubernetesTarget
+) -> None:
+    """A subset comparison cannot see a removal; the applied-digest annotation does."""
+    api = template_cluster.admin()
+    desired = desired_template()
+    reconcile(target, desired)
+    services = []
+    for svc in desired.discovery_services:
+        copy = json.loads(json.dumps(svc))
+        if copy["metadata"]["name"] == "api-v1-weft":
+            copy["spec"]["selector"] = {"app": "api"}  # the version label is no longer wanted
+        services.append(copy)
+    plan = reconcile(target, dataclasses.replace(desired, discovery_services=services))
+    assert [c.key for c in plan.changes] == ["Service/b/api-v1-weft"]
+    live = api.get("Service", "b", "api-v1-weft")
+    assert live is not None
+    assert live["spec"]["selector"] == {"app": "api"}
+
+
+def test_release_removes_what_another_manager_kept_of_the_injection(
+    template_cluster: ControlPlane, target: KubernetesTarget
+) -> None:
+    api = template_cluster.admin()
+    desired = desired_template()
+    reconcile(target, desired)
+    # kubectl set image takes ownership of the sidecar's image; then c/db leaves the mesh.
+    template_cluster.kubectl(
+        "-n", "c", "set", "image", "statefulset/db", "weft-sidecar=registry.example/other:1"
+    )  # fmt: skip
+    without_db = dataclasses.replace(
+        desired,
+        proxy_configs={k: v for k, v in desired.proxy_configs.items() if k != ("c", "db")},
+        workloads={k: v for k, v in desired.workloads.items() if k != ("c", "db")},
+        discovery_services=[
+            s for s in desired.discovery_services if s["metadata"]["name"] != "db-weft"
+        ],
+        network_policies=[
+            n for n in desired.network_policies if n["metadata"]["name"] != "db-weft"
+        ],
+    )
+    reconcile(target, without_db)
+    db = api.get("StatefulSet", "c", "db")
+    assert db is not None
+    pod = db["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod.get("initContainers", [])] == []
+    assert [v["name"] for v in pod.get("volumes", [])] == []
+    assert [c["name"] for c in pod["containers"]] == ["app"]
+
+
+def test_a_removed_label_on_a_weft_object_is_drift_not_a_namesake(
+    template_cluster: ControlPlane, target: KubernetesTarget
+) -> None:
+    api = template_cluster.admin()
+    desired = desired_template()
+    reconcile(target, desired)
+    template_cluster.kubectl(
+        "-n", "a", "label", "configmap", "web-weft-sidecar", "app.kubernetes.io/managed-by-"
+    )  # fmt: skip
+    plan = reconcile(target, desired)
+    assert [c.key for c in plan.changes] == ["ConfigMap/a/web-weft-sidecar"]
+    cm = api.get("ConfigMap", "a", "web-weft-sidecar")
+    assert cm is not None
+    assert cm["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "weft"
+
+
+def test_unsafe_injections_refuse_the_revision(
+    template_cluster: ControlPlane, target: KubernetesTarget
+) -> None:
+    api = template_cluster.admin()
+    host = workload("Deployment", "a", "web", {"app": "web"}, "web")
+    host["spec"]["template"]["spec"]["hostNetwork"] = True
+    api.apply(host, manager=APP_MANAGER)
+    template_cluster.kubectl(
+        "label", "namespace", "c", "pod-security.kubernetes.io/enforce=baseline"
+    )
+    with pytest.raises(ConflictError) as refused:
+        reconcile(target, desired_template())
+    assert "Deployment/a/web uses hostNetwork" in str(refused.value)
+    assert "namespace c enforces Pod Security 'baseline'" in str(refused.value)
+    assert api.get("ConfigMap", "b", "api-weft-sidecar") is None
+
+
+def test_a_replica_that_lost_the_lease_writes_nothing(
+    template_cluster: ControlPlane, target: KubernetesTarget
+) -> None:
+    target.api.fence = lambda: False
+    with pytest.raises(FencedError):
+        reconcile(target, desired_template())
+    assert template_cluster.admin().get("Secret", "weft-system", "weft-trust") is None

@@ -49,6 +49,10 @@ class SecretBackend(Protocol):
 
     def read_secret(self, namespace: str, name: str) -> SecretData | None: ...
 
+    def read_versioned(self, namespace: str, name: str) -> tuple[SecretData, str] | None:
+        """The Secret's data and its resourceVersion, for a write that must not lose a race."""
+        ...
+
     def list_secrets(self, selector: str) -> dict[tuple[str, str], SecretData]:
         """Every Secret matching a label selector, in every namespace, by (namespace, name)."""
         ...
@@ -60,9 +64,22 @@ class SecretBackend(Protocol):
         data: SecretData,
         labels: Mapping[str, str],
         secret_type: str,
-    ) -> None: ...
+        *,
+        resource_version: str | None = None,
+    ) -> str:
+        """Write the whole Secret; with `resource_version`, only if it is still that version
+        (`ConcurrentChangeError` otherwise). Refuses a Secret of that name that is not Weft's.
+        Returns the new resourceVersion."""
+        ...
 
-    def delete_secret(self, namespace: str, name: str) -> None: ...
+    def delete_secret(self, namespace: str, name: str) -> None:
+        """Delete it if it is Weft's (labelled); a Secret that is not Weft's is left alone."""
+        ...
+
+
+class ConcurrentChangeError(IdentityError):
+    """The trust state changed between this step's read and its write (another `weft` — a
+    `weft ca rotate` beside the reconciler). Nothing of the step was recorded; run it again."""
 
 
 def workload_secret_name(service_account: str) -> str:
@@ -77,6 +94,10 @@ class SecretStore:
         self.namespace = namespace
         self._lock = threading.Lock()
         self._workloads: dict[WorkloadKey, SecretData] | None = None
+        # The weft-trust Secret's resourceVersion as this step read it: every write of the
+        # trust state is conditional on it, so two writers (the reconciler and `weft ca rotate`)
+        # cannot silently undo each other.
+        self._trust: tuple[SecretData, str] | None = None
 
     @property
     def location(self) -> str:
@@ -88,15 +109,35 @@ class SecretStore:
         # this lock orders the threads of the one that leads.
         with self._lock:
             self._workloads = None
+            self._trust = self.backend.read_versioned(self.namespace, TRUST_SECRET)
             try:
                 yield
             finally:
                 self._workloads = None
+                self._trust = None
 
     # ------------------------------------------------------------------ the trust state and CAs
 
+    def _read_trust(self) -> SecretData | None:
+        if self._trust is not None:
+            return self._trust[0]
+        return self.backend.read_secret(self.namespace, TRUST_SECRET)
+
+    def _write_trust(self, data: SecretData) -> None:
+        version = self._trust[1] if self._trust is not None else None
+        new = self.backend.write_secret(
+            self.namespace,
+            TRUST_SECRET,
+            data,
+            {**LABELS, PART_LABEL: "trust"},
+            "Opaque",
+            resource_version=version,
+        )
+        if self._trust is not None:
+            self._trust = (data, new)
+
     def read_state(self) -> TrustState | None:
-        data = self.backend.read_secret(self.namespace, TRUST_SECRET)
+        data = self._read_trust()
         if data is None or "state.json" not in data:
             return None
         try:
@@ -109,16 +150,10 @@ class SecretStore:
 
     def write_state(self, state: TrustState) -> None:
         text = (json.dumps(state.as_json(), indent=2, sort_keys=True) + "\n").encode()
-        current = self.backend.read_secret(self.namespace, TRUST_SECRET) or {}
+        current = self._read_trust() or {}
         if current.get("state.json") == text:
             return
-        self.backend.write_secret(
-            self.namespace,
-            TRUST_SECRET,
-            {**current, "state.json": text},
-            {**LABELS, PART_LABEL: "trust"},
-            "Opaque",
-        )
+        self._write_trust({**current, "state.json": text})
 
     def read_authority(self, ca_id: str) -> Authority:
         data = self._ca(ca_id, need_key=True)
@@ -202,15 +237,9 @@ class SecretStore:
             )
 
     def write_bundle(self, bundle: bytes, workloads: Sequence[WorkloadKey]) -> None:
-        current = self.backend.read_secret(self.namespace, TRUST_SECRET) or {}
+        current = self._read_trust() or {}
         if current.get("bundle.pem") != bundle:
-            self.backend.write_secret(
-                self.namespace,
-                TRUST_SECRET,
-                {**current, "bundle.pem": bundle},
-                {**LABELS, PART_LABEL: "trust"},
-                "Opaque",
-            )
+            self._write_trust({**current, "bundle.pem": bundle})
         stored = self._all_workloads()
         for key in workloads:
             data = stored.get(key)

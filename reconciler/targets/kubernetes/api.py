@@ -13,8 +13,9 @@ refresh), TLS and connection pooling are the official client's.
 from __future__ import annotations
 
 import dataclasses
+import ssl
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,11 @@ class ApiError(Exception):
 
 
 class UnreachableError(Exception):
-    """The API server did not answer (connection refused, timeout)."""
+    """The API server did not answer (connection refused, timeout, a failed TLS handshake)."""
+
+
+class FencedError(Exception):
+    """A write refused before it was sent: this replica no longer holds the leader Lease."""
 
 
 def path_of(kind: str, namespace: str | None = None, name: str | None = None) -> str:
@@ -101,8 +106,19 @@ def split_ref(ref: str) -> tuple[str, str | None, str]:
 
 
 class Api:
-    def __init__(self, api_client: kclient.ApiClient) -> None:
+    def __init__(
+        self, api_client: kclient.ApiClient, timeout: tuple[float, float] = TIMEOUT
+    ) -> None:
         self.client = api_client
+        self.timeout = timeout
+        # Asked before every write: False stops it (see leader.LeaderElector.holds). A replica
+        # that lost the Lease mid-reconcile must not keep writing beside the new leader.
+        self.fence: Callable[[], bool] | None = None
+
+    def with_timeout(self, timeout: tuple[float, float]) -> Api:
+        """The same connection settings, another timeout (leader election's requests must
+        fail well inside a renew deadline)."""
+        return Api(self.client, timeout)
 
     @classmethod
     def from_kubeconfig(cls, path: str | Path | None = None, context: str | None = None) -> Api:
@@ -145,6 +161,8 @@ class Api:
         body: Any = None,
         content_type: str = "application/json",
     ) -> Object:
+        if method != "GET" and self.fence is not None and not self.fence():
+            raise FencedError(f"{method} {path}: this replica no longer leads; not writing")
         headers = {"Accept": "application/json", "Content-Type": content_type}
         m, url, hdrs, _, _ = self.client.param_serialize(
             method,
@@ -155,12 +173,17 @@ class Api:
         )
         try:
             # A dict body is sent as JSON, which the apply-patch+yaml content type accepts too.
-            resp = self.client.call_api(m, url, hdrs, body, _request_timeout=TIMEOUT)
+            resp = self.client.call_api(m, url, hdrs, body, _request_timeout=self.timeout)
             data = resp.read()  # type: ignore[no-untyped-call]
         except kclient.ApiException as e:
             if not e.status:
                 raise UnreachableError(f"{method} {path}: {e.reason}") from None
             raise ApiError(method, path, int(e.status), _json(e.body)) from None
+        except ssl.SSLError as e:
+            # Usually configuration (a wrong CA, an expired certificate), not an outage: say so.
+            raise UnreachableError(
+                f"{method} {path}: TLS with the API server failed: {e}"
+            ) from None
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise UnreachableError(f"{method} {path}: {type(e).__name__}: {e}") from None
         if resp.status >= 400:

@@ -65,6 +65,15 @@ class LeaderElector:
         self._observed: tuple[str, str, float] | None = None  # (holder, renewTime, seen at)
         self.leading = threading.Event()
         self.lost = threading.Event()  # set when leadership was lost (not given up)
+        self._renewed = float("-inf")
+
+    def holds(self) -> bool:
+        """Whether this process may write now: it leads, and its last successful renewal began
+        less than a renew deadline ago. A reconcile in flight when renewal stalls stops writing
+        here, before another candidate may take the Lease (renew deadline < duration)."""
+        return (
+            self.leading.is_set() and self._monotonic() - self._renewed < self.timing.renew_deadline
+        )
 
     def try_acquire_or_renew(self) -> bool:
         """One attempt; True when this process holds the Lease afterwards."""
@@ -123,14 +132,16 @@ class LeaderElector:
         """Acquire, then renew until `stop`; call `on_lost` (once) if leadership is lost."""
         last_renewal = 0.0
         while not stop.is_set():
+            attempt = self._monotonic()
             try:
                 ok = self.try_acquire_or_renew()
-            except (ApiError, UnreachableError) as e:
-                log.warning("leader election: %s", e)
+            except Exception as e:  # whatever failed, this attempt did not renew
+                log.warning("leader election: %s: %s", type(e).__name__, e)
                 ok = False
             now = self._monotonic()
             if ok:
-                last_renewal = now
+                last_renewal = attempt  # the Lease was valid from when the attempt began
+                self._renewed = attempt
                 if not self.leading.is_set():
                     log.info(
                         "%s is now the leader (Lease %s/%s)",

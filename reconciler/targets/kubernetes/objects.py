@@ -12,8 +12,9 @@ iptables sends inbound traffic for them to the sidecar's mTLS listeners.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from reconciler import capture
@@ -28,6 +29,7 @@ MANAGED_SELECTOR = "app.kubernetes.io/managed-by=weft"
 PART = "weft.dev/part"
 SERVICE = "weft.dev/service"
 INJECTED = "weft.dev/injected-for"  # annotation on a workload: the Service it is meshed for
+APPLIED = "weft.dev/applied"  # annotation: digest of what Weft last applied to the object
 SYSTEM_NAMESPACE = "weft-system"
 INVENTORY = "weft-inventory"
 STATUS = "weft-status"
@@ -35,6 +37,7 @@ STATUS = "weft-status"
 SIDECAR = "weft-sidecar"
 CAPTURE = "weft-capture"
 CONFIG_VOLUME, CERTS_VOLUME = "weft-config", "weft-certs"
+VOLUMES = (CONFIG_VOLUME, CERTS_VOLUME)
 CONFIG_DIR, CERTS_DIR = "/etc/weft/config", "/etc/weft/certs"
 SIDECAR_UID = capture.PROXY_UID
 ADMIN_PORT = 15020
@@ -58,15 +61,46 @@ def labels(part: str, service: str | None = None) -> dict[str, str]:
     return found
 
 
+def inbound_ports(
+    config: pc.ProxyConfig, previous: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """The mTLS listener port of each of the service's ports, by port name.
+
+    Sticky: a port keeps the listener it had (`previous`, read back from the live ConfigMap), and
+    a new port takes the lowest free one. Running pods' iptables rules were written at their
+    start, while the ConfigMap they share is reloaded live; if adding a port shifted the others,
+    old pods would send one port's traffic to another's listener until the rollout ended."""
+    names = [p.name for p in config.inbound]
+    chosen = {n: port for n, port in (previous or {}).items() if n in names}
+    used = set(chosen.values())
+    free = (port for port in range(INBOUND_BASE, TCP_BASE) if port not in used)
+    for name in names:
+        if name not in chosen:
+            chosen[name] = next(free)
+    return {n: chosen[n] for n in names}
+
+
+def live_inbound_ports(configmap: Mapping[str, Any] | None) -> dict[str, int]:
+    """The listener ports a live sidecar ConfigMap assigns; empty when there is none to read."""
+    try:
+        found = json.loads(configmap["data"]["listeners.json"])["inbound"]  # type: ignore[index]
+        return {str(n): int(str(a).rsplit(":", 1)[1]) for n, a in found.items()}
+    except (TypeError, KeyError, ValueError, IndexError, AttributeError):
+        return {}
+
+
 def listeners(
-    config: pc.ProxyConfig, cluster_ips: Mapping[tuple[str, str], str] | None = None
+    config: pc.ProxyConfig,
+    cluster_ips: Mapping[tuple[str, str], str] | None = None,
+    inbound: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Where the sidecar listens inside the pod (the `Listeners` object of docs/proxyconfig.md).
 
     `cluster_ips` are the ClusterIPs of the Kubernetes Services apps call by name: a captured
     connection to one of them, on a TCP upstream's port, is that upstream (HTTP is routed by its
-    Host header and needs no address)."""
+    Host header and needs no address). `inbound` is `inbound_ports`' choice."""
     data = config.as_dict()
+    inbound = inbound or inbound_ports(config)
     tcp_keys = [f"{t['service']}:{t['port']}" for t in data["outbound"]["tcp"]]
     tcp_keys += [
         f"{e['host']}:{e['port']}" for e in data["outbound"]["egress"] if e["protocol"] != "http"
@@ -78,9 +112,7 @@ def listeners(
         if ip:
             originals[f"{ip}:{t['port']}"] = f"{t['service']}:{t['port']}"
     return {
-        "inbound": {
-            p["name"]: f"0.0.0.0:{INBOUND_BASE + i}" for i, p in enumerate(data["inbound"])
-        },
+        "inbound": {p["name"]: f"0.0.0.0:{inbound[p['name']]}" for p in data["inbound"]},
         "app": {p["name"]: f"127.0.0.1:{p['targetPort']}" for p in data["inbound"]},
         "outboundHttp": f"127.0.0.1:{OUTBOUND_HTTP_PORT}",
         "outboundTcp": {k: f"127.0.0.1:{TCP_BASE + i}" for i, k in enumerate(sorted(tcp_keys))},
@@ -95,6 +127,7 @@ def sidecar_configmap(
     service: str,
     config: pc.ProxyConfig,
     cluster_ips: Mapping[tuple[str, str], str] | None = None,
+    inbound: Mapping[str, int] | None = None,
 ) -> Object:
     return {
         "apiVersion": "v1",
@@ -106,24 +139,44 @@ def sidecar_configmap(
         },
         "data": {
             "proxyconfig.json": config.to_json(),
-            "listeners.json": json.dumps(listeners(config, cluster_ips), indent=2, sort_keys=True)
+            "listeners.json": json.dumps(
+                listeners(config, cluster_ips, inbound), indent=2, sort_keys=True
+            )
             + "\n",
         },
     }
 
 
-def capture_args(config: pc.ProxyConfig) -> list[str]:
+def capture_args(
+    config: pc.ProxyConfig,
+    inbound: Mapping[str, int] | None = None,
+    exclude_cidrs: Sequence[str] = (),
+) -> list[str]:
     """The capture script's arguments: outbound to the capture listener, except the sidecar's
-    own traffic, and each pod port's inbound traffic to its mTLS listener."""
-    inbound = {p.target_port: INBOUND_BASE + i for i, p in enumerate(config.inbound)}
+    own traffic, DNS (port 53: TCP lookups must reach the cluster's resolver, not the mesh) and
+    `exclude_cidrs` (the API server's address: in-pod controllers talk to it directly); and
+    each pod port's inbound traffic to its mTLS listener."""
+    ports = inbound or inbound_ports(config)
     command = capture.apply_command(
-        proxy_uid=SIDECAR_UID, capture_port=CAPTURE_PORT, inbound=inbound
+        proxy_uid=SIDECAR_UID,
+        capture_port=CAPTURE_PORT,
+        inbound={p.target_port: ports[p.name] for p in config.inbound},
+        exclude_ports=(53,),
+        exclude_cidrs=exclude_cidrs,
     )
     return command[2:]  # without "sh <path in this checkout>": the image has its own copy
 
 
 def injection(
-    kind: str, namespace: str, name: str, *, service: str, config: pc.ProxyConfig, image: str
+    kind: str,
+    namespace: str,
+    name: str,
+    *,
+    service: str,
+    config: pc.ProxyConfig,
+    image: str,
+    inbound: Mapping[str, int] | None = None,
+    exclude_cidrs: Sequence[str] = (),
 ) -> Object:
     """The fields Weft applies to one workload, and nothing more: server-side apply gives Weft
     ownership of exactly these, and the application team keeps every other field."""
@@ -158,6 +211,7 @@ def injection(
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumeMounts": [
             {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
@@ -169,12 +223,18 @@ def injection(
         "name": CAPTURE,
         "image": image,
         "command": ["/bin/sh", CAPTURE_SCRIPT],
-        "args": capture_args(config),
+        "args": capture_args(config, inbound, exclude_cidrs),
         "securityContext": {
             "runAsUser": 0,
             "runAsNonRoot": False,
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        # A namespace with a ResourceQuota refuses pods whose containers set no requests.
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+            "limits": {"cpu": "100m", "memory": "64Mi"},
         },
     }
     return {
@@ -228,3 +288,58 @@ def selects(spec: WorkloadSpec, workload: Mapping[str, Any]) -> bool:
 def service_account_of(workload: Mapping[str, Any]) -> str:
     pod = workload.get("spec", {}).get("template", {}).get("spec", {})
     return str(pod.get("serviceAccountName") or pod.get("serviceAccount") or "default")
+
+
+def stamped(body: Mapping[str, Any]) -> Object:
+    """`body` with the digest of itself in annotation `weft.dev/applied`.
+
+    Comparing desired with live objects field by field cannot see a field Weft stopped
+    applying (a port or selector label removed from the intent): the live object still has it,
+    which a subset test accepts. The digest changes whenever what Weft applies changes, so such
+    an object is applied again, and server-side apply removes the fields Weft no longer sets."""
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
+    meta = dict(body["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), APPLIED: digest}
+    return {**body, "metadata": meta}
+
+
+PROTECTED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
+PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
+
+
+def injection_problems(
+    workload: Mapping[str, Any], namespace: Mapping[str, Any] | None, system_namespace: str
+) -> list[str]:
+    """Why injecting into this workload would break something; empty when it is safe."""
+    meta = workload["metadata"]
+    ref = f"{workload['kind']}/{meta['namespace']}/{meta['name']}"
+    pod = workload.get("spec", {}).get("template", {}).get("spec", {})
+    found = []
+    if meta["namespace"] in (*PROTECTED_NAMESPACES, system_namespace):
+        found.append(f"{ref}: Weft does not mesh workloads in {meta['namespace']}")
+    if pod.get("hostNetwork"):
+        found.append(
+            f"{ref} uses hostNetwork: its capture rules would redirect the node's own traffic"
+        )
+    level = ((namespace or {}).get("metadata", {}).get("labels") or {}).get(PSA_ENFORCE)
+    if level in ("baseline", "restricted"):
+        found.append(
+            f"{ref}: namespace {meta['namespace']} enforces Pod Security '{level}', which "
+            "refuses the capture init container (NET_ADMIN, NET_RAW); label it "
+            f"{PSA_ENFORCE}=privileged, or leave its workloads out of the mesh"
+        )
+    return found
+
+
+def probes_on_ports(workload: Mapping[str, Any], ports: Sequence[int]) -> list[str]:
+    """Containers whose HTTP or TCP probes target a meshed pod port. Inbound capture sends the
+    kubelet's plaintext probe to the mTLS listener, which refuses it."""
+    pod = workload.get("spec", {}).get("template", {}).get("spec", {})
+    found = []
+    for container in pod.get("containers", []):
+        for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
+            probe = container.get(kind) or {}
+            target = (probe.get("httpGet") or probe.get("tcpSocket") or {}).get("port")
+            if isinstance(target, int) and target in ports:
+                found.append(f"{container['name']} {kind} on port {target}")
+    return found

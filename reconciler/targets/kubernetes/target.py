@@ -22,6 +22,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import datetime
+import gzip
 import json
 import logging
 import re
@@ -35,6 +36,7 @@ from reconciler.allocation import without_gc_pauses
 from reconciler.compiler import DesiredState
 from reconciler.identity import secretstore
 from reconciler.targets import Change, Plan
+from reconciler.targets.kubernetes import api as api_mod
 from reconciler.targets.kubernetes import compare, objects
 from reconciler.targets.kubernetes.api import Api, ApiError, Object, ref_of, split_ref
 
@@ -44,6 +46,7 @@ WORKERS = 8
 OWNED_KINDS = ("ConfigMap", "Service", "NetworkPolicy")
 APPLY_ORDER = ("ConfigMap", "Service", "NetworkPolicy", *objects.WORKLOAD_KINDS)
 _CONFLICT_WITH = re.compile(r'conflict with "([^"]+)"')
+RELEASE = "release the sidecar injection"
 
 
 class ConflictError(Exception):
@@ -54,7 +57,7 @@ class ConflictError(Exception):
 class Observed:
     owned: dict[str, Object]  # Weft-labelled objects of OWNED_KINDS, by ref
     workloads: dict[str, Object]  # every Deployment/StatefulSet/DaemonSet, by ref
-    namespaces: set[str]
+    namespaces: dict[str, Object]  # by name
     inventory: set[str]
     cluster_ips: dict[tuple[str, str], str]  # (namespace, name) → ClusterIP of every Service
 
@@ -115,7 +118,7 @@ class KubernetesTarget:
             if ip and ip != "None":
                 cluster_ips[(meta["namespace"], meta["name"])] = ip
         workloads = {ref_of(obj): obj for kind in objects.WORKLOAD_KINDS for obj in api.list(kind)}
-        namespaces = {o["metadata"]["name"] for o in api.list("Namespace")}
+        namespaces = {o["metadata"]["name"]: o for o in api.list("Namespace")}
         inventory = self._read_inventory()
         self._observed = Observed(owned, workloads, namespaces, inventory, cluster_ips)
         fingerprints = {ref: o["metadata"].get("resourceVersion", "") for ref, o in owned.items()}
@@ -130,26 +133,40 @@ class KubernetesTarget:
         cm = self.api.get("ConfigMap", self.system_namespace, objects.INVENTORY)
         if cm is None:
             return set()
-        return {line for line in cm.get("data", {}).get("objects", "").splitlines() if line}
+        packed = (cm.get("binaryData") or {}).get("objects.gz")
+        text = (
+            gzip.decompress(base64.b64decode(packed)).decode()
+            if packed
+            else cm.get("data", {}).get("objects", "")
+        )
+        return {line for line in text.splitlines() if line}
 
     # ------------------------------------------------------------------ plan
 
     def desired_objects(self, desired: DesiredState) -> tuple[dict[str, Object], list[str]]:
-        """Every object (and injection) `desired` calls for, by ref; and the problems that keep
-        it from being applied."""
+        """Every object (and injection) `desired` calls for, by ref, stamped with the digest
+        of itself (`objects.stamped`); and the problems that keep it from being applied."""
         observed = self._need_observed()
         wanted: dict[str, Object] = {}
         problems: list[str] = []
-        for (ns, svc), config in sorted(desired.proxy_configs.items()):
-            cm = objects.sidecar_configmap(ns, svc, config, observed.cluster_ips)
-            wanted[ref_of(cm)] = cm
-        for obj in [*desired.discovery_services, *desired.network_policies]:
-            wanted[ref_of(obj)] = obj
+        api_ip = observed.cluster_ips.get(("default", "kubernetes"))
+        exclude = [f"{api_ip}/32"] if api_ip else []
+        by_namespace: dict[str, list[tuple[str, Object]]] = collections.defaultdict(list)
+        for ref, live in sorted(observed.workloads.items()):
+            by_namespace[live["metadata"]["namespace"]].append((ref, live))
         claimed: dict[str, str] = {}
-        for (ns, svc), spec in sorted(desired.workloads.items()):
-            config = desired.proxy_configs[(ns, svc)]
-            for ref, live in sorted(observed.workloads.items()):
-                if live["metadata"].get("namespace") != ns or not objects.selects(spec, live):
+        for (ns, svc), config in sorted(desired.proxy_configs.items()):
+            cm_ref = f"ConfigMap/{ns}/{objects.sidecar_configmap_name(svc)}"
+            inbound = objects.inbound_ports(
+                config, objects.live_inbound_ports(observed.owned.get(cm_ref))
+            )
+            wanted[cm_ref] = objects.sidecar_configmap(
+                ns, svc, config, observed.cluster_ips, inbound
+            )
+            spec = desired.workloads[(ns, svc)]
+            target_ports = [p.target_port for p in config.inbound]
+            for ref, live in by_namespace.get(ns, []):
+                if not objects.selects(spec, live):
                     continue
                 if ref in claimed:
                     problems.append(
@@ -167,6 +184,19 @@ class KubernetesTarget:
                         " serviceAccount to match"
                     )
                     continue
+                unsafe = objects.injection_problems(
+                    live, observed.namespaces.get(ns), self.system_namespace
+                )
+                if unsafe:
+                    problems += unsafe
+                    continue
+                for probe in objects.probes_on_ports(live, target_ports):
+                    log.warning(
+                        "%s: %s goes through inbound capture to the mTLS listener, which refuses"
+                        " the kubelet's plaintext probe; probe another port or use exec",
+                        ref,
+                        probe,
+                    )
                 wanted[ref] = objects.injection(
                     live["kind"],
                     ns,
@@ -174,14 +204,18 @@ class KubernetesTarget:
                     service=svc,
                     config=config,
                     image=self.image,
+                    inbound=inbound,
+                    exclude_cidrs=exclude,
                 )
-        missing = sorted({split_ref(r)[1] or "" for r in wanted} - observed.namespaces - {""})
+        for obj in [*desired.discovery_services, *desired.network_policies]:
+            wanted[ref_of(obj)] = obj
+        missing = sorted({split_ref(r)[1] or "" for r in wanted} - set(observed.namespaces) - {""})
         problems += [f"namespace {ns} does not exist" for ns in missing]
         if self.system_namespace not in observed.namespaces:
             problems.append(
                 f"namespace {self.system_namespace} does not exist (apply deploy/ first)"
             )
-        return wanted, problems
+        return {ref: objects.stamped(body) for ref, body in wanted.items()}, problems
 
     @without_gc_pauses
     def plan(self, desired: DesiredState, observed: Mapping[str, str]) -> Plan:
@@ -197,17 +231,29 @@ class KubernetesTarget:
             and not (body["kind"] in objects.WORKLOAD_KINDS and ref in seen.workloads)
         }
         # An object Weft would create may exist without Weft's label: look, a few at a time.
+        # One Weft recorded and still manages (someone removed its label) is Weft's: its label
+        # is drift like any other. Anything else is a namesake, never taken over.
         namesakes: set[str] = set()
+        adopted: dict[str, Object] = {}
 
         def look(ref: str) -> str:
             kind, ns, name = split_ref(ref)
-            if self.api.get(kind, ns, name) is not None:
+            found = self.api.get(kind, ns, name)
+            if found is None:
+                return ref
+            managers = {m.get("manager") for m in found["metadata"].get("managedFields", [])}
+            if ref in seen.inventory and api_mod.FIELD_MANAGER in managers:
+                adopted[ref] = found
+            else:
                 namesakes.add(ref)
             return ref
 
         _each(look, sorted(missing))
         for ref in sorted(missing):
-            if ref in namesakes:
+            if ref in adopted:
+                changes.append(Change("update", ref, "Weft's labels were removed"))
+                bodies[ref] = wanted[ref]
+            elif ref in namesakes:
                 problems.append(
                     f"{ref} exists and is not Weft's (no app.kubernetes.io/managed-by=weft"
                     " label); Weft never takes over an object it did not create"
@@ -231,7 +277,7 @@ class KubernetesTarget:
             if objects.INJECTED in annotations and ref not in wanted:
                 kind, ns, name = split_ref(ref)
                 releases[ref] = objects.release(kind, ns or "", name)
-                changes.append(Change("delete", ref, "release the sidecar injection"))
+                changes.append(Change("delete", ref, RELEASE))
         deletes: dict[str, str] = {}
         for ref, live in seen.owned.items():
             if ref in wanted:
@@ -243,7 +289,8 @@ class KubernetesTarget:
             deletes[ref] = live["metadata"]["uid"]
             changes.append(Change("delete", ref))
         inventory = {r for r in wanted if split_ref(r)[0] in OWNED_KINDS}
-        self._planned[desired.revision] = _Planned(desired, bodies, releases, deletes, inventory)
+        # Only the latest plan is kept: a plan whose apply failed is never applied later.
+        self._planned = {desired.revision: _Planned(desired, bodies, releases, deletes, inventory)}
         self._desired = desired
         return Plan(desired.revision, tuple(sorted(changes, key=lambda c: c.key)))
 
@@ -287,9 +334,10 @@ class KubernetesTarget:
 
         def one(ref: str) -> str:
             try:
-                self.api.apply(planned.bodies[ref], dry_run=True, force=True)
+                self.api.apply(planned.bodies[ref], dry_run=True)
             except ApiError as e:
-                rejected[ref] = e.message
+                if not (e.conflict and self._drift_only(planned.bodies[ref], e)):
+                    rejected[ref] = e.message
             return ref
 
         _each(one, sorted(planned.bodies))
@@ -301,38 +349,79 @@ class KubernetesTarget:
         except ApiError as e:
             if not e.conflict:
                 raise
-            ref = ref_of(body)
-            managers = {m for c in e.causes if (m := _manager(c.get("message", "")))}
-            fields = sorted({str(c.get("field", "")) for c in e.causes})
-            kind, ns, name = split_ref(ref)
-            live = self.api.get(kind, ns, name) or {}
-            appliers = sorted(
-                m["manager"]
-                for m in live.get("metadata", {}).get("managedFields", [])
-                if m.get("manager") in managers and m.get("operation") == "Apply"
-            )
-            if appliers or not managers:
-                raise ConflictError(
-                    f"{ref}: {', '.join(fields)} applied by"
-                    f" {', '.join(appliers) or 'another manager'}; Weft does not take over fields"
-                    " another manager declares"
-                ) from None
+            if not self._drift_only(body, e):
+                raise ConflictError(self._conflict_message(body, e)) from None
             log.warning(
                 "%s: %s changed by %s; reverting to the desired state",
-                ref,
-                ", ".join(fields),
-                ", ".join(sorted(managers)),
+                ref_of(body),
+                ", ".join(sorted({str(c.get("field", "")) for c in e.causes})),
+                ", ".join(sorted(_managers(e))),
             )
             return self.api.apply(body, force=True)
 
+    def _drift_only(self, body: Object, e: ApiError) -> bool:
+        """Whether every manager a conflict names changed the fields imperatively (an
+        `Update`: kubectl edit, patch, replace), so the fields are Weft's to take back. A
+        manager that *applies* them declared a claim: that is a conflict to report."""
+        managers = _managers(e)
+        if not managers:
+            return False
+        kind, ns, name = split_ref(ref_of(body))
+        live = self.api.get(kind, ns, name) or {}
+        return not any(
+            m.get("manager") in managers and m.get("operation") == "Apply"
+            for m in live.get("metadata", {}).get("managedFields", [])
+        )
+
+    def _conflict_message(self, body: Object, e: ApiError) -> str:
+        fields = ", ".join(sorted({str(c.get("field", "")) for c in e.causes}))
+        who = ", ".join(sorted(_managers(e))) or "another manager"
+        return (
+            f"{ref_of(body)}: {fields} applied by {who}; Weft does not take over fields"
+            " another manager declares"
+        )
+
+    def _remove_leftovers(self, ref: str) -> None:
+        """After releasing an injection, remove what server-side apply kept because another
+        manager co-owned part of it (a `kubectl set image` on the sidecar leaves the container
+        with a name and an image: a broken init container that blocks every new pod). Removed
+        by JSON patch, each removal guarded by a test of the item's name."""
+        kind, ns, name = split_ref(ref)
+        live = self.api.get(kind, ns, name)
+        if live is None:
+            return
+        pod = live.get("spec", {}).get("template", {}).get("spec", {})
+        ops: list[Object] = []
+        for field in ("initContainers", "volumes"):
+            items = pod.get(field) or []
+            for i in reversed(range(len(items))):
+                item_name = items[i].get("name", "")
+                if item_name in (objects.SIDECAR, objects.CAPTURE, *objects.VOLUMES):
+                    path = f"/spec/template/spec/{field}/{i}"
+                    ops += [
+                        {"op": "test", "path": f"{path}/name", "value": item_name},
+                        {"op": "remove", "path": path},
+                    ]
+        if ops:
+            log.warning("%s: removing what other managers kept of Weft's injection", ref)
+            self.api.request(
+                "PATCH",
+                api_mod.path_of(kind, ns, name),
+                body=ops,
+                content_type="application/json-patch+json",
+            )
+
     def prune(self, plan: Plan) -> list[str]:
-        planned = self._planned.pop(plan.revision)
+        planned = self._planned.pop(plan.revision, None)
         tracer = trace.get_tracer("weft.target.kubernetes")
         removed: list[str] = []
+        if planned is None:
+            return removed
 
         def release(ref: str) -> str:
             with tracer.start_as_current_span(f"release {ref}"):
                 self.api.apply(planned.releases[ref], force=True)
+                self._remove_leftovers(ref)
             return ref
 
         def delete(ref: str) -> str:
@@ -343,7 +432,7 @@ class KubernetesTarget:
 
         removed += _each(release, sorted(planned.releases))
         for kind in reversed(OWNED_KINDS):
-            removed += _each(delete, sorted(r for r in planned.deletes if r.startswith(kind)))
+            removed += _each(delete, sorted(r for r in planned.deletes if r.startswith(f"{kind}/")))
         seen_inventory = self._read_inventory()
         if seen_inventory != planned.inventory:
             self._write_inventory(planned.inventory)
@@ -351,6 +440,9 @@ class KubernetesTarget:
         return removed
 
     def _write_inventory(self, refs: Iterable[str]) -> None:
+        """One ref per line, gzipped: a ConfigMap holds at most 1 MiB, which plain text would
+        reach at a few thousand services; compressed, refs (alike but for names) take ~10x less."""
+        text = "".join(f"{r}\n" for r in sorted(refs)).encode()
         self.api.apply(
             {
                 "apiVersion": "v1",
@@ -360,7 +452,9 @@ class KubernetesTarget:
                     "namespace": self.system_namespace,
                     "labels": objects.labels("inventory"),
                 },
-                "data": {"objects": "".join(f"{r}\n" for r in sorted(refs))},
+                "binaryData": {
+                    "objects.gz": base64.b64encode(gzip.compress(text, mtime=0)).decode()
+                },
             },
             force=True,
         )
@@ -418,9 +512,10 @@ class KubernetesTarget:
         )
         ready = conditions.get("Ready", {})
         stalled = conditions.get("Stalled", {})
-        reason = str(stalled.get("reason") if stalled.get("status") else ready.get("reason"))
-        message = str(stalled.get("message") if stalled.get("status") else ready.get("message"))
-        self._event(reason or "Reconciled", message, warning=bool(stalled.get("status")))
+        source = stalled if stalled.get("status") else ready
+        reason = str(source.get("reason") or "Reconciled")
+        message = str(source.get("message") or "")
+        self._event(reason, message, warning=bool(stalled.get("status")))
         self._reported = key
 
     def _event(self, reason: str, message: str, *, warning: bool) -> None:
@@ -463,6 +558,12 @@ class SecretBackend:
         obj = self.api.get("Secret", namespace, name)
         return None if obj is None else _decode(obj)
 
+    def read_versioned(
+        self, namespace: str, name: str
+    ) -> tuple[secretstore.SecretData, str] | None:
+        obj = self.api.get("Secret", namespace, name)
+        return None if obj is None else (_decode(obj), obj["metadata"]["resourceVersion"])
+
     def list_secrets(self, selector: str) -> dict[tuple[str, str], secretstore.SecretData]:
         return {
             (o["metadata"]["namespace"], o["metadata"]["name"]): _decode(o)
@@ -476,29 +577,59 @@ class SecretBackend:
         data: secretstore.SecretData,
         labels: Mapping[str, str],
         secret_type: str,
-    ) -> None:
-        self.api.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "type": secret_type,
-                "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
-                "data": {k: base64.b64encode(v).decode() for k, v in sorted(data.items())},
-            },
-            force=True,  # these Secrets are the identity store's alone
-        )
+        *,
+        resource_version: str | None = None,
+    ) -> str:
+        if resource_version is None:
+            self._refuse_namesake(namespace, name)
+        meta: Object = {"name": name, "namespace": namespace, "labels": dict(labels)}
+        if resource_version is not None:
+            meta["resourceVersion"] = resource_version  # server-side apply's precondition
+        try:
+            written = self.api.apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "type": secret_type,
+                    "metadata": meta,
+                    "data": {k: base64.b64encode(v).decode() for k, v in sorted(data.items())},
+                },
+                force=True,  # these Secrets are the identity store's alone
+            )
+        except ApiError as e:
+            if e.conflict and resource_version is not None:
+                raise secretstore.ConcurrentChangeError(
+                    f"Secret {namespace}/{name} changed while this step ran (another weft);"
+                    " nothing was recorded, and the step runs again"
+                ) from None
+            raise
+        return str(written["metadata"]["resourceVersion"])
+
+    def _refuse_namesake(self, namespace: str, name: str) -> Object | None:
+        live = self.api.get("Secret", namespace, name)
+        if (
+            live is not None
+            and (live["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") != "weft"
+        ):
+            raise identity.IdentityError(
+                f"Secret {namespace}/{name} exists and is not Weft's (no"
+                " app.kubernetes.io/managed-by=weft label); Weft never takes over a Secret"
+            )
+        return live
 
     def delete_secret(self, namespace: str, name: str) -> None:
-        self.api.delete("Secret", namespace, name)
+        live = self._refuse_namesake(namespace, name)
+        if live is not None:
+            self.api.delete("Secret", namespace, name, uid=live["metadata"]["uid"])
 
 
 def _decode(obj: Mapping[str, Any]) -> dict[str, bytes]:
     return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
 
 
-def _manager(message: str) -> str | None:
-    found = _CONFLICT_WITH.search(message)
-    return found.group(1) if found else None
+def _managers(e: ApiError) -> set[str]:
+    """The field managers a 409 from server-side apply names."""
+    return {m.group(1) for c in e.causes if (m := _CONFLICT_WITH.search(c.get("message", "")))}
 
 
 def _each(work: Callable[[str], str], refs: list[str]) -> list[str]:
