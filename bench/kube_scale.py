@@ -36,28 +36,11 @@ from bench.intent_scale import generate, machine  # noqa: E402
 from reconciler import compiler, intent  # noqa: E402
 from reconciler.targets.kubernetes import Api, KubernetesTarget  # noqa: E402
 from tests import kube  # noqa: E402
+from tests.kubeapps import workload  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "kube-scale.json"
 IMAGE = "registry.example/weft:bench"
 TARGET_NOOP_SECONDS = 5.0  # the target for 1,000 services
-
-
-def _workload(kind: str, ns: str, name: str, labels: dict[str, str], sa: str) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "replicas": 1,
-        "selector": {"matchLabels": labels},
-        "template": {
-            "metadata": {"labels": labels},
-            "spec": {
-                "serviceAccountName": sa,
-                "containers": [{"name": "app", "image": f"registry.example/{name}:1"}],
-            },
-        },
-    }
-    if kind == "StatefulSet":
-        spec["serviceName"] = name
-    return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name, "namespace": ns},
-            "spec": spec}  # fmt: skip
 
 
 def populate(api: Api, desired: compiler.DesiredState) -> int:
@@ -68,7 +51,7 @@ def populate(api: Api, desired: compiler.DesiredState) -> int:
     bodies = []
     for (ns, svc), spec in desired.workloads.items():
         sa = desired.proxy_configs[(ns, svc)].workload.service_account
-        bodies.append(_workload(spec.kind, ns, spec.name or svc, dict(spec.pod_selector), sa))
+        bodies.append(workload(spec.kind, ns, spec.name or svc, dict(spec.pod_selector), sa))
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda b: api.apply(b, manager="app-team"), bodies))
     return len(bodies)

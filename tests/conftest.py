@@ -10,6 +10,8 @@ import pytest
 
 from reconciler import intent
 from tests.jaeger import jaeger  # noqa: F401  # session fixture: a real Jaeger, built if missing
+from tests.kube import kube, namespace  # noqa: F401  # a real kube-apiserver, built if missing
+from tests.kubeapps import template_cluster  # noqa: F401  # the template's apps on it
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "mesh-repo-template"
@@ -41,8 +43,3 @@ def load(root: Path, revision: str | None = None) -> intent.Intent:
     if revision is not None:
         snapshot = dataclasses.replace(snapshot, revision=revision)
     return intent.load(snapshot)
-
-
-# Last, because they use TEMPLATE and load from this module.
-from tests.kube import kube, namespace  # noqa: E402, F401  # a real kube-apiserver, built if missing
-from tests.kubeapps import template_cluster  # noqa: E402, F401  # the template's apps on it

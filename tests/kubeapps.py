@@ -9,6 +9,7 @@ session's API server and `template_cluster` removes them (and `weft-system`) aft
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from reconciler import compiler
+from reconciler import compiler, intent
 from reconciler.targets.kubernetes import Api, ApiError
-from tests.conftest import TEMPLATE, load
 from tests.kube import ControlPlane
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
+TEMPLATE = ROOT / "mesh-repo-template"
 APP_MANAGER = "app-team"
 TEMPLATE_NAMESPACES = ("a", "b", "c")
 
@@ -100,7 +101,8 @@ def template_cluster(kube: ControlPlane) -> Iterator[ControlPlane]:
 
 
 def desired_template(revision: str = "main@sha1:" + "1" * 40) -> compiler.DesiredState:
-    return compiler.compile(load(TEMPLATE, revision))
+    snapshot = dataclasses.replace(intent.files.from_directory(TEMPLATE), revision=revision)
+    return compiler.compile(intent.load(snapshot))
 
 
 def resource_versions(api: Api, namespaces: tuple[str, ...]) -> dict[str, str]:
