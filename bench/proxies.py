@@ -316,6 +316,7 @@ class Window:
         self.stopping = threading.Event()
         self.sampler: threading.Thread | None = None
         self.before: dict[str, float] = {}
+        self.threads_before: dict[str, dict[str, float]] = {}
         self.t0 = 0.0
         self.result: dict[str, Any] = {}
 
@@ -334,6 +335,7 @@ class Window:
                     self.peak[side] = max(self.peak[side], host.memory_kib(pid)["VmRSS"])
 
     def begin(self) -> None:
+        self.threads_before = {s: host.thread_cpu_seconds(p) for s, p in self.pids.items()}
         self.t0, self.before = time.monotonic(), self._cpu()
         self.sampler = threading.Thread(target=self._sample, daemon=True)
         self.sampler.start()
@@ -344,12 +346,20 @@ class Window:
         self.stopping.set()
         if self.sampler is not None:
             self.sampler.join()
+        threads = {
+            side: {
+                name: round(cpu - self.threads_before[side].get(name, 0.0), 3)
+                for name, cpu in host.thread_cpu_seconds(pid).items()
+            }
+            for side, pid in self.pids.items()
+        }
         delta = {k: after[k] - self.before[k] for k in after}
         known = sum(v for k, v in delta.items() if k != "_all")
         memory = {side: host.memory_kib(pid) for side, pid in self.pids.items()}
         self.result = {
             "seconds": round(elapsed, 3),
             "cpu_s": {side: delta[side] for side in self.pids},
+            "thread_cpu_s": threads,  # by thread name: who in a process did the work
             "backend_cpu_s": delta["_backend"],
             "loadgen_cpu_s": delta["_loadgen"],
             # CPU everything else used, in % of one core (two cores: 200)
