@@ -45,9 +45,13 @@ class Up:
         )
         sidecars.wait_until(lambda: self.applied() is not None, timeout=60)
         self.ports: dict[str, int] = json.loads((state / "local" / "ports.json").read_text())
-        # Apps start after their sidecars are ready; give them a moment to listen.
+        # Apps start after their sidecars are ready; give them a moment to listen. Twenty in a
+        # row, because b/api is a 90/10 canary: one success says only that v1 is up.
         sidecars.wait_until(
-            lambda: self.call("a/web/default", "http://api.b:8080/")[0] == 200, timeout=30
+            lambda: all(
+                self.call("a/web/default", "http://api.b:8080/")[0] == 200 for _ in range(20)
+            ),
+            timeout=30,
         )
 
     def status(self) -> status_.Status | None:
