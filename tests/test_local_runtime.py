@@ -43,16 +43,21 @@ class Up:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        sidecars.wait_until(lambda: self.applied() is not None, timeout=60)
-        self.ports: dict[str, int] = json.loads((state / "local" / "ports.json").read_text())
-        # Apps start after their sidecars are ready; give them a moment to listen. Twenty in a
-        # row, because b/api is a 90/10 canary: one success says only that v1 is up.
-        sidecars.wait_until(
-            lambda: all(
-                self.call("a/web/default", "http://api.b:8080/")[0] == 200 for _ in range(20)
-            ),
-            timeout=30,
-        )
+        try:
+            sidecars.wait_until(lambda: self.applied() is not None, timeout=90)
+            self.ports: dict[str, int] = json.loads((state / "local" / "ports.json").read_text())
+            # Apps start after their sidecars are ready; give them a moment to listen. Twenty in
+            # a row, because b/api is a 90/10 canary: one success says only that v1 is up.
+            sidecars.wait_until(
+                lambda: all(
+                    self.call("a/web/default", "http://api.b:8080/")[0] == 200 for _ in range(20)
+                ),
+                timeout=60,
+            )
+        except BaseException:
+            self.stop()  # a mesh that never came up must not outlive the test
+            print((state.parent / "up.log").read_text()[-4000:])
+            raise
 
     def status(self) -> status_.Status | None:
         return status_.read(self.state / "status.json")
