@@ -6,6 +6,7 @@ so a policy change never moves an address an app or a user is using.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -37,7 +38,14 @@ class Ports:
         if key in self.taken:
             return self.taken[key]
         used = set(self.taken.values())
-        for port in range(FIRST_PORT, LAST_PORT + 1):
+        # Scan from a point of this state directory's own: two meshes on one machine (tests in
+        # parallel, a second `weft up`) would otherwise both start at FIRST_PORT, and a port one
+        # has allocated but whose listener is not bound at that instant (an app restarting)
+        # would be handed out twice.
+        span = LAST_PORT - FIRST_PORT + 1
+        start = int.from_bytes(hashlib.sha256(str(self.path).encode()).digest()[:4]) % span
+        for offset in range(span):
+            port = FIRST_PORT + (start + offset) % span
             if port not in used and _free(port):
                 self.taken[key] = port
                 self._save()
