@@ -391,7 +391,9 @@ def loadgen(ctx: Context, run: Running, argv: list[str]) -> dict[str, Any]:
         else:
             errors.append(line.rstrip())
     out = proc.stdout.read()
-    if proc.wait() != 0 or not out.strip():
+    if window.before and not window.result:  # the window never closed: close it now
+        window.end()
+    if proc.wait() != 0 or not out.strip() or not window.result:
         raise RuntimeError(f"weft-loadgen {argv} failed: {errors}")
     result: dict[str, Any] = json.loads(out)
     result["window"] = window.result
@@ -741,6 +743,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-install", dest="install", action="store_false")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--plots", type=Path, default=PLOTS)
+    p.add_argument("--resume", type=Path, help="continue an interrupted run saved in FILE")
     p.add_argument("--from-json", type=Path, help="only summarise and plot an earlier run")
     p.add_argument("--keep", action="store_true", help="keep configs, certs and logs")
     args = p.parse_args()
@@ -835,7 +838,15 @@ def main() -> int:
             fractions = [float(x) for x in args.fractions.split(",") if x]
             rates: dict[str, list[float]] = {}
             result["calibration"] = {}
-            for topology in args.topologies:
+            done: set[tuple[int, str, str]] = set()
+            if args.resume is not None:  # an interrupted run: keep its runs and offered rates
+                earlier = json.loads(args.resume.read_text())
+                rates, result["calibration"] = earlier["rates"], earlier["calibration"]
+                result["runs"] = earlier["runs"]
+                result["discarded_runs"] = earlier.get("discarded_runs", [])
+                result["resumed"] = {"date": earlier["date"], "load": earlier.get("load")}
+                done = {(r["round"], r["topology"], r["peer"]) for r in result["runs"]}
+            for topology in [t for t in args.topologies if t not in rates]:
                 found = calibrate(ctx, topology, args.peers)
                 slowest = min(v for k, v in found.items() if k != "direct")
                 result["calibration"][topology] = found
@@ -844,7 +855,7 @@ def main() -> int:
             for n in range(args.runs):
                 order = args.peers[n % len(args.peers) :] + args.peers[: n % len(args.peers)]
                 for topology in args.topologies:
-                    for peer in order:
+                    for peer in [p for p in order if (n, topology, p) not in done]:
                         for attempt in range(args.retries + 1):
                             print(f"== round {n + 1}/{args.runs}: {topology} {peer}", flush=True)
                             r = measure(ctx, peer, topology, rates[topology])
