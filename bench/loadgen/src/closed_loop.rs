@@ -19,7 +19,7 @@ pub struct Settings {
 
 pub fn run(target: &Target, s: &Settings, mode: &str) -> Value {
     let start = Instant::now();
-    announce_phases(start, s.warmup, s.duration);
+    let phases = announce_phases(start, s.warmup, s.duration);
     let (from, until) = (start + s.warmup, start + s.warmup + s.duration);
     let tallies = thread::scope(|scope| {
         let workers: Vec<_> = (0..s.connections)
@@ -31,6 +31,7 @@ pub fn run(target: &Target, s: &Settings, mode: &str) -> Value {
             .collect::<Vec<_>>()
     });
     let all = merged(tallies);
+    phases.join().expect("phase announcer panicked");
     let seconds = s.duration.as_secs_f64();
     let mut out = all.summary(seconds);
     out["mode"] = json!(mode);

@@ -31,7 +31,7 @@ pub fn run(
 ) -> Value {
     let negotiated = probe(target, verified);
     let start = Instant::now();
-    announce_phases(start, s.warmup, s.duration);
+    let phases = announce_phases(start, s.warmup, s.duration);
     let (from, until) = (start + s.warmup, start + s.warmup + s.duration);
     let tallies = thread::scope(|scope| {
         let workers: Vec<_> = (0..s.connections)
@@ -43,6 +43,7 @@ pub fn run(
             .collect::<Vec<_>>()
     });
     let all = merged(tallies);
+    phases.join().expect("phase announcer panicked");
     let seconds = s.duration.as_secs_f64();
     let mut out = all.summary(seconds);
     out["mode"] = json!("handshake");

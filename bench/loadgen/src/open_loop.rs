@@ -28,7 +28,7 @@ pub fn run(target: &Target, s: &Settings) -> Value {
     // Connect everything first: a connection's setup is not a request's latency.
     let streams: Vec<_> = (0..s.connections).map(|_| target.connect()).collect();
     let start = Instant::now() + Duration::from_millis(20);
-    announce_phases(start, s.warmup, s.duration);
+    let phases = announce_phases(start, s.warmup, s.duration);
     let tallies = thread::scope(|scope| {
         let workers: Vec<_> = streams
             .into_iter()
@@ -44,6 +44,7 @@ pub fn run(target: &Target, s: &Settings) -> Value {
             .collect::<Vec<_>>()
     });
     let all = merged(tallies);
+    phases.join().expect("phase announcer panicked");
     let seconds = s.duration.as_secs_f64();
     let mut out = all.summary(seconds);
     out["mode"] = json!("rate");

@@ -2,7 +2,7 @@
 //! helpers that keep sends on time.
 
 use std::net::{SocketAddr, TcpStream};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 /// How long a read may block before the request counts as failed.
@@ -41,11 +41,12 @@ pub fn tight_timers() {
 
 /// Phase markers on stderr, one JSON line each, so a harness can sample the server's CPU and
 /// memory over exactly the measured window: `measuring` when warm-up ends, `measured` at the end.
-pub fn announce_phases(start: Instant, warmup: Duration, duration: Duration) {
+/// Join the handle before printing the report: a run can finish before its window closes.
+pub fn announce_phases(start: Instant, warmup: Duration, duration: Duration) -> JoinHandle<()> {
     thread::spawn(move || {
         sleep_until(start + warmup);
         eprintln!("{{\"event\":\"measuring\"}}");
         sleep_until(start + warmup + duration);
         eprintln!("{{\"event\":\"measured\"}}");
-    });
+    })
 }
