@@ -35,6 +35,8 @@ class Proxy:
         """Up to `max` finished spans, oldest first, as a JSON list."""
     def drain_access_log(self, max: int = 4096) -> str:
         """Up to `max` access log entries, oldest first, as a JSON list."""
+    def drain_access_log_lines(self, max: int = 4096) -> str:
+        """Up to `max` access log entries as JSON lines, each beginning "event":"access"."""
     def bound(self) -> dict[str, str]:
         """Where each listener is bound."""
     def revision(self) -> str:

@@ -122,6 +122,29 @@ impl PyProxy {
         })
     }
 
+    /// Up to `max` access log entries, oldest first, as JSON lines ready to write: each object
+    /// begins with `"event":"access"`. Serialised here, without the GIL, so the agent's only
+    /// work per entry is a write: decoding and re-encoding thousands of entries in Python every
+    /// 0.2 s took the sidecar's core away from the proxy in bursts (its p99 tail).
+    #[pyo3(signature = (max = 4096))]
+    fn drain_access_log_lines(&self, py: Python<'_>, max: usize) -> PyResult<String> {
+        py.detach(|| {
+            let mut out = String::new();
+            for entry in self.shared.telemetry.drain_access_log(max) {
+                let json = serde_json::to_string(&entry)
+                    .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+                out.push_str("{\"event\":\"access\"");
+                // `json` is a non-empty object: "{...}"; splice the event field in front.
+                if json.len() > 2 {
+                    out.push(',');
+                }
+                out.push_str(&json[1..]);
+                out.push('\n');
+            }
+            Ok(out)
+        })
+    }
+
     /// Where each listener is bound ("inbound:<port>", "outbound:http", "outbound:<svc:port>").
     fn bound(&self) -> PyResult<HashMap<String, String>> {
         self.with(|p| {
