@@ -1,7 +1,7 @@
 """Where identity lives between runs: the interface every target's storage implements.
 
 The local runtime keeps files under a state directory (`files.FileStore`); the Kubernetes target
-will keep the CA in a Secret in `weft-system` and one Secret per service account (`tls.crt`,
+keeps the CA in a Secret in `weft-system` and one Secret per service account (`tls.crt`,
 `tls.key`, `ca.crt`). Everything above this interface — issuance, rollover, status — is the same
 for both.
 """
