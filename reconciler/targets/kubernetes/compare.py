@@ -65,13 +65,5 @@ def _merge_key(items: Sequence[Any]) -> str | None:
 
 
 def _same_scalar(desired: Any, live: Any) -> bool:
-    if desired == live and type(desired) is type(live):
-        return True
-    # The API server echoes integers and strings as given; a bool is never equal to an int.
-    return (
-        isinstance(desired, int)
-        and isinstance(live, int)
-        and not isinstance(desired, bool)
-        and not isinstance(live, bool)
-        and desired == live
-    )
+    # The API server echoes scalars as given; the type check keeps True from equalling 1.
+    return bool(desired == live and type(desired) is type(live))
