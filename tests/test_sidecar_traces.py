@@ -43,22 +43,7 @@ INTENT = {
           trustDomain: {TD}
           telemetry: {{samplingPercent: 100}}
         """,
-    "services.yaml": """\
-        apiVersion: weft.dev/v1alpha1
-        kind: Service
-        metadata: {name: web, namespace: a}
-        spec: {ports: [{name: http, port: 8080}]}
-        ---
-        apiVersion: weft.dev/v1alpha1
-        kind: Service
-        metadata: {name: api, namespace: b}
-        spec: {ports: [{name: http, port: 8080}]}
-        ---
-        apiVersion: weft.dev/v1alpha1
-        kind: AccessPolicy
-        metadata: {name: from-a, namespace: b}
-        spec: {from: [{namespaces: [a]}]}
-        """,
+    "services.yaml": sidecars.WEB_AND_API + "---\n" + sidecars.ALLOW_A_TO_B,
 }
 
 
