@@ -8,6 +8,7 @@ __all__ = [
     "ConfigError",
     "Proxy",
     "check_route_regex",
+    "normalize_path",
     "start",
     "version",
 ]
@@ -59,3 +60,6 @@ def version() -> str:
 
 def check_route_regex(pattern: str) -> None:
     """Raise ValueError with a one-line reason if the data plane cannot compile `pattern`."""
+
+def normalize_path(path: str, escaped_slashes: str) -> str:
+    """The sidecar's normal form of `path`; ValueError with the reason if it has none."""

@@ -6,6 +6,8 @@
 
 use serde::Deserialize;
 
+pub use crate::path::EscapedSlashes;
+
 pub const SCHEMA_VERSION: &str = "weft.dev/proxyconfig/v1";
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,16 @@ pub struct ProxyConfig {
     pub inbound: Vec<InboundPort>,
     pub outbound: Outbound,
     pub telemetry: Telemetry,
+    /// How request paths are normalized before authorization and routing (`path.rs`).
+    #[serde(default)]
+    pub path_normalization: PathNormalization,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathNormalization {
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::path::{self, EscapedSlashes, PathError};
 use crate::protocol::{HttpVersion, Serve};
 use crate::proxy::Shared;
 use crate::telemetry::{new_span_id, unix_nanos, Span, TraceContext};
@@ -96,6 +97,42 @@ pub fn local_reply(
         h.insert("x-weft-revision", v);
     }
     resp
+}
+
+/// What a 400 for a path with no normal form names as the deciding step.
+pub const BAD_PATH: &str = "path-normalization";
+
+/// Rewrites the request's path to its normal form, leaving the query as it came, so that what
+/// authorization and routing decide on is exactly what the app receives. CONNECT (authority
+/// form) carries no path and is left alone.
+pub fn normalize_path<B>(
+    req: &mut http::Request<B>,
+    escaped: EscapedSlashes,
+) -> Result<(), PathError> {
+    let Some(pq) = req.uri().path_and_query() else {
+        return Ok(());
+    };
+    let normal = match path::normalize(pq.path(), escaped)? {
+        std::borrow::Cow::Borrowed(_) => return Ok(()),
+        std::borrow::Cow::Owned(normal) => normal,
+    };
+    let rebuilt = match pq.query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    // Only characters the old path already held, or `%XX` escapes, appear: always valid.
+    parts.path_and_query = Some(rebuilt.parse().map_err(|_| PathError::Unrepresentable)?);
+    *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| PathError::Unrepresentable)?;
+    Ok(())
+}
+
+/// The path authorization and routing see: normalized, without the query; `/` when absent.
+pub fn decided_path<B>(req: &http::Request<B>) -> &str {
+    match req.uri().path() {
+        "" => "/",
+        p => p,
+    }
 }
 
 /// The trace a request belongs to (continued from `traceparent`, or new), and this hop's span.

@@ -18,7 +18,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::authz::{self, Peer, Request};
 use crate::config::MtlsMode;
 use crate::grpc;
-use crate::http::{accept_loop, incoming, local_reply, serve_connection, strip_hop_by_hop, Hop};
+use crate::http::{
+    accept_loop, decided_path, incoming, local_reply, normalize_path, serve_connection,
+    strip_hop_by_hop, Hop, BAD_PATH,
+};
 use crate::protocol::{HttpVersion, Serve};
 use crate::proxy::Shared;
 use crate::tcp::pipe;
@@ -97,7 +100,7 @@ async fn request(
     shared: Arc<Shared>,
     port_name: String,
     peer: Arc<Option<Peer>>,
-    req: http::Request<hyper::body::Incoming>,
+    mut req: http::Request<hyper::body::Incoming>,
 ) -> http::Response<Body> {
     let started = Instant::now();
     let active = shared.active.load_full();
@@ -116,6 +119,9 @@ async fn request(
         .as_ref()
         .map_or("unknown", |p| p.spiffe_id.as_str())
         .to_owned();
+    // Normalized before authorization, and forwarded normalized, so that what was
+    // authorized is what the app serves (path.rs has the rules).
+    let normalized = normalize_path(&mut req, config.path_normalization.escaped_slashes);
     let path = req
         .uri()
         .path_and_query()
@@ -124,16 +130,32 @@ async fn request(
     let method = req.method().clone();
     let is_grpc = grpc::is_grpc(req.headers());
     let hop = Hop::begin(req.headers(), config.telemetry.sampling_percent);
-    let decision = authz::decide(
-        port,
-        peer.as_ref().as_ref(),
-        Request {
-            method: Some(method.as_str()),
-            path: Some(&path),
+    let decision = match normalized {
+        Ok(()) => authz::decide(
+            port,
+            peer.as_ref().as_ref(),
+            Request {
+                method: Some(method.as_str()),
+                path: Some(decided_path(&req)),
+            },
+        ),
+        Err(_) => authz::Decision {
+            allowed: false,
+            policy: BAD_PATH,
         },
-    );
+    };
     let policy = decision.policy.to_owned();
-    let response = if !decision.allowed {
+    let response = if let Err(e) = normalized {
+        local_reply(
+            StatusCode::BAD_REQUEST,
+            &policy,
+            &config.revision,
+            format!(
+                "{destination}:{} refused {method} from {source}: bad path: {e}",
+                port.port
+            ),
+        )
+    } else if !decision.allowed {
         local_reply(
             StatusCode::FORBIDDEN,
             &policy,

@@ -12,6 +12,7 @@ pub mod grpc;
 mod http;
 pub mod inbound;
 pub mod outbound;
+pub mod path;
 pub mod protocol;
 pub mod proxy;
 pub mod retry;

@@ -16,7 +16,8 @@ use tokio::time::Instant;
 use crate::config::{EgressDestination, EgressProtocol};
 use crate::grpc;
 use crate::http::{
-    accept_loop, full, incoming, local_reply, serve_connection, strip_hop_by_hop, Hop,
+    accept_loop, decided_path, full, incoming, local_reply, normalize_path, serve_connection,
+    strip_hop_by_hop, Hop, BAD_PATH,
 };
 use crate::protocol::Serve;
 use crate::proxy::{Active, Shared};
@@ -69,7 +70,7 @@ pub(crate) async fn request(
 
 async fn route(
     shared: Arc<Shared>,
-    req: http::Request<hyper::body::Incoming>,
+    mut req: http::Request<hyper::body::Incoming>,
     fallback: Option<String>,
 ) -> http::Response<Body> {
     let started = Instant::now();
@@ -107,13 +108,29 @@ async fn route(
             format!("{} has no route to {authority:?}: it is not a destination this workload may call (revision {revision})", me(&active)),
         );
     };
+    // Normalized once, here, so the route chosen, the path forwarded and the callee's
+    // authorization all see one spelling. Egress (above) is left as the app wrote it: the
+    // outside server is not ours to protect and may give different spellings meaning.
+    let escaped = active.config.path_normalization.escaped_slashes;
+    if let Err(e) = normalize_path(&mut req, escaped) {
+        return local_reply(
+            StatusCode::BAD_REQUEST,
+            BAD_PATH,
+            &revision,
+            format!(
+                "{} refused a request to {}: bad path: {e}",
+                me(&active),
+                host.service
+            ),
+        );
+    }
     let path = req
         .uri()
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
     let method = req.method().clone();
-    let Some(route) = host.route(&method, &path, req.headers()) else {
+    let Some(route) = host.route(&method, decided_path(&req), req.headers()) else {
         return local_reply(
             StatusCode::NOT_FOUND,
             "outbound: no route",

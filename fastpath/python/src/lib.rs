@@ -64,6 +64,20 @@ fn check_route_regex(pattern: &str) -> PyResult<()> {
         .map_err(|e| PyValueError::new_err(e.reason))
 }
 
+/// The normal form of a request path, exactly as the sidecar computes it before authorization
+/// and routing (`fastpath::path`), so validation can refuse policy paths no request can match.
+/// `escaped_slashes` is the intent's `reject`, `keep` or `decode`; raises ValueError with the
+/// reason when the path has no normal form.
+#[pyfunction]
+fn normalize_path(path: &str, escaped_slashes: &str) -> PyResult<String> {
+    let mode = fastpath::path::EscapedSlashes::parse(escaped_slashes).ok_or_else(|| {
+        PyValueError::new_err(format!("unknown escapedSlashes mode {escaped_slashes:?}"))
+    })?;
+    fastpath::path::normalize(path, mode)
+        .map(|p| p.into_owned())
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
 /// A running proxy. Its own tokio threads serve traffic; these methods only steer it.
 #[pyclass(module = "reconciler._native", name = "Proxy")]
 struct PyProxy {
@@ -200,6 +214,7 @@ fn start(
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(check_route_regex, m)?)?;
+    m.add_function(wrap_pyfunction!(normalize_path, m)?)?;
     m.add_function(wrap_pyfunction!(start, m)?)?;
     m.add_class::<PyProxy>()?;
     m.add("ConfigError", m.py().get_type::<ConfigError>())?;
