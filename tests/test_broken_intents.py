@@ -283,6 +283,31 @@ CASES = [
         ),
     ),
     case(
+        "path-not-normal",
+        error(
+            "policies.yaml:12:13",
+            "path '//admin/*' is not in normal form; requests are normalized before they are "
+            "matched, so it can never match",
+            "write '/admin/*' (docs/intent.md, Paths)",
+        ),
+        error(
+            "policies.yaml:12:35",
+            "path '/a%zz' can never match a request: malformed percent-encoding at byte 2",
+        ),
+        error(
+            "policies.yaml:12:44",
+            "path '/v1/./items' is not in normal form; requests are normalized before they are "
+            "matched, so it can never match",
+            "write '/v1/items' (docs/intent.md, Paths)",
+        ),
+        error(
+            "routes.yaml:12:21",
+            "path '/v2/../v3' is not in normal form; requests are normalized before they are "
+            "matched, so it can never match",
+            "write '/v3' (docs/intent.md, Paths)",
+        ),
+    ),
+    case(
         "route-regex-look-ahead",
         error(
             "routes.yaml:12:20",

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -54,6 +54,13 @@ class DesiredState:
     certificate_lifetime_ms: int
 
 
+ESCAPED_SLASHES: dict[str, Literal["REJECT", "KEEP", "DECODE"]] = {
+    "reject": "REJECT",
+    "keep": "KEEP",
+    "decode": "DECODE",
+}
+
+
 @without_gc_pauses
 def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
     selection = policy.Selection(mesh)
@@ -62,6 +69,9 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
     telemetry = pc.Telemetry(
         sampling_percent=mesh.spec.telemetry.sampling_percent,
         otlp_endpoint=mesh.spec.telemetry.otlp_endpoint,
+    )
+    paths = pc.PathNormalization(
+        escaped_slashes=ESCAPED_SLASHES[mesh.spec.path_normalization.escaped_slashes]
     )
     configs: dict[tuple[str, str], pc.ProxyConfig] = {}
     inbound_edges: dict[tuple[str, str], list[policy.Edge]] = {key: [] for key in mesh.services}
@@ -82,6 +92,7 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
             inbound=authz.inbound(selection, svc),
             outbound=outbound.build(mesh, routes, svc, edges_by_source[key]),
             telemetry=telemetry,
+            path_normalization=paths,
         )
     permissive = mesh.spec.mtls == "PERMISSIVE"
     return DesiredState(

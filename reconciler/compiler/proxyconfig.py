@@ -231,6 +231,15 @@ class Telemetry:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PathNormalization:
+    """How the sidecar normalizes request paths before authorization and routing."""
+
+    __pydantic_config__ = CONFIG
+
+    escaped_slashes: Literal["REJECT", "KEEP", "DECODE"] = "REJECT"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ProxyConfig:
     __pydantic_config__ = CONFIG
 
@@ -242,6 +251,7 @@ class ProxyConfig:
     inbound: list[InboundPort]
     outbound: Outbound
     telemetry: Telemetry
+    path_normalization: PathNormalization = PathNormalization()
 
     def to_json(self) -> str:
         # Unset optional fields are left out rather than written as null: the contract treats

@@ -93,6 +93,7 @@ def check(snapshot: files.Snapshot) -> tuple[Intent | None, list[Diagnostic]]:
     diagnostics.extend(validate.discovery_names(intent))
     diagnostics.extend(validate.policies(intent, frozenset(broken)))
     diagnostics.extend(validate.routes(intent, frozenset(broken)))
+    diagnostics.extend(validate.paths(intent))
     diagnostics.extend(validate.externals(intent, frozenset(broken)))
     diagnostics.extend(validate.gateways(_of(Gateway, objects)))
     diagnostics.sort(key=sort_key)

@@ -163,6 +163,12 @@ class Telemetry(Model):
     ) = None
 
 
+class PathNormalization(Model):
+    """How sidecars treat `%2F`, `%5C` and `\\` in request paths (docs/intent.md, "Paths")."""
+
+    escaped_slashes: Literal["reject", "keep", "decode"] = "reject"
+
+
 class MeshSpec(Model):
     trust_domain: DnsName = "cluster.local"
     mtls: Literal["STRICT", "PERMISSIVE"] = "STRICT"
@@ -170,6 +176,7 @@ class MeshSpec(Model):
     certificate_lifetime: Duration = 24 * 3_600_000
     cluster_domain: DnsName = "cluster.local"
     telemetry: Telemetry = Telemetry()
+    path_normalization: PathNormalization = PathNormalization()
 
     @model_validator(mode="after")
     def _lifetime_bounds(self) -> MeshSpec:

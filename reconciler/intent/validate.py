@@ -318,6 +318,63 @@ def _regex(obj: model.Document, loc: Loc, pattern: str | None) -> Iterator[Diagn
         yield _error(obj, loc, f"invalid regex {pattern!r}: {e}")
 
 
+def _normal_path(
+    obj: model.Document, loc: Loc, written: str, *, prefix: str | None, escaped: str
+) -> Iterator[Diagnostic]:
+    """Refuses a path no request can carry: sidecars normalize every request path first
+    (fastpath's `path.rs`, called here through the binding), so only a normal form can match.
+
+    `prefix` is None for an exact path, else the suffix that marks the pattern as a prefix
+    as the user wrote it ("*" in policies, "" in Routes), so the hint reads like their input.
+    """
+    # A prefix is probed with a character appended: "/api/" is a fine prefix, while "/a//"
+    # or "/a/./" can never begin a normal path.
+    probe = written if prefix is None else written + "x"
+    shown = written + (prefix or "")
+    try:
+        normal = _native.normalize_path(probe, escaped)
+    except ValueError as e:
+        yield _error(obj, loc, f"path {shown!r} can never match a request: {e}")
+        return
+    if normal != probe:
+        fixed = normal if prefix is None else normal[:-1] + prefix
+        yield _error(
+            obj,
+            loc,
+            f"path {shown!r} is not in normal form; requests are normalized before they are "
+            "matched, so it can never match",
+            f"write {fixed!r} (docs/intent.md, Paths)",
+        )
+
+
+def paths(intent: Intent) -> Iterator[Diagnostic]:
+    """Policy and Route paths must be in the normal form requests are matched in."""
+    escaped = intent.spec.path_normalization.escaped_slashes
+    for policy in intent.policies:
+        when = policy.spec.when
+        for i, pattern in enumerate((when.paths or ()) if when else ()):
+            star = pattern.endswith("*")
+            yield from _normal_path(
+                policy,
+                ("spec", "when", "paths", i),
+                pattern[:-1] if star else pattern,
+                prefix="*" if star else None,
+                escaped=escaped,
+            )
+    for route in intent.routes:
+        for r, rule in enumerate(route.spec.rules):
+            for m, match in enumerate(rule.matches):
+                at: Loc = ("spec", "rules", r, "matches", m, "path")
+                if match.path is not None and match.path.exact is not None:
+                    yield from _normal_path(
+                        route, (*at, "exact"), match.path.exact, prefix=None, escaped=escaped
+                    )
+                if match.path is not None and match.path.prefix is not None:
+                    yield from _normal_path(
+                        route, (*at, "prefix"), match.path.prefix, prefix="", escaped=escaped
+                    )
+
+
 def _match_key(match: model.RouteMatch) -> str:
     return match.model_dump_json()
 
