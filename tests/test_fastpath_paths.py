@@ -344,3 +344,39 @@ def test_the_decision_on_any_spelling_is_the_decision_on_its_normal_form(tmp_pat
             assert _decision(mesh, service, path) == _decision(mesh, service, normal)
 
         check()
+
+
+def test_every_local_reply_of_the_caller_is_counted_logged_and_traced_once(mesh: Mesh) -> None:
+    """The caller's sidecar answers these itself (no route, bad path, denied by the callee):
+    each must appear once in its metrics, once in its access log and once in its spans."""
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"  # sampled
+    out = mesh.web.bound()["outbound:http"]
+    calls = [("nothing.z:80", "/x", 403), ("api.b:8080", "/a%zz", 400), ("api.b:8080", "/ok", 200)]
+    for host, path, want in calls:
+        code, _ = _curl(out, host, path, "-H", f"traceparent: {parent}")
+        assert code == want
+    requests = [k for k, _ in json.loads(mesh.web.stats())["requests"]]
+    assert sorted((k["destination"], k["code"], k["policy"]) for k in requests) == [
+        ("b/api", 200, "default"),
+        ("b/api", 400, "path-normalization"),
+        ("nothing.z:80", 403, "outbound: no route"),
+    ]
+    log = json.loads(mesh.web.drain_access_log())
+    assert sorted((e["status"], e["decided_by"]) for e in log) == [
+        (200, "default"),
+        (400, "path-normalization"),
+        (403, "outbound: no route"),
+    ]
+    spans = [s for s in json.loads(mesh.web.drain_spans()) if s["name"].startswith("outbound")]
+    assert sorted(dict(s["attributes"])["http.status_code"] for s in spans) == ["200", "400", "403"]
+
+
+def _curl(addr: str, host: str, path: str, *args: str) -> tuple[int, str]:
+    done = subprocess.run(
+        [*CURL, *args, "-H", f"Host: {host}", f"http://{addr}{path}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    body, _, code = done.stdout.rpartition("|||")
+    return int(code or 0), body

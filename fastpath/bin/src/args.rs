@@ -68,7 +68,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Command, ArgsErro
         ("--bundle", None),
         ("--listeners", None),
     ];
-    let mut workers = fastpath::proxy::DEFAULT_WORKERS;
+    let mut workers = fastpath::tunables::DEFAULT_WORKERS;
     let mut drain = DEFAULT_DRAIN;
     let mut argv = argv.into_iter();
     while let Some(arg) = argv.next() {

@@ -106,7 +106,7 @@ fn material(args: &Args) -> Result<Material, Error> {
 }
 
 fn revision(proxy: &Proxy) -> String {
-    proxy.shared.active.load().config.revision.clone()
+    proxy.revision()
 }
 
 /// One event as a JSON line on stdout (line-buffered, so it is out before the next signal).

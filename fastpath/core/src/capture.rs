@@ -19,13 +19,10 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::config::EgressProtocol;
 use crate::http::{accept_loop, serve_connection};
 use crate::protocol::{HttpVersion, Serve};
-use crate::proxy::{Active, Shared};
+use crate::state::{Active, Shared};
 use crate::telemetry::TcpKey;
+use crate::tunables::SNIFF_TIMEOUT;
 
-/// How long a captured connection to an unmapped destination may stay silent before it is
-/// refused. Clients of HTTP send at once; a server-first protocol to an unknown destination
-/// would wait forever otherwise.
-pub const SNIFF_TIMEOUT: Duration = Duration::from_secs(1);
 /// Enough bytes to tell an HTTP/1 request line by its method ("OPTIONS " is the longest) and
 /// HTTP/2 by the start of its preface.
 const SNIFF_BYTES: usize = H2_PREFACE.len();

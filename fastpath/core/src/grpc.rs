@@ -17,10 +17,10 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use hyper::body::{Frame, SizeHint};
 use tokio::time::Instant;
 
-use crate::http::{full, LocalReply};
-use crate::proxy::Shared;
-use crate::telemetry::RequestKey;
-use crate::upstream::{Body, BoxError};
+use crate::body::full;
+use crate::body::{Body, BoxError};
+use crate::http::LocalReply;
+use crate::telemetry::{RequestKey, Telemetry};
 
 pub const GRPC_STATUS: &str = "grpc-status";
 pub const GRPC_MESSAGE: &str = "grpc-message";
@@ -107,27 +107,27 @@ pub fn local_reply(resp: Response<Body>) -> Response<Body> {
 /// without them), so the count carries `grpc_response_status` and the latency covers the
 /// whole call, streams included.
 pub fn record(
-    shared: &Arc<Shared>,
+    telemetry: &Arc<Telemetry>,
     mut key: RequestKey,
     started: Instant,
     resp: Response<Body>,
 ) -> Response<Body> {
     if key.protocol != "grpc" {
-        shared.telemetry.record_request(key, started.elapsed());
+        telemetry.record_request(key, started.elapsed());
         return resp;
     }
     if let Some(code) = status_in(resp.headers()) {
         key.grpc_status = Some(code);
-        shared.telemetry.record_request(key, started.elapsed());
+        telemetry.record_request(key, started.elapsed());
         return resp;
     }
-    let shared = shared.clone();
+    let telemetry = telemetry.clone();
     resp.map(|body| {
         let observed = Observed {
             inner: body,
             report: Some(move |code| {
                 key.grpc_status = code;
-                shared.telemetry.record_request(key, started.elapsed());
+                telemetry.record_request(key, started.elapsed());
             }),
         };
         http_body_util::BodyExt::boxed(observed)

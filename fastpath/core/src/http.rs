@@ -6,7 +6,6 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -14,11 +13,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::body::{full, Body};
 use crate::path::{self, EscapedSlashes, PathError};
 use crate::protocol::{HttpVersion, Serve};
-use crate::proxy::Shared;
-use crate::telemetry::{new_span_id, unix_nanos, Span, TraceContext};
-use crate::upstream::{Body, BoxError};
+use crate::telemetry::{new_span_id, unix_nanos, Span, Telemetry, TraceContext};
+use crate::tunables::ACCEPT_BACK_OFF;
 
 /// Headers that describe one hop, not the message; never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -56,16 +55,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if trailers {
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     }
-}
-
-pub fn incoming(body: Incoming) -> Body {
-    body.map_err(|e| -> BoxError { Box::new(e) }).boxed()
-}
-
-pub fn full(bytes: Bytes) -> Body {
-    Full::new(bytes)
-        .map_err(|never| -> BoxError { match never {} })
-        .boxed()
 }
 
 /// Marks a response the sidecar made itself, with what it says, so a gRPC caller can be
@@ -170,9 +159,9 @@ impl Hop {
         unix_nanos(self.started) / 1_000_000
     }
 
-    pub fn finish(self, shared: &Shared, name: String, attributes: Vec<(String, String)>) {
+    pub fn finish(self, telemetry: &Telemetry, name: String, attributes: Vec<(String, String)>) {
         if self.ctx.sampled {
-            shared.telemetry.record_span(Span {
+            telemetry.record_span(Span {
                 trace_id: self.ctx.trace_id,
                 span_id: self.span_id,
                 parent_span_id: self.ctx.parent_span_id,
@@ -190,9 +179,6 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not Send; drop it inside this future.
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }
-
-/// How long the accept loop pauses after accept() fails.
-pub const ACCEPT_BACK_OFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Accepts connections until shutdown, then waits for every connection it started to finish
 /// (each finishes its in-flight requests and closes); the caller bounds the wait.

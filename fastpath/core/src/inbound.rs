@@ -6,29 +6,27 @@
 //! protocol says: h2c for `http2` and `grpc`, HTTP/1.1 for `http`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-// Latency is read on tokio's clock, like the outbound side's, so paused-time tests see one clock.
-use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::authz::{self, Peer, Request};
+use crate::body::{incoming, Body};
 use crate::config::MtlsMode;
-use crate::grpc;
+use crate::exchange::Exchange;
 use crate::http::{
-    accept_loop, decided_path, incoming, local_reply, normalize_path, serve_connection,
-    strip_hop_by_hop, Hop, BAD_PATH,
+    accept_loop, decided_path, local_reply, normalize_path, serve_connection, strip_hop_by_hop,
+    Hop, BAD_PATH,
 };
 use crate::protocol::{HttpVersion, Serve};
-use crate::proxy::Shared;
+use crate::state::{Active, Shared};
 use crate::tcp::pipe;
-use crate::telemetry::{AccessLog, RequestKey, TcpKey};
-use crate::upstream::{connect_stream, Body, Transport};
+use crate::telemetry::TcpKey;
+use crate::tunables::INBOUND_HANDSHAKE_TIMEOUT;
+use crate::upstream::{connect_stream, Transport};
 
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 pub async fn serve(shared: Arc<Shared>, port: String, listener: TcpListener) {
@@ -55,7 +53,9 @@ async fn connection(shared: Arc<Shared>, port: String, tcp: TcpStream) {
     let acceptor = TlsAcceptor::from(shared.tls.load().server.clone());
     // A failed handshake (no client certificate, unknown CA, expired) just closes: there is
     // no authenticated channel to explain anything on.
-    let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
+    let Ok(Ok(stream)) =
+        tokio::time::timeout(INBOUND_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+    else {
         return;
     };
     let peer = stream
@@ -102,116 +102,80 @@ async fn request(
     peer: Arc<Option<Peer>>,
     mut req: http::Request<hyper::body::Incoming>,
 ) -> http::Response<Body> {
-    let started = Instant::now();
     let active = shared.active.load_full();
     let config = &active.config;
+    // Normalized before authorization, and forwarded normalized, so that what was
+    // authorized is what the app serves (path.rs has the rules).
+    let normalized = normalize_path(&mut req, config.path_normalization.escaped_slashes);
+    let mut ex = Exchange::begin(
+        "inbound",
+        &req,
+        config.telemetry.sampling_percent,
+        &config.revision,
+    );
+    ex.destination = format!("{}/{}", config.workload.namespace, config.workload.service);
+    ex.source = peer
+        .as_ref()
+        .as_ref()
+        .map_or("unknown", |p| p.spiffe_id.as_str())
+        .to_owned();
     let Some(port) = active.inbound.get(&port_name) else {
-        return local_reply(
+        let reply = local_reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "no-port",
             &config.revision,
             format!("port {port_name} is gone"),
         );
+        return ex.finish(&shared.telemetry, "no-port", reply, vec![]);
     };
-    let destination = format!("{}/{}", config.workload.namespace, config.workload.service);
-    let source = peer
-        .as_ref()
-        .as_ref()
-        .map_or("unknown", |p| p.spiffe_id.as_str())
-        .to_owned();
-    // Normalized before authorization, and forwarded normalized, so that what was
-    // authorized is what the app serves (path.rs has the rules).
-    let normalized = normalize_path(&mut req, config.path_normalization.escaped_slashes);
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let method = req.method().clone();
-    let is_grpc = grpc::is_grpc(req.headers());
-    let hop = Hop::begin(req.headers(), config.telemetry.sampling_percent);
-    let decision = match normalized {
-        Ok(()) => authz::decide(
-            port,
-            peer.as_ref().as_ref(),
-            Request {
-                method: Some(method.as_str()),
-                path: Some(decided_path(&req)),
-            },
-        ),
-        Err(_) => authz::Decision {
-            allowed: false,
-            policy: BAD_PATH,
-        },
-    };
-    let policy = decision.policy.to_owned();
-    let response = if let Err(e) = normalized {
-        local_reply(
-            StatusCode::BAD_REQUEST,
-            &policy,
-            &config.revision,
-            format!(
-                "{destination}:{} refused {method} from {source}: bad path: {e}",
-                port.port
+    ex.port = port.port;
+    let (source, destination, method) = (&ex.source, &ex.destination, &ex.method);
+    let (policy, response) = match normalized {
+        Err(e) => (
+            BAD_PATH.to_owned(),
+            local_reply(
+                StatusCode::BAD_REQUEST,
+                BAD_PATH,
+                &config.revision,
+                format!(
+                    "{destination}:{} refused {method} from {source}: bad path: {e}",
+                    port.port
+                ),
             ),
-        )
-    } else if !decision.allowed {
-        local_reply(
-            StatusCode::FORBIDDEN,
-            &policy,
-            &config.revision,
-            format!("{source} may not {method} {path} on {destination}:{}: denied by {policy} (revision {})", port.port, config.revision),
-        )
-    } else {
-        forward(&shared, &active, &port_name, &hop, &source, req).await
+        ),
+        Ok(()) => {
+            let decision = authz::decide(
+                port,
+                peer.as_ref().as_ref(),
+                Request {
+                    method: Some(method.as_str()),
+                    path: Some(decided_path(&req)),
+                },
+            );
+            let policy = decision.policy.to_owned();
+            if decision.allowed {
+                let response = forward(&shared, &active, &port_name, &ex.hop, source, req).await;
+                (policy, response)
+            } else {
+                let path = &ex.path;
+                let reply = local_reply(
+                    StatusCode::FORBIDDEN,
+                    &policy,
+                    &config.revision,
+                    format!(
+                        "{source} may not {method} {path} on {destination}:{}: denied by {policy} (revision {})",
+                        port.port, config.revision
+                    ),
+                );
+                (policy, reply)
+            }
+        }
     };
-    let response = if is_grpc {
-        grpc::local_reply(response)
-    } else {
-        response
-    };
-    let code = response.status().as_u16();
-    let response = grpc::record(
-        &shared,
-        RequestKey {
-            direction: "inbound",
-            source: source.clone(),
-            destination: destination.clone(),
-            port: port.port,
-            code,
-            policy: policy.clone(),
-            protocol: if is_grpc { "grpc" } else { "http" },
-            grpc_status: None,
-        },
-        started,
-        response,
-    );
-    shared.telemetry.log_access(AccessLog {
-        start_unix_ms: hop.start_unix_ms(),
-        direction: "inbound",
-        source: source.clone(),
-        destination: format!("{destination}:{}", port.port),
-        method: method.to_string(),
-        path: path.clone(),
-        status: code,
-        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-        decided_by: policy.clone(),
-        trace_id: hop.trace_id(),
-        revision: config.revision.clone(),
-    });
-    hop.finish(
-        &shared,
-        format!("inbound {destination}:{} {method}", port.port),
-        vec![
-            ("http.method".into(), method.to_string()),
-            ("http.target".into(), path),
-            ("http.status_code".into(), code.to_string()),
-            ("weft.source".into(), source),
-            ("weft.policy".into(), policy),
-            ("weft.revision".into(), config.revision.clone()),
-        ],
-    );
-    response
+    let attributes = vec![
+        ("weft.source".into(), ex.source.clone()),
+        ("weft.policy".into(), policy.clone()),
+    ];
+    ex.finish(&shared.telemetry, &policy, response, attributes)
 }
 
 /// The header that tells the app who called it: the caller's verified SPIFFE ID, or "unknown"
@@ -220,7 +184,7 @@ pub const PEER_HEADER: &str = "x-weft-peer";
 
 async fn forward(
     shared: &Shared,
-    active: &crate::proxy::Active,
+    active: &Active,
     port_name: &str,
     hop: &Hop,
     source: &str,

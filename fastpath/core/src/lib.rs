@@ -6,8 +6,11 @@
 #![forbid(unsafe_code)]
 
 pub mod authz;
+pub mod body;
 pub mod capture;
 pub mod config;
+mod error;
+mod exchange;
 pub mod grpc;
 mod http;
 pub mod inbound;
@@ -18,12 +21,15 @@ pub mod proxy;
 pub mod retry;
 pub mod route_regex;
 pub mod routing;
+pub mod state;
 mod tcp;
 pub mod telemetry;
 pub mod tls;
+pub mod tunables;
 pub mod upstream;
 
-pub use proxy::{Listeners, Proxy, ProxyError};
+pub use proxy::{Proxy, ProxyError};
+pub use state::Listeners;
 
 /// The version of this crate, reported by `weft version` so a user can tell which data
 /// plane a reconciler was built with.

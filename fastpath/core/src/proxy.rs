@@ -11,230 +11,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{ConfigError, EgressDestination, InboundPort, LoadBalancer, ProxyConfig};
-use crate::protocol::HttpVersion;
-use crate::retry::{Budget, Budgets};
-use crate::routing;
+use crate::config::ProxyConfig;
+pub use crate::error::ProxyError;
+use crate::state::{Active, Listeners, Shared};
 use crate::telemetry::Telemetry;
-use crate::tls::{Material, TlsError};
-use crate::upstream::{Transport, Upstream};
+use crate::tls::Material;
+use crate::tunables::DNS_REFRESH;
+use crate::upstream::Upstream;
 use crate::{capture, inbound, outbound};
-
-/// Where this sidecar listens. Not part of ProxyConfig: binding is the target's business
-/// (loopback ports locally; capture ports under iptables).
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Listeners {
-    /// Inbound port name -> address the mTLS listener binds.
-    #[serde(default)]
-    pub inbound: HashMap<String, SocketAddr>,
-    /// Inbound port name -> where the app listens; default 127.0.0.1:<targetPort>.
-    #[serde(default)]
-    pub app: HashMap<String, SocketAddr>,
-    /// The app's plaintext HTTP egress (routed by Host).
-    pub outbound_http: Option<SocketAddr>,
-    /// "ns/service:port" -> a local address that forwards opaque TCP to that upstream.
-    #[serde(default)]
-    pub outbound_tcp: HashMap<String, SocketAddr>,
-    /// Where iptables redirects the app's outbound TCP (transparent capture); see `capture`.
-    pub outbound_capture: Option<SocketAddr>,
-    /// Captured original destination -> the upstream it reaches: "ns/service:port" (a mesh TCP
-    /// or HTTP upstream) or "host:port" (an ExternalService). Which addresses stand for which
-    /// upstream is the target's knowledge, like endpoints, so it lives here, not in ProxyConfig.
-    #[serde(default)]
-    pub original_destinations: HashMap<SocketAddr, String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    #[error("invalid listeners: {0}")]
-    Listeners(String),
-    #[error("bind {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("runtime: {0}")]
-    Runtime(std::io::Error),
-}
-
-/// One config, compiled for the request path.
-#[derive(Debug)]
-pub struct Active {
-    pub config: ProxyConfig,
-    pub routes: routing::Table,
-    pub inbound: HashMap<String, InboundPort>,
-    pub clusters: HashMap<String, Arc<Upstream>>,
-    pub apps: HashMap<String, Arc<Upstream>>,
-    pub budgets: Budgets,
-    /// ExternalService destinations by "host:port", each with the upstream that reaches it.
-    pub egress: HashMap<String, (EgressDestination, Arc<Upstream>)>,
-}
-
-impl Active {
-    fn compile(
-        config: ProxyConfig,
-        listeners: &Listeners,
-        previous: Option<&Active>,
-    ) -> Result<Active, ProxyError> {
-        let routes = routing::Table::build(&config.outbound.http)?;
-        let inbound = config
-            .inbound
-            .iter()
-            .map(|p| (p.name.clone(), p.clone()))
-            .collect();
-        // Keep the pools and health of clusters whose identity and endpoints did not change.
-        let clusters = config
-            .outbound
-            .clusters
-            .iter()
-            .map(|c| {
-                let fresh = Upstream::for_cluster(c);
-                let kept = previous.and_then(|p| p.clusters.get(&c.name)).filter(|old| {
-                    matches!((&old.transport, &fresh.transport),
-                        (Transport::Mesh { expected_id: a }, Transport::Mesh { expected_id: b }) if a == b)
-                        && old.dns == fresh.dns
-                        && old.load_balancer == fresh.load_balancer
-                        && old.version == fresh.version
-                });
-                match kept {
-                    Some(old) => {
-                        if fresh.dns.is_none() {
-                            old.set_endpoints(fresh.endpoints.load().iter().map(|e| e.addr.clone()).collect());
-                        }
-                        (c.name.clone(), old.clone())
-                    }
-                    None => (c.name.clone(), Arc::new(fresh)),
-                }
-            })
-            .collect();
-        let apps = config
-            .inbound
-            .iter()
-            .map(|p| {
-                let addr = listeners
-                    .app
-                    .get(&p.name)
-                    .copied()
-                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], p.target_port)));
-                let version = HttpVersion::for_protocol(p.protocol);
-                let kept = previous
-                    .and_then(|prev| prev.apps.get(&p.name))
-                    .filter(|a| {
-                        a.version == version
-                            && a.endpoints
-                                .load()
-                                .first()
-                                .is_some_and(|e| e.addr == addr.to_string())
-                    });
-                let app = kept.cloned().unwrap_or_else(|| {
-                    Arc::new(
-                        Upstream::new(
-                            format!("app:{}", p.name),
-                            LoadBalancer::RoundRobin,
-                            Transport::Plain,
-                            vec![addr.to_string()],
-                        )
-                        .speaking(version),
-                    )
-                });
-                (p.name.clone(), app)
-            })
-            .collect();
-        let now = tokio::time::Instant::now();
-        let budgets = Budgets(
-            config
-                .outbound
-                .http
-                .iter()
-                .flat_map(|h| &h.routes)
-                .filter_map(|r| {
-                    Some((
-                        r.name.clone(),
-                        Budget::new(r.retries.as_ref()?.budget.as_ref()?, now),
-                    ))
-                })
-                .collect(),
-        );
-        let egress = egress_upstreams(&config)?;
-        Ok(Active {
-            config,
-            routes,
-            inbound,
-            clusters,
-            apps,
-            budgets,
-            egress,
-        })
-    }
-}
-
-/// The upstreams of the destinations outside the mesh this workload may reach. Egress with TLS
-/// origination loads the system's roots once per config.
-fn egress_upstreams(
-    config: &ProxyConfig,
-) -> Result<HashMap<String, (EgressDestination, Arc<Upstream>)>, ProxyError> {
-    let mut tls = None;
-    let mut out = HashMap::new();
-    for d in &config.outbound.egress {
-        let (transport, target) = match &d.tls_origination {
-            Some(o) => {
-                let tls = match &tls {
-                    Some(t) => Arc::clone(t),
-                    None => tls.insert(crate::tls::egress_client()?).clone(),
-                };
-                (
-                    Transport::Egress {
-                        sni: o.sni.clone(),
-                        tls,
-                    },
-                    format!("{}:{}", d.host, o.port),
-                )
-            }
-            None => (Transport::Plain, format!("{}:{}", d.host, d.port)),
-        };
-        let up = Upstream::new(
-            format!("egress:{}", d.name),
-            LoadBalancer::RoundRobin,
-            transport,
-            vec![target],
-        );
-        out.insert(format!("{}:{}", d.host, d.port), (d.clone(), Arc::new(up)));
-    }
-    Ok(out)
-}
-
-/// State every connection task shares.
-#[derive(Debug)]
-pub struct Shared {
-    pub active: ArcSwap<Active>,
-    pub tls: ArcSwap<Material>,
-    pub telemetry: Telemetry,
-    pub listeners: Listeners,
-    pub shutdown: watch::Receiver<bool>,
-}
 
 pub struct Proxy {
     /// The runtime `start` made; `None` when the caller's runtime runs the tasks (`spawn_on`).
     runtime: Option<tokio::runtime::Runtime>,
-    pub shared: Arc<Shared>,
+    shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pub bound: HashMap<String, SocketAddr>,
 }
-
-/// Default worker threads: one, like a sidecar should be (the app owns the pod's CPU).
-pub const DEFAULT_WORKERS: usize = 1;
-/// How often DNS endpoint names are resolved again.
-pub const DNS_REFRESH: Duration = Duration::from_secs(5);
 
 impl Proxy {
     /// Starts on a runtime of its own with `workers` threads: what the binding and the
@@ -283,7 +79,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             active: ArcSwap::from_pointee(active),
             tls: ArcSwap::from_pointee(material),
-            telemetry: Telemetry::default(),
+            telemetry: Arc::new(Telemetry::default()),
             listeners: listeners.clone(),
             shutdown: rx,
         });
@@ -343,6 +139,28 @@ impl Proxy {
         })
     }
 
+    /// Counters, histograms, and the span and access-log rings, for the agent to read.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.shared.telemetry
+    }
+
+    /// The revision of the config in force.
+    pub fn revision(&self) -> String {
+        self.observer().revision()
+    }
+
+    /// A cluster of the config in force, with its endpoints' live state (in-flight requests,
+    /// health), for admin output and tests.
+    pub fn cluster(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.shared.active.load().clusters.get(name).cloned()
+    }
+
+    /// A read-only view of telemetry and the config in force that outlives the proxy: the
+    /// requests that finish during a drain must still reach the logs and metrics.
+    pub fn observer(&self) -> Observer {
+        Observer(Arc::clone(&self.shared))
+    }
+
     /// Swaps in a new config, or returns why it was refused (the old one stays).
     pub fn reload(&self, config_json: &str) -> Result<String, ProxyError> {
         let config = ProxyConfig::parse(config_json)?;
@@ -384,6 +202,20 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.shutdown(Duration::ZERO);
+    }
+}
+
+/// See [`Proxy::observer`].
+#[derive(Debug, Clone)]
+pub struct Observer(Arc<Shared>);
+
+impl Observer {
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.0.telemetry
+    }
+
+    pub fn revision(&self) -> String {
+        self.0.active.load().config.revision.clone()
     }
 }
 

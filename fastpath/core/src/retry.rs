@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{RetryBudget, RetryPolicy};
+use crate::tunables::{RETRY_BACK_OFF_BASE, RETRY_BACK_OFF_MAX};
 
 /// How one try ended, as far as retrying is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +40,7 @@ pub fn retryable(policy: &RetryPolicy, outcome: Outcome) -> bool {
 
 /// Exponential back-off with full jitter: 25 ms base, capped at 250 ms (Envoy's defaults).
 pub fn back_off(retry: u32, roll: f64) -> Duration {
-    let cap = Duration::from_millis(25 * 2u64.pow(retry.min(4))).min(Duration::from_millis(250));
+    let cap = (RETRY_BACK_OFF_BASE * 2u32.pow(retry.min(4))).min(RETRY_BACK_OFF_MAX);
     cap.mul_f64(roll.clamp(0.0, 1.0))
 }
 

@@ -7,9 +7,7 @@
 
 use regex::{Regex, RegexBuilder};
 
-/// Compiled-program budget for one pattern. Large enough for any realistic route match, small
-/// enough that a hostile pattern cannot make each sidecar allocate megabytes per route.
-pub const DEFAULT_SIZE_LIMIT: usize = 256 * 1024;
+use crate::tunables::REGEX_SIZE_LIMIT;
 
 /// Why a pattern was refused, in words meant for the person who wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +28,7 @@ impl std::error::Error for RegexError {}
 /// (like Envoy's `safe_regex`), so `/api/.*` never matches `/x/api/y` by accident.
 pub fn compile(pattern: &str) -> Result<Regex, RegexError> {
     RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(DEFAULT_SIZE_LIMIT)
+        .size_limit(REGEX_SIZE_LIMIT)
         .build()
         .map_err(|e| RegexError {
             pattern: pattern.to_owned(),

@@ -14,7 +14,7 @@ use serde::Serialize;
 pub const BUCKETS_MS: [f64; 14] = [
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0,
 ];
-pub const DEFAULT_SPAN_CAPACITY: usize = 4096;
+pub use crate::tunables::DEFAULT_SPAN_CAPACITY;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct RequestKey {

@@ -96,7 +96,8 @@ async fn a_request_the_app_gave_up_on_no_longer_counts_as_in_flight() {
     );
     let (web, outbound) = web_sidecar(&pki, &config);
     let in_flight = || -> Vec<usize> {
-        web.shared.active.load().clusters["b/api"]
+        web.cluster("b/api")
+            .expect("cluster b/api")
             .endpoints
             .load()
             .iter()

@@ -52,7 +52,7 @@ fn a_connection_that_was_not_redirected_is_closed_and_counted_not_served() {
         String::from_utf8_lossy(&answer)
     );
     let stats: serde_json::Value =
-        serde_json::from_str(&proxy.shared.telemetry.snapshot_json()).expect("JSON");
+        serde_json::from_str(&proxy.telemetry().snapshot_json()).expect("JSON");
     let refused: Vec<_> = stats["tcp"]
         .as_array()
         .expect("tcp stats")

@@ -331,7 +331,7 @@ async fn a_denied_grpc_call_gets_permission_denied_naming_the_policy() {
     assert!(message.contains(REVISION), "{message}");
     assert!(answer.body.is_empty());
     assert!(mesh.grpc_app.seen().is_empty());
-    let metrics = mesh.web.shared.telemetry.snapshot_json();
+    let metrics = mesh.web.telemetry().snapshot_json();
     assert!(
         metrics.contains(r#""protocol":"grpc","grpc_status":7"#),
         "{metrics}"
@@ -357,7 +357,7 @@ async fn concurrent_calls_share_one_http2_connection_between_sidecars() {
     assert!(opened <= 2, "{opened} connections for 20 calls");
     let to_app = mesh.grpc_app.connections.load(Ordering::SeqCst);
     assert!(to_app <= 2, "{to_app} connections to the app for 20 calls");
-    let metrics = mesh.web.shared.telemetry.snapshot_json();
+    let metrics = mesh.web.telemetry().snapshot_json();
     assert!(
         metrics.contains(r#""protocol":"grpc","grpc_status":0"#),
         "{metrics}"

@@ -84,7 +84,7 @@ fn an_allowed_request_crosses_mtls_to_the_app_with_its_trace() {
         traceparent.split('-').map(str::len).collect::<Vec<_>>(),
         [2, 32, 16, 2]
     );
-    let stats = mesh.api.shared.telemetry.snapshot_json();
+    let stats = mesh.api.telemetry().snapshot_json();
     assert!(
         stats.contains(&format!("\"source\":\"{WEB_ID}\"")),
         "{stats}"
@@ -153,7 +153,7 @@ fn an_invalid_config_is_refused_and_the_old_one_keeps_serving() {
         err.to_string().contains("unknown field `surprise`"),
         "{err}"
     );
-    assert_eq!(mesh.web.shared.active.load().config.revision, REVISION);
+    assert_eq!(mesh.web.revision(), REVISION);
     assert_eq!(mesh.get(&rt, "/api/x").0, 200);
 
     assert_eq!(mesh.web.reload(&good).unwrap(), "next@sha1:2");

@@ -111,7 +111,7 @@ async fn a_refused_connection_is_retried_elsewhere_and_the_endpoint_skipped_unti
     );
 
     // Ejection is a back-off, not a verdict: once it has passed, the endpoint is tried again.
-    tokio::time::sleep(fastpath::upstream::EJECT_BASE).await;
+    tokio::time::sleep(fastpath::tunables::EJECT_BASE).await;
     for _ in 0..2 {
         assert_eq!(client.get("/api/x").await.0, 200);
     }
@@ -161,7 +161,7 @@ async fn a_streamed_body_is_sent_whole_when_a_refused_connection_is_retried() {
     let mut client = Client::connect(outbound).await;
 
     // Over the replay limit, so the proxy streams it rather than buffering it.
-    let size = fastpath::outbound::MAX_REPLAY_BODY as usize + 1;
+    let size = fastpath::tunables::MAX_REPLAY_BODY as usize + 1;
     let reply = client
         .post("/api/upload", Bytes::from(vec![7u8; size]))
         .await;
@@ -195,7 +195,7 @@ async fn an_upstream_that_accepts_but_never_answers_the_handshake_fails_in_bound
     assert!(err.to_string().contains("TLS handshake timed out"), "{err}");
     assert_eq!(
         started.elapsed().as_secs(),
-        fastpath::upstream::TLS_HANDSHAKE_TIMEOUT.as_secs()
+        fastpath::tunables::TLS_HANDSHAKE_TIMEOUT.as_secs()
     );
     held.abort();
 }

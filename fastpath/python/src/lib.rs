@@ -6,14 +6,14 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
-use fastpath::proxy::Shared;
+use fastpath::proxy::Observer;
 use fastpath::tls::Material;
 use fastpath::{Listeners, Proxy, ProxyError};
 
@@ -84,7 +84,7 @@ struct PyProxy {
     inner: Mutex<Option<Proxy>>,
     // Telemetry and the config in force stay readable after shutdown: the requests that
     // finish during the drain must still reach the logs and metrics.
-    shared: Arc<Shared>,
+    observer: Observer,
 }
 
 impl PyProxy {
@@ -115,14 +115,14 @@ impl PyProxy {
 
     /// Cumulative request and TCP counters, as JSON.
     fn stats(&self, py: Python<'_>) -> PyResult<String> {
-        py.detach(|| Ok(self.shared.telemetry.snapshot_json()))
+        py.detach(|| Ok(self.observer.telemetry().snapshot_json()))
     }
 
     /// Up to `max` finished spans, oldest first, as a JSON list.
     #[pyo3(signature = (max = 1024))]
     fn drain_spans(&self, py: Python<'_>, max: usize) -> PyResult<String> {
         py.detach(|| {
-            let spans = self.shared.telemetry.drain_spans(max);
+            let spans = self.observer.telemetry().drain_spans(max);
             serde_json::to_string(&spans).map_err(|e| PyRuntimeError::new_err(e.to_string()))
         })
     }
@@ -131,7 +131,7 @@ impl PyProxy {
     #[pyo3(signature = (max = 4096))]
     fn drain_access_log(&self, py: Python<'_>, max: usize) -> PyResult<String> {
         py.detach(|| {
-            let entries = self.shared.telemetry.drain_access_log(max);
+            let entries = self.observer.telemetry().drain_access_log(max);
             serde_json::to_string(&entries).map_err(|e| PyRuntimeError::new_err(e.to_string()))
         })
     }
@@ -144,7 +144,7 @@ impl PyProxy {
     fn drain_access_log_lines(&self, py: Python<'_>, max: usize) -> PyResult<String> {
         py.detach(|| {
             let mut out = String::new();
-            for entry in self.shared.telemetry.drain_access_log(max) {
+            for entry in self.observer.telemetry().drain_access_log(max) {
                 let json = serde_json::to_string(&entry)
                     .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
                 out.push_str("{\"event\":\"access\"");
@@ -171,7 +171,7 @@ impl PyProxy {
 
     /// The revision of the config in force.
     fn revision(&self) -> PyResult<String> {
-        Ok(self.shared.active.load().config.revision.clone())
+        Ok(self.observer.revision())
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `drain_timeout` seconds.
@@ -203,10 +203,10 @@ fn start(
         let m = material(cert_chain, key, bundle)?;
         Proxy::start(config, m, listeners, workers).map_err(to_py)
     })?;
-    let shared = Arc::clone(&proxy.shared);
+    let observer = proxy.observer();
     Ok(PyProxy {
         inner: Mutex::new(Some(proxy)),
-        shared,
+        observer,
     })
 }
 

@@ -169,8 +169,7 @@ pub fn dead_addr() -> String {
 
 /// How many tries each outbound request took, oldest first, from `a/web`'s spans.
 pub fn tries(web: &Proxy) -> Vec<u32> {
-    web.shared
-        .telemetry
+    web.telemetry()
         .drain_spans(usize::MAX)
         .iter()
         .filter(|s| s.name.starts_with("outbound"))

@@ -1,0 +1,125 @@
+//! One finishing step for every HTTP exchange, in both directions, whether a peer answered it
+//! or the sidecar did (a 403, a 400 for a bad path, a 404 for no route, a 503 or 504): counted
+//! in `istio_requests_total` once, written to the access log once, and traced once. A reply
+//! that skipped any of them would be invisible exactly when something is wrong.
+
+use std::sync::Arc;
+
+use http::Response;
+use tokio::time::Instant;
+
+use crate::body::Body;
+use crate::grpc;
+use crate::http::Hop;
+use crate::telemetry::{AccessLog, RequestKey, Telemetry};
+
+/// What is known about an exchange when it begins; `finish` adds how it ended.
+pub struct Exchange {
+    pub direction: &'static str,
+    /// The caller's SPIFFE ID ("unknown" for plaintext in PERMISSIVE mode).
+    pub source: String,
+    /// "ns/service" of the destination, or the authority asked for when it names none.
+    pub destination: String,
+    pub port: u16,
+    pub method: http::Method,
+    /// The path as forwarded (normalized), with its query.
+    pub path: String,
+    /// "http" or "grpc" (Istio's `request_protocol`).
+    pub protocol: &'static str,
+    pub revision: String,
+    pub hop: Hop,
+    pub started: Instant,
+}
+
+impl Exchange {
+    /// Begins an exchange: the trace it belongs to comes from the request's headers.
+    pub fn begin<B>(
+        direction: &'static str,
+        req: &http::Request<B>,
+        sampling_percent: f64,
+        revision: &str,
+    ) -> Exchange {
+        Exchange {
+            direction,
+            source: String::new(),
+            destination: String::new(),
+            port: 0,
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+            protocol: if grpc::is_grpc(req.headers()) {
+                "grpc"
+            } else {
+                "http"
+            },
+            revision: revision.to_owned(),
+            hop: Hop::begin(req.headers(), sampling_percent),
+            started: Instant::now(),
+        }
+    }
+
+    /// Ends the exchange with `response`, which `decided_by` (a policy, a route, or the step
+    /// that answered locally) decided. A gRPC caller is given the sidecar's own replies as
+    /// gRPC statuses. `attributes` are the direction's own span attributes.
+    pub fn finish(
+        self,
+        telemetry: &Arc<Telemetry>,
+        decided_by: &str,
+        response: Response<Body>,
+        attributes: Vec<(String, String)>,
+    ) -> Response<Body> {
+        let response = if self.protocol == "grpc" {
+            grpc::local_reply(response)
+        } else {
+            response
+        };
+        let code = response.status().as_u16();
+        let response = grpc::record(
+            telemetry,
+            RequestKey {
+                direction: self.direction,
+                source: self.source.clone(),
+                destination: self.destination.clone(),
+                port: self.port,
+                code,
+                policy: decided_by.to_owned(),
+                protocol: self.protocol,
+                grpc_status: None,
+            },
+            self.started,
+            response,
+        );
+        telemetry.log_access(AccessLog {
+            start_unix_ms: self.hop.start_unix_ms(),
+            direction: self.direction,
+            source: self.source.clone(),
+            destination: format!("{}:{}", self.destination, self.port),
+            method: self.method.to_string(),
+            path: self.path.clone(),
+            status: code,
+            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            decided_by: decided_by.to_owned(),
+            trace_id: self.hop.trace_id(),
+            revision: self.revision.clone(),
+        });
+        let mut span = vec![
+            ("http.method".into(), self.method.to_string()),
+            ("http.target".into(), self.path),
+            ("http.status_code".into(), code.to_string()),
+        ];
+        span.extend(attributes);
+        span.push(("weft.revision".into(), self.revision));
+        self.hop.finish(
+            telemetry,
+            format!(
+                "{} {}:{} {}",
+                self.direction, self.destination, self.port, self.method
+            ),
+            span,
+        );
+        response
+    }
+}

@@ -1,0 +1,206 @@
+//! Dispatch, the last layer of the outbound stack: one route's request sent to its backends,
+//! try after try — cluster by weight, endpoint by the upstream's balancer — within the route's
+//! per-try and overall deadlines and its retry budget. A body small enough to replay is buffered
+//! so a retry can resend it; a larger one streams once.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use rand::Rng;
+// Deadlines, back-off and budgets all read tokio's clock, so a paused-time test sees one clock.
+use tokio::time::Instant;
+
+use crate::body::{full, incoming, Body};
+use crate::http::{local_reply, strip_hop_by_hop};
+use crate::retry::{back_off, retryable, Outcome};
+use crate::routing::{Host, Route};
+use crate::state::{Active, Shared};
+use crate::tunables::MAX_REPLAY_BODY;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// How a dispatch ended: the response (an upstream's, or the sidecar's own 503/504), the
+/// cluster of the last try, and how many tries it took.
+pub struct Sent {
+    pub response: http::Response<Body>,
+    pub cluster: String,
+    pub tries: u32,
+}
+
+pub async fn send(
+    shared: &Shared,
+    active: &Active,
+    host: &Host,
+    route: &Route,
+    parts: http::request::Parts,
+    body: hyper::body::Incoming,
+    started: Instant,
+) -> Sent {
+    let revision = &active.config.revision;
+    let retries = route.config.retries.as_ref().filter(|r| r.attempts > 0);
+    let small = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map_or(
+            parts.method == http::Method::GET || parts.method == http::Method::HEAD,
+            |n| n <= MAX_REPLAY_BODY,
+        );
+    let mut body = if retries.is_some() && small {
+        match body.collect().await {
+            Ok(collected) => RequestBody::Replay(collected.to_bytes()),
+            Err(_) => {
+                return Sent {
+                    response: local_reply(
+                        StatusCode::BAD_REQUEST,
+                        "outbound",
+                        revision,
+                        "request body could not be read".into(),
+                    ),
+                    cluster: String::new(),
+                    tries: 0,
+                }
+            }
+        }
+    } else {
+        RequestBody::Stream(Some(body))
+    };
+    let budget = active.budgets.0.get(&route.config.name);
+    if let Some(b) = budget {
+        b.deposit(Instant::now());
+    }
+    let deadline = route
+        .config
+        .timeout_ms
+        .map(|ms| started + Duration::from_millis(ms));
+    let max_tries = 1 + retries.map_or(0, |r| r.attempts);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let cluster = route.pick().to_owned();
+        let Some(upstream) = active.clusters.get(&cluster) else {
+            let response = local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &route.config.name,
+                revision,
+                format!("unknown cluster {cluster}"),
+            );
+            return Sent {
+                response,
+                cluster,
+                tries,
+            };
+        };
+        let per_try = retries
+            .and_then(|r| r.per_try_timeout_ms)
+            .map(Duration::from_millis);
+        let budget_left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let limit = match (per_try, budget_left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let outcome = attempt(shared, upstream, &parts, &mut body, limit).await;
+        let can_retry = tries < max_tries
+            && body.can_send_again()
+            && retries.is_some_and(|r| {
+                retryable(
+                    r,
+                    outcome
+                        .as_ref()
+                        .map_or_else(|o| *o, |r| Outcome::Status(r.status().as_u16())),
+                )
+            })
+            && deadline.is_none_or(|d| Instant::now() < d)
+            && budget.is_none_or(|b| b.withdraw(Instant::now()));
+        if can_retry {
+            let wait = back_off(tries - 1, rand::rng().random_range(0.0..1.0));
+            tokio::time::sleep(deadline.map_or(wait, |d| {
+                wait.min(d.saturating_duration_since(Instant::now()))
+            }))
+            .await;
+            continue;
+        }
+        let response = match outcome {
+            Ok(resp) => resp,
+            Err(Outcome::Timeout) => local_reply(
+                StatusCode::GATEWAY_TIMEOUT,
+                &route.config.name,
+                revision,
+                format!("{} timed out after {} tries", host.service, tries),
+            ),
+            Err(o) => local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &route.config.name,
+                revision,
+                format!("{} unavailable ({o:?}) after {tries} tries", host.service),
+            ),
+        };
+        return Sent {
+            response,
+            cluster,
+            tries,
+        };
+    }
+}
+
+/// A request body across tries: bytes that can be sent again, or a stream sent at most once.
+pub enum RequestBody {
+    Replay(Bytes),
+    Stream(Option<hyper::body::Incoming>),
+}
+
+impl RequestBody {
+    /// The body for one try; a stream is handed over only the first time.
+    fn take(&mut self) -> Body {
+        match self {
+            RequestBody::Replay(bytes) => full(bytes.clone()),
+            RequestBody::Stream(stream) => {
+                stream.take().map_or_else(|| full(Bytes::new()), incoming)
+            }
+        }
+    }
+
+    /// Whether another try could still send the whole body.
+    fn can_send_again(&self) -> bool {
+        matches!(self, RequestBody::Replay(_) | RequestBody::Stream(Some(_)))
+    }
+}
+
+/// One try against one endpoint of an upstream, bounded by `limit`. The body is taken only
+/// once a connection is up: a try that cannot connect has sent nothing, and leaves a streamed
+/// body for the next try.
+pub async fn attempt(
+    shared: &Shared,
+    upstream: &Upstream,
+    parts: &http::request::Parts,
+    body: &mut RequestBody,
+    limit: Option<Duration>,
+) -> Result<http::Response<Body>, Outcome> {
+    let endpoint = upstream.pick().ok_or(Outcome::ConnectFailure)?;
+    let in_flight = endpoint.start_request();
+    let send = async {
+        let connection = upstream.connection(&endpoint, &shared.tls).await?;
+        let req = http::Request::from_parts(parts.clone(), body.take());
+        connection.send(req).await
+    };
+    let result = match limit {
+        Some(l) => tokio::time::timeout(l, send)
+            .await
+            .map_err(|_| Outcome::Timeout),
+        None => Ok(send.await),
+    };
+    drop(in_flight);
+    match result? {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Ok(http::Response::from_parts(parts, incoming(body)))
+        }
+        Err(e) if e.is_connect_failure() => Err(Outcome::ConnectFailure),
+        Err(UpstreamError::Http { source, .. }) if source.is_canceled() => {
+            Err(Outcome::RefusedStream)
+        }
+        Err(_) => Err(Outcome::Reset),
+    }
+}

@@ -1,0 +1,193 @@
+//! The outbound side: the app's plaintext HTTP (HTTP/1.1, or HTTP/2 with prior knowledge as
+//! gRPC clients send it) routed by authority to mesh upstreams over mTLS, with timeouts,
+//! retries and trace propagation; HTTP to ExternalServices; and opaque TCP per bound port.
+//!
+//! A request goes down one stack, each layer a step of its own that may answer locally, in the
+//! spirit of linkerd2-proxy's stack (explicit async steps rather than tower services: no boxing
+//! per request, and each step reads the one `Active` the request started with):
+//!
+//! 1. **resolve** the authority to a mesh host, an ExternalService (`egress`), or a refusal
+//!    (REGISTRY_ONLY: 403);
+//! 2. **normalize** the path (`path.rs`; 400 when it has no normal form);
+//! 3. **route**: the first matching rule of the host (404 when none);
+//! 4. per-route layers, in this order when a route asks for them: fault injection, circuit
+//!    breaking, mirroring (wave 2: each a module beside `dispatch`, called from `mesh`);
+//! 5. **dispatch** (`dispatch.rs`): tries, per-try and overall deadlines, retry budget, endpoint
+//!    choice and passive health (`upstream`).
+//!
+//! Every answer, proxied or local, leaves through one `Exchange::finish`.
+
+mod dispatch;
+mod egress;
+mod tcp;
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use tokio::net::TcpListener;
+
+use crate::body::Body;
+use crate::exchange::Exchange;
+use crate::http::{
+    accept_loop, decided_path, local_reply, normalize_path, serve_connection, strip_hop_by_hop,
+    BAD_PATH,
+};
+use crate::protocol::Serve;
+use crate::routing::Host;
+use crate::state::{Active, Shared};
+
+pub use tcp::serve_tcp;
+pub(crate) use tcp::tcp_connection;
+
+pub async fn serve_http(shared: Arc<Shared>, listener: TcpListener) {
+    let shutdown = shared.shutdown.clone();
+    accept_loop(listener, shutdown, move |tcp| {
+        let shared = shared.clone();
+        async move {
+            let stop = shared.shutdown.clone();
+            serve_connection(tcp, Serve::Either, stop, move |req| {
+                request(shared.clone(), req, None)
+            })
+            .await;
+        }
+    })
+    .await;
+}
+
+fn me(active: &Active) -> String {
+    format!(
+        "{}/{}",
+        active.config.workload.namespace, active.config.workload.service
+    )
+}
+
+/// The authority a request names: HTTP/2's `:authority`, else HTTP/1.1's `Host`.
+fn authority<B>(req: &http::Request<B>) -> String {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default()
+}
+
+/// One request from the app. `fallback` is the "ns/service:port" upstream that a transparently
+/// captured connection's original destination maps to, used when the authority names none
+/// (a client that called an address rather than a service name).
+pub(crate) async fn request(
+    shared: Arc<Shared>,
+    req: http::Request<hyper::body::Incoming>,
+    fallback: Option<String>,
+) -> http::Response<Body> {
+    let active = shared.active.load_full();
+    let config = &active.config;
+    let authority = authority(&req);
+    let mut ex = Exchange::begin(
+        "outbound",
+        &req,
+        config.telemetry.sampling_percent,
+        &config.revision,
+    );
+    ex.source = config.workload.spiffe_id.clone();
+    // 1. resolve
+    let mut host = active.routes.host(&authority);
+    if host.is_none() {
+        if let Some((dest, upstream)) = egress::http_destination(&active, &authority) {
+            return egress::http(&shared, &active, ex, dest, upstream, req).await;
+        }
+        host = fallback.as_deref().and_then(|k| active.routes.service(k));
+    }
+    let Some(host) = host else {
+        // REGISTRY_ONLY: only destinations the intent lets this workload call have a route.
+        ex.destination = authority.clone();
+        let reply = local_reply(
+            StatusCode::FORBIDDEN,
+            "outbound: no route",
+            &config.revision,
+            format!(
+                "{} has no route to {authority:?}: it is not a destination this workload may call (revision {})",
+                me(&active),
+                config.revision
+            ),
+        );
+        return ex.finish(&shared.telemetry, "outbound: no route", reply, vec![]);
+    };
+    ex.destination = host.service.clone();
+    ex.port = host.port;
+    mesh(&shared, &active, ex, host, &authority, req).await
+}
+
+/// Steps 2–5 for a mesh destination.
+async fn mesh(
+    shared: &Shared,
+    active: &Active,
+    mut ex: Exchange,
+    host: &Host,
+    authority: &str,
+    mut req: http::Request<hyper::body::Incoming>,
+) -> http::Response<Body> {
+    let revision = &active.config.revision;
+    // 2. normalize, once, here, so the route chosen, the path forwarded and the callee's
+    // authorization all see one spelling. Egress is left as the app wrote it: the outside
+    // server is not ours to protect and may give different spellings meaning.
+    let escaped = active.config.path_normalization.escaped_slashes;
+    if let Err(e) = normalize_path(&mut req, escaped) {
+        let reply = local_reply(
+            StatusCode::BAD_REQUEST,
+            BAD_PATH,
+            revision,
+            format!(
+                "{} refused a request to {}: bad path: {e}",
+                me(active),
+                host.service
+            ),
+        );
+        return ex.finish(&shared.telemetry, BAD_PATH, reply, vec![]);
+    }
+    ex.path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    // 3. route
+    let Some(route) = host.route(&ex.method, decided_path(&req), req.headers()) else {
+        let reply = local_reply(
+            StatusCode::NOT_FOUND,
+            "outbound: no route",
+            revision,
+            format!(
+                "no route of {} matches {} {}",
+                host.service, ex.method, ex.path
+            ),
+        );
+        return ex.finish(&shared.telemetry, "outbound: no route", reply, vec![]);
+    };
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    ex.hop.propagate(&mut parts.headers);
+    parts.uri = ex
+        .path
+        .parse()
+        .unwrap_or_else(|_| http::Uri::from_static("/"));
+    if let Ok(v) = http::HeaderValue::from_str(authority) {
+        parts.headers.insert(http::header::HOST, v);
+    }
+    // 4. per-route layers go here (fault, circuit breaker, mirror).
+    // 5. dispatch
+    let sent = dispatch::send(shared, active, host, route, parts, body, ex.started).await;
+    let attributes = vec![
+        ("weft.route".into(), route.config.name.clone()),
+        ("weft.cluster".into(), sent.cluster),
+        ("weft.tries".into(), sent.tries.to_string()),
+    ];
+    ex.finish(
+        &shared.telemetry,
+        &route.config.name,
+        sent.response,
+        attributes,
+    )
+}

@@ -1,0 +1,63 @@
+//! Opaque TCP from the app: each bound port (or captured original destination) forwards to one
+//! mesh upstream over mTLS, or to an ExternalService, counted per connection.
+
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use super::egress;
+use crate::config::EgressProtocol;
+use crate::http::accept_loop;
+use crate::state::Shared;
+use crate::tcp::pipe;
+use crate::telemetry::TcpKey;
+use crate::upstream::connect_stream;
+
+pub async fn serve_tcp(shared: Arc<Shared>, key: String, listener: TcpListener) {
+    let shutdown = shared.shutdown.clone();
+    accept_loop(listener, shutdown, move |tcp| {
+        tcp_connection(shared.clone(), key.clone(), tcp)
+    })
+    .await;
+}
+
+pub(crate) async fn tcp_connection(shared: Arc<Shared>, key: String, mut client: TcpStream) {
+    let active = shared.active.load_full();
+    if let Some((dest, upstream)) = active.egress.get(&key) {
+        if dest.protocol != EgressProtocol::Http {
+            return egress::tcp(&shared, &active, dest, upstream, client).await;
+        }
+    }
+    let Some(target) = active
+        .config
+        .outbound
+        .tcp
+        .iter()
+        .find(|t| format!("{}:{}", t.service, t.port) == key)
+    else {
+        return; // no longer a permitted destination at this revision
+    };
+    let Some(upstream) = active.clusters.get(&target.cluster) else {
+        return;
+    };
+    let stats = TcpKey {
+        direction: "outbound",
+        source: active.config.workload.spiffe_id.clone(),
+        destination: target.service.clone(),
+        port: target.port,
+    };
+    // Try each endpoint at most once: a refused connection should not fail the client if
+    // another pod can take it.
+    let tries = upstream.endpoints.load().len().max(1);
+    for _ in 0..tries {
+        let Some(endpoint) = upstream.pick() else {
+            return;
+        };
+        match connect_stream(&endpoint.addr, &upstream.transport, &shared.tls).await {
+            Ok(mut server) => {
+                return pipe(&shared.telemetry, stats, &mut client, &mut server).await;
+            }
+            Err(_) => endpoint.connect_failed(),
+        }
+    }
+}

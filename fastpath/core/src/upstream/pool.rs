@@ -1,0 +1,199 @@
+//! The connection pool of each endpoint: HTTP/1.1 connections, one request at a time each,
+//! or one shared HTTP/2 connection that multiplexes every request to the endpoint; and sending
+//! one request over a pooled (or new) connection.
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::connect::{connect, Transport, UpstreamError};
+use super::endpoint::Endpoint;
+use super::Upstream;
+use crate::body::Body;
+use crate::protocol::{shape_request, HttpVersion};
+use crate::tls::Material;
+
+impl Endpoint {
+    /// A pooled connection that can take a request now, if any: the shared HTTP/2 connection
+    /// while it is open, else an idle HTTP/1.1 one (a peer that did not negotiate HTTP/2).
+    fn checkout(&self) -> Option<Sender> {
+        {
+            let mut shared = self.multiplexed.lock().unwrap_or_else(|p| p.into_inner());
+            match shared.as_ref() {
+                Some(s) if !s.is_closed() => return Some(Sender::Http2(s.clone())),
+                Some(_) => *shared = None, // gone away: the next request opens another
+                None => {}
+            }
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|s| !s.is_closed());
+        let i = idle.iter().position(|s| s.is_ready())?;
+        Some(Sender::Http1(idle.swap_remove(i)))
+    }
+
+    /// Shares a new HTTP/2 connection, unless a concurrent request already opened one: then
+    /// this one carries only its own request and closes when that is done.
+    fn share(&self, sender: &http2::SendRequest<Body>) {
+        let mut shared = self.multiplexed.lock().unwrap_or_else(|p| p.into_inner());
+        if shared.as_ref().is_none_or(|s| s.is_closed()) {
+            *shared = Some(sender.clone());
+        }
+    }
+
+    fn checkin(&self, sender: http1::SendRequest<Body>) {
+        if !sender.is_closed() {
+            self.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(sender);
+        }
+    }
+}
+
+impl Upstream {
+    /// Sends one request to one endpoint over a pooled (or new) connection.
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        tls: &ArcSwap<Material>,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        self.connection(endpoint, tls).await?.send(req).await
+    }
+
+    /// A pooled connection to `endpoint`, or a new one. Nothing has been sent when this
+    /// fails, so the caller still holds its request (and a body it can send only once).
+    pub async fn connection<'a>(
+        &self,
+        endpoint: &'a Endpoint,
+        tls: &ArcSwap<Material>,
+    ) -> Result<Connection<'a>, UpstreamError> {
+        let scheme = self.scheme();
+        // A shared HTTP/2 connection may be at its peer's stream limit or going away: wait for
+        // a stream here, while the caller still holds its body, and open another connection if
+        // this one is gone.
+        let reusable = match endpoint.checkout() {
+            Some(Sender::Http2(mut sender)) => sender
+                .ready()
+                .await
+                .is_ok()
+                .then_some(Sender::Http2(sender)),
+            other => other,
+        };
+        if let Some(sender) = reusable {
+            return Ok(Connection {
+                endpoint,
+                sender,
+                scheme,
+            });
+        }
+        let (stream, version) =
+            match connect(&endpoint.addr, &self.transport, tls, self.version).await {
+                Ok(s) => s,
+                Err(e) => {
+                    endpoint.connect_failed();
+                    return Err(e);
+                }
+            };
+        endpoint.connected();
+        let http_error = |source| UpstreamError::Http {
+            addr: endpoint.addr.clone(),
+            source,
+        };
+        let sender = match version {
+            HttpVersion::Http1 => {
+                let (sender, conn) = http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(http_error)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Sender::Http1(sender)
+            }
+            HttpVersion::Http2 => {
+                let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .map_err(http_error)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                endpoint.share(&sender);
+                Sender::Http2(sender)
+            }
+        };
+        Ok(Connection {
+            endpoint,
+            sender,
+            scheme,
+        })
+    }
+
+    /// The `:scheme` of HTTP/2 requests: `https` over TLS, `http` over plain TCP (h2c).
+    fn scheme(&self) -> http::uri::Scheme {
+        match self.transport {
+            Transport::Plain => http::uri::Scheme::HTTP,
+            Transport::Mesh { .. } | Transport::Egress { .. } => http::uri::Scheme::HTTPS,
+        }
+    }
+}
+
+/// A pooled connection's request half.
+enum Sender {
+    /// One request at a time; back to the endpoint's idle list after each.
+    Http1(http1::SendRequest<Body>),
+    /// A handle on the endpoint's shared connection; requests multiplex as streams.
+    Http2(http2::SendRequest<Body>),
+}
+
+/// A connection to one endpoint, ready to carry one request.
+pub struct Connection<'a> {
+    endpoint: &'a Endpoint,
+    sender: Sender,
+    scheme: http::uri::Scheme,
+}
+
+impl Connection<'_> {
+    /// Sends `req` in the form this connection's version wants (see [`shape_request`]).
+    pub async fn send(
+        self,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let Connection {
+            endpoint,
+            sender,
+            scheme,
+        } = self;
+        let (mut parts, body) = req.into_parts();
+        let result = match sender {
+            Sender::Http1(mut sender) => {
+                shape_request(&mut parts, HttpVersion::Http1, scheme);
+                // Dropped mid-request (a timeout), `sender` closes the connection: its answer
+                // is unwanted.
+                let result = sender
+                    .send_request(http::Request::from_parts(parts, body))
+                    .await;
+                // Back in the pool at once: it reports ready again when this response's body
+                // is done.
+                endpoint.checkin(sender);
+                result
+            }
+            Sender::Http2(mut sender) => {
+                shape_request(&mut parts, HttpVersion::Http2, scheme);
+                // Dropped mid-request, only this stream is reset; the connection carries on.
+                match sender.ready().await {
+                    Ok(()) => {
+                        sender
+                            .send_request(http::Request::from_parts(parts, body))
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        result.map_err(|source| UpstreamError::Http {
+            addr: endpoint.addr.clone(),
+            source,
+        })
+    }
+}
