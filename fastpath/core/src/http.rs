@@ -257,16 +257,18 @@ pub async fn serve_connection<S, F, Fut>(
         }};
     }
     match serve {
+        // `with_upgrades`: a 101 hands the connection to `upgrade::splice` (WebSocket).
         Serve::Only(HttpVersion::Http1) => drive!(hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
-            .serve_connection(io, service)),
+            .serve_connection(io, service)
+            .with_upgrades()),
         Serve::Only(HttpVersion::Http2) => drive!(hyper::server::conn::http2::Builder::new(
             TokioExecutor::new()
         )
         .serve_connection(io, service)),
         Serve::Either => {
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            drive!(builder.serve_connection(io, service))
+            drive!(builder.serve_connection_with_upgrades(io, service))
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::state::{Active, Shared};
 use crate::tcp::pipe;
 use crate::telemetry::TcpKey;
 use crate::tunables::INBOUND_HANDSHAKE_TIMEOUT;
+use crate::upgrade;
 use crate::upstream::{connect_stream, Transport};
 
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -188,7 +189,7 @@ async fn forward(
     port_name: &str,
     hop: &Hop,
     source: &str,
-    req: http::Request<hyper::body::Incoming>,
+    mut req: http::Request<hyper::body::Incoming>,
 ) -> http::Response<Body> {
     let revision = &active.config.revision;
     let Some(app) = active.apps.get(port_name) else {
@@ -207,8 +208,13 @@ async fn forward(
             "no local app address".into(),
         );
     };
+    let client_upgrade = upgrade::requested(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let kept = upgrade::Headers::of(&parts.headers);
     strip_hop_by_hop(&mut parts.headers);
+    if client_upgrade.is_some() {
+        kept.restore(&mut parts.headers);
+    }
     hop.propagate(&mut parts.headers);
     if let Ok(v) = http::HeaderValue::from_str(source) {
         parts.headers.insert(PEER_HEADER, v);
@@ -217,9 +223,29 @@ async fn forward(
     // connection puts it in the form its version sends.
     let upstream_req = http::Request::from_parts(parts, incoming(body));
     match app.send(&endpoint, &shared.tls, upstream_req).await {
-        Ok(resp) => {
+        Ok(mut resp) => {
+            // The app agreed to switch (WebSocket): pipe the caller's connection to its own.
+            if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status())
+            {
+                let key = TcpKey {
+                    direction: "inbound",
+                    source: source.to_owned(),
+                    destination: format!(
+                        "{}/{}",
+                        active.config.workload.namespace, active.config.workload.service
+                    ),
+                    port: active.inbound.get(port_name).map_or(0, |p| p.port),
+                };
+                let server = hyper::upgrade::on(&mut resp);
+                upgrade::splice(shared.telemetry.clone(), key, client, server);
+            }
             let (mut parts, body) = resp.into_parts();
+            let kept = upgrade::Headers::of(&parts.headers);
+            let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
             strip_hop_by_hop(&mut parts.headers);
+            if switching {
+                kept.restore(&mut parts.headers);
+            }
             http::Response::from_parts(parts, incoming(body))
         }
         Err(e) => local_reply(

@@ -26,6 +26,7 @@ mod tcp;
 pub mod telemetry;
 pub mod tls;
 pub mod tunables;
+mod upgrade;
 pub mod upstream;
 
 pub use proxy::{Proxy, ProxyError};

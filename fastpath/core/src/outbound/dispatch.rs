@@ -14,10 +14,13 @@ use tokio::time::Instant;
 
 use crate::body::{full, incoming, Body};
 use crate::http::{local_reply, strip_hop_by_hop};
+use crate::protocol::HttpVersion;
 use crate::retry::{back_off, retryable, Outcome};
 use crate::routing::{Host, Route};
 use crate::state::{Active, Shared};
+use crate::telemetry::TcpKey;
 use crate::tunables::MAX_REPLAY_BODY;
+use crate::upgrade;
 use crate::upstream::{Upstream, UpstreamError};
 
 /// How a dispatch ended: the response (an upstream's, or the sidecar's own 503/504), the
@@ -144,6 +147,79 @@ pub async fn send(
     }
 }
 
+/// An Upgrade request (WebSocket): one try, since a handshake the far side may already have
+/// acted on cannot be replayed, bounded by the route's timeout (the upgraded stream is not);
+/// on 101 the client's and the upstream's connections are spliced.
+#[allow(clippy::too_many_arguments)]
+pub async fn upgrade(
+    shared: &Shared,
+    active: &Active,
+    host: &Host,
+    route: &Route,
+    parts: http::request::Parts,
+    body: hyper::body::Incoming,
+    client: hyper::upgrade::OnUpgrade,
+) -> Sent {
+    let revision = &active.config.revision;
+    let cluster = route.pick().to_owned();
+    let reply =
+        |status, message: String| local_reply(status, &route.config.name, revision, message);
+    let Some(upstream) = active.clusters.get(&cluster) else {
+        let response = reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unknown cluster {cluster}"),
+        );
+        return Sent {
+            response,
+            cluster,
+            tries: 1,
+        };
+    };
+    if upstream.version == HttpVersion::Http2 {
+        let response = reply(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "{} speaks HTTP/2 between sidecars, where HTTP/1.1 Upgrade does not exist; \
+                 serve WebSocket on an http port",
+                host.service
+            ),
+        );
+        return Sent {
+            response,
+            cluster,
+            tries: 1,
+        };
+    }
+    let limit = route.config.timeout_ms.map(Duration::from_millis);
+    let mut body = RequestBody::Stream(Some(body));
+    let mut response = match attempt(shared, upstream, &parts, &mut body, limit).await {
+        Ok(resp) => resp,
+        Err(Outcome::Timeout) => reply(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("{} timed out before switching protocols", host.service),
+        ),
+        Err(o) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} unavailable ({o:?})", host.service),
+        ),
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let server = hyper::upgrade::on(&mut response);
+        let key = TcpKey {
+            direction: "outbound",
+            source: active.config.workload.spiffe_id.clone(),
+            destination: host.service.clone(),
+            port: host.port,
+        };
+        upgrade::splice(shared.telemetry.clone(), key, client, server);
+    }
+    Sent {
+        response,
+        cluster,
+        tries: 1,
+    }
+}
+
 /// A request body across tries: bytes that can be sent again, or a stream sent at most once.
 pub enum RequestBody {
     Replay(Bytes),
@@ -194,7 +270,12 @@ pub async fn attempt(
     match result? {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
+            let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+            let kept = upgrade::Headers::of(&parts.headers);
             strip_hop_by_hop(&mut parts.headers);
+            if switching {
+                kept.restore(&mut parts.headers);
+            }
             Ok(http::Response::from_parts(parts, incoming(body)))
         }
         Err(e) if e.is_connect_failure() => Err(Outcome::ConnectFailure),

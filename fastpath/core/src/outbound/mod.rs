@@ -13,7 +13,8 @@
 //! 4. per-route layers, in this order when a route asks for them: fault injection, circuit
 //!    breaking, mirroring (wave 2: each a module beside `dispatch`, called from `mesh`);
 //! 5. **dispatch** (`dispatch.rs`): tries, per-try and overall deadlines, retry budget, endpoint
-//!    choice and passive health (`upstream`).
+//!    choice and passive health (`upstream`); an Upgrade request (WebSocket) is sent once and,
+//!    on 101, spliced (`upgrade.rs`).
 //!
 //! Every answer, proxied or local, leaves through one `Exchange::finish`.
 
@@ -35,6 +36,7 @@ use crate::http::{
 use crate::protocol::Serve;
 use crate::routing::Host;
 use crate::state::{Active, Shared};
+use crate::upgrade;
 
 pub use tcp::serve_tcp;
 pub(crate) use tcp::tcp_connection;
@@ -166,8 +168,13 @@ async fn mesh(
         );
         return ex.finish(&shared.telemetry, "outbound: no route", reply, vec![]);
     };
+    let client_upgrade = upgrade::requested(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let kept = upgrade::Headers::of(&parts.headers);
     strip_hop_by_hop(&mut parts.headers);
+    if client_upgrade.is_some() {
+        kept.restore(&mut parts.headers);
+    }
     ex.hop.propagate(&mut parts.headers);
     parts.uri = ex
         .path
@@ -178,7 +185,10 @@ async fn mesh(
     }
     // 4. per-route layers go here (fault, circuit breaker, mirror).
     // 5. dispatch
-    let sent = dispatch::send(shared, active, host, route, parts, body, ex.started).await;
+    let sent = match client_upgrade {
+        Some(client) => dispatch::upgrade(shared, active, host, route, parts, body, client).await,
+        None => dispatch::send(shared, active, host, route, parts, body, ex.started).await,
+    };
     let attributes = vec![
         ("weft.route".into(), route.config.name.clone()),
         ("weft.cluster".into(), sent.cluster),

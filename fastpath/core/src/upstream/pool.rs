@@ -106,8 +106,10 @@ impl Upstream {
                 let (sender, conn) = http1::handshake(TokioIo::new(stream))
                     .await
                     .map_err(http_error)?;
+                // `with_upgrades`: after a 101 the connection is handed to the request's
+                // `OnUpgrade` (WebSocket) instead of being closed.
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    let _ = conn.with_upgrades().await;
                 });
                 Sender::Http1(sender)
             }
