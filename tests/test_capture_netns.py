@@ -76,6 +76,15 @@ spec:
   to: {services: [api], ports: [echo]}
   from: [{namespaces: [a]}]
 """,
+    # An HTTPS site outside the mesh that a/web may reach with its own TLS.
+    "external.yaml": """apiVersion: weft.dev/v1alpha1
+kind: ExternalService
+metadata: {name: ext, namespace: a}
+spec:
+  host: ext.test
+  ports: [{port: 443, protocol: tls}]
+  allowedFrom: [{services: [web]}]
+""",
 }
 # A client must carry no proxy settings: capture, not configuration, brings it to the sidecar.
 CLEAN_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -162,8 +171,30 @@ class Mesh:
         self.net.create()
         # Each host names itself: the sidecar's admin server looks its address up, and these
         # namespaces have no DNS server (a lookup would cost two 5 s timeouts).
-        self.a = self.net.add(0, {"web.a": self.net.address(0)})
+        # C is "the internet": one HTTPS server answering for ext.test (declared) and for
+        # other.test (not declared); A resolves both names to it, as public DNS would.
+        outside_https = self.net.address(2)
+        self.a = self.net.add(
+            0,
+            {"web.a": self.net.address(0), "ext.test": outside_https, "other.test": outside_https},
+        )
         self.b = self.net.add(1, {"api.b": self.net.address(1)})
+        self.c = self.net.add(2, {})
+        self.site_ca = CA.create("public web CA")
+        site = self.site_ca.issue_server("ext.test")
+        (self.tmp / "site.crt").write_bytes(site.chain)
+        (self.tmp / "site.key").write_bytes(site.key)
+        (self.tmp / "site-ca.crt").write_bytes(self.site_ca.pem)
+        server = self.run(
+            "c-https",
+            [
+                *self.c.exec_prefix(),
+                *["openssl", "s_server", "-accept", "443", "-www", "-quiet"],
+                *["-cert", str(self.tmp / "site.crt"), "-key", str(self.tmp / "site.key")],
+            ],
+            CLEAN_ENV,
+        )
+        wait_listening(self.c, 443, server)
         self.outside = self.net.address(200)  # no host has it: a destination not in the mesh
         b = self.b.address
         # A: capture only; its originalDestinations say which of B's addresses are b/api.
@@ -355,6 +386,42 @@ def test_a_destination_outside_the_mesh_is_refused(mesh: Mesh) -> None:
     assert status == 403
     assert "no route" in body
     assert headers["x-weft-policy"] == "outbound: no route"
+
+
+def tcp_access_lines(mesh: Mesh, name: str) -> list[dict[str, Any]]:
+    proc = next(p for p in mesh.procs if p.name == name)
+    lines = (json.loads(line) for line in proc.log.read_text().splitlines() if line.startswith("{"))
+    return [line for line in lines if line.get("event") == "access" and "tcp" in line]
+
+
+def test_an_apps_own_tls_to_a_declared_external_service_passes_by_its_sni(mesh: Mesh) -> None:
+    # An unmodified curl speaks TLS itself: A's sidecar reads the ClientHello's server name
+    # without terminating, finds ext.test:443 declared for a/web, and passes the bytes through;
+    # curl verifies the site's own certificate end to end.
+    ca = str(mesh.tmp / "site-ca.crt")
+    status, _, body = mesh.curl(mesh.a, "https://ext.test/", "--cacert", ca)
+    assert status == 200, body
+    assert "s_server" in body
+    # other.test is served by the same host but declared nowhere: refused, whatever the cert
+    status, _, _ = mesh.curl(mesh.a, "https://other.test/", "-k")
+    assert status < 0, "the connection is refused before any HTTP"
+    metrics = mesh.metrics(mesh.a)
+    passed = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("istio_tcp_connections_closed_total")
+        and 'destination_service_name="ext"' in line
+    ]
+    assert passed, metrics
+    sidecars.wait_until(
+        lambda: (
+            {(e["path"], e["tcp"]["outcome"]) for e in tcp_access_lines(mesh, "web-sidecar")}
+            >= {("ext.test", "closed"), ("other.test", "denied")}
+        )
+    )
+    (seen,) = [e for e in tcp_access_lines(mesh, "web-sidecar") if e["path"] == "ext.test"]
+    assert (seen["method"], seen["decided_by"]) == ("TLS", "egress:a/ext")
+    assert seen["tcp"]["bytes_sent"] > 0
 
 
 def test_a_caller_that_bypasses_its_own_sidecar_meets_the_inbound_one(mesh: Mesh) -> None:

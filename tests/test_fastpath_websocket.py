@@ -108,8 +108,10 @@ def test_a_websocket_carries_messages_both_ways_through_the_mesh(pair: Pair) -> 
         sidecars.wait_until(lambda p=proxy: any(s["closed"] == 1 for s in tcp_stats(p)))
         (request,) = [k for k, _ in json.loads(proxy.stats())["requests"]]
         assert request["code"] == 101
-        (line,) = json.loads(proxy.drain_access_log())
-        assert (line["status"], line["path"]) == (101, "/ws/echo?room=1")
+        http, spliced = sorted(json.loads(proxy.drain_access_log()), key=lambda e: "tcp" in e)
+        assert (http["status"], http["path"]) == (101, "/ws/echo?room=1")
+        assert (spliced["method"], spliced["tcp"]["outcome"]) == ("TCP", "closed")
+        assert spliced["tcp"]["bytes_received"] > len(big)
         (tcp,) = tcp_stats(proxy)
         assert tcp["bytes_received"] > len(big)
         assert tcp["bytes_sent"] > len(big)

@@ -20,6 +20,7 @@ use crate::config::EgressProtocol;
 use crate::http::{accept_loop, serve_connection};
 use crate::protocol::{HttpVersion, Serve};
 use crate::state::{Active, Shared};
+use crate::tcp::Conn;
 use crate::telemetry::TcpKey;
 use crate::tunables::SNIFF_TIMEOUT;
 
@@ -82,6 +83,8 @@ pub fn plan<'a>(
 #[derive(Debug, PartialEq, Eq)]
 pub enum Sniffed {
     Http1,
+    /// A TLS handshake record: the app's own TLS, told apart by its ClientHello's SNI.
+    Tls,
     /// HTTP/2 with prior knowledge.
     Http2,
     Other,
@@ -90,6 +93,9 @@ pub enum Sniffed {
 }
 
 pub fn sniff(first: &[u8]) -> Sniffed {
+    if crate::sni::looks_like_tls(first) {
+        return Sniffed::Tls;
+    }
     if first.starts_with(H2_PREFACE) {
         return Sniffed::Http2;
     }
@@ -163,6 +169,7 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream) {
         }
         Plan::Sniff(fallback) => {
             let version = match first_bytes(&tcp).await {
+                Sniffed::Tls => return tls(&shared, &active, original, tcp).await,
                 Sniffed::Http1 => HttpVersion::Http1,
                 Sniffed::Http2 => HttpVersion::Http2,
                 Sniffed::Other | Sniffed::NeedMore => {
@@ -200,15 +207,61 @@ async fn first_bytes(tcp: &TcpStream) -> Sniffed {
     }
 }
 
-/// Closes a captured connection that has nowhere it may go, and counts it.
-fn refuse(shared: &Shared, active: &Active, destination: &str, port: u16) {
+/// The app's own TLS: passed through, unterminated, to the ExternalService its ClientHello
+/// names if this workload may reach it on this port, else refused. The connection goes to the
+/// declared host by name, never to the address the app dialed, so a forged SNI reaches only
+/// what the intent declared.
+async fn tls(shared: &Arc<Shared>, active: &Active, original: SocketAddr, tcp: TcpStream) {
+    let name = client_hello_name(&tcp).await;
+    let allowed = name.as_ref().ok().and_then(|n| {
+        let key = format!("{n}:{}", original.port());
+        let (dest, _) = active.egress.get(&key)?;
+        (dest.protocol == EgressProtocol::Tls).then_some(key)
+    });
+    match (allowed, name) {
+        (Some(key), Ok(name)) => {
+            crate::outbound::tls_connection(shared.clone(), key, tcp, name).await
+        }
+        (_, name) => {
+            let mut conn = refusal(active, UNREGISTERED, original.port());
+            conn.server_name = Some(name.unwrap_or_default());
+            conn.denied(&shared.telemetry);
+        }
+    }
+}
+
+/// The server name of the ClientHello waiting on `tcp`, peeked (not consumed) for at most
+/// [`SNIFF_TIMEOUT`].
+async fn client_hello_name(tcp: &TcpStream) -> Result<String, crate::sni::SniError> {
+    let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
+    let mut buf = vec![0u8; 5 + (1 << 14)];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return Err(crate::sni::SniError::Incomplete),
+        };
+        match crate::sni::server_name(&buf[..n]) {
+            Err(crate::sni::SniError::Incomplete) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            found => return found,
+        }
+    }
+}
+
+fn refusal(active: &Active, destination: &str, port: u16) -> Conn {
     let key = TcpKey {
         direction: "outbound",
         source: active.config.workload.spiffe_id.clone(),
         destination: destination.to_owned(),
         port,
     };
-    shared.telemetry.record_tcp(key, |s| s.denied += 1);
+    Conn::new(key, destination, &active.config.revision)
+}
+
+/// Closes a captured connection that has nowhere it may go, and counts and logs it.
+fn refuse(shared: &Shared, active: &Active, destination: &str, port: u16) {
+    refusal(active, destination, port).denied(&shared.telemetry);
 }
 
 #[cfg(test)]
@@ -229,7 +282,7 @@ mod tests {
         );
         assert_eq!(sniff(b"PRI * HTTP/2.0\r\n"), Sniffed::NeedMore);
         assert_eq!(sniff(b"PRI * HTTP/1.1\r\n\r\n"), Sniffed::Other);
-        assert_eq!(sniff(b"\x16\x03\x01\x02\x00"), Sniffed::Other); // a TLS ClientHello
+        assert_eq!(sniff(b"\x16\x03\x01\x02\x00"), Sniffed::Tls); // a TLS ClientHello
         assert_eq!(sniff(b"*1\r\n$4\r\nPING"), Sniffed::Other); // redis
         assert_eq!(sniff(b"get / HTTP/1.1"), Sniffed::Other); // methods are case-sensitive
     }

@@ -104,6 +104,7 @@ impl Exchange {
             decided_by: decided_by.to_owned(),
             trace_id: self.hop.trace_id(),
             revision: self.revision.clone(),
+            tcp: None,
         });
         let mut span = vec![
             ("http.method".into(), self.method.to_string()),

@@ -22,7 +22,7 @@ use crate::http::{
 };
 use crate::protocol::{HttpVersion, Serve};
 use crate::state::{Active, Shared};
-use crate::tcp::pipe;
+use crate::tcp::{pipe, Conn};
 use crate::telemetry::TcpKey;
 use crate::tunables::INBOUND_HANDSHAKE_TIMEOUT;
 use crate::upgrade;
@@ -237,7 +237,8 @@ async fn forward(
                     port: active.inbound.get(port_name).map_or(0, |p| p.port),
                 };
                 let server = hyper::upgrade::on(&mut resp);
-                upgrade::splice(shared.telemetry.clone(), key, client, server);
+                let conn = Conn::new(key, "upgrade", &active.config.revision);
+                upgrade::splice(shared.telemetry.clone(), conn, client, server);
             }
             let (mut parts, body) = resp.into_parts();
             let kept = upgrade::Headers::of(&parts.headers);
@@ -277,17 +278,17 @@ where
         destination,
         port: port.port,
     };
-    if !authz::decide(port, peer.as_ref(), Request::default()).allowed {
-        shared.telemetry.record_tcp(key, |s| s.denied += 1);
-        return; // closing is the only answer TCP has
+    let decision = authz::decide(port, peer.as_ref(), Request::default());
+    let conn = Conn::new(key, decision.policy, &active.config.revision);
+    if !decision.allowed {
+        return conn.denied(&shared.telemetry); // closing is the only answer TCP has
     }
-    let Some(app) = active.apps.get(&port_name) else {
-        return;
+    let upstream = match active.apps.get(&port_name).and_then(|app| app.pick()) {
+        Some(endpoint) => connect_stream(&endpoint.addr, &Transport::Plain, &shared.tls).await,
+        None => return conn.connect_failed(&shared.telemetry),
     };
-    let Some(endpoint) = app.pick() else { return };
-    let Ok(mut upstream) = connect_stream(&endpoint.addr, &Transport::Plain, &shared.tls).await
-    else {
-        return;
-    };
-    pipe(&shared.telemetry, key, &mut stream, &mut upstream).await;
+    match upstream {
+        Ok(mut upstream) => pipe(&shared.telemetry, conn, &mut stream, &mut upstream).await,
+        Err(_) => conn.connect_failed(&shared.telemetry),
+    }
 }

@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod retry;
 pub mod route_regex;
 pub mod routing;
+pub mod sni;
 pub mod state;
 mod tcp;
 pub mod telemetry;

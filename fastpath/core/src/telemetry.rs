@@ -49,6 +49,8 @@ pub struct TcpStats {
     pub opened: u64,
     pub closed: u64,
     pub denied: u64,
+    /// Permitted connections no upstream endpoint would take.
+    pub connect_failed: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
 }
@@ -78,6 +80,20 @@ pub struct AccessLog {
     pub decided_by: String,
     pub trace_id: String,
     pub revision: String,
+    /// For a TCP connection (method `TCP`, or `TLS` with the server name as `path`): how it
+    /// ended and the bytes each way. Absent for HTTP requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpOutcome>,
+}
+
+/// How a TCP connection ended, for its access log line.
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpOutcome {
+    /// `closed` (both sides done), `denied` (policy or REGISTRY_ONLY refused it) or
+    /// `connect-failed` (no upstream could be reached).
+    pub outcome: &'static str,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
 }
 
 #[derive(Debug, Serialize)]

@@ -13,8 +13,8 @@ use http::{HeaderMap, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::tcp::pipe;
-use crate::telemetry::{TcpKey, Telemetry};
+use crate::tcp::{pipe, Conn};
+use crate::telemetry::Telemetry;
 
 /// True for an HTTP/1.1 request that asks to switch protocols: an `Upgrade` header and the
 /// `upgrade` token in `Connection`.
@@ -54,13 +54,13 @@ impl Headers {
 }
 
 /// Once both sides have switched, copies between them until each closes; the bytes count as
-/// one TCP connection under `key`. Runs on its own task: the 101 must reach the client first.
-pub fn splice(telemetry: Arc<Telemetry>, key: TcpKey, client: OnUpgrade, server: OnUpgrade) {
+/// one TCP connection, accounted as `conn`. Runs on its own task: the 101 must reach the client first.
+pub fn splice(telemetry: Arc<Telemetry>, conn: Conn, client: OnUpgrade, server: OnUpgrade) {
     tokio::spawn(async move {
         let (Ok(client), Ok(server)) = tokio::join!(client, server) else {
             return; // one side hung up before switching: nothing to pipe
         };
         let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
-        pipe(&telemetry, key, &mut client, &mut server).await;
+        pipe(&telemetry, conn, &mut client, &mut server).await;
     });
 }

@@ -18,6 +18,7 @@ use crate::protocol::HttpVersion;
 use crate::retry::{back_off, retryable, Outcome};
 use crate::routing::{Host, Route};
 use crate::state::{Active, Shared};
+use crate::tcp::Conn;
 use crate::telemetry::TcpKey;
 use crate::tunables::MAX_REPLAY_BODY;
 use crate::upgrade;
@@ -211,7 +212,8 @@ pub async fn upgrade(
             destination: host.service.clone(),
             port: host.port,
         };
-        upgrade::splice(shared.telemetry.clone(), key, client, server);
+        let conn = Conn::new(key, route.config.name.clone(), revision);
+        upgrade::splice(shared.telemetry.clone(), conn, client, server);
     }
     Sent {
         response,

@@ -13,7 +13,7 @@ use crate::config::{EgressDestination, EgressProtocol};
 use crate::exchange::Exchange;
 use crate::http::{local_reply, strip_hop_by_hop};
 use crate::state::{Active, Shared};
-use crate::tcp::pipe;
+use crate::tcp::{pipe, Conn};
 use crate::telemetry::TcpKey;
 use crate::upstream::{connect_stream, Upstream};
 
@@ -70,6 +70,7 @@ pub async fn tcp(
     dest: &EgressDestination,
     upstream: &Upstream,
     mut client: TcpStream,
+    server_name: Option<String>,
 ) {
     let stats = TcpKey {
         direction: "outbound",
@@ -77,13 +78,20 @@ pub async fn tcp(
         destination: dest.name.clone(),
         port: dest.port,
     };
+    let mut conn = Conn::new(
+        stats,
+        format!("egress:{}", dest.name),
+        &active.config.revision,
+    );
+    conn.server_name = server_name;
     let Some(endpoint) = upstream.pick() else {
-        return;
+        return conn.connect_failed(&shared.telemetry);
     };
-    let Ok(mut server) = connect_stream(&endpoint.addr, &upstream.transport, &shared.tls).await
-    else {
-        endpoint.connect_failed();
-        return;
-    };
-    pipe(&shared.telemetry, stats, &mut client, &mut server).await;
+    match connect_stream(&endpoint.addr, &upstream.transport, &shared.tls).await {
+        Ok(mut server) => pipe(&shared.telemetry, conn, &mut client, &mut server).await,
+        Err(_) => {
+            endpoint.connect_failed();
+            conn.connect_failed(&shared.telemetry);
+        }
+    }
 }

@@ -39,7 +39,7 @@ use crate::state::{Active, Shared};
 use crate::upgrade;
 
 pub use tcp::serve_tcp;
-pub(crate) use tcp::tcp_connection;
+pub(crate) use tcp::{tcp_connection, tls_connection};
 
 pub async fn serve_http(shared: Arc<Shared>, listener: TcpListener) {
     let shutdown = shared.shutdown.clone();
