@@ -31,7 +31,7 @@ class LocalRepoSource:
     def snapshot(self, revision: str) -> Snapshot:
         sha = revision.rpartition("@sha1:")[2]
         snap = files.from_git(self.path, sha)
-        return Snapshot(revision, snap.files, snap.oversized)
+        return Snapshot(revision, snap.files, snap.refused)
 
 
 def init_from_template(template: Path, repo: Path) -> None:

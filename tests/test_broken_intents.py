@@ -30,6 +30,7 @@ NOT_SUPPORTED = (
     " is not supported yet: the data plane cannot enforce it, "
     "so Weft refuses it rather than ignore it"
 )
+DUPLICATE_KEY_HINT = "YAML would silently keep only the last; remove one"
 SUMMARY = re.compile(r"workdir@sha256:[0-9a-f]{64}: (?P<rest>.*)")
 
 
@@ -86,6 +87,30 @@ CASES = [
         error(
             "services.yaml:11:7",
             "duplicate key 'port' (first defined at line 10, column 7)",
+            DUPLICATE_KEY_HINT,
+        ),
+    ),
+    # The cause alone: no "unknown namespace 'web'" or "unknown service" for what the refused
+    # document declares, and the file's other document (shop/api) still loads.
+    case(
+        "duplicate-key-hides-a-namespace",
+        error(
+            "services.yaml:11:7",
+            "duplicate key 'port' (first defined at line 10, column 7)",
+            DUPLICATE_KEY_HINT,
+        ),
+    ),
+    # A syntax error leaves the rest of its file unread: nothing it might declare is "unknown".
+    case(
+        "syntax-error-hides-references",
+        error("services.yaml:9:1", "YAML syntax: did not find expected ',' or ']'"),
+    ),
+    case(
+        "tab-indentation",
+        error(
+            "services.yaml:10:1",
+            "YAML syntax: a tab character indents field 'port'; YAML indentation must be spaces",
+            "replace the tab with spaces",
         ),
     ),
     case(
@@ -490,3 +515,17 @@ def test_cli_warnings_pass_unless_strict(capsys: pytest.CaptureFixture[str]) -> 
     assert strict == 1
     assert err.splitlines() == [warning]
     assert out.rstrip().endswith(": warnings refused (--strict)")
+
+
+def test_cli_roots_positions_inside_messages_like_the_diagnostics_own(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    case_dir = CORPUS / "duplicate-service"
+
+    assert cli.main(["validate", str(case_dir)]) == 1
+
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == (
+        f"{case_dir}/services-2.yaml:5:9: error: duplicate Service shop/api "
+        f"(first defined at {case_dir}/services-1.yaml:2:1)"
+    )

@@ -64,7 +64,7 @@ def check(snapshot: files.Snapshot) -> tuple[Intent | None, list[Diagnostic]]:
     """Read and validate a revision; the Intent is None when any error was found."""
     broken: set[tuple[str, str, str]] = set()
     objects, diagnostics = read(snapshot.files, broken)
-    diagnostics.extend(snapshot.oversized)
+    diagnostics.extend(snapshot.refused)
     diagnostics.extend(validate.duplicates(objects))
     meshes = [o for o in objects if isinstance(o, Mesh)]
     if not any(kind == "Mesh" for kind, _, _ in broken):  # an invalid Mesh has its own error

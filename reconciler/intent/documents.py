@@ -61,6 +61,9 @@ class YamlInputError(Exception):
 
 class _Loader(yaml.CSafeLoader):
     yaml_constructors: ClassVar[dict[Any, Any]] = dict(yaml.CSafeLoader.yaml_constructors)
+    # Problems that spoil one document but not the parse (a duplicate key): the rest of the file
+    # is still read, so its other documents load and nothing else is reported as missing.
+    spoiled: list[YamlInputError]
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[LocatedDict]:
@@ -78,10 +81,14 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[LocatedD
             raise YamlInputError(f"mapping key {key!r} is not a string", _mark(key_node))
         if key in data:
             line, col = data.key_marks[key]
-            raise YamlInputError(
-                f"duplicate key {key!r} (first defined at line {line}, column {col})",
-                _mark(key_node),
+            loader.spoiled.append(
+                YamlInputError(
+                    f"duplicate key {key!r} (first defined at line {line}, column {col})",
+                    _mark(key_node),
+                    "YAML would silently keep only the last; remove one",
+                )
             )
+            continue
         data[key] = loader.construct_object(value_node, deep=False)
         data.key_marks[key] = _mark(key_node)
         data.value_marks[key] = _mark(value_node)
@@ -142,6 +149,9 @@ def _check_size(root: LocatedDict, start: Mark) -> None:
 class Document:
     file: str
     body: LocatedDict
+    # Why this document is refused before any schema check (a duplicate key), if it is; it still
+    # names what it declares, so references to it are not reported as unknown.
+    problems: tuple[Diagnostic, ...] = ()
 
     def position(self, mark: Mark | None = None) -> Position:
         line, column = mark or self.body.mark
@@ -149,7 +159,8 @@ class Document:
 
 
 def parse(source: IntentFile) -> tuple[list[Document], list[Diagnostic]]:
-    """All documents of one file, or the one diagnostic that stopped the parse."""
+    """The documents of one file, and the one diagnostic that stopped the parse (every document
+    after it is unread), if any. A document with a duplicate key carries its own `problems`."""
     try:
         text = source.data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -157,6 +168,7 @@ def parse(source: IntentFile) -> tuple[list[Document], list[Diagnostic]]:
     documents: list[Document] = []
     try:
         loader = _Loader(text)
+        loader.spoiled = []
         try:
             while loader.check_node():
                 node = loader.get_node()
@@ -171,7 +183,11 @@ def parse(source: IntentFile) -> tuple[list[Document], list[Diagnostic]]:
                         "a document must be a mapping with apiVersion and kind", start
                     )
                 _check_size(body, start)
-                documents.append(Document(source.path, body))
+                spoiled = tuple(
+                    _error(source.path, e.mark, e.message, e.hint) for e in loader.spoiled
+                )
+                loader.spoiled.clear()
+                documents.append(Document(source.path, body, spoiled))
         finally:
             loader.dispose()
     except YamlInputError as e:
@@ -179,11 +195,33 @@ def parse(source: IntentFile) -> tuple[list[Document], list[Diagnostic]]:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        tab = _tab_problem(text, where)
+        if tab is not None:
+            return documents, [_error(source.path, where, *tab)]
         problem = e.problem or e.context or "invalid YAML"
         return documents, [_error(source.path, where, f"YAML syntax: {problem}")]
     except (yaml.YAMLError, RecursionError, MemoryError) as e:
         return documents, [_error(source.path, (1, 1), f"YAML syntax: {type(e).__name__}: {e}")]
     return documents, []
+
+
+def _tab_problem(text: str, where: Mark) -> tuple[str, str] | None:
+    """Say "tab" and name the field when a tab is what the parser stumbled on: libyaml's own
+    words for it ("found character that cannot start any token") name neither."""
+    lines = text.splitlines()
+    if not 0 < where[0] <= len(lines):
+        return None
+    line = lines[where[0] - 1]
+    before = line[: where[1]]
+    if "\t" not in before and not line[where[1] - 1 :].startswith("\t"):
+        return None
+    content = line.strip().removeprefix("- ").strip()
+    key = content.split(":", 1)[0].strip() if ":" in content else ""
+    what = f"field {key!r}" if key and not key.startswith("#") else f"line {where[0]}"
+    return (
+        f"YAML syntax: a tab character indents {what}; YAML indentation must be spaces",
+        "replace the tab with spaces",
+    )
 
 
 def _error(path: str, mark: Mark, message: str, hint: str | None = None) -> Diagnostic:

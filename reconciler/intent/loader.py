@@ -20,6 +20,8 @@ from reconciler.intent.diagnostics import Diagnostic, Position, Severity
 from reconciler.intent.documents import LocatedDict, LocatedList, Mark
 from reconciler.intent.files import IntentFile
 
+UNREAD = ("*", "*", "*")  # in `broken`: a file was not read to its end (see validate.UNREAD)
+
 Loc = tuple[int | str, ...]
 
 
@@ -279,15 +281,18 @@ def read(
     """Every valid document, and a diagnostic for every problem.
 
     `broken` collects (kind, namespace, name) of documents that were refused, so later checks
-    can leave out "unknown service" errors that are only echoes of the real one.
+    can leave out "unknown service" errors that are only echoes of the real one; and
+    `validate.UNREAD` when a file could not be read to its end, so any document may be missing.
     """
     objects: list[pydantic.BaseModel] = []
     diagnostics: list[Diagnostic] = []
     for f in files:
         docs, problems = documents.parse(f)
         diagnostics.extend(problems)
+        if problems and broken is not None:
+            broken.add(UNREAD)
         for doc in docs:
-            obj, problems = validate_document(doc)
+            obj, problems = (None, list(doc.problems)) if doc.problems else validate_document(doc)
             diagnostics.extend(problems)
             if obj is not None:
                 objects.append(obj)

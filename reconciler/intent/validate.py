@@ -16,6 +16,7 @@ import pydantic
 from reconciler import _native
 from reconciler.intent import model
 from reconciler.intent.diagnostics import Diagnostic, Position, Severity
+from reconciler.intent.loader import UNREAD as _UNREAD
 from reconciler.intent.loader import Loc, did_you_mean, position_of
 from reconciler.intent.mesh import Intent, Peers
 
@@ -149,6 +150,18 @@ def services(intent: Intent) -> Iterator[Diagnostic]:
 
 
 Broken = frozenset[tuple[str, str, str]]  # (kind, namespace, name) of documents refused by schema
+# In `broken` when a file could not be read to its end (a YAML syntax error): any document may be
+# missing, so no "unknown ..." reference is reported; the syntax error is the one to fix.
+UNREAD = _UNREAD
+
+
+def _refused_service(broken: Broken, ns: str, name: str) -> bool:
+    return UNREAD in broken or ("Service", ns, name) in broken
+
+
+def _refused_in(broken: Broken, ns: str | None = None) -> bool:
+    """Whether a Service (in `ns`, or anywhere) may be missing only because it was refused."""
+    return UNREAD in broken or any(k == "Service" and ns in (None, n) for k, n, _ in broken)
 
 
 def discovery_names(intent: Intent) -> Iterator[Diagnostic]:
@@ -184,7 +197,7 @@ def sources(
     known_identities = intent.identities
     for i, source in enumerate(sources):
         for j, name in enumerate(source.namespaces or ()):
-            if name != "*" and name not in intent.namespaces:
+            if name != "*" and name not in intent.namespaces and not _refused_in(broken, name):
                 yield _error(
                     obj,
                     ("spec", field, i, "namespaces", j),
@@ -193,7 +206,8 @@ def sources(
                 )
         for j, ref in enumerate(source.services or ()):
             full = ref if "/" in ref else f"{ns}/{ref}"
-            if intent.service(ref, ns) is None and ("Service", *full.split("/")) not in broken:
+            ref_ns, ref_name = full.split("/", 1)
+            if intent.service(ref, ns) is None and not _refused_service(broken, ref_ns, ref_name):
                 yield _error(
                     obj,
                     ("spec", field, i, "services", j),
@@ -209,7 +223,7 @@ def sources(
                     f"identity {spiffe!r} is outside the trust domain "
                     f"{intent.spec.trust_domain!r}: no certificate Weft issues can match it",
                 )
-            elif spiffe not in known_identities:
+            elif spiffe not in known_identities and not _refused_in(broken):
                 yield _error(
                     obj,
                     ("spec", field, i, "identities", j),
@@ -223,6 +237,8 @@ def policies(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
         ns = policy.metadata.namespace
         spec = policy.spec
         if not intent.services_in(ns):
+            if _refused_in(broken, ns):
+                continue  # its Services were refused: their own errors are the ones to fix
             yield _error(
                 policy,
                 ("metadata", "namespace"),
@@ -231,7 +247,7 @@ def policies(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
             )
             continue
         for i, name in enumerate(spec.to.services or ()):
-            if (ns, name) not in intent.services and ("Service", ns, name) not in broken:
+            if (ns, name) not in intent.services and not _refused_service(broken, ns, name):
                 yield _error(
                     policy,
                     ("spec", "to", "services", i),
@@ -241,8 +257,13 @@ def policies(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
         targeted = intent.targets(policy)
         chosen = {n for n in spec.to.services or () if (ns, n) in intent.services}
         chosen |= {svc.metadata.name for svc, _ in targeted}
+        echo = (
+            _refused_in(broken, ns)
+            if spec.to.services is None
+            else any(_refused_service(broken, ns, n) for n in spec.to.services)
+        )
         for i, ref in enumerate(spec.to.ports or ()):
-            if not any(ref in (p.name, p.port) for svc, p in targeted):
+            if not any(ref in (p.name, p.port) for svc, p in targeted) and not echo:
                 ports = sorted(
                     {p.name for n in chosen for p in intent.services[(ns, n)].spec.ports}
                 )
@@ -386,7 +407,7 @@ def routes(intent: Intent, broken: Broken = frozenset()) -> Iterator[Diagnostic]
         svc = intent.resolve_host(spec.host, ns)
         if svc is None:
             parts = spec.host.split(".")
-            if ("Service", parts[1] if len(parts) > 1 else ns, parts[0]) in broken:
+            if _refused_service(broken, parts[1] if len(parts) > 1 else ns, parts[0]):
                 continue  # the Service exists but was refused: its own error is the one to fix
             names = [h for s in intent.services.values() for h in intent.hostnames(s)[:2]]
             yield _error(
