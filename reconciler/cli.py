@@ -7,10 +7,13 @@ Exit codes: 0 success, 1 the intent has errors (or warnings with --strict), 2 ba
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
 import os
+import re
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,26 +47,39 @@ def _snapshot(args: argparse.Namespace) -> intent.files.Snapshot:
     return intent.files.from_directory(path)
 
 
-def _print_diagnostics(diagnostics: Sequence[intent.Diagnostic], root: str) -> None:
+def _print_diagnostics(
+    diagnostics: Sequence[intent.Diagnostic], root: str, files: Sequence[str] = ()
+) -> None:
     for d in diagnostics:
-        print(_rooted(d, root), file=sys.stderr)
+        print(_rooted(d, root, files), file=sys.stderr)
 
 
-def _rooted(d: intent.Diagnostic, root: str) -> str:
-    """Diagnostics name repository-relative files; print them relative to where the user is."""
-    text = str(d)
-    if root not in (".", "") and not d.position.file.startswith("<"):
-        text = f"{root.rstrip('/')}/{text}"
-    return text
+def _rooted(d: intent.Diagnostic, root: str, files: Sequence[str] = ()) -> str:
+    """Diagnostics name repository-relative files; print them relative to where the user is.
+
+    Positions inside the message ("first defined at mesh.yaml:2:1") are rooted the same way, so
+    every path on the line can be opened from the same place."""
+    if root in (".", ""):
+        return str(d)
+    prefix = root.rstrip("/") + "/"
+    message = d.message
+    if files:
+        names = "|".join(re.escape(f) for f in sorted(files, key=len, reverse=True))
+        message = re.sub(rf"(?<![\w./-])({names})(?=:\d+:\d+)", lambda m: prefix + m[1], message)
+    position = d.position
+    if not position.file.startswith("<"):
+        position = dataclasses.replace(position, file=prefix + position.file)
+    return str(dataclasses.replace(d, position=position, message=message))
 
 
 def _load(args: argparse.Namespace) -> intent.Intent | None:
     try:
-        mesh, diagnostics = intent.check(_snapshot(args))
+        snapshot = _snapshot(args)
+        mesh, diagnostics = intent.check(snapshot)
     except intent.IntentError as e:
         _print_diagnostics(e.diagnostics, ".")
         return None
-    _print_diagnostics(diagnostics, args.path)
+    _print_diagnostics(diagnostics, args.path, [f.path for f in snapshot.files])
     return mesh
 
 
@@ -83,7 +99,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             )
         )
     else:
-        _print_diagnostics(diagnostics, root)
+        _print_diagnostics(diagnostics, root, [f.path for f in snapshot.files])
     errors = sum(d.severity is intent.Severity.ERROR for d in diagnostics)
     warnings = len(diagnostics) - errors
     failed = mesh is None or (args.strict and warnings > 0)
@@ -260,7 +276,12 @@ def _serve(
     return 0
 
 
-def _banner(repo: Path) -> Callable[[LocalTarget], None]:
+def _status_command(state_dir: str | None) -> str:
+    """The `weft status` that reads what this process writes, to print exactly as it must be run."""
+    return f"weft status --state-dir {shlex.quote(state_dir)}" if state_dir else "weft status"
+
+
+def _banner(repo: Path, state_dir: str | None) -> Callable[[LocalTarget], None]:
     def show(target: LocalTarget) -> None:
         lines = ["", "weft: the mesh is running. Where everything listens:"]
         for ref, where in sorted(target.listening.items()):
@@ -286,7 +307,7 @@ def _banner(repo: Path) -> Callable[[LocalTarget], None]:
             "",
             f"Change policy: edit {repo}, then `git -C {repo} commit -am '...'`;",
             "it is applied within seconds.",
-            "Status: weft status    Stop: Ctrl-C",
+            f"Status: {_status_command(state_dir)}    Stop: Ctrl-C",
             "",
         ]
         print("\n".join(lines), flush=True)
@@ -314,7 +335,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         localrepo.LocalRepoSource(repo, args.ref),
         state,
         args.poll,
-        _banner(repo),
+        _banner(repo, args.state_dir),
         metrics_addr=args.metrics,
         isolation=args.isolation,
     )
@@ -339,9 +360,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    current = status.read(_state_dir(args.state_dir) / "status.json")
+    state = _state_dir(args.state_dir)
+    current = status.read(state / "status.json")
     if current is None:
-        print("weft status: nothing has been reconciled here yet", file=sys.stderr)
+        # No state is not a healthy mesh: exit 1, and say where we looked, since the usual cause
+        # is a `weft up --state-dir` whose directory was not passed here.
+        print(
+            f"weft status: no reconcile status in {state} (no status.json): nothing has been "
+            "reconciled there yet; give the --state-dir that `weft up` or `weft run` was given",
+            file=sys.stderr,
+        )
         return 1
     if current.certificates is not None:
         # Warnings as of now, not as of the reconciler's last look: if it stopped, its

@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 from reconciler import identity
 
 CERTIFICATE_WARNING = "CertificateWarning"
+_DIAGNOSTIC = re.compile(r"\S.*:\d+:\d+: (error|warning): ")
 # As `weft ca status`: a 24 h certificate renews at 11-13 h of age, so 8 h left means renewal
 # has failed for hours; CAs are warned about 30 days ahead whatever this says.
 WARN_BEFORE = identity.status.DEFAULT_WARN_BEFORE
@@ -153,7 +155,9 @@ def render(status: Status) -> str:
     lines.append(f"last attempted revision: {status.last_attempted_revision or '-'}")
     if status.last_duration_seconds is not None:
         lines.append(f"last reconcile took:     {status.last_duration_seconds:.3f} s")
-    lines += [f"error: {e}" for e in status.errors]
+    # An intent diagnostic already reads `file:line:col: error: ...`; only bare messages (an apply
+    # that failed) need the prefix that makes every error line start at the margin.
+    lines += [e if _DIAGNOSTIC.match(e) else f"error: {e}" for e in status.errors]
     if status.certificates is not None and status.certificates_checked_at is not None:
         lines.append(
             f"certificates, as of {identity.clock.timestamp(status.certificates_checked_at)}:"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -318,3 +319,39 @@ def test_weft_status_exits_1_once_a_certificate_has_expired(
     assert code == 1
     assert "CertificateWarning  True   Expired: " in out
     assert f"warning: {WEB} expired at " in out
+
+
+def test_weft_status_prints_a_refused_revisions_errors_once_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    repo = write_repo(
+        tmp_path / "repo",
+        {
+            "mesh.yaml": sidecars.mesh_yaml(TD),
+            "services.yaml": sidecars.WEB_AND_API.replace("port: 8080", "port: 80800", 1),
+        },
+    )
+    rec = loop.Reconciler(OneRevision(repo), NothingToDo(threading.Event()), state / "status.json")
+    assert not rec.reconcile(OneRevision.revision)
+
+    assert cli.main(["status", "--state-dir", str(state)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    # The diagnostic is printed as `weft validate` prints it: one "error:", after the position.
+    errors = [x for x in lines if "error:" in x]
+    assert len(errors) == 1, lines
+    assert re.fullmatch(
+        r"services\.yaml:\d+:\d+: error: spec\.ports\[0\]\.port: 80800 .*", errors[0]
+    )
+    assert errors[0].count("error:") == 1
+
+
+def test_weft_status_without_state_says_where_it_looked_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "never-used"
+    assert cli.main(["status", "--state-dir", str(empty)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"no reconcile status in {empty} (no status.json)" in err
+    assert "--state-dir" in err

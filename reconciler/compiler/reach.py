@@ -83,10 +83,12 @@ def to_table(mesh: Intent, cells: list[Cell]) -> str:
         "",
     ]
     lines.append("decided by:")
-    for c in cells:
-        if c.source != c.destination:
-            lines.append(
-                f"  {c.source} -> {c.destination}:{c.port}  "
-                f"{c.verdict.decision:<11} {', '.join(c.verdict.policies)}"
-            )
+    pairs = [(f"{c.source} -> {c.destination}:{c.port}", c) for c in cells]
+    pairs = [(text, c) for text, c in pairs if c.source != c.destination]
+    # Pad the pair to the longest one, so decisions and policies line up in columns.
+    pad = max((len(text) for text, _ in pairs), default=0)
+    for text, c in pairs:
+        lines.append(
+            f"  {text:<{pad}}  {c.verdict.decision:<11} {', '.join(c.verdict.policies)}".rstrip()
+        )
     return "\n".join(lines) + "\n"
