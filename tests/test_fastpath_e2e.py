@@ -248,7 +248,11 @@ def test_a_denied_request_gets_403_naming_the_policy_and_revision(mesh: Mesh) ->
 def test_a_destination_policy_forbids_has_no_route(mesh: Mesh) -> None:
     code, body = curl("-H", "Host: db.c:5432", f"http://{mesh.outbound}/")
     assert code == 403
-    assert body.startswith('weft: a/web has no route to "db.c:5432"')
+    assert body == (
+        'weft: a/web has no route to "db.c:5432": it is not a destination this workload may '
+        "call: no policy allows it, so Mesh/mesh defaultPolicy: deny decided "
+        f"(revision {REVISION})\n"
+    )
 
 
 def test_tcp_forwards_binary_data_both_ways_and_half_close(mesh: Mesh) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from reconciler.allocation import without_gc_pauses
-from reconciler.compiler import authz, identities, kubernetes, outbound, policy, reach
+from reconciler.compiler import authz, identities, kubernetes, labels, outbound, policy, reach
 from reconciler.compiler import proxyconfig as pc
 from reconciler.intent import Intent
 
@@ -75,9 +75,11 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
     )
     configs: dict[tuple[str, str], pc.ProxyConfig] = {}
     inbound_edges: dict[tuple[str, str], list[policy.Edge]] = {key: [] for key in mesh.services}
-    for key, svc in mesh.services.items():
+    for key in mesh.services:
         for edge in edges_by_source[key]:
             inbound_edges[edge.dest.key].append(edge)
+    for key, svc in mesh.services.items():
+        ends = [e.dest for e in edges_by_source[key]] + [e.source for e in inbound_edges[key]]
         configs[key] = pc.ProxyConfig(
             schema_version=pc.SCHEMA_VERSION,
             revision=mesh.revision,
@@ -90,8 +92,8 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
                 spiffe_id=mesh.identity_of(svc),
             ),
             inbound=authz.inbound(selection, svc),
-            outbound=outbound.build(mesh, routes, svc, edges_by_source[key]),
-            telemetry=telemetry,
+            outbound=outbound.build(mesh, routes, svc, edges_by_source[key], selection),
+            telemetry=dataclasses.replace(telemetry, peers=labels.peers(mesh, svc, ends)),
             path_normalization=paths,
         )
     permissive = mesh.spec.mtls == "PERMISSIVE"

@@ -8,7 +8,7 @@ config stays small in a large mesh.
 from __future__ import annotations
 
 from reconciler.compiler import proxyconfig as pc
-from reconciler.compiler.policy import Edge
+from reconciler.compiler.policy import Edge, Selection, denied
 from reconciler.intent import Intent, model
 
 
@@ -152,7 +152,18 @@ class RouteTable:
         return self.compiled[key]
 
 
-def build(mesh: Intent, table: RouteTable, source: model.Service, edges: list[Edge]) -> pc.Outbound:
+def _hostnames(mesh: Intent, source: model.Service, dest: model.Service) -> list[str]:
+    names = mesh.hostnames(dest)
+    return list(names if dest.metadata.namespace == source.metadata.namespace else names[1:])
+
+
+def build(
+    mesh: Intent,
+    table: RouteTable,
+    source: model.Service,
+    edges: list[Edge],
+    selection: Selection,
+) -> pc.Outbound:
     hosts: list[pc.HttpHost] = []
     tcp: list[pc.TcpUpstream] = []
     clusters: dict[str, pc.Cluster] = {}
@@ -160,12 +171,10 @@ def build(mesh: Intent, table: RouteTable, source: model.Service, edges: list[Ed
         dest, port = edge.dest, edge.port
         if port.is_http:
             routes, subsets = table.routes(dest, port)
-            names = mesh.hostnames(dest)
-            same_ns = dest.metadata.namespace == source.metadata.namespace
             hosts.append(
                 pc.HttpHost(
                     service=dest.ref,
-                    hostnames=list(names if same_ns else names[1:]),
+                    hostnames=_hostnames(mesh, source, dest),
                     port=port.port,
                     routes=routes,
                 )
@@ -199,6 +208,21 @@ def build(mesh: Intent, table: RouteTable, source: model.Service, edges: list[Ed
                     )
                 )
     egress.sort(key=lambda e: (e.host, e.port))
+    refused = [
+        pc.DeniedHost(
+            service=e.dest.ref,
+            hostnames=_hostnames(mesh, source, e.dest),
+            port=e.port.port,
+            decided_by=list(e.verdict.policies),
+        )
+        for e in denied(selection, source)
+        if e.port.is_http
+    ]
     return pc.Outbound(
-        http=hosts, tcp=tcp, egress=egress, clusters=[clusters[k] for k in sorted(clusters)]
+        http=hosts,
+        tcp=tcp,
+        egress=egress,
+        clusters=[clusters[k] for k in sorted(clusters)],
+        denied=refused,
+        default_policy=selection.default_deny if mesh.spec.default_policy == "deny" else "",
     )

@@ -58,6 +58,8 @@ class Selection:
         self.allows_by_namespace: dict[str, list[str]] = collections.defaultdict(list)
         self.allows_by_identity: dict[str, list[str]] = collections.defaultdict(list)
         self.allows_for_any: list[str] = []
+        # Unconditional denies indexed the same way: what a caller-side refusal names.
+        self.denies: dict[str, list[str]] = collections.defaultdict(list)
         for policy in mesh.policies:
             ref = policy.ref
             peers = mesh.peers(policy.spec.from_, policy.metadata.namespace)
@@ -73,6 +75,9 @@ class Selection:
                     self.allows_by_namespace[ns].append(ref)
                 for spiffe in peers.identities:
                     self.allows_by_identity[spiffe].append(ref)
+            elif policy.spec.when is None:
+                for who in ["*"] if peers.any_identity else [*peers.namespaces, *peers.identities]:
+                    self.denies[who].append(ref)
         mesh_name = mesh.mesh.metadata.name
         self.default_deny = f"Mesh/{mesh_name} defaultPolicy: deny"
         self.default_allow = f"Mesh/{mesh_name} defaultPolicy: allow"
@@ -134,6 +139,29 @@ class Selection:
                     if (svc.key, port.name) not in seen:
                         seen.add((svc.key, port.name))
                         yield svc, port
+
+
+def denied(selection: Selection, source: model.Service) -> list[Edge]:
+    """The (service, port)s an unconditional deny policy refuses `source`, with that policy:
+    what the caller's sidecar names when it refuses a call. Everything else it has no route
+    to was left out by the Mesh default (or is not in the mesh at all)."""
+    spiffe, ns = selection.intent.identity_of(source), source.metadata.namespace
+    refs = dict.fromkeys(
+        [*selection.denies.get("*", ()), *selection.denies.get(ns, ()),
+         *selection.denies.get(spiffe, ())]
+    )  # fmt: skip
+    seen: set[PortKey] = set()
+    found = []
+    for ref in refs:
+        for dest, port in selection.targets[ref]:
+            if (dest.key, port.name) in seen or dest.key == source.key:
+                continue
+            seen.add((dest.key, port.name))
+            verdict = selection.decide(source, dest, port)
+            if verdict.decision == "deny":
+                found.append(Edge(source, dest, port, verdict))
+    found.sort(key=lambda e: (e.dest.key, e.port.port))
+    return found
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -213,6 +213,19 @@ class EgressDestination:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DeniedHost:
+    """An HTTP service port a deny policy refuses this workload: no route, only the name of
+    what decided, so the caller-side 403 says which policy to look at."""
+
+    __pydantic_config__ = CONFIG
+
+    service: str
+    hostnames: list[str]
+    port: int
+    decided_by: list[str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Outbound:
     __pydantic_config__ = CONFIG
 
@@ -220,6 +233,27 @@ class Outbound:
     tcp: list[TcpUpstream]
     egress: list[EgressDestination]
     clusters: list[Cluster]
+    denied: list[DeniedHost] = dataclasses.field(default_factory=list)
+    # What left every other host without a route: the Mesh default when it is deny, as inbound
+    # ports name it; empty when it is allow (then only hosts outside the mesh have none).
+    default_policy: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PeerLabels:
+    """What Istio's standard metric labels say of one workload, as Istio would fill them from
+    its pod: so `istio_requests_total` carries values Istio's dashboards and Kiali expect."""
+
+    __pydantic_config__ = CONFIG
+
+    service: str  # "ns/name"
+    spiffe_id: str
+    host: str  # the service's FQDN: Istio's destination_service
+    workload: str
+    app: str
+    version: str
+    canonical_service: str
+    canonical_revision: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -228,6 +262,9 @@ class Telemetry:
 
     sampling_percent: float
     otlp_endpoint: str | None = None
+    # This workload first, then every workload it may call or be called by (the metric labels
+    # of a request name both ends); the sidecar's Rust side only carries them through.
+    peers: list[PeerLabels] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

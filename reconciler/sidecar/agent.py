@@ -173,7 +173,6 @@ class Agent:
 
     def metrics(self) -> str:
         assert self.proxy is not None
-        workload = self.config.get("workload", {})
         c = self.counters
         extra = [
             "# TYPE weft_sidecar_reloads_total counter",
@@ -187,7 +186,7 @@ class Agent:
             "# TYPE weft_sidecar_span_export_failures_total counter",
             f"weft_sidecar_span_export_failures_total {self.spans.failed if self.spans else 0}",
         ]
-        return metrics.render(self.proxy.stats(), workload, extra)
+        return metrics.render(self.proxy.stats(), self.config, extra)
 
     def config_dump(self) -> dict[str, Any]:
         assert self.proxy is not None

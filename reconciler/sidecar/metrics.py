@@ -28,30 +28,124 @@ def _namespace_of(principal: str) -> str:
     return parts[parts.index("ns") + 1] if "ns" in parts[:-1] else "unknown"
 
 
-def _request_labels(key: Mapping[str, Any], workload: Mapping[str, str]) -> dict[str, str]:
-    inbound = key["direction"] == "inbound"
-    dest_ns, _, dest_name = str(key["destination"]).partition("/")
-    source = str(key["source"])
+# Istio's standard labels, in its order (https://istio.io/latest/docs/reference/config/metrics/);
+# Weft's own (destination_port, weft_decided_by) follow them.
+ISTIO_LABELS = (
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_cluster",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+)
+# Istio's cluster ID when none is configured; Weft runs one cluster.
+CLUSTER = "Kubernetes"
+_UNKNOWN = {
+    "workload": "unknown",
+    "app": "unknown",
+    "version": "unknown",
+    "canonicalService": "unknown",
+    "canonicalRevision": "unknown",
+}
+
+
+class Peers:
+    """The labels of this workload and its peers (ProxyConfig `telemetry.peers`), by service
+    and by SPIFFE ID; an identity several Services share names none of them."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        peers = config.get("telemetry", {}).get("peers", [])
+        self.by_service: dict[str, Mapping[str, str]] = {p["service"]: p for p in peers}
+        by_spiffe: dict[str, list[Mapping[str, str]]] = {}
+        for p in peers:
+            by_spiffe.setdefault(p["spiffeId"], []).append(p)
+        self.by_spiffe = {k: v[0] for k, v in by_spiffe.items() if len(v) == 1}
+        self.egress = {e["name"]: e["host"] for e in config.get("outbound", {}).get("egress", [])}
+
+
+def _end(side: str, peer: Mapping[str, str] | None, namespace: str) -> dict[str, str]:
+    p = peer or _UNKNOWN
     return {
+        f"{side}_workload": p["workload"],
+        f"{side}_workload_namespace": namespace,
+        f"{side}_app": p["app"],
+        f"{side}_version": p["version"],
+        f"{side}_canonical_service": p["canonicalService"],
+        f"{side}_canonical_revision": p["canonicalRevision"],
+        f"{side}_cluster": CLUSTER if peer else "unknown",
+    }
+
+
+def _request_labels(
+    key: Mapping[str, Any], workload: Mapping[str, str], peers: Peers
+) -> dict[str, str]:
+    inbound = key["direction"] == "inbound"
+    destination = str(key["destination"])
+    dest_ns, _, dest_name = destination.partition("/")
+    source = str(key["source"])
+    if inbound:
+        src_peer, dst_peer = peers.by_spiffe.get(source), peers.by_service.get(destination)
+        dest_principal = workload["spiffeId"]
+        # mTLS names the caller; a plaintext caller (PERMISSIVE) has no identity.
+        security = "mutual_tls" if source != "unknown" else "none"
+    else:
+        src_peer, dst_peer = (
+            peers.by_service.get(f"{workload['namespace']}/{workload['service']}"),
+            peers.by_service.get(destination),
+        )
+        # The identity this sidecar pinned for the upstream: the only one it accepts.
+        dest_principal = dst_peer["spiffeId"] if dst_peer else "unknown"
+        security = "unknown"  # Istio's value on reporter=source
+    host = dst_peer["host"] if dst_peer else peers.egress.get(destination, dest_name or "unknown")
+    src_ns = _namespace_of(source) if source != "unknown" else "unknown"
+    labels = {
         "reporter": "destination" if inbound else "source",
+        **_end("source", src_peer, src_ns),
         "source_principal": source,
-        "source_workload_namespace": _namespace_of(source) if source != "unknown" else "unknown",
-        "destination_principal": workload["spiffeId"] if inbound else "unknown",
+        **_end("destination", dst_peer, dest_ns if dst_peer else "unknown"),
+        "destination_principal": dest_principal,
+        "destination_service": host,
         "destination_service_name": dest_name,
         "destination_service_namespace": dest_ns,
-        "destination_port": str(key["port"]),
         "request_protocol": str(key.get("protocol", "http")),
         "response_code": str(key["code"]),
         # A gRPC call's outcome (its HTTP code is 200 whatever happened); empty for plain HTTP.
         "grpc_response_status": "" if key.get("grpc_status") is None else str(key["grpc_status"]),
-        "connection_security_policy": "mutual_tls" if source != "unknown" else "none",
-        "weft_decided_by": str(key["policy"]),
+        # Envoy's flags for a local reply (NR, UF, ...) are not told apart yet: "-" is Istio's
+        # value for a request with none.
+        "response_flags": "-",
+        "connection_security_policy": security,
     }
+    ordered = {name: labels[name] for name in ISTIO_LABELS}
+    ordered["destination_port"] = str(key["port"])
+    ordered["weft_decided_by"] = str(key["policy"])
+    return ordered
 
 
-def render(stats_json: str, workload: Mapping[str, str], extra: Iterable[str] = ()) -> str:
-    """Prometheus exposition text for one fastpath stats snapshot."""
+def render(stats_json: str, config: Mapping[str, Any], extra: Iterable[str] = ()) -> str:
+    """Prometheus exposition text for one fastpath stats snapshot of the sidecar `config`."""
     stats = json.loads(stats_json)
+    workload = config.get("workload", {})
+    peers = Peers(config)
     lines = [
         "# HELP istio_requests_total Requests handled by the sidecar.",
         "# TYPE istio_requests_total counter",
@@ -61,7 +155,7 @@ def render(stats_json: str, workload: Mapping[str, str], extra: Iterable[str] = 
         "# TYPE istio_request_duration_milliseconds histogram",
     ]
     for key, value in stats["requests"]:
-        labels = _request_labels(key, workload)
+        labels = _request_labels(key, workload, peers)
         lines.append(f"istio_requests_total{_labels(labels)} {value['count']}")
         name = "istio_request_duration_milliseconds"
         for bound, count in zip(BUCKETS_MS, value["buckets"], strict=True):

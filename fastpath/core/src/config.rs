@@ -266,6 +266,42 @@ pub struct Outbound {
     pub tcp: Vec<TcpUpstream>,
     pub egress: Vec<EgressDestination>,
     pub clusters: Vec<Cluster>,
+    /// HTTP service ports a deny policy refuses this workload, and which policy: no route,
+    /// only what the caller-side 403 names.
+    #[serde(default)]
+    pub denied: Vec<DeniedHost>,
+    /// What left every other host without a route: the Mesh default when it is deny; empty
+    /// when it is allow, as then only hosts outside the mesh have none.
+    #[serde(default)]
+    pub default_policy: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeniedHost {
+    pub service: String,
+    pub hostnames: Vec<String>,
+    pub port: u16,
+    pub decided_by: Vec<String>,
+}
+
+impl Outbound {
+    /// Why an authority has no route: the deny policies that refuse it, or the Mesh default.
+    /// A scan, not an index: it runs only for requests that are refused anyway.
+    pub fn refused_by(&self, authority: &str) -> String {
+        let denied = crate::routing::split_authority(authority).and_then(|(name, port)| {
+            self.denied.iter().find(|d| {
+                d.port == port && d.hostnames.iter().any(|h| h.eq_ignore_ascii_case(name))
+            })
+        });
+        match denied {
+            Some(d) => format!("denied by {}", d.decided_by.join(", ")),
+            None if self.default_policy.is_empty() => {
+                "it is no Service or ExternalService of this mesh".to_owned()
+            }
+            None => format!("no policy allows it, so {} decided", self.default_policy),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -273,6 +309,23 @@ pub struct Outbound {
 pub struct Telemetry {
     pub sampling_percent: f64,
     pub otlp_endpoint: Option<String>,
+    /// Istio's metric labels of this workload and its peers: read by the agent, which renders
+    /// the metrics; parsed here only so a malformed entry is refused like any other field.
+    #[serde(default)]
+    pub peers: Vec<PeerLabels>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerLabels {
+    pub service: String,
+    pub spiffe_id: String,
+    pub host: String,
+    pub workload: String,
+    pub app: String,
+    pub version: String,
+    pub canonical_service: String,
+    pub canonical_revision: String,
 }
 
 impl ProxyConfig {
@@ -329,5 +382,34 @@ impl ProxyConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_the_deny_policy_else_the_mesh_default() {
+        let mut out = Outbound {
+            denied: vec![DeniedHost {
+                service: "c/ledger".into(),
+                hostnames: vec!["ledger.c".into()],
+                port: 8080,
+                decided_by: vec!["c/never-from-a".into()],
+            }],
+            default_policy: "Mesh/mesh defaultPolicy: deny".into(),
+            ..Outbound::default()
+        };
+        assert_eq!(out.refused_by("Ledger.C:8080"), "denied by c/never-from-a");
+        assert_eq!(
+            out.refused_by("ledger.c:9090"),
+            "no policy allows it, so Mesh/mesh defaultPolicy: deny decided"
+        );
+        out.default_policy.clear();
+        assert_eq!(
+            out.refused_by("example.com"),
+            "it is no Service or ExternalService of this mesh"
+        );
     }
 }

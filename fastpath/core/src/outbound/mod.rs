@@ -111,8 +111,9 @@ pub(crate) async fn request(
             "outbound: no route",
             &config.revision,
             format!(
-                "{} has no route to {authority:?}: it is not a destination this workload may call (revision {})",
+                "{} has no route to {authority:?}: it is not a destination this workload may call: {} (revision {})",
                 me(&active),
+                config.outbound.refused_by(&authority),
                 config.revision
             ),
         );
