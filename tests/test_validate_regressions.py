@@ -106,3 +106,23 @@ def test_subset_labels_cannot_override_the_pod_selector(tmp_path: Path) -> None:
         "s.yaml:7:38: error: subset label 'app' is already in the workload's podSelector: "
         "a subset narrows the service's pods, it cannot select others",
     ]
+
+
+def test_a_tab_is_named_as_such_wherever_it_indents(tmp_path: Path) -> None:
+    # libyaml's own words for these are "found character that cannot start any token" and
+    # "found a tab character that violates indentation"; neither names the field.
+    nested = "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata:\n\tname: api\n"
+    item = service("api", ports="\n    - name: http\n      port: 80\n\t- name: admin")
+    assert diagnose(tmp_path, nested=nested, item=item) == [
+        "item.yaml:8:1: error: YAML syntax: a tab character indents field 'name'; YAML "
+        "indentation must be spaces (hint: replace the tab with spaces)",
+        "nested.yaml:4:1: error: YAML syntax: a tab character indents field 'name'; YAML "
+        "indentation must be spaces (hint: replace the tab with spaces)",
+    ]
+
+
+def test_a_tab_inside_a_value_is_not_blamed_for_another_syntax_error(tmp_path: Path) -> None:
+    text = "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: 'a\tb', x: [}\n"
+    [message] = diagnose(tmp_path, s=text)
+    assert "tab" not in message
+    assert message.startswith("s.yaml:3:")

@@ -212,8 +212,8 @@ def _tab_problem(text: str, where: Mark) -> tuple[str, str] | None:
     if not 0 < where[0] <= len(lines):
         return None
     line = lines[where[0] - 1]
-    before = line[: where[1]]
-    if "\t" not in before and not line[where[1] - 1 :].startswith("\t"):
+    indent = line[: len(line) - len(line.lstrip(" \t"))]
+    if "\t" not in indent and line[where[1] - 1 : where[1]] != "\t":
         return None
     content = line.strip().removeprefix("- ").strip()
     key = content.split(":", 1)[0].strip() if ":" in content else ""
