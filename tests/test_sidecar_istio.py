@@ -236,6 +236,20 @@ def test_a_call_a_deny_policy_refuses_names_it_and_the_revision(pair: Pair) -> N
         'weft: a/web has no route to "ledger.c:8080": it is not a destination this workload '
         f"may call: denied by c/never-from-a (revision {REVISION})\n"
     )
+    # Counted as Envoy counts a request it has no route for.
+    _, text = sidecars.http_get(f"{pair.web.admin}/metrics")
+    [(labels, count)] = [
+        (labels, n)
+        for labels, n in samples(text, "istio_requests_total")
+        if labels["response_code"] == "403"
+    ]
+    assert count == 1
+    assert labels.keys() >= ISTIO_STANDARD_LABELS
+    assert {k: labels[k] for k in ("response_flags", "destination_service", "reporter")} == {
+        "response_flags": "NR",
+        "destination_service": "ledger.c",
+        "reporter": "source",
+    }
     # The very name `weft reach` prints for the pair.
     mesh = load(write_repo(pair.root / "reach", INTENT))
     [cell] = [

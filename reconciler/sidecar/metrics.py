@@ -101,6 +101,8 @@ def _request_labels(
     inbound = key["direction"] == "inbound"
     destination = str(key["destination"])
     dest_ns, _, dest_name = destination.partition("/")
+    if not dest_name:  # a refused authority ("ledger.c:8080"): no service was chosen
+        dest_ns, dest_name = "unknown", destination.rsplit(":", 1)[0] or "unknown"
     source = str(key["source"])
     if inbound:
         src_peer, dst_peer = peers.by_spiffe.get(source), peers.by_service.get(destination)
@@ -130,9 +132,9 @@ def _request_labels(
         "response_code": str(key["code"]),
         # A gRPC call's outcome (its HTTP code is 200 whatever happened); empty for plain HTTP.
         "grpc_response_status": "" if key.get("grpc_status") is None else str(key["grpc_status"]),
-        # Envoy's flags for a local reply (NR, UF, ...) are not told apart yet: "-" is Istio's
-        # value for a request with none.
-        "response_flags": "-",
+        # Envoy's NR for a destination with no route; other flags (UF, UT, ...) are not told
+        # apart yet, and "-" is Istio's value for a request with none.
+        "response_flags": "NR" if key["policy"] == "outbound: no route" else "-",
         "connection_security_policy": security,
     }
     ordered = {name: labels[name] for name in ISTIO_LABELS}

@@ -285,25 +285,6 @@ pub struct DeniedHost {
     pub decided_by: Vec<String>,
 }
 
-impl Outbound {
-    /// Why an authority has no route: the deny policies that refuse it, or the Mesh default.
-    /// A scan, not an index: it runs only for requests that are refused anyway.
-    pub fn refused_by(&self, authority: &str) -> String {
-        let denied = crate::routing::split_authority(authority).and_then(|(name, port)| {
-            self.denied.iter().find(|d| {
-                d.port == port && d.hostnames.iter().any(|h| h.eq_ignore_ascii_case(name))
-            })
-        });
-        match denied {
-            Some(d) => format!("denied by {}", d.decided_by.join(", ")),
-            None if self.default_policy.is_empty() => {
-                "it is no Service or ExternalService of this mesh".to_owned()
-            }
-            None => format!("no policy allows it, so {} decided", self.default_policy),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Telemetry {
@@ -382,34 +363,5 @@ impl ProxyConfig {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_refusal_names_the_deny_policy_else_the_mesh_default() {
-        let mut out = Outbound {
-            denied: vec![DeniedHost {
-                service: "c/ledger".into(),
-                hostnames: vec!["ledger.c".into()],
-                port: 8080,
-                decided_by: vec!["c/never-from-a".into()],
-            }],
-            default_policy: "Mesh/mesh defaultPolicy: deny".into(),
-            ..Outbound::default()
-        };
-        assert_eq!(out.refused_by("Ledger.C:8080"), "denied by c/never-from-a");
-        assert_eq!(
-            out.refused_by("ledger.c:9090"),
-            "no policy allows it, so Mesh/mesh defaultPolicy: deny decided"
-        );
-        out.default_policy.clear();
-        assert_eq!(
-            out.refused_by("example.com"),
-            "it is no Service or ExternalService of this mesh"
-        );
     }
 }

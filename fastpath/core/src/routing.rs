@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use rand::Rng;
 use regex::Regex;
 
-use crate::config::{ConfigError, HeaderMatch, HttpHost, HttpRoute, RouteMatch, StringMatch};
+use crate::config::{
+    ConfigError, HeaderMatch, HttpHost, HttpRoute, Outbound, RouteMatch, StringMatch,
+};
 use crate::route_regex;
 
 #[derive(Debug)]
@@ -224,6 +226,27 @@ impl Host {
     }
 }
 
+/// Why an authority has no route: the deny policies that refuse it, or the Mesh default.
+/// A scan, not an index: it runs only for requests that are refused anyway.
+pub fn refused_by(outbound: &Outbound, authority: &str) -> String {
+    let denied = split_authority(authority).and_then(|(name, port)| {
+        outbound
+            .denied
+            .iter()
+            .find(|d| d.port == port && d.hostnames.iter().any(|h| h.eq_ignore_ascii_case(name)))
+    });
+    match denied {
+        Some(d) => format!("denied by {}", d.decided_by.join(", ")),
+        None if outbound.default_policy.is_empty() => {
+            "it is no Service or ExternalService of this mesh".to_owned()
+        }
+        None => format!(
+            "no policy allows it, so {} decided",
+            outbound.default_policy
+        ),
+    }
+}
+
 pub fn split_authority(authority: &str) -> Option<(&str, u16)> {
     match authority.rsplit_once(':') {
         Some((name, port)) => Some((name, port.parse().ok()?)),
@@ -235,7 +258,34 @@ pub fn split_authority(authority: &str) -> Option<(&str, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::WeightedCluster;
+    use crate::config::{DeniedHost, WeightedCluster};
+
+    #[test]
+    fn a_refusal_names_the_deny_policy_else_the_mesh_default() {
+        let mut out = Outbound {
+            denied: vec![DeniedHost {
+                service: "c/ledger".into(),
+                hostnames: vec!["ledger.c".into()],
+                port: 8080,
+                decided_by: vec!["c/never-from-a".into()],
+            }],
+            default_policy: "Mesh/mesh defaultPolicy: deny".into(),
+            ..Outbound::default()
+        };
+        assert_eq!(
+            refused_by(&out, "Ledger.C:8080"),
+            "denied by c/never-from-a"
+        );
+        assert_eq!(
+            refused_by(&out, "ledger.c:9090"),
+            "no policy allows it, so Mesh/mesh defaultPolicy: deny decided"
+        );
+        out.default_policy.clear();
+        assert_eq!(
+            refused_by(&out, "example.com"),
+            "it is no Service or ExternalService of this mesh"
+        );
+    }
 
     fn route(name: &str, matches: Vec<RouteMatch>, backends: &[(&str, u32)]) -> HttpRoute {
         HttpRoute {

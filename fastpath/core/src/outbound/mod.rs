@@ -34,7 +34,7 @@ use crate::http::{
     BAD_PATH,
 };
 use crate::protocol::Serve;
-use crate::routing::Host;
+use crate::routing::{self, Host};
 use crate::state::{Active, Shared};
 use crate::upgrade;
 
@@ -113,7 +113,7 @@ pub(crate) async fn request(
             format!(
                 "{} has no route to {authority:?}: it is not a destination this workload may call: {} (revision {})",
                 me(&active),
-                config.outbound.refused_by(&authority),
+                routing::refused_by(&config.outbound, &authority),
                 config.revision
             ),
         );
