@@ -126,3 +126,11 @@ def test_a_tab_inside_a_value_is_not_blamed_for_another_syntax_error(tmp_path: P
     [message] = diagnose(tmp_path, s=text)
     assert "tab" not in message
     assert message.startswith("s.yaml:3:")
+
+
+def test_a_mesh_file_a_syntax_error_stops_is_not_also_a_missing_mesh(tmp_path: Path) -> None:
+    write_repo(tmp_path, {"mesh.yaml": MESH.replace("spec: {", "spec: {{"), "s.yaml": service("a")})
+    _, diagnostics = intent.check(intent.files.from_directory(tmp_path))
+    assert [str(d) for d in diagnostics] == [
+        "mesh.yaml:5:1: error: YAML syntax: did not find expected ',' or '}'"
+    ]

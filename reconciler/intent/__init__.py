@@ -67,7 +67,8 @@ def check(snapshot: files.Snapshot) -> tuple[Intent | None, list[Diagnostic]]:
     diagnostics.extend(snapshot.refused)
     diagnostics.extend(validate.duplicates(objects))
     meshes = [o for o in objects if isinstance(o, Mesh)]
-    if not any(kind == "Mesh" for kind, _, _ in broken):  # an invalid Mesh has its own error
+    # An invalid Mesh has its own error, and one may be in a file a syntax error left unread.
+    if not any(kind in ("Mesh", "*") for kind, _, _ in broken):
         diagnostics.extend(validate.meshes(meshes, "<repository>"))
     # Later checks run even without a (valid) Mesh, against the defaults, so one run reports
     # every problem; the revision is refused anyway.
