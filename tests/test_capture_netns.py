@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 
 from reconciler import capture
-from reconciler.sidecar.binding import bind_endpoints, to_json
 from reconciler.targets.local import netns
+from reconciler.targets.local.binding import bind_endpoints, to_json
 from tests import sidecars
 from tests.pki import CA
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from peers.pki import TRUST_DOMAIN
 from reconciler import compiler, intent
-from reconciler.sidecar.binding import bind_endpoints, to_json
+from reconciler.targets.local.binding import bind_endpoints, to_json
 
 INTENT = {
     "mesh.yaml": f"""\
