@@ -1,5 +1,5 @@
 """`host:port` addresses as flags and listeners take them: `127.0.0.1:9090`, `localhost:9090`,
-`[::1]:9090`, or `:9090` for the default host.
+`[::1]:9090`, or `:9090` or `9090` for the default host.
 
 One parser for every listener address Weft accepts (`--metrics`, `--webhook`, the sidecar's
 `--admin`, the local target's app addresses): splitting at the last colon, as each once did,
@@ -32,8 +32,8 @@ class HostPort(NamedTuple):
 
 
 def parse(text: str, default_host: str = DEFAULT_HOST) -> HostPort:
-    """`host:port` or `[ipv6]:port`; an empty host is `default_host`. Raises ValueError naming
-    what is wrong: no port, a port out of range, an unbracketed IPv6 literal."""
+    """`host:port` or `[ipv6]:port`; an empty host, or a port alone, is `default_host`. Raises
+    ValueError naming what is wrong: no port, a port out of range, an unbracketed IPv6 literal."""
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
@@ -49,7 +49,9 @@ def parse(text: str, default_host: str = DEFAULT_HOST) -> HostPort:
             raise ValueError(f"{text!r}: {host!r} in brackets is not an IPv6 address") from None
     else:
         host, sep, port_text = text.partition(":")
-        if not sep:
+        if not sep and text.isascii() and text.isdigit():
+            host, port_text = "", text  # a port alone, as every flag has always taken it
+        elif not sep:
             raise ValueError(f"{text!r}: no port (expected HOST:PORT)")
         if ":" in port_text:
             raise ValueError(f"{text!r}: an IPv6 address needs brackets: [ADDRESS]:PORT")

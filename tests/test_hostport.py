@@ -22,6 +22,7 @@ from reconciler.sidecar import admin, command
         ("localhost:15000", "localhost", 15000),
         ("api.b.svc.cluster.local:8080", "api.b.svc.cluster.local", 8080),
         (":9090", "127.0.0.1", 9090),
+        ("9090", "127.0.0.1", 9090),
         ("[::1]:8080", "::1", 8080),
         ("[::]:65535", "::", 65535),
         ("[fe80::1%eth0]:80", "fe80::1%eth0", 80),
@@ -37,6 +38,7 @@ def test_parses_ipv4_hostnames_and_bracketed_ipv6(text: str, host: str, port: in
     ("text", "reason"),
     [
         ("127.0.0.1", "no port"),
+        ("localhost", "no port"),
         ("localhost:", "port '' is not a number"),
         ("localhost:http", "port 'http' is not a number"),
         ("127.0.0.1:-1", "port '-1' is not a number"),

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -215,3 +217,31 @@ def test_adding_an_allow_never_removes_reachability(data: st.DataObject) -> None
     for cell in reach.matrix(after):
         was = old[(cell.source, cell.destination, cell.port)]
         assert RANK[cell.verdict.decision] >= RANK[was], (cell, was)
+
+
+def test_authorize_is_the_sidecars_decision_and_refuses_what_it_would_not_serve(
+    template: Path,
+) -> None:
+    """The binding the property relies on: the template's b/api admits a/web by its policy, a
+    caller without identity gets the default, and what the sidecar never decides is an error."""
+    mesh = loaded_dir(template)
+    config = compiler.compile(mesh).proxy_configs[("b", "api")].to_json()
+    td = mesh.spec.trust_domain
+    web = f"spiffe://{td}/ns/a/sa/web"
+    assert _native.authorize(config, 8080, web, "GET", "/") == (True, "b/allow-from-a-and-c")
+    assert _native.authorize(config, 8080, None, "GET", "/") == (
+        False,
+        "Mesh/mesh defaultPolicy: deny",
+    )
+    with pytest.raises(_native.ConfigError, match="no inbound port 1 "):
+        _native.authorize(config, 1, web, "GET", "/")
+    with pytest.raises(ValueError, match="not a workload SPIFFE ID of trust domain"):
+        _native.authorize(config, 8080, "spiffe://elsewhere/ns/a/sa/web", "GET", "/")
+    with pytest.raises(_native.ConfigError, match="schemaVersion"):
+        _native.authorize("{}", 8080, None)
+
+
+def loaded_dir(path: Path) -> intent.Intent:
+    mesh, diagnostics = intent.check(intent.files.from_directory(path))
+    assert mesh is not None, diagnostics
+    return mesh
