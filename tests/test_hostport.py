@@ -1,16 +1,20 @@
 """`reconciler.hostport`: the one parser of listener addresses, IPv6 literals included; and
-a real listener bound on [::1] through it (the sidecar's admin port)."""
+real listeners bound on [::1] through it (the sidecar's admin port, the webhook)."""
 
 from __future__ import annotations
 
 import argparse
 import re
 import socket
+import threading
 import urllib.request
 
 import pytest
 
 from reconciler import hostport
+from reconciler.gitsource import webhook
+from reconciler.gitsource.credentials import Secret
+from reconciler.gitsource.webhook import WebhookReceiver
 from reconciler.sidecar import admin, command
 
 
@@ -101,3 +105,19 @@ def test_the_admin_port_listens_on_an_ipv6_loopback() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_webhook_listens_on_an_ipv6_loopback_and_names_it_bracketed() -> None:
+    pushed = threading.Event()
+    with WebhookReceiver(Secret("s3cret"), pushed.set, "::1", 0) as receiver:
+        assert receiver.url.startswith("http://[::1]:")
+        body = b'{"ref": "refs/heads/main"}'
+        request = urllib.request.Request(
+            receiver.url,
+            data=body,
+            method="POST",
+            headers={"X-Hub-Signature-256": webhook.sign(b"s3cret", body)},
+        )
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            assert resp.status == 202
+        assert pushed.wait(5)
