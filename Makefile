@@ -77,7 +77,7 @@ test: lint typecheck rust-check pytest
 # Jaeger), no network namespaces, nothing slow, no cargo clippy/test. `make test` stays the
 # whole suite CI runs.
 test-fast: lint typecheck
-	$(VENV)/bin/pytest -m unit -q
+	WEFT_HYPOTHESIS_EXAMPLES=25 $(VENV)/bin/pytest -m unit -q
 
 schema: $(STAMP)
 	$(PY) -m reconciler.schema schema

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,12 @@ def loaded(docs: tuple[Doc, ...] | list[Doc], files: int = 1) -> intent.Intent |
     return mesh
 
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 150 generated meshes per property in `make test`; `make test-fast` asks for fewer, so the proof
+# stays in the edit-test loop at a fraction of the time.
+EXAMPLES = int(os.environ.get("WEFT_HYPOTHESIS_EXAMPLES", "150"))
+SETTINGS = settings(
+    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @SETTINGS
