@@ -11,7 +11,7 @@ STAMP   := $(VENV)/.weft-installed
 RUST_SRC := $(shell find fastpath -name '*.rs' -o -name Cargo.toml) Cargo.toml
 TEMPLATE := mesh-repo-template
 
-.PHONY: demo test lint typecheck rust-check pytest jaeger kube system-tools bench schema clean
+.PHONY: demo test test-fast lint typecheck rust-check pytest jaeger kube system-tools bench schema clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -72,6 +72,12 @@ pytest: $(STAMP) jaeger kube system-tools
 	$(VENV)/bin/pytest
 
 test: lint typecheck rust-check pytest
+
+# The edit-test loop: lint, typecheck and the tests marked `unit` — no Go build (kube-apiserver,
+# Jaeger), no network namespaces, nothing slow, no cargo clippy/test. `make test` stays the
+# whole suite CI runs.
+test-fast: lint typecheck
+	WEFT_HYPOTHESIS_EXAMPLES=25 $(VENV)/bin/pytest -m unit -q
 
 schema: $(STAMP)
 	$(PY) -m reconciler.schema schema

@@ -49,8 +49,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import hashlib
-import hmac
 import http.client
 import importlib.metadata
 import json
@@ -73,6 +71,7 @@ from typing import IO, Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from reconciler.gitsource import webhook  # noqa: E402
 from tests.gitservers import GitDaemon, Upstream, free_port, git  # noqa: E402
 
 SECRET = "push-to-effect-bench-secret"
@@ -228,7 +227,7 @@ class Mesh:
 
     def hook(self) -> int:
         body = json.dumps({"ref": "refs/heads/main"}).encode()
-        sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        sig = webhook.sign(SECRET.encode(), body)  # as a git host signs it
         req = urllib.request.Request(
             f"http://127.0.0.1:{self.hook_port}/hook",
             data=body,

@@ -70,7 +70,7 @@ from peers import envoy, host, nginx, pki, weft  # noqa: E402
 from peers.host import Processes  # noqa: E402
 from peers.pki import WEB_ID  # noqa: E402
 
-from reconciler.sidecar.binding import bind_endpoints, to_json  # noqa: E402
+from reconciler.targets.local.binding import bind_endpoints, to_json  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "sidecar-pair.json"
 HOST = "api.b:8080"  # what the app calls: Weft routes on it, Envoy and nginx accept any

@@ -7,6 +7,7 @@ __all__ = [
     "CertificateError",
     "ConfigError",
     "Proxy",
+    "authorize",
     "check_route_regex",
     "normalize_path",
     "start",
@@ -63,3 +64,15 @@ def check_route_regex(pattern: str) -> None:
 
 def normalize_path(path: str, escaped_slashes: str) -> str:
     """The sidecar's normal form of `path`; ValueError with the reason if it has none."""
+
+def authorize(
+    config: str,
+    port: int,
+    peer: str | None,
+    method: str | None = None,
+    path: str | None = None,
+) -> tuple[bool, str]:
+    """fastpath's inbound decision for one request on `port` of ProxyConfig `config`: whether
+    it is allowed, and the policy that decided. `peer` None: no identity; `method` and `path`
+    None: a TCP connection. The path is normalized and its query dropped, as inbound does.
+    ValueError for a peer outside the config's trust domain, or a path the sidecar answers 400."""

@@ -18,6 +18,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from reconciler import hostport
+
 SERVICE = os.environ.get("WEFT_SERVICE", "demo")
 INSTANCE = os.environ.get("WEFT_INSTANCE", "default")
 
@@ -104,11 +106,9 @@ def main() -> int:
         ports = {"http": {"addr": f"127.0.0.1:{port}", "protocol": "http"}}
     servers: list[socketserver.BaseServer] = []
     for spec in ports.values():
-        host, port = spec["addr"].rsplit(":", 1)
+        addr = hostport.parse(spec["addr"])
         server: socketserver.BaseServer = (
-            ThreadingTCP((host, int(port)), Echo)
-            if spec["protocol"] == "tcp"
-            else ThreadingHTTP((host, int(port)), Handler)
+            ThreadingTCP(addr, Echo) if spec["protocol"] == "tcp" else ThreadingHTTP(addr, Handler)
         )
         servers.append(server)
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]

@@ -24,7 +24,7 @@ from typing import Protocol
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from reconciler import compiler, identity, intent, telemetry
+from reconciler import compiler, conditions, identity, intent, telemetry
 from reconciler import status as status_
 from reconciler.intent.files import Snapshot
 from reconciler.targets import Target
@@ -32,7 +32,7 @@ from reconciler.targets import Target
 log = logging.getLogger("weft.loop")
 
 BACKOFF_MAX = 300.0
-_NOT_STALLED = status_.Condition("Stalled", False, "")
+_NOT_STALLED = status_.Condition(conditions.STALLED, False, "")
 
 # What the loop knows of identity: a way to read certificate expiry (never keys) as of `now`.
 CertificateReader = Callable[[datetime.datetime], identity.status.Status]
@@ -77,9 +77,9 @@ class Reconciler:
             log.warning("cannot read certificate expiry: %s", e)
             return False
         s = self.status
-        before = (s.certificates, s.conditions.get(status_.CERTIFICATE_WARNING))
+        before = (s.certificates, s.conditions.get(conditions.CERTIFICATE_WARNING))
         s.assess_certificates(found, now)
-        return (s.certificates, s.conditions.get(status_.CERTIFICATE_WARNING)) != before
+        return (s.certificates, s.conditions.get(conditions.CERTIFICATE_WARNING)) != before
 
     def _write(self) -> None:
         status_.write(self.status_path, self.status)
@@ -107,7 +107,7 @@ class Reconciler:
         s = self.status
         s.reconciles += 1
         s.last_attempted_revision = revision
-        s.set("Reconciling", True, "Progressing", f"reconciling {revision}")
+        s.set(conditions.RECONCILING, True, conditions.PROGRESSING, f"reconciling {revision}")
         self._write()
         result, kind, objects = "failed", None, 0
         try:
@@ -116,12 +116,15 @@ class Reconciler:
             if mesh is None:
                 s.errors = [str(d) for d in diagnostics if d.severity is intent.Severity.ERROR]
                 s.set(
-                    "Stalled", True, "ValidationFailed", f"{len(s.errors)} error(s) in {revision}"
+                    conditions.STALLED,
+                    True,
+                    conditions.VALIDATION_FAILED,
+                    f"{len(s.errors)} error(s) in {revision}",
                 )
                 s.set(
-                    "Ready",
+                    conditions.READY,
                     s.last_applied_revision is not None,
-                    "ValidationFailed",
+                    conditions.VALIDATION_FAILED,
                     f"{revision} refused; {s.last_applied_revision or 'nothing'} stays in force",
                 )
                 root.set_status(Status(StatusCode.ERROR, f"{len(s.errors)} validation error(s)"))
@@ -140,11 +143,11 @@ class Reconciler:
             s.errors = []
             s.last_applied_revision = revision
             s.last_success_time = time.time()
-            s.set("Stalled", False, "Succeeded")
+            s.set(conditions.STALLED, False, conditions.SUCCEEDED)
             s.set(
-                "Ready",
+                conditions.READY,
                 True,
-                "Succeeded",
+                conditions.SUCCEEDED,
                 f"applied {revision}: {len(applied)} changed, {len(removed)} removed",
             )
             self.current = revision
@@ -153,8 +156,8 @@ class Reconciler:
             return True
         except Exception as e:  # a failed apply is reported and retried, never fatal
             s.errors = [f"{type(e).__name__}: {e}"]
-            s.set("Stalled", True, "ApplyFailed", str(e))
-            s.set("Ready", False, "ApplyFailed", f"{revision} not applied")
+            s.set(conditions.STALLED, True, conditions.APPLY_FAILED, str(e))
+            s.set(conditions.READY, False, conditions.APPLY_FAILED, f"{revision} not applied")
             root.record_exception(e)
             root.set_status(Status(StatusCode.ERROR, str(e)))
             kind = "apply"
@@ -162,7 +165,7 @@ class Reconciler:
             return False
         finally:
             s.last_duration_seconds = time.monotonic() - started
-            s.set("Reconciling", False, "Idle")
+            s.set(conditions.RECONCILING, False, conditions.IDLE)
             self.observe_certificates()
             self._write()
             self.metrics.observe(s.last_duration_seconds, result, kind, objects)
@@ -190,13 +193,13 @@ class Reconciler:
             except Exception as e:
                 fetch_failures += 1
                 self.metrics.observe(0.0, "fetch-failed", "fetch")
-                self.status.set("Stalled", True, "FetchFailed", str(e))
+                self.status.set(conditions.STALLED, True, conditions.FETCH_FAILED, str(e))
                 self._write()
                 log.warning("fetch failed (%d in a row): %s", fetch_failures, e)
                 revision = None
             else:
                 if fetch_failures:
-                    self.status.set("Stalled", False, "Recovered")
+                    self.status.set(conditions.STALLED, False, conditions.RECOVERED)
                     self._write()
                 fetch_failures = 0
             if revision is None and failed is not None:
@@ -214,7 +217,9 @@ class Reconciler:
                 last_reconcile = time.monotonic()
                 failed = (
                     None
-                    if ok or self.status.conditions["Stalled"].reason == "ValidationFailed"
+                    if ok
+                    or self.status.conditions[conditions.STALLED].reason
+                    == conditions.VALIDATION_FAILED
                     else revision
                 )
                 apply_failures = 0 if failed is None else apply_failures + 1
@@ -225,14 +230,14 @@ class Reconciler:
             except Exception as e:  # an outage of the target is retried, never fatal
                 apply_failures += 1
                 self.metrics.observe(0.0, "maintain-failed", "maintain")
-                self.status.set("Stalled", True, "MaintenanceFailed", str(e))
+                self.status.set(conditions.STALLED, True, conditions.MAINTENANCE_FAILED, str(e))
                 self._write()
                 log.warning("upkeep of the %s target failed: %s", self.target.name, e)
             else:
-                if self.status.conditions.get("Stalled", _NOT_STALLED).reason == (
-                    "MaintenanceFailed"
+                if self.status.conditions.get(conditions.STALLED, _NOT_STALLED).reason == (
+                    conditions.MAINTENANCE_FAILED
                 ):
-                    self.status.set("Stalled", False, "Recovered")
+                    self.status.set(conditions.STALLED, False, conditions.RECOVERED)
                     self._write()
                 if failed is None:
                     apply_failures = 0

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reconciler import identity
+from reconciler import conditions, identity
 
-CERTIFICATE_WARNING = "CertificateWarning"
+CERTIFICATE_WARNING = conditions.CERTIFICATE_WARNING
 _DIAGNOSTIC = re.compile(r"\S.*:\d+:\d+: (error|warning): ")
 # As `weft ca status`: a 24 h certificate renews at 11-13 h of age, so 8 h left means renewal
 # has failed for hours; CAs are warned about 30 days ahead whatever this says.
@@ -37,7 +37,7 @@ _CONCERNS = {
 
 @dataclasses.dataclass
 class Condition:
-    type: str  # Ready | Reconciling | Stalled
+    type: str  # one of the types in `conditions`
     status: bool
     reason: str
     message: str = ""
@@ -77,7 +77,7 @@ class Status:
             self.set(
                 CERTIFICATE_WARNING,
                 False,
-                "Valid",
+                conditions.VALID,
                 f"{len(certificates.workloads)} identities and "
                 f"{len(certificates.authorities)} CA(s) valid",
             )

@@ -1,4 +1,6 @@
-"""Shared fixtures: the template repository and small helpers to write intent on the fly."""
+"""Shared fixtures: the template repository and small helpers to write intent on the fly; and
+the markers that say what a test needs (pyproject.toml lists them), so `make test-fast` can run
+only the tests that need none of the heavy components."""
 
 from __future__ import annotations
 
@@ -12,6 +14,25 @@ from reconciler import intent
 from tests.jaeger import jaeger  # noqa: F401  # session fixture: a real Jaeger, built if missing
 from tests.kube import kube, namespace  # noqa: F401  # a real kube-apiserver, built if missing
 from tests.kubeapps import template_cluster  # noqa: F401  # the template's apps on it
+
+# A test that uses one of these fixtures (directly or through another) needs that component:
+# marked here, so a new test cannot forget it.
+NEEDS = {
+    "kube": {"kube", "namespace", "template_cluster"},
+    "jaeger": {"jaeger"},
+}
+HEAVY = ("kube", "jaeger", "netns", "slow")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for marker, needing in NEEDS.items():
+            if fixtures & needing:
+                item.add_marker(marker)
+        if not any(item.get_closest_marker(m) for m in HEAVY):
+            item.add_marker("unit")
+
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "mesh-repo-template"

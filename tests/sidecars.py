@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from reconciler import _native, compiler, intent
-from reconciler.sidecar.binding import bind_endpoints, to_json
+from reconciler.targets.local.binding import bind_endpoints, to_json
 from tests.conftest import write_repo
 from tests.pki import CA, Identity
 

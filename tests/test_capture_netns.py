@@ -29,15 +29,19 @@ from typing import Any
 import pytest
 
 from reconciler import capture
-from reconciler.sidecar.binding import bind_endpoints, to_json
 from reconciler.targets.local import netns
+from reconciler.targets.local.binding import bind_endpoints, to_json
 from tests import sidecars
 from tests.pki import CA
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "iptables", "setpriv", "curl")),
-    reason="needs root, iproute2, iptables, setpriv and curl",
-)
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(
+        os.geteuid() != 0
+        or not all(shutil.which(t) for t in ("ip", "iptables", "setpriv", "curl")),
+        reason="needs root, iproute2, iptables, setpriv and curl",
+    ),
+]
 
 TD = "capture.local"
 WEB_ID = f"spiffe://{TD}/ns/a/sa/web"

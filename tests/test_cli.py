@@ -94,10 +94,10 @@ def test_up_banner_names_the_exact_status_command(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     state = tmp_path / "my state"
-    show = cli._banner(tmp_path / "repo", str(state))
+    show = cli.serve._banner(tmp_path / "repo", str(state))
     show(types.SimpleNamespace(listening={}))  # type: ignore[arg-type]  # only .listening is read
     out = capsys.readouterr().out
     assert f"Status: weft status --state-dir '{state}'    Stop: Ctrl-C" in out
-    show = cli._banner(tmp_path / "repo", None)
+    show = cli.serve._banner(tmp_path / "repo", None)
     show(types.SimpleNamespace(listening={}))  # type: ignore[arg-type]
     assert "Status: weft status    Stop: Ctrl-C" in capsys.readouterr().out

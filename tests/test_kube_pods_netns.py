@@ -36,10 +36,14 @@ from reconciler.targets.local import netns
 from tests.kube import ControlPlane, wait_for
 from tests.kubeapps import desired_template
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "iptables", "setpriv", "curl")),
-    reason="needs root, iproute2, iptables, setpriv and curl",
-)
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(
+        os.geteuid() != 0
+        or not all(shutil.which(t) for t in ("ip", "iptables", "setpriv", "curl")),
+        reason="needs root, iproute2, iptables, setpriv and curl",
+    ),
+]
 
 CLEAN_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 PODS = [("a", "web", "web", "default"), ("b", "api-v1", "api", "v1"), ("b", "api-v2", "api", "v2")]

@@ -24,10 +24,14 @@ from reconciler import status as status_
 from reconciler.targets.local import netns
 from tests import sidecars
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "iptables", "setpriv", "curl")),
-    reason="needs root, iproute2, iptables, setpriv and curl",
-)
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(
+        os.geteuid() != 0
+        or not all(shutil.which(t) for t in ("ip", "iptables", "setpriv", "curl")),
+        reason="needs root, iproute2, iptables, setpriv and curl",
+    ),
+]
 
 CLEAN_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 

@@ -231,6 +231,7 @@ def test_a_killed_app_and_sidecar_are_restarted(up: Up) -> None:
     assert _pid_of(up, f"--config {folder}/proxyconfig.json") != sidecar
 
 
+@pytest.mark.slow  # restarts the whole mesh
 def test_a_restarted_reconciler_resumes_without_reissuing_certificates(up: Up) -> None:
     certs = sorted((up.state / "identity" / "workloads").glob("*/*/tls.crt"))
     before = {p: p.read_bytes() for p in certs}
@@ -247,6 +248,7 @@ def test_a_restarted_reconciler_resumes_without_reissuing_certificates(up: Up) -
         up.proc, up.log = again.proc, again.log  # the module fixture stops it
 
 
+@pytest.mark.slow  # a second mesh from scratch, killed, then a third
 def test_a_weft_killed_outright_leaves_no_process_behind(tmp_path: Path) -> None:
     mesh = Up(tmp_path / "state")
     children = subprocess.run(

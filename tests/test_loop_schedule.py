@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from reconciler import cli, intent, loop, targets
+from reconciler import hostport, intent, loop, targets
+from reconciler.cli import serve
 from reconciler.compiler import DesiredState
 from tests import sidecars
 from tests.conftest import write_repo
@@ -152,7 +153,7 @@ def test_the_metrics_server_answers_without_touching_the_target(repo: Path, tmp_
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    cli._metrics_server(f"127.0.0.1:{port}", rec)
+    serve.metrics_server(hostport.HostPort("127.0.0.1", port), rec)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
         assert resp.read() == b"ok\n"

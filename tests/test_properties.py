@@ -1,8 +1,9 @@
 """Properties of the compiler over generated meshes (hypothesis).
 
-- `weft reach` agrees, for every pair, with what the compiled sidecar rules decide when they are
-  evaluated literally as fastpath will (first matching DENY, else any ALLOW, else the default)
-  on concrete requests; and with outbound scoping and NetworkPolicies;
+- `weft reach` agrees, for every pair, with what fastpath itself decides on concrete requests:
+  the compiled ProxyConfig goes through the extension to `authz::decide`, the function the
+  sidecar calls on every request (`_native.authorize`), not a copy of it; and with outbound
+  scoping and NetworkPolicies;
 - compile is deterministic, whatever the order and files the documents are written in;
 - adding an allow policy never removes reachability.
 """
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from reconciler import compiler, intent
+from reconciler import _native, compiler, intent
 from reconciler.compiler import reach
 from reconciler.intent.files import IntentFile, Snapshot
 
@@ -117,35 +121,12 @@ def loaded(docs: tuple[Doc, ...] | list[Doc], files: int = 1) -> intent.Intent |
     return mesh
 
 
-def sidecar_allows(port: Doc, spiffe: str, method: str | None, path: str | None) -> bool:
-    """fastpath's inbound decision, evaluated literally on the serialized contract."""
-    namespace = spiffe.split("/ns/")[1].split("/", maxsplit=1)[0]
-
-    def matches(rule: Doc) -> bool:
-        peers = rule["peers"]
-        if not (
-            peers["anyIdentity"]
-            or spiffe in peers["identities"]
-            or namespace in peers["namespaces"]
-        ):
-            return False
-        if rule["methods"] and method not in rule["methods"]:
-            return False
-        if rule["paths"]:
-            return path is not None and any(
-                p.get("exact") == path or ("prefix" in p and path.startswith(p["prefix"]))
-                for p in rule["paths"]
-            )
-        return True
-
-    if any(r["action"] == "DENY" and matches(r) for r in port["rules"]):
-        return False
-    if any(r["action"] == "ALLOW" and matches(r) for r in port["rules"]):
-        return True
-    return bool(port["defaultAction"] == "ALLOW")
-
-
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 150 generated meshes per property in `make test`; `make test-fast` asks for fewer, so the proof
+# stays in the edit-test loop at a fraction of the time.
+EXAMPLES = int(os.environ.get("WEFT_HYPOTHESIS_EXAMPLES", "150"))
+SETTINGS = settings(
+    max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @SETTINGS
@@ -155,16 +136,29 @@ def test_reach_is_what_the_sidecars_enforce(generated: Mesh) -> None:
     assume(mesh is not None)
     assert mesh is not None
     desired = compiler.compile(mesh)
-    configs = {key: json.loads(c.to_json()) for key, c in desired.proxy_configs.items()}
+    texts = {key: c.to_json() for key, c in desired.proxy_configs.items()}
+    configs = {key: json.loads(text) for key, text in texts.items()}
+    # What may name a decision: a policy of the mesh, or its default.
+    deciders = {p.ref for p in mesh.policies} | {
+        f"Mesh/{mesh.mesh.metadata.name} defaultPolicy: {mesh.spec.default_policy}"
+    }
     for cell in reach.matrix(mesh):
         src_ns, src_name = cell.source.split("/")
-        dst = tuple(cell.destination.split("/"))
+        dst = (cell.destination.split("/")[0], cell.destination.split("/")[1])
         spiffe = mesh.identity_of(mesh.services[(src_ns, src_name)])
         port = next(p for p in configs[dst]["inbound"] if p["name"] == cell.port)
         probes = [(None, None)] if port["protocol"] == "tcp" else PROBES
-        outcomes = {sidecar_allows(port, spiffe, m, p) for m, p in probes}
+        decisions = {
+            _native.authorize(texts[dst], cell.port_number, spiffe, m, p) for m, p in probes
+        }
+        outcomes = {allowed for allowed, _ in decisions}
         expected = {"allow": {True}, "deny": {False}, "conditional": {True, False}}
         assert outcomes == expected[cell.verdict.decision], cell
+        assert {policy for _, policy in decisions} <= deciders, (cell, decisions)
+        if cell.verdict.decision == "deny" and cell.verdict.policies[0].startswith("Mesh/"):
+            # Denied by the default in reach: no rule of fastpath's may match either, and the
+            # 403 names the default.
+            assert {policy for _, policy in decisions} == {cell.verdict.policies[0]}, cell
 
         # The source's sidecar knows the route exactly when the destination may be reached.
         outbound = configs[(src_ns, src_name)]["outbound"]
@@ -229,3 +223,31 @@ def test_adding_an_allow_never_removes_reachability(data: st.DataObject) -> None
     for cell in reach.matrix(after):
         was = old[(cell.source, cell.destination, cell.port)]
         assert RANK[cell.verdict.decision] >= RANK[was], (cell, was)
+
+
+def test_authorize_is_the_sidecars_decision_and_refuses_what_it_would_not_serve(
+    template: Path,
+) -> None:
+    """The binding the property relies on: the template's b/api admits a/web by its policy, a
+    caller without identity gets the default, and what the sidecar never decides is an error."""
+    mesh = loaded_dir(template)
+    config = compiler.compile(mesh).proxy_configs[("b", "api")].to_json()
+    td = mesh.spec.trust_domain
+    web = f"spiffe://{td}/ns/a/sa/web"
+    assert _native.authorize(config, 8080, web, "GET", "/") == (True, "b/allow-from-a-and-c")
+    assert _native.authorize(config, 8080, None, "GET", "/") == (
+        False,
+        "Mesh/mesh defaultPolicy: deny",
+    )
+    with pytest.raises(_native.ConfigError, match="no inbound port 1 "):
+        _native.authorize(config, 1, web, "GET", "/")
+    with pytest.raises(ValueError, match="not a workload SPIFFE ID of trust domain"):
+        _native.authorize(config, 8080, "spiffe://elsewhere/ns/a/sa/web", "GET", "/")
+    with pytest.raises(_native.ConfigError, match="schemaVersion"):
+        _native.authorize("{}", 8080, None)
+
+
+def loaded_dir(path: Path) -> intent.Intent:
+    mesh, diagnostics = intent.check(intent.files.from_directory(path))
+    assert mesh is not None, diagnostics
+    return mesh

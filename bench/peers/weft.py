@@ -12,31 +12,13 @@ from typing import Any
 
 from peers.pki import TRUST_DOMAIN
 from reconciler import compiler, intent
-from reconciler.sidecar.binding import bind_endpoints, to_json
+from reconciler.targets.local.binding import bind_endpoints, to_json
+from tests import sidecars
 
+# The tests' web/api pair and their policy, so the benchmarks measure the mesh the tests prove.
 INTENT = {
-    "mesh.yaml": f"""\
-        apiVersion: weft.dev/v1alpha1
-        kind: Mesh
-        metadata: {{name: mesh}}
-        spec: {{trustDomain: {TRUST_DOMAIN}}}
-        """,
-    "services.yaml": """\
-        apiVersion: weft.dev/v1alpha1
-        kind: Service
-        metadata: {name: web, namespace: a}
-        spec: {ports: [{name: http, port: 8080}]}
-        ---
-        apiVersion: weft.dev/v1alpha1
-        kind: Service
-        metadata: {name: api, namespace: b}
-        spec: {ports: [{name: http, port: 8080}]}
-        ---
-        apiVersion: weft.dev/v1alpha1
-        kind: AccessPolicy
-        metadata: {name: from-a, namespace: b}
-        spec: {from: [{namespaces: [a]}]}
-        """,
+    "mesh.yaml": sidecars.mesh_yaml(TRUST_DOMAIN),
+    "services.yaml": f"{sidecars.WEB_AND_API}---\n{sidecars.ALLOW_A_TO_B}",
 }
 
 

@@ -23,6 +23,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from reconciler import hostport
 from reconciler.gitsource.credentials import Secret
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,7 @@ class WebhookReceiver:
         self.max_body = max_body
         self.accepted = 0  # signed hooks answered 202
         self.refused = 0  # hooks answered 401
-        self._server = http.server.ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = hostport.http_server(hostport.HostPort(host, port), Handler)
         self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
@@ -86,7 +86,7 @@ class WebhookReceiver:
     @property
     def url(self) -> str:
         host, port = self.address
-        return f"http://{host}:{port}{PATH}"
+        return f"http://{hostport.join(host, port)}{PATH}"
 
     def start(self) -> WebhookReceiver:
         self._thread = threading.Thread(

@@ -1,2 +1,2 @@
 """The sidecar: the Python agent around fastpath (config and certificate files, admin port,
-metrics, span export) and the binding of logical ProxyConfigs to this machine's addresses."""
+metrics, span export). It imports nothing of the control plane: it runs beside every workload."""

@@ -9,10 +9,27 @@ from __future__ import annotations
 import http.server
 import json
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from reconciler.sidecar.agent import Agent
+from reconciler import hostport
+
+
+class Admin(Protocol):
+    """What the admin port asks of the sidecar; the agent is one, a test may be another."""
+
+    @property
+    def ready(self) -> bool:
+        """Every listener bound and certificates loaded, and not draining."""
+
+    @property
+    def serving(self) -> bool:
+        """fastpath has started, so there are metrics and a config to show."""
+
+    def metrics(self) -> str:
+        """The Prometheus text of /metrics."""
+
+    def config_dump(self) -> dict[str, Any]:
+        """The JSON of /config_dump."""
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -20,17 +37,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
-        agent = self.server.agent
+        sidecar = self.server.sidecar
         path = self.path.split("?")[0]
         if path == "/live":
             self._send(200, "text/plain", b"live\n")
         elif path == "/ready":
-            ok = agent.ready
+            ok = sidecar.ready
             self._send(200 if ok else 503, "text/plain", b"ready\n" if ok else b"not ready\n")
-        elif path == "/metrics" and agent.proxy is not None:
-            self._send(200, "text/plain; version=0.0.4", agent.metrics().encode())
-        elif path == "/config_dump" and agent.proxy is not None:
-            self._send(200, "application/json", json.dumps(agent.config_dump(), indent=2).encode())
+        elif path == "/metrics" and sidecar.serving:
+            self._send(200, "text/plain; version=0.0.4", sidecar.metrics().encode())
+        elif path == "/config_dump" and sidecar.serving:
+            body = json.dumps(sidecar.config_dump(), indent=2).encode()
+            self._send(200, "application/json", body)
         else:
             self._send(404, "text/plain", b"not found\n")
 
@@ -48,14 +66,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, addr: tuple[str, int], agent: Agent) -> None:
+    def __init__(self, addr: hostport.HostPort, sidecar: Admin) -> None:
+        self.address_family = addr.family
         super().__init__(addr, _Handler)
-        self.agent = agent
+        self.sidecar = sidecar
 
 
-def serve(addr: str, agent: Agent) -> _Server:
-    host, _, port = addr.rpartition(":")
-    server = _Server((host or "127.0.0.1", int(port)), agent)
+def serve(addr: hostport.HostPort, sidecar: Admin) -> _Server:
+    server = _Server(addr, sidecar)
     threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
     ).start()

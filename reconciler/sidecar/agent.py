@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from reconciler import _native
+from reconciler import _native, hostport
 from reconciler.sidecar import admin, metrics, watch
 
 if TYPE_CHECKING:
@@ -121,6 +121,10 @@ class Agent:
     @property
     def ready(self) -> bool:
         return self.proxy is not None and not self.draining.is_set()
+
+    @property
+    def serving(self) -> bool:
+        return self.proxy is not None
 
     def poll(self) -> None:
         """Reload or rotate if a file changed since the last look."""
@@ -247,7 +251,7 @@ def run(
     certs: Path,
     listeners: Path,
     *,
-    admin_addr: str,
+    admin_addr: hostport.HostPort,
     workers: int,
     drain_timeout: float,
     poll_seconds: float = POLL_SECONDS,
@@ -267,7 +271,7 @@ def run(
     signal.signal(signal.SIGINT, on_signal)
     next_poll = time.monotonic() + poll_seconds
     server = admin.serve(admin_addr, agent)
-    admin_bound = f"{server.server_address[0]!s}:{server.server_port}"
+    admin_bound = hostport.join(str(server.server_address[0]), server.server_port)
     log.info("admin listening", extra={"event": "admin", "bound": {"admin": admin_bound}})
     # Watch before the first read, so no change can fall between the two.
     changes = _watch(agent)

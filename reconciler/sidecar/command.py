@@ -11,6 +11,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from reconciler import hostport
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="ProxyConfig JSON file (reloaded on change)")
@@ -20,8 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--listeners", required=True, help="JSON file: where the listeners bind")
     p.add_argument(
         "--admin",
-        default="127.0.0.1:15000",
-        help="admin address (/ready /live /metrics /config_dump)",
+        default=hostport.parse("127.0.0.1:15000"),
+        type=hostport.argument,
+        help="admin address, HOST:PORT or [IPv6]:PORT (/ready /live /metrics /config_dump)",
     )
     p.add_argument("--workers", type=int, default=1, help="fastpath worker threads")
     p.add_argument(

@@ -78,6 +78,65 @@ fn normalize_path(path: &str, escaped_slashes: &str) -> PyResult<String> {
         .map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
+/// fastpath's inbound authorization, exactly as the sidecar decides one request: `config` is a
+/// whole ProxyConfig (checked as `reload` checks it), `port` the inbound port's number, `peer`
+/// the caller's SPIFFE ID (None: no identity, a plaintext caller in PERMISSIVE mode), and
+/// `method` and `path` the request's (both None: a TCP connection); the path is normalized
+/// with the config's rules and loses its query, as inbound does before deciding. Returns
+/// whether it is allowed and the policy that decided. ValueError when the sidecar would not
+/// decide at all: a peer that is not a workload SPIFFE ID of the config's trust domain (its
+/// connection is closed first), or a path with no normal form (answered 400). For tests that
+/// prove intent equal to enforcement.
+#[pyfunction]
+#[pyo3(signature = (config, port, peer, method = None, path = None))]
+fn authorize(
+    config: &str,
+    port: u16,
+    peer: Option<&str>,
+    method: Option<&str>,
+    path: Option<&str>,
+) -> PyResult<(bool, String)> {
+    let config = fastpath::config::ProxyConfig::parse(config)
+        .map_err(|e| ConfigError::new_err(e.to_string()))?;
+    let inbound = config
+        .inbound
+        .iter()
+        .find(|p| p.port == port)
+        .ok_or_else(|| ConfigError::new_err(format!("no inbound port {port} in the config")))?;
+    let peer = match peer {
+        None => None,
+        Some(id) => Some(
+            fastpath::authz::Peer::in_trust_domain(id, &config.trust_domain).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "{id:?} is not a workload SPIFFE ID of trust domain {:?}",
+                    config.trust_domain
+                ))
+            })?,
+        ),
+    };
+    let normal = match path {
+        None => None,
+        Some(p) => {
+            let p = p.split_once('?').map_or(p, |(p, _)| p);
+            let p = if p.is_empty() { "/" } else { p }; // as a URI reads an empty path
+            Some(
+                fastpath::path::normalize(p, config.path_normalization.escaped_slashes).map_err(
+                    |e| PyValueError::new_err(format!("path {p:?} is refused with a 400: {e}")),
+                )?,
+            )
+        }
+    };
+    let decision = fastpath::authz::decide(
+        inbound,
+        peer.as_ref(),
+        fastpath::authz::Request {
+            method,
+            path: normal.as_deref(),
+        },
+    );
+    Ok((decision.allowed, decision.policy.to_owned()))
+}
+
 /// A running proxy. Its own tokio threads serve traffic; these methods only steer it.
 #[pyclass(module = "reconciler._native", name = "Proxy")]
 struct PyProxy {
@@ -216,6 +275,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_route_regex, m)?)?;
     m.add_function(wrap_pyfunction!(normalize_path, m)?)?;
     m.add_function(wrap_pyfunction!(start, m)?)?;
+    m.add_function(wrap_pyfunction!(authorize, m)?)?;
     m.add_class::<PyProxy>()?;
     m.add("ConfigError", m.py().get_type::<ConfigError>())?;
     m.add("CertificateError", m.py().get_type::<CertificateError>())?;

@@ -17,7 +17,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reconciler import capture
+from reconciler import capture, hostport
 from reconciler.compiler import WorkloadSpec
 from reconciler.compiler import proxyconfig as pc
 from reconciler.identity.secretstore import workload_secret_name
@@ -84,7 +84,7 @@ def live_inbound_ports(configmap: Mapping[str, Any] | None) -> dict[str, int]:
     """The listener ports a live sidecar ConfigMap assigns; empty when there is none to read."""
     try:
         found = json.loads(configmap["data"]["listeners.json"])["inbound"]  # type: ignore[index]
-        return {str(n): int(str(a).rsplit(":", 1)[1]) for n, a in found.items()}
+        return {str(n): hostport.parse(str(a)).port for n, a in found.items()}
     except (TypeError, KeyError, ValueError, IndexError, AttributeError):
         return {}
 

@@ -39,11 +39,11 @@ from typing import Any
 
 from opentelemetry import trace
 
-from reconciler import capture, identity
+from reconciler import capture, hostport, identity
 from reconciler.compiler import DesiredState
-from reconciler.sidecar.binding import bind_endpoints, to_json
 from reconciler.targets import Change, Plan
 from reconciler.targets.local import netns
+from reconciler.targets.local.binding import bind_endpoints, to_json
 from reconciler.targets.local.ports import Ports
 from reconciler.targets.local.supervisor import Spec, Supervisor
 
@@ -188,7 +188,7 @@ class LocalTarget:
                     host = self._host(inst)
                     sidecar["netns"] = dataclasses.asdict(host)
                     sidecar["capture"] = {
-                        p["targetPort"]: int(listeners["inbound"][p["name"]].rsplit(":", 1)[1])
+                        p["targetPort"]: hostport.parse(listeners["inbound"][p["name"]]).port
                         for p in config["inbound"]
                     }
                     self._hosts_files[host.netns] = self._names(inst, config, configs)
@@ -362,7 +362,7 @@ class LocalTarget:
                     "WEFT_SERVICE": f"{inst.namespace}/{inst.service}",
                     "WEFT_INSTANCE": inst.name,
                     "WEFT_PORTS": json.dumps(ports, sort_keys=True),
-                    "PORT": first["addr"].rsplit(":", 1)[1] if first else "",
+                    "PORT": str(hostport.parse(first["addr"]).port) if first else "",
                 },
             }
         return {
@@ -372,7 +372,7 @@ class LocalTarget:
                 "WEFT_SERVICE": f"{inst.namespace}/{inst.service}",
                 "WEFT_INSTANCE": inst.name,
                 "WEFT_PORTS": json.dumps(ports, sort_keys=True),
-                "PORT": first["addr"].rsplit(":", 1)[1] if first else "",
+                "PORT": str(hostport.parse(first["addr"]).port) if first else "",
                 "HTTP_PROXY": f"http://{listeners['outboundHttp']}",
                 "http_proxy": f"http://{listeners['outboundHttp']}",
                 "WEFT_TCP": json.dumps(listeners["outboundTcp"], sort_keys=True),
@@ -517,7 +517,7 @@ def _now() -> datetime.datetime:
 def _listening(addr: str, where: str | None = None) -> bool:
     """Whether something listens on `addr`, in network namespace `where` if given (asked
     of `ss`, since this process cannot connect to another namespace's loopback)."""
-    host, _, port = addr.rpartition(":")
+    host, port = hostport.parse(addr)
     deadline = time.monotonic() + APP_LISTEN_TIMEOUT
     while time.monotonic() < deadline:
         if where is not None:
@@ -532,7 +532,7 @@ def _listening(addr: str, where: str | None = None) -> bool:
             time.sleep(0.05)
             continue
         try:
-            socket.create_connection((host, int(port)), timeout=1).close()
+            socket.create_connection((host, port), timeout=1).close()
             return True
         except OSError:
             time.sleep(0.05)

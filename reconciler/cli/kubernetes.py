@@ -1,5 +1,6 @@
-"""The command line's Kubernetes parts: connecting, leader election around `weft run`, and
-`weft diff --target kubernetes`. `cli` dispatches here; nothing else imports this module.
+"""The command line's Kubernetes parts: the cluster flags, connecting, leader election around
+`weft run --target kubernetes` (`serve`), the cluster's identity Secrets for `weft ca
+--kubeconfig` (`ca`), and `weft diff --target kubernetes`.
 
 The kubernetes client takes a while to import, so it is imported only by the commands that talk
 to a cluster, not when the parser is built."""
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler import __version__, compiler, identity, intent
+from reconciler.cli.common import SubParsers
 
 if TYPE_CHECKING:
     from reconciler.targets.kubernetes import Api, KubernetesTarget
@@ -25,6 +27,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("weft.kubernetes")
 
 DEFAULT_IMAGE = f"ghcr.io/weft-mesh/weft:{__version__}"
+
+
+def add_commands(sub: SubParsers) -> None:
+    df = sub.add_parser(
+        "diff", help="show what applying intent to a cluster would change; exit 1 if anything"
+    )
+    df.add_argument("path", help="intent directory")
+    df.add_argument("--target", default="kubernetes", choices=["kubernetes"])
+    add_arguments(df, election=False)
+    df.set_defaults(run=cmd_diff)
 
 
 def add_arguments(p: argparse.ArgumentParser, *, election: bool) -> None:
@@ -89,7 +101,7 @@ def target(args: argparse.Namespace, api: Api) -> KubernetesTarget:
 def identity_store(args: argparse.Namespace) -> identity.secretstore.SecretStore:
     """The cluster's identity Secrets, for `weft ca --kubeconfig`."""
     from reconciler.identity.secretstore import SecretStore  # noqa: PLC0415
-    from reconciler.targets.kubernetes.target import SecretBackend  # noqa: PLC0415
+    from reconciler.targets.kubernetes.identities import SecretBackend  # noqa: PLC0415
 
     return SecretStore(SecretBackend(connect(args)), args.system_namespace)
 
@@ -140,7 +152,7 @@ def leadership(
 def cmd_diff(args: argparse.Namespace) -> int:
     """Compile the intent and show what applying it would change; exit 1 when it would."""
     from reconciler.targets.kubernetes import ApiError, ConflictError, UnreachableError  # noqa: PLC0415
-    from reconciler.targets.kubernetes.target import RELEASE  # noqa: PLC0415
+    from reconciler.targets.kubernetes.plan import RELEASE  # noqa: PLC0415
 
     snapshot = intent.files.from_directory(Path(args.path))
     mesh, diagnostics = intent.check(snapshot)
