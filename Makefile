@@ -52,14 +52,15 @@ jaeger:
 	@echo "jaeger: $$(tools/jaeger/build.sh)"
 
 # Real components the tests drive: git (daemon, http-backend), curl, openssl s_client, and
-# sshd for SSH fetches, iptables for transparent capture in network namespaces. Installed from
+# sshd for SSH fetches, iptables for transparent capture in network namespaces, Prometheus
+# to run Istio's dashboard queries against a real scrape. Installed from
 # Debian when missing (CI runs as root on a fresh machine).
-SYSTEM_TOOLS := git curl openssl sshd iptables
+SYSTEM_TOOLS := git curl openssl sshd iptables prometheus
 system-tools:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done
 	if [ -n "$$missing" ]; then
 		echo "installing:$$missing"
-		apt-get update -qq && apt-get install -y -qq git curl openssl openssh-server iptables
+		apt-get update -qq && apt-get install -y -qq git curl openssl openssh-server iptables prometheus
 	fi
 
 # The real Kubernetes control plane the target tests run: etcd, kube-apiserver and
