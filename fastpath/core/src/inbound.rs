@@ -17,8 +17,7 @@ use crate::body::{incoming, Body};
 use crate::config::MtlsMode;
 use crate::exchange::Exchange;
 use crate::http::{
-    accept_loop, decided_path, local_reply, normalize_path, serve_connection, strip_hop_by_hop,
-    Hop, BAD_PATH,
+    accept_loop, decided_path, local_reply, normalize_path, serve_connection, Hop, BAD_PATH,
 };
 use crate::protocol::{HttpVersion, Serve};
 use crate::state::{Active, Shared};
@@ -189,7 +188,7 @@ async fn forward(
     port_name: &str,
     hop: &Hop,
     source: &str,
-    mut req: http::Request<hyper::body::Incoming>,
+    req: http::Request<hyper::body::Incoming>,
 ) -> http::Response<Body> {
     let revision = &active.config.revision;
     let Some(app) = active.apps.get(port_name) else {
@@ -208,13 +207,7 @@ async fn forward(
             "no local app address".into(),
         );
     };
-    let client_upgrade = upgrade::requested(&req).then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    let kept = upgrade::Headers::of(&parts.headers);
-    strip_hop_by_hop(&mut parts.headers);
-    if client_upgrade.is_some() {
-        kept.restore(&mut parts.headers);
-    }
+    let (mut parts, body, client_upgrade) = upgrade::split_request(req);
     hop.propagate(&mut parts.headers);
     if let Ok(v) = http::HeaderValue::from_str(source) {
         parts.headers.insert(PEER_HEADER, v);
@@ -241,12 +234,7 @@ async fn forward(
                 upgrade::splice(shared.telemetry.clone(), conn, client, server);
             }
             let (mut parts, body) = resp.into_parts();
-            let kept = upgrade::Headers::of(&parts.headers);
-            let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-            strip_hop_by_hop(&mut parts.headers);
-            if switching {
-                kept.restore(&mut parts.headers);
-            }
+            upgrade::strip_response(&mut parts);
             http::Response::from_parts(parts, incoming(body))
         }
         Err(e) => local_reply(

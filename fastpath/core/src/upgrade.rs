@@ -10,9 +10,11 @@
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
+use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use crate::http::strip_hop_by_hop;
 use crate::tcp::{pipe, Conn};
 use crate::telemetry::Telemetry;
 
@@ -33,23 +35,34 @@ fn has_upgrade_token(headers: &HeaderMap) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// The upgrade headers of `from`, to put back after hop-by-hop stripping of a message that
-/// must carry them on (the request asking to upgrade, the 101 agreeing to it).
-pub struct Headers(Option<HeaderValue>);
+/// A request split for forwarding: hop-by-hop headers stripped, except an Upgrade request's
+/// own upgrade headers, whose `OnUpgrade` (the client's side of the switch) is returned.
+pub fn split_request(
+    mut req: http::Request<Incoming>,
+) -> (http::request::Parts, Incoming, Option<OnUpgrade>) {
+    let client = requested(&req).then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    strip_keeping_upgrade(&mut parts.headers, client.is_some());
+    (parts, body, client)
+}
 
-impl Headers {
-    pub fn of(from: &HeaderMap) -> Headers {
-        Headers(from.get(http::header::UPGRADE).cloned())
-    }
+/// Hop-by-hop headers stripped from a response, except a 101's upgrade headers.
+pub fn strip_response(parts: &mut http::response::Parts) {
+    let switching = parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    strip_keeping_upgrade(&mut parts.headers, switching);
+}
 
-    pub fn restore(&self, to: &mut HeaderMap) {
-        if let Some(protocol) = &self.0 {
-            to.insert(http::header::UPGRADE, protocol.clone());
-            to.insert(
-                http::header::CONNECTION,
-                HeaderValue::from_static("upgrade"),
-            );
-        }
+fn strip_keeping_upgrade(headers: &mut HeaderMap, keep: bool) {
+    let protocol = keep
+        .then(|| headers.get(http::header::UPGRADE).cloned())
+        .flatten();
+    strip_hop_by_hop(headers);
+    if let Some(protocol) = protocol {
+        headers.insert(http::header::UPGRADE, protocol);
+        headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
     }
 }
 

@@ -13,7 +13,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::body::{full, incoming, Body};
-use crate::http::{local_reply, strip_hop_by_hop};
+use crate::http::local_reply;
 use crate::protocol::HttpVersion;
 use crate::retry::{back_off, retryable, Outcome};
 use crate::routing::{Host, Route};
@@ -272,12 +272,7 @@ pub async fn attempt(
     match result? {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
-            let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-            let kept = upgrade::Headers::of(&parts.headers);
-            strip_hop_by_hop(&mut parts.headers);
-            if switching {
-                kept.restore(&mut parts.headers);
-            }
+            upgrade::strip_response(&mut parts);
             Ok(http::Response::from_parts(parts, incoming(body)))
         }
         Err(e) if e.is_connect_failure() => Err(Outcome::ConnectFailure),

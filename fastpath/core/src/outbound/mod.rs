@@ -30,8 +30,7 @@ use tokio::net::TcpListener;
 use crate::body::Body;
 use crate::exchange::Exchange;
 use crate::http::{
-    accept_loop, decided_path, local_reply, normalize_path, serve_connection, strip_hop_by_hop,
-    BAD_PATH,
+    accept_loop, decided_path, local_reply, normalize_path, serve_connection, BAD_PATH,
 };
 use crate::protocol::Serve;
 use crate::routing::{self, Host};
@@ -169,13 +168,7 @@ async fn mesh(
         );
         return ex.finish(&shared.telemetry, "outbound: no route", reply, vec![]);
     };
-    let client_upgrade = upgrade::requested(&req).then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    let kept = upgrade::Headers::of(&parts.headers);
-    strip_hop_by_hop(&mut parts.headers);
-    if client_upgrade.is_some() {
-        kept.restore(&mut parts.headers);
-    }
+    let (mut parts, body, client_upgrade) = upgrade::split_request(req);
     ex.hop.propagate(&mut parts.headers);
     parts.uri = ex
         .path
