@@ -52,14 +52,15 @@ jaeger:
 	@echo "jaeger: $$(tools/jaeger/build.sh)"
 
 # Real components the tests drive: git (daemon, http-backend), curl, openssl s_client, and
-# sshd for SSH fetches, iptables for transparent capture in network namespaces. Installed from
-# Debian when missing (CI runs as root on a fresh machine).
-SYSTEM_TOOLS := git curl openssl sshd iptables
+# sshd for SSH fetches, iptables for transparent capture in network namespaces, gpg and
+# ssh-keygen for signed revisions. Installed from Debian when missing (CI runs as root on a
+# fresh machine).
+SYSTEM_TOOLS := git curl openssl sshd iptables gpg gpgconf ssh-keygen
 system-tools:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done
 	if [ -n "$$missing" ]; then
 		echo "installing:$$missing"
-		apt-get update -qq && apt-get install -y -qq git curl openssl openssh-server iptables
+		apt-get update -qq && apt-get install -y -qq git curl openssl openssh-server openssh-client iptables gnupg
 	fi
 
 # The real Kubernetes control plane the target tests run: etcd, kube-apiserver and
