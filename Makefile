@@ -72,7 +72,22 @@ kube:
 pytest: $(STAMP) jaeger kube system-tools
 	$(VENV)/bin/pytest
 
-test: lint typecheck rust-check pytest
+test: lint typecheck rust-check pytest fuzz-smoke
+
+# Fuzzing (tests/fuzz/, fastpath/core/tests/fuzz_parsers.rs). fuzz-smoke is the bounded run in
+# `make test` (about a minute): each atheris target for FUZZ_SMOKE_SECONDS; the Rust property
+# harnesses run in rust-check's `cargo test` at 64 cases each (WEFT_FUZZ_CASES). `make fuzz` is
+# the long run: FUZZ_SECONDS per Python target, and 20,000 cases per Rust property. Crashes land in tests/fuzz/crashes/
+# (Python) and fastpath/core/proptest-regressions/ (Rust); commit them as regression tests.
+FUZZ_SMOKE_SECONDS ?= 15
+FUZZ_SECONDS ?= 600
+.PHONY: fuzz fuzz-smoke
+fuzz-smoke: $(STAMP)
+	$(PY) -m tests.fuzz.run all --seconds $(FUZZ_SMOKE_SECONDS)
+
+fuzz: $(STAMP)
+	$(PY) -m tests.fuzz.run all --seconds $(FUZZ_SECONDS)
+	WEFT_FUZZ_CASES=20000 cargo test --release -q -p fastpath-core --test fuzz_parsers
 
 schema: $(STAMP)
 	$(PY) -m reconciler.schema schema
