@@ -77,8 +77,9 @@ test: lint typecheck rust-check pytest fuzz-smoke
 # Fuzzing (tests/fuzz/, fastpath/core/tests/fuzz_parsers.rs). fuzz-smoke is the bounded run in
 # `make test` (about a minute): each atheris target for FUZZ_SMOKE_SECONDS; the Rust property
 # harnesses run in rust-check's `cargo test` at 64 cases each (WEFT_FUZZ_CASES). `make fuzz` is
-# the long run: FUZZ_SECONDS per Python target, and 20,000 cases per Rust property. Crashes land in tests/fuzz/crashes/
-# (Python) and fastpath/core/proptest-regressions/ (Rust); commit them as regression tests.
+# the long run: FUZZ_SECONDS per Python target, and 20,000 cases per Rust property. Crashes
+# land in tests/fuzz/crashes/ (Python) and fastpath/core/tests/fuzz_parsers.proptest-regressions
+# (Rust); commit them as regression tests.
 FUZZ_SMOKE_SECONDS ?= 15
 FUZZ_SECONDS ?= 600
 .PHONY: fuzz fuzz-smoke
@@ -88,6 +89,14 @@ fuzz-smoke: $(STAMP)
 fuzz: $(STAMP)
 	$(PY) -m tests.fuzz.run all --seconds $(FUZZ_SECONDS)
 	WEFT_FUZZ_CASES=20000 cargo test --release -q -p fastpath-core --test fuzz_parsers
+
+# The soak with faults (bench/soak.py): 20 minutes of load through a sidecar pair with config
+# reloads, certificate rotation, a CA rollover, a SIGKILLed sidecar, a git server outage and a
+# full state disk; results in bench/results/soak.json, plots in docs/soak/ (root for the tmpfs).
+SOAK_MINUTES ?= 20
+.PHONY: soak
+soak: $(STAMP) system-tools
+	$(PY) bench/soak.py --minutes $(SOAK_MINUTES)
 
 schema: $(STAMP)
 	$(PY) -m reconciler.schema schema

@@ -7,8 +7,9 @@
 //! sidecar answers hostile bytes with an HTTP error or a closed connection, and still serves the
 //! next client. Cases per property: `WEFT_FUZZ_CASES` (default 64, what `make test` runs;
 //! `make fuzz` runs thousands). A failing case proptest finds is saved, shrunk, in
-//! `proptest-regressions/fuzz_parsers.txt` beside this crate and replayed first on every run
-//! after: commit that file and the crash is a regression test.
+//! `fuzz_parsers.proptest-regressions` beside this file and replayed first on every run after:
+//! commit that file and the crash is a regression test. (The cases in it now are from this
+//! harness's own early bugs; none is a fastpath defect.)
 
 mod common;
 
