@@ -91,7 +91,13 @@ class Reconciler:
         return (s.certificates, s.conditions.get(status_.CERTIFICATE_WARNING)) != before
 
     def _write(self) -> None:
-        status_.write(self.status_path, self.status)
+        try:
+            status_.write(self.status_path, self.status)
+        except OSError as e:
+            # A full (or read-only) state disk must not stop the loop: the mesh keeps running
+            # on the last good revision, and the target still gets the status below. The soak
+            # found this (bench/soak.py): ENOSPC here killed `weft run` and every process it ran.
+            log.warning("cannot write the status to %s: %s", self.status_path, e)
         try:
             self.target.report(self.status.as_json())
         except Exception as e:  # publishing status must never fail a reconcile

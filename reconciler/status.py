@@ -9,6 +9,7 @@ them: SPIFFE IDs, issuers, serials and validity, never a key.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -138,10 +139,16 @@ class Status:
 def write(path: Path, status: Status) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".status.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(status.as_json(), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(status.as_json(), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        # A full disk fails the write: leave the old status, not a stray half of the new one.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def read(path: Path) -> Status | None:
