@@ -128,6 +128,7 @@ class Reconciler:
         try:
             with tracer.start_as_current_span("verify") as span:
                 verdict = self.source.verify(revision)
+                span.set_attribute("weft.signature.required", verdict is not None)
                 if verdict is not None:
                     span.set_attribute("weft.signature.commit", verdict.commit)
                     span.set_attribute("weft.signature.object", verdict.signed_object)
