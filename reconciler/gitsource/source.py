@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 # libgit2 waits forever by default; a hung server must not hang the reconcile loop.
 CONNECT_TIMEOUT_MS = 10_000
 IO_TIMEOUT_MS = 60_000
+# Each fetch that brings objects writes a new pack, and libgit2 keeps every pack it has read
+# open, without limit by default: the soak (bench/soak.py) saw one more fd per fetch, which
+# a reconciler following a busy branch would turn into EMFILE within hours. Past this many,
+# libgit2 closes the least recently used.
+PACK_FILE_LIMIT = 64
 
 _BRANCHES = "refs/remotes/origin/"
 _TAGS = "refs/tags/"
@@ -259,6 +264,8 @@ def _has_commit(repo: pygit2.Repository, sha: str) -> bool:
 
 
 def _default_timeouts() -> None:
+    if pygit2.settings.mwindow_file_limit == 0:
+        pygit2.settings.mwindow_file_limit = PACK_FILE_LIMIT
     if pygit2.settings.server_connect_timeout == 0:
         pygit2.settings.server_connect_timeout = CONNECT_TIMEOUT_MS
     if pygit2.settings.server_timeout == 0:
