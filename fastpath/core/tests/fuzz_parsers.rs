@@ -1,6 +1,7 @@
 //! Property-based fuzzing (proptest, on stable Rust) of everything fastpath parses from outside:
-//! ProxyConfig JSON, Route regexes, certificates and SPIFFE IDs, and HTTP/1.1 and HTTP/2 bytes
-//! sent to a running sidecar.
+//! ProxyConfig JSON, Route regexes, certificates and SPIFFE IDs, request paths (normalization
+//! is idempotent), TLS ClientHellos (SNI), and HTTP/1.1 and HTTP/2 bytes sent to a running
+//! sidecar.
 //!
 //! Each property feeds generated input (random, or a valid input mutated) and asserts what must
 //! hold whatever the bytes: no panic; a refused config leaves the running one in force; a
@@ -510,4 +511,93 @@ fn every_seed_config_parses() {
     for (i, seed) in seeds().iter().enumerate() {
         ProxyConfig::parse(seed).unwrap_or_else(|e| panic!("seed {i} is refused: {e}"));
     }
+}
+
+// ------------------------------------------------------------------ paths and TLS hellos
+
+fn path_input() -> impl Strategy<Value = String> {
+    prop_oneof![
+        ".{0,40}",
+        // Paths built from the pieces that make normalization hard.
+        prop::collection::vec(
+            prop_oneof![
+                Just("/"),
+                Just("."),
+                Just(".."),
+                Just("%2e"),
+                Just("%2E"),
+                Just("%2F"),
+                Just("%5C"),
+                Just("\\"),
+                Just("%25"),
+                Just("%41"),
+                Just("%"),
+                Just("%zz"),
+                Just("a"),
+                Just("é"),
+                Just("%C3%A9"),
+                Just("%FF"),
+                Just(";"),
+                Just("//"),
+            ],
+            0..12,
+        )
+        .prop_map(|parts| format!("/{}", parts.concat())),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn a_normal_path_is_its_own_normal_form(
+        path in path_input(),
+        mode in prop_oneof![
+            Just(fastpath::path::EscapedSlashes::Reject),
+            Just(fastpath::path::EscapedSlashes::Keep),
+            Just(fastpath::path::EscapedSlashes::Decode),
+        ],
+    ) {
+        // Deciding on the normal form is only sound if normalizing it again changes nothing:
+        // otherwise a path that looks normal to the sidecar means something else one hop on.
+        if let Ok(once) = fastpath::path::normalize(&path, mode) {
+            let twice = fastpath::path::normalize(&once, mode);
+            prop_assert_eq!(twice.as_deref(), Ok(once.as_ref()), "from {:?}", path);
+        }
+    }
+
+    #[test]
+    fn sni_parsing_never_panics_and_a_cut_hello_names_nobody(
+        bytes in prop::collection::vec(any::<u8>(), 0..600),
+        cut in any::<prop::sample::Index>(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+    ) {
+        let _ = fastpath::sni::server_name(&bytes);
+        let hello = client_hello();
+        let named = fastpath::sni::server_name(hello);
+        prop_assert_eq!(named.as_deref(), Ok(HELLO_NAME));
+        let prefix = &hello[..cut.index(hello.len())];
+        prop_assert!(fastpath::sni::server_name(prefix).is_err(), "a cut hello is no answer");
+        let mut damaged = hello.to_vec();
+        for (i, b) in edits {
+            let at = i.index(damaged.len());
+            damaged[at] = b;
+        }
+        let _ = fastpath::sni::server_name(&damaged);
+    }
+}
+
+const HELLO_NAME: &str = "api.example.com";
+
+/// A real ClientHello, as rustls writes it for `HELLO_NAME`.
+fn client_hello() -> &'static [u8] {
+    static HELLO: OnceLock<Vec<u8>> = OnceLock::new();
+    HELLO.get_or_init(|| {
+        let config = tls::egress_client().expect("a client config");
+        let name = rustls::pki_types::ServerName::try_from(HELLO_NAME).expect("name");
+        let mut conn = rustls::ClientConnection::new(config, name).expect("client");
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).expect("hello");
+        out
+    })
 }
