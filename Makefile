@@ -52,15 +52,15 @@ jaeger:
 	@echo "jaeger: $$(tools/jaeger/build.sh)"
 
 # Real components the tests drive: git (daemon, http-backend), curl, openssl s_client, and
-# sshd for SSH fetches, iptables for transparent capture in network namespaces, Prometheus
-# to run Istio's dashboard queries against a real scrape. Installed from
-# Debian when missing (CI runs as root on a fresh machine).
-SYSTEM_TOOLS := git curl openssl sshd iptables prometheus
+# sshd for SSH fetches, iptables for transparent capture in network namespaces, gpg and
+# ssh-keygen for signed revisions, Prometheus to run Istio's dashboard queries against a real
+# scrape. Installed from Debian when missing (CI runs as root on a fresh machine).
+SYSTEM_TOOLS := git curl openssl sshd iptables gpg gpgconf ssh-keygen prometheus
 system-tools:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done
 	if [ -n "$$missing" ]; then
 		echo "installing:$$missing"
-		apt-get update -qq && apt-get install -y -qq git curl openssl openssh-server iptables prometheus
+		apt-get update -qq && apt-get install -y -qq git curl openssl openssh-server openssh-client iptables gnupg prometheus
 	fi
 
 # The real Kubernetes control plane the target tests run: etcd, kube-apiserver and
@@ -72,7 +72,31 @@ kube:
 pytest: $(STAMP) jaeger kube system-tools
 	$(VENV)/bin/pytest
 
-test: lint typecheck rust-check pytest
+test: lint typecheck rust-check pytest fuzz-smoke
+
+# Fuzzing (tests/fuzz/, fastpath/core/tests/fuzz_parsers.rs). fuzz-smoke is the bounded run in
+# `make test` (about a minute): each atheris target for FUZZ_SMOKE_SECONDS; the Rust property
+# harnesses run in rust-check's `cargo test` at 64 cases each (WEFT_FUZZ_CASES). `make fuzz` is
+# the long run: FUZZ_SECONDS per Python target, and 20,000 cases per Rust property. Crashes
+# land in tests/fuzz/crashes/ (Python) and fastpath/core/tests/fuzz_parsers.proptest-regressions
+# (Rust); commit them as regression tests.
+FUZZ_SMOKE_SECONDS ?= 15
+FUZZ_SECONDS ?= 600
+.PHONY: fuzz fuzz-smoke
+fuzz-smoke: $(STAMP)
+	$(PY) -m tests.fuzz.run all --seconds $(FUZZ_SMOKE_SECONDS)
+
+fuzz: $(STAMP)
+	$(PY) -m tests.fuzz.run all --seconds $(FUZZ_SECONDS)
+	WEFT_FUZZ_CASES=20000 cargo test --release -q -p fastpath-core --test fuzz_parsers
+
+# The soak with faults (bench/soak.py): 20 minutes of load through a sidecar pair with config
+# reloads, certificate rotation, a CA rollover, a SIGKILLed sidecar, a git server outage and a
+# full state disk; results in bench/results/soak.json, plots in docs/soak/ (root for the tmpfs).
+SOAK_MINUTES ?= 20
+.PHONY: soak
+soak: $(STAMP) system-tools
+	$(PY) bench/soak.py --minutes $(SOAK_MINUTES)
 
 # The edit-test loop: lint, typecheck and the tests marked `unit` — no Go build (kube-apiserver,
 # Jaeger), no network namespaces, nothing slow, no cargo clippy/test. `make test` stays the

@@ -24,6 +24,7 @@ SUCCEEDED: Final = "Succeeded"
 RECOVERED: Final = "Recovered"
 FETCH_FAILED: Final = "FetchFailed"
 VALIDATION_FAILED: Final = "ValidationFailed"
+UNTRUSTED_REVISION: Final = "UntrustedRevision"  # not signed by a trusted key
 APPLY_FAILED: Final = "ApplyFailed"
 MAINTENANCE_FAILED: Final = "MaintenanceFailed"
 VALID: Final = "Valid"

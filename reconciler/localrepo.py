@@ -1,6 +1,8 @@
 """A git repository on this machine as a revision source (what `weft up` edits and commits to).
 
-Reads commits with pygit2, never the working tree: an uncommitted edit is not intent.
+Reads commits with pygit2, never the working tree: an uncommitted edit is not intent. With
+trusted keys, a revision must be signed as for a remote (`gitsource.signatures`): the annotated
+tag when the ref is a tag, else the commit.
 """
 
 from __future__ import annotations
@@ -10,13 +12,17 @@ from pathlib import Path
 
 import pygit2
 
+from reconciler.gitsource import signatures
 from reconciler.intent import files
 from reconciler.intent.files import Snapshot
 
 
 class LocalRepoSource:
-    def __init__(self, path: Path, ref: str = "main") -> None:
+    def __init__(
+        self, path: Path, ref: str = "main", trusted_keys: signatures.TrustedKeys | None = None
+    ) -> None:
         self.path, self.ref = path, ref
+        self.trusted_keys = trusted_keys
         self.last: str | None = None
 
     def fetch(self) -> str | None:
@@ -27,6 +33,18 @@ class LocalRepoSource:
             return None
         self.last = revision
         return revision
+
+    def verify(self, revision: str) -> signatures.Verdict | None:
+        if self.trusted_keys is None:
+            return None
+        ref, _, sha = revision.rpartition("@sha1:")
+        repo = pygit2.Repository(str(self.path))
+        try:
+            if f"refs/tags/{ref}" in repo.references and f"refs/heads/{ref}" not in repo.references:
+                return signatures.verify_tag(repo, ref, sha, self.trusted_keys)
+            return signatures.verify_commit(repo, sha, self.trusted_keys)
+        finally:
+            repo.free()
 
     def snapshot(self, revision: str) -> Snapshot:
         sha = revision.rpartition("@sha1:")[2]

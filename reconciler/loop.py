@@ -1,6 +1,8 @@
 """The reconcile loop: fetch → load and validate → compile → observe → plan → apply → prune →
 status, once per new revision, driving any Target through its small interface.
 
+With trusted keys configured, a revision not signed by one of them is refused whole before it is
+even read: status and the trace name the commit, the signer (or its absence) and the reason.
 A revision with any validation error is refused whole: nothing of it is applied, the last good
 revision stays in force, and the status names the errors with file and line. A revision that
 compiles to what already runs writes nothing.
@@ -26,6 +28,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from reconciler import compiler, conditions, identity, intent, telemetry
 from reconciler import status as status_
+from reconciler.gitsource.signatures import Verdict
 from reconciler.intent.files import Snapshot
 from reconciler.targets import Target
 
@@ -44,7 +47,14 @@ class Source(Protocol):
     def fetch(self) -> str | None:
         """The new revision, or None when it has not changed. Raises when unreachable."""
 
+    def verify(self, revision: str) -> Verdict | None:
+        """Whether the revision is signed by a trusted key; None when none is required."""
+
     def snapshot(self, revision: str) -> Snapshot: ...
+
+
+# Refused as they are: retrying the same revision cannot help.
+REFUSED = (conditions.VALIDATION_FAILED, conditions.UNTRUSTED_REVISION)
 
 
 class Reconciler:
@@ -82,7 +92,13 @@ class Reconciler:
         return (s.certificates, s.conditions.get(conditions.CERTIFICATE_WARNING)) != before
 
     def _write(self) -> None:
-        status_.write(self.status_path, self.status)
+        try:
+            status_.write(self.status_path, self.status)
+        except OSError as e:
+            # A full (or read-only) state disk must not stop the loop: the mesh keeps running
+            # on the last good revision, and the target still gets the status below. The soak
+            # found this (bench/soak.py): ENOSPC here killed `weft run` and every process it ran.
+            log.warning("cannot write the status to %s: %s", self.status_path, e)
         try:
             self.target.report(self.status.as_json())
         except Exception as e:  # publishing status must never fail a reconcile
@@ -111,6 +127,35 @@ class Reconciler:
         self._write()
         result, kind, objects = "failed", None, 0
         try:
+            with tracer.start_as_current_span("verify") as span:
+                verdict = self.source.verify(revision)
+                span.set_attribute("weft.signature.required", verdict is not None)
+                if verdict is not None:
+                    span.set_attribute("weft.signature.commit", verdict.commit)
+                    span.set_attribute("weft.signature.object", verdict.signed_object)
+                    span.set_attribute("weft.signature.trusted", verdict.trusted)
+                    span.set_attribute("weft.signature.reason", verdict.reason)
+                    span.set_attribute("weft.signature.signer", verdict.signer or "none")
+                    span.set_attribute("weft.signature.key", verdict.key or "none")
+            s.signature = verdict.as_json() if verdict is not None else None
+            if verdict is not None and not verdict.trusted:
+                s.errors = [str(verdict)]
+                s.set(
+                    conditions.STALLED,
+                    True,
+                    conditions.UNTRUSTED_REVISION,
+                    f"{revision}: {verdict}",
+                )
+                s.set(
+                    conditions.READY,
+                    s.last_applied_revision is not None,
+                    conditions.UNTRUSTED_REVISION,
+                    f"{revision} refused; {s.last_applied_revision or 'nothing'} stays in force",
+                )
+                root.set_status(Status(StatusCode.ERROR, f"untrusted revision: {verdict.reason}"))
+                log.error("revision %s refused: %s", revision, verdict)
+                result, kind = "refused", "signature"
+                return False
             with tracer.start_as_current_span("validate"):
                 mesh, diagnostics = intent.check(self.source.snapshot(revision))
             if mesh is None:
@@ -217,9 +262,7 @@ class Reconciler:
                 last_reconcile = time.monotonic()
                 failed = (
                     None
-                    if ok
-                    or self.status.conditions[conditions.STALLED].reason
-                    == conditions.VALIDATION_FAILED
+                    if ok or self.status.conditions[conditions.STALLED].reason in REFUSED
                     else revision
                 )
                 apply_failures = 0 if failed is None else apply_failures + 1

@@ -23,6 +23,9 @@ class RemoteSource:
         revision = self.git.fetch()
         return None if revision is None else str(revision)
 
+    def verify(self, revision: str) -> gitsource.signatures.Verdict | None:
+        return self.git.verify(gitsource.Revision.parse(revision))
+
     def snapshot(self, revision: str) -> Snapshot:
         return self.git.snapshot(gitsource.Revision.parse(revision))
 
@@ -30,9 +33,11 @@ class RemoteSource:
         return f"RemoteSource({self.git.url!r})"  # never the credentials
 
 
-def open_source(repo: str, ref: str, cache: Path) -> Source:
+def open_source(
+    repo: str, ref: str, cache: Path, trusted_keys: gitsource.signatures.TrustedKeys | None = None
+) -> Source:
     path = Path(repo)
     if path.is_dir():
-        return localrepo.LocalRepoSource(path, ref)
+        return localrepo.LocalRepoSource(path, ref, trusted_keys)
     auth = gitsource.credentials.from_env(repo)
-    return RemoteSource(gitsource.GitSource(repo, ref, cache, auth))
+    return RemoteSource(gitsource.GitSource(repo, ref, cache, auth, trusted_keys))

@@ -9,6 +9,7 @@ them: SPIFFE IDs, issuers, serials and validity, never a key.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -55,6 +56,9 @@ class Status:
     reconciles: int = 0
     certificates: identity.status.Status | None = None
     certificates_checked_at: datetime.datetime | None = None  # when the warnings were worked out
+    # The signature check of the last attempted revision (gitsource.signatures.Verdict.as_json)
+    # when trusted keys are configured: commit, signed object, signer, key, reason.
+    signature: dict[str, Any] | None = None
 
     def set(self, type_: str, status: bool, reason: str, message: str = "") -> None:
         old = self.conditions.get(type_)
@@ -110,6 +114,7 @@ class Status:
             "lastSuccessTime": self.last_success_time,
             "reconciles": self.reconciles,
             "certificates": certificates,
+            "signature": self.signature,
         }
 
     @staticmethod
@@ -127,16 +132,23 @@ class Status:
             certificates_checked_at=(
                 identity.clock.parse_timestamp(certificates["checkedAt"]) if certificates else None
             ),
+            signature=data.get("signature"),
         )
 
 
 def write(path: Path, status: Status) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".status.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(status.as_json(), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(status.as_json(), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        # A full disk fails the write: leave the old status, not a stray half of the new one.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def read(path: Path) -> Status | None:
@@ -155,6 +167,13 @@ def render(status: Status) -> str:
     lines.append(f"last attempted revision: {status.last_attempted_revision or '-'}")
     if status.last_duration_seconds is not None:
         lines.append(f"last reconcile took:     {status.last_duration_seconds:.3f} s")
+    if status.signature is not None:
+        sig = status.signature
+        who = sig.get("signer") or ("an unknown signer" if sig.get("key") else "nobody")
+        key = f" ({sig.get('format')} key {sig['key']})" if sig.get("key") else ""
+        verdict = "trusted" if sig.get("trusted") else "REFUSED"
+        lines.append(f"signature:               {sig.get('object')} {verdict}: {sig.get('reason')}")
+        lines.append(f"  signed by {who}{key}")
     # An intent diagnostic already reads `file:line:col: error: ...`; only bare messages (an apply
     # that failed) need the prefix that makes every error line start at the margin.
     lines += [e if _DIAGNOSTIC.match(e) else f"error: {e}" for e in status.errors]

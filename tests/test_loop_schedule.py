@@ -37,6 +37,9 @@ class Unchanging:
         self.fetched = True
         return REVISION
 
+    def verify(self, revision: str) -> None:
+        return None  # no trusted keys: signatures not required
+
     def snapshot(self, revision: str) -> intent.files.Snapshot:
         return intent.files.from_directory(self.root)
 

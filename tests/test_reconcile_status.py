@@ -41,6 +41,9 @@ class OneRevision:
     def fetch(self) -> str | None:
         return self.revision
 
+    def verify(self, revision: str) -> None:
+        return None  # no trusted keys: signatures not required
+
     def snapshot(self, revision: str) -> intent.files.Snapshot:
         return intent.files.from_directory(self.root)
 

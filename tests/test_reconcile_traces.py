@@ -83,6 +83,7 @@ def test_a_reconcile_is_one_trace_with_a_span_per_stage_and_object(
         [
             "reconcile",
             "fetch",
+            "verify",  # signatures not required here: the span says so
             "validate",
             "compile",
             "plan",
@@ -98,7 +99,8 @@ def test_a_reconcile_is_one_trace_with_a_span_per_stage_and_object(
             assert span["references"][0]["spanID"] == root_id
     _, refused, tags = by_revision[broken]
     assert tags.get("otel.status_code") == "ERROR"
-    assert sorted(s["operationName"] for s in refused["spans"]) == ["reconcile", "validate"]
+    refused_names = sorted(s["operationName"] for s in refused["spans"])
+    assert refused_names == ["reconcile", "validate", "verify"]
 
     text = rec.metrics.render()
     assert 'weft_reconciles_total{result="applied"} 1' in text

@@ -50,6 +50,7 @@ def add_commands(sub: SubParsers) -> None:
         help="netns (root): each workload in its own network namespace, its TCP captured by "
         "iptables, so apps need no proxy settings",
     )
+    _add_trusted_keys(up)
     up.set_defaults(run=cmd_up)
 
     rn = sub.add_parser("run", help="reconcile a git repository onto a target until stopped")
@@ -67,6 +68,7 @@ def add_commands(sub: SubParsers) -> None:
     rn.add_argument(
         "--metrics", metavar="ADDR", type=hostport.argument, help="serve Prometheus /metrics here"
     )
+    _add_trusted_keys(rn)
     kubernetes.add_arguments(rn, election=True)
     rn.set_defaults(run=cmd_run)
 
@@ -87,8 +89,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         state.mkdir(parents=True, exist_ok=True)
         localrepo.init_from_template(TEMPLATE, repo)
         print(f"weft: created {repo} from mesh-repo-template", flush=True)
+    try:
+        keys = _trusted_keys(args)
+    except gitsource.GitSourceError as e:
+        print(f"weft up: {e}", file=sys.stderr)
+        return 2
     return serve(
-        localrepo.LocalRepoSource(repo, args.ref),
+        localrepo.LocalRepoSource(repo, args.ref, keys),
         state,
         args.poll,
         _banner(repo, args.state_dir),
@@ -97,10 +104,41 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
 
 
+def _trusted_keys(args: argparse.Namespace) -> gitsource.signatures.TrustedKeys | None:
+    """The keys every revision must be signed by (--trusted-keys, else $WEFT_TRUSTED_KEYS, a
+    list of paths split by ':'); None when neither is set: signatures are then not checked."""
+    paths = list(args.trusted_keys or [])
+    if not paths and os.environ.get("WEFT_TRUSTED_KEYS"):
+        paths = [p for p in os.environ["WEFT_TRUSTED_KEYS"].split(os.pathsep) if p]
+    if not paths:
+        return None
+    keys = gitsource.signatures.TrustedKeys.load([Path(p) for p in paths])
+    missing = gitsource.signatures.tools_missing(keys)
+    if missing:
+        raise gitsource.TrustedKeysError(
+            f"verifying signatures needs {' and '.join(missing)} on PATH"
+        )
+    logging.getLogger("weft").info("revisions must be signed: %s", keys.describe())
+    return keys
+
+
+def _add_trusted_keys(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trusted-keys",
+        action="append",
+        metavar="PATH",
+        help="require every revision to be signed by one of these keys: armored OpenPGP public "
+        "keys and/or an SSH allowed-signers file, or a directory of them (a mounted ConfigMap "
+        "or Secret); repeatable; default $WEFT_TRUSTED_KEYS. Unsigned, unknown-key, "
+        "expired-key and bad signatures are refused and the last good revision stays",
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     state = common.state_dir(args.state_dir)
     try:
-        source = sources.open_source(args.repo, args.ref, state / "cache")
+        keys = _trusted_keys(args)
+        source = sources.open_source(args.repo, args.ref, state / "cache", keys)
     except (gitsource.GitSourceError, ValueError) as e:
         print(f"weft run: {e}", file=sys.stderr)
         return 2

@@ -48,3 +48,7 @@ class CacheError(GitSourceError):
 
 class RefNotFoundError(GitSourceError):
     """The fetch succeeded but nothing on the remote matches the ref spec."""
+
+
+class TrustedKeysError(GitSourceError, ValueError):
+    """The trusted keys configured for signed revisions cannot be read, or there are none."""

@@ -2,6 +2,7 @@
 
     source = GitSource(url, "main", cache_dir, credentials.from_env(url))
     revision = source.fetch()           # a new Revision, or None when nothing changed
+    verdict = source.verify(revision)   # with trusted keys: is it signed by one of them?
     snapshot = source.snapshot(revision)
 
 The cache is a bare repository (no checkout, no working tree) under `cache_dir`, named by a hash
@@ -9,6 +10,9 @@ of the URL, so two sources never share one and a changed URL starts clean. It mi
 remote's branches (`refs/remotes/origin/*`) and tags (`refs/tags/*`, moved tags followed,
 deleted ones pruned). A fetch that fails changes nothing the next `snapshot` reads: libgit2
 writes refs only after the pack is complete.
+
+With `trusted_keys`, `verify` says whether a revision is signed by one of them: the annotated
+tag when the ref is a tag or a version range, else the commit (see `signatures`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 import pygit2
 from pygit2.enums import FetchPrune
 
-from reconciler.gitsource import credentials, refspec, remote, urls
+from reconciler.gitsource import credentials, refspec, remote, signatures, urls
 from reconciler.gitsource.errors import (
     AuthError,
     CacheError,
@@ -39,6 +43,11 @@ log = logging.getLogger(__name__)
 # libgit2 waits forever by default; a hung server must not hang the reconcile loop.
 CONNECT_TIMEOUT_MS = 10_000
 IO_TIMEOUT_MS = 60_000
+# Each fetch that brings objects writes a new pack, and libgit2 keeps every pack it has read
+# open, without limit by default: the soak (bench/soak.py) saw one more fd per fetch, which
+# a reconciler following a busy branch would turn into EMFILE within hours. Past this many,
+# libgit2 closes the least recently used.
+PACK_FILE_LIMIT = 64
 
 _BRANCHES = "refs/remotes/origin/"
 _TAGS = "refs/tags/"
@@ -53,6 +62,7 @@ class GitSource:
         ref_spec: str,
         cache_dir: Path,
         auth: credentials.Credentials | None = None,
+        trusted_keys: signatures.TrustedKeys | None = None,
     ) -> None:
         urls.check(url)
         self._auth: credentials.Credentials = auth or credentials.Anonymous()
@@ -66,6 +76,7 @@ class GitSource:
         self._lock = threading.Lock()
         self._repo: pygit2.Repository | None = None
         self._last: Revision | None = None
+        self.trusted_keys = trusted_keys
         _default_timeouts()
 
     def __repr__(self) -> str:
@@ -102,6 +113,32 @@ class GitSource:
             log.info("%s: %s is at %s", self.url, self.spec, revision)
             self._last = revision
             return revision
+
+    def verify(self, revision: Revision) -> signatures.Verdict | None:
+        """Whether `revision` is signed by a trusted key; None when no keys are configured
+        (signatures not required). In tag mode (a tag name, or a version range) the annotated
+        tag must be signed; otherwise the commit."""
+        if self.trusted_keys is None:
+            return None
+        with self._lock:
+            repo = self._open()
+            branches, tags = _refs(repo)
+            spec = self.spec
+            tag_mode = isinstance(spec, refspec.TagRange) or (
+                isinstance(spec, refspec.Name)
+                and spec.kind != "branch"
+                and revision.ref in tags
+                and (spec.kind == "tag" or revision.ref not in branches)
+            )
+            if tag_mode:
+                verdict = signatures.verify_tag(
+                    repo, revision.ref, revision.commit, self.trusted_keys
+                )
+            else:
+                verdict = signatures.verify_commit(repo, revision.commit, self.trusted_keys)
+        log_ = log.info if verdict.trusted else log.warning
+        log_("%s: %s", self.url, verdict)
+        return verdict
 
     def snapshot(self, revision: Revision, folder: str = "") -> files.Snapshot:
         """The intent files of `revision` (of `folder` inside it), read from the cache.
@@ -227,6 +264,8 @@ def _has_commit(repo: pygit2.Repository, sha: str) -> bool:
 
 
 def _default_timeouts() -> None:
+    if pygit2.settings.mwindow_file_limit == 0:
+        pygit2.settings.mwindow_file_limit = PACK_FILE_LIMIT
     if pygit2.settings.server_connect_timeout == 0:
         pygit2.settings.server_connect_timeout = CONNECT_TIMEOUT_MS
     if pygit2.settings.server_timeout == 0:

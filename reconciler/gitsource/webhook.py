@@ -127,6 +127,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     timeout = REQUEST_TIMEOUT
     server_version = "weft-webhook"
     sys_version = ""
+    # http.server's default, HTTP/0.9, answers a request line without a version (and any
+    # garbage line) with a bare body and no status line, which no client can read as a
+    # refusal; found by fuzzing (tests/fuzz/crashes/webhook/). Every answer has a status.
+    default_request_version = "HTTP/1.0"
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        # An explicit `HTTP/0.9` would get the same bare answer: refuse it with a status line.
+        major, minor = self.request_version.split("/", 1)[1].split(".")
+        if (int(major), int(minor)) < (1, 0):
+            self.request_version = "HTTP/1.0"
+            self.close_connection = True
+            self.send_error(505, "HTTP/1.0 or HTTP/1.1 only")
+            return False
+        return True
 
     def do_POST(self) -> None:
         if self.path.split("?", 1)[0] != PATH:

@@ -12,13 +12,24 @@ import datetime
 import itertools
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
 from reconciler.identity import keys
 from reconciler.identity.authority import Authority
 from reconciler.identity.clock import timestamp
 from reconciler.identity.errors import RefusedCAError
 from reconciler.identity.keys import PrivateKey
+
+# What cryptography raises for a certificate it cannot read; several are not ValueErrors, and
+# fields are parsed when first read, so any check can meet one (all found by fuzzing).
+UNREADABLE = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
 
 
 def load(
@@ -28,20 +39,31 @@ def load(
     source = f"{cert_name} and {key_name}"
     try:
         chain = tuple(x509.load_pem_x509_certificates(cert_pem))
-    except ValueError:
+    except UNREADABLE:
         chain = ()
     if not chain:
         raise RefusedCAError(source, [f"{cert_name} holds no PEM certificate"])
-    problems = check_chain(chain, now)
+    try:
+        problems = check_chain(chain, now)
+    except UNREADABLE as e:
+        # cryptography parses fields when they are first read, so a malformed name or
+        # extension raises only here (found by fuzzing: tests/fuzz/crashes/certificate/).
+        problems = [f"{cert_name} holds a certificate that cannot be parsed ({e})"]
     key: PrivateKey | None = None
     try:
         key = keys.load(key_pem, key_name)
     except keys.UnsupportedKeyError as e:
         problems.append(str(e))
-    if key is not None and not key.matches(chain[0]):
-        problems.append(
-            "the certificate does not match the key: its public key is not the key's public half"
-        )
+    try:
+        matches = key is None or key.matches(chain[0])
+    except UNREADABLE:  # a public key of no known algorithm (found by fuzzing)
+        problems.append("the certificate's public key cannot be read: unknown or malformed")
+    else:
+        if not matches:
+            problems.append(
+                "the certificate does not match the key: its public key is not the key's "
+                "public half"
+            )
     if problems:
         raise RefusedCAError(source, problems)
     assert key is not None
@@ -62,7 +84,7 @@ def check_chain(chain: tuple[x509.Certificate, ...], now: datetime.datetime) -> 
     for position, (child, parent) in enumerate(itertools.pairwise(chain)):
         try:
             child.verify_directly_issued_by(parent)
-        except (ValueError, TypeError, InvalidSignature):
+        except (*UNREADABLE, InvalidSignature):
             problems.append(
                 f"certificate {position + 1} is not signed by certificate {position + 2}; "
                 "list the CA first, then each issuer up to the root"
@@ -77,13 +99,17 @@ def check_chain(chain: tuple[x509.Certificate, ...], now: datetime.datetime) -> 
 
 def _not_a_ca(ca: x509.Certificate) -> list[str]:
     try:
-        constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+        extensions = ca.extensions
+    except UNREADABLE as e:  # read lazily: a malformed one raises here (found by fuzzing)
+        return [f"the certificate's extensions cannot be read ({e})"]
+    try:
+        constraints = extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         return ["the certificate is not a CA: it has no basicConstraints extension"]
     if not constraints.ca:
         return ["the certificate is not a CA: basicConstraints says CA:FALSE"]
     try:
-        usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
+        usage = extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         return []
     if not usage.key_cert_sign:
@@ -96,6 +122,6 @@ def _self_signed(cert: x509.Certificate) -> bool:
         return False
     try:
         cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, InvalidSignature):
+    except (*UNREADABLE, InvalidSignature):
         return False
     return True

@@ -1,0 +1,801 @@
+"""A soak with faults: constant load through a sidecar pair while everything around it churns.
+
+Two halves run side by side for `--minutes` (the issue asks 20; `make soak` runs 20):
+
+**Data plane**: a load generator -> sidecar A (`weft sidecar`, outbound) -> mTLS -> sidecar B
+(inbound) -> a backend, all on loopback, the same pair as bench/sidecar_pair.py. Meanwhile:
+
+- every 10 s both sidecars' ProxyConfig files are rewritten (a new revision): a reload;
+- every 30 s both get new certificates from the current CA (a rotation), swapped in as a
+  Kubernetes Secret volume does (a new folder, then one symlink rename), so no reader ever sees
+  a key from one issue and a certificate from another;
+- at 40 % of the run a full CA rollover starts: the new root is trusted beside the old one
+  (bundle = both), 30 s later certificates are issued by the new CA, 60 s after that the old
+  root leaves the bundle;
+- at 70 % sidecar B is SIGKILLed and restarted 2 s later. Requests that fail between the kill
+  and B's readiness (plus one second) are counted apart: they are the killed sidecar's own
+  connections. Every other failed request is a finding.
+
+**Control plane**: `weft run --target local` follows a real `git daemon`, with its state
+directory on a tmpfs of `--state-mib` MiB (root: a real mount; otherwise a plain folder and
+ENOSPC is skipped and said so). Meanwhile a commit lands every 10 s, announced by the signed
+webhook as a forge would (the loop also polls every 2 s); at 25 % the git daemon is
+stopped for 60 s and started again on the same port; at 55 % the state disk is filled until
+ENOSPC for 45 s, then freed. At the end the reconciler must have converged (the status's
+`lastAppliedRevision` is the branch head) and no file in the state directory may be half
+written (every JSON parses, every PEM parses, nothing left named `*.tmp`/`.*.new`).
+
+**Not covered here**: the Kubernetes API server restart mid-apply (the Kubernetes target
+tests' outage case, tests/test_kube_outage.py, covers an apiserver going away during
+reconciles; a soak of it is not built yet).
+
+Sampled every second: RSS (VmRSS) and open fds of A, B and the reconciler, requests ok and
+failed. Results: `bench/results/soak.json` and SVG plots in `docs/soak/`; the slopes of RSS and
+fds (least squares over the second half, per minute) are what "flat" is judged by.
+
+    .venv/bin/python bench/soak.py [--minutes 20] [--rate 200] [--state-mib 64] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from peers import host, weft  # noqa: E402
+from peers.host import Processes  # noqa: E402
+from peers.pki import TRUST_DOMAIN  # noqa: E402
+
+from reconciler.identity import authority, workload  # noqa: E402
+from reconciler.identity.spiffe import SpiffeId  # noqa: E402
+from reconciler.targets.local.binding import to_json  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "soak.json"
+PLOTS = REPO / "docs" / "soak"
+HOST = "api.b:8080"
+BODY = b"weft soak: a small fixed body from the backend.\n"
+WEFT = REPO / ".venv" / "bin" / "weft"
+IDS = {"web": ("a", "web"), "api": ("b", "api")}
+
+
+# ------------------------------------------------------------------ the backend
+
+
+def backend_main(port: int) -> None:
+    """A keep-alive HTTP/1.1 server answering every request with BODY (its own process)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        reply = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+            + str(len(BODY)).encode()
+            + b"\r\n\r\n"
+            + BODY
+        )
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                if length:
+                    await reader.readexactly(length)
+                writer.write(reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------ load
+
+
+class Load:
+    """`connections` keep-alive clients sending `rate` requests/s in all, paced; every failure
+    is recorded with its time and kind."""
+
+    def __init__(self, port: int, rate: int, connections: int = 8) -> None:
+        self.port, self.rate, self.connections = port, rate, connections
+        self.ok = 0
+        self.failures: list[tuple[float, str]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+    async def _run(self) -> None:
+        await asyncio.gather(*(self._client(i) for i in range(self.connections)))
+
+    async def _client(self, i: int) -> None:
+        interval = self.connections / self.rate
+        request = f"GET /soak/{i} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+        next_at = time.monotonic() + interval * i / self.connections
+        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        while not self.stop.is_set():
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += interval
+            try:
+                if conn is None:
+                    conn = await asyncio.wait_for(
+                        asyncio.open_connection("127.0.0.1", self.port), 5
+                    )
+                reader, writer = conn
+                writer.write(request)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                status = head[9:12]
+                length = 0
+                close = False
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                    if name.strip().lower() == b"connection" and b"close" in value.lower():
+                        close = True
+                await asyncio.wait_for(reader.readexactly(length), 10)
+                if status == b"200":
+                    self.ok += 1
+                else:
+                    self.failures.append((time.time(), f"status {status.decode()}"))
+                if close:
+                    writer.close()
+                    conn = None
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as e:
+                self.failures.append((time.time(), type(e).__name__))
+                if conn is not None:
+                    conn[1].close()
+                conn = None
+
+
+# ------------------------------------------------------------------ the sidecar pair
+
+
+class Certs:
+    """Workload certificates swapped in atomically: `<root>/<name>` is a symlink to a fresh
+    folder each time, renamed into place in one step."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.generation = 0
+        self.cas = [authority.generate(TRUST_DOMAIN, _now())]
+        self.issuing = 0  # index into cas
+        self.trusted = [0]
+
+    def link(self, name: str) -> Path:
+        return self.root / name
+
+    def write(self) -> None:
+        self.generation += 1
+        now = _now()
+        ca = self.cas[self.issuing]
+        bundle = workload.pem([self.cas[i].root for i in self.trusted])
+        for name, (ns, sa) in IDS.items():
+            cert = ca.issuer().issue(SpiffeId(TRUST_DOMAIN, ns, sa), workload.DEFAULT_LIFETIME, now)
+            folder = self.root / f".{name}.{self.generation}"
+            folder.mkdir(parents=True)
+            (folder / "tls.crt").write_bytes(cert.chain_pem())
+            (folder / "tls.key").write_bytes(cert.key.pem())
+            (folder / "tls.key").chmod(0o600)
+            (folder / "ca.crt").write_bytes(bundle)
+            tmp = self.root / f".{name}.link"
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            tmp.symlink_to(folder.name)
+            os.replace(tmp, self.link(name))
+            old = self.root / f".{name}.{self.generation - 2}"
+            shutil.rmtree(old, ignore_errors=True)
+
+    def start_rollover(self) -> None:
+        self.cas.append(authority.generate(TRUST_DOMAIN, _now()))
+        self.trusted = [self.issuing, len(self.cas) - 1]
+
+    def issue_from_new(self) -> None:
+        self.issuing = len(self.cas) - 1
+
+    def retire_old(self) -> None:
+        self.trusted = [self.issuing]
+
+
+class Pair:
+    def __init__(self, root: Path, processes: Processes, backend_port: int) -> None:
+        self.root, self.processes = root, processes
+        self.configs = weft.compile_intent(root / "intent")
+        self.certs = Certs(root / "certs")
+        self.certs.write()
+        self.a_port, self.b_port = host.free_port(), host.free_port()
+        self.admin = {"A": host.free_port(), "B": host.free_port()}
+        self.backend_port = backend_port
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.reloads = 0
+        self.write_configs()
+        for side in ("A", "B"):
+            self.start(side)
+
+    def write_configs(self) -> None:
+        self.reloads += 1
+        revision = f"soak@sha1:{self.reloads:040x}"
+        a = weft.caller(self.configs, self.b_port)
+        b = dict(self.configs[("b", "api")])
+        for side, base, listeners in (
+            ("A", a, weft.outbound_listeners(self.a_port)),
+            ("B", b, weft.inbound_listeners(self.b_port, self.backend_port)),
+        ):
+            path = self.root / f"{side}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(to_json({**base, "revision": revision}))
+            os.replace(tmp, path)  # as the local target writes it: never half a config
+            (self.root / f"{side}-listeners.json").write_text(json.dumps(listeners))
+
+    def start(self, side: str) -> None:
+        certs = self.certs.link("web" if side == "A" else "api")
+        argv = [
+            str(WEFT), "sidecar",
+            "--config", str(self.root / f"{side}.json"),
+            "--certs", str(certs),
+            "--listeners", str(self.root / f"{side}-listeners.json"),
+            "--admin", f"127.0.0.1:{self.admin[side]}",
+            "--workers", "1", "--drain-timeout", "1",
+        ]  # fmt: skip
+        self.procs[side] = self.processes.start(f"sidecar-{side}", argv, None)
+        url = f"http://127.0.0.1:{self.admin[side]}/ready"
+        host.wait_until(f"sidecar {side}", lambda: host.http_get(url)[0] == 200, [self.procs[side]])
+
+    def kill(self, side: str) -> None:
+        proc = self.procs[side]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def counters(self, side: str) -> dict[str, Any]:
+        try:
+            _, text = host.http_get(f"http://127.0.0.1:{self.admin[side]}/config_dump")
+            dump = json.loads(text)
+            return {"reloads": dump.get("reloads"), "rotations": dump.get("rotations")}
+        except (OSError, ValueError):
+            return {}
+
+
+# ------------------------------------------------------------------ the control plane
+
+
+class GitDaemon:
+    def __init__(self, root: Path, processes: Processes) -> None:
+        self.root, self.processes = root, processes
+        self.port = host.free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [
+            "git", "daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1",
+            f"--port={self.port}", f"--base-path={self.root}", str(self.root),
+        ]  # fmt: skip
+        self.proc = self.processes.start("git-daemon", argv, None)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("git daemon did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.processes.stop([self.proc])
+            self.proc = None
+
+
+def _git(cwd: Path, *args: str) -> str:
+    env = {
+        "GIT_AUTHOR_NAME": "soak", "GIT_AUTHOR_EMAIL": "soak@example.invalid",
+        "GIT_COMMITTER_NAME": "soak", "GIT_COMMITTER_EMAIL": "soak@example.invalid",
+        "HOME": str(cwd), "PATH": os.environ["PATH"], "GIT_CONFIG_NOSYSTEM": "1",
+    }  # fmt: skip
+    return subprocess.run(
+        ["git", "-C", str(cwd), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
+
+
+class ControlPlane:
+    """`weft run --target local` following a git daemon, its state on a small tmpfs."""
+
+    def __init__(self, root: Path, processes: Processes, state_mib: int) -> None:
+        self.root, self.processes = root, processes
+        served = root / "served"
+        served.mkdir(parents=True)
+        self.bare = served / "mesh.git"
+        self.work = root / "mesh.work"
+        _git(root, "init", "-q", "--bare", "-b", "main", str(self.bare))
+        _git(root, "init", "-q", "-b", "main", str(self.work))
+        _git(self.work, "remote", "add", "origin", str(self.bare))
+        for rel, text in weft.INTENT.items():
+            (self.work / rel).write_text(textwrap.dedent(text))
+        self.commits = 0
+        self.commit()
+        self.daemon = GitDaemon(served, processes)
+        self.daemon.start()
+        self.state = root / "state"
+        self.state.mkdir()
+        self.mounted = False
+        self.enospc_note = ""
+        if os.geteuid() == 0 and shutil.which("mount"):
+            done = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={state_mib}m,mode=0700", "tmpfs",
+                 str(self.state)],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            self.mounted = done.returncode == 0
+            if not self.mounted:
+                self.enospc_note = f"tmpfs mount failed: {done.stderr.strip()}"
+        else:
+            self.enospc_note = "not root: the state directory is no tmpfs, ENOSPC skipped"
+        url = f"git://127.0.0.1:{self.daemon.port}/mesh.git"
+        # Pushes are announced by the signed webhook, as a forge would: a fetch right away,
+        # whatever back-off the outages left the poll at (it is also polled every 2 s).
+        self.hook_port = host.free_port()
+        self.hook_secret = os.urandom(16).hex()
+        os.environ["WEFT_WEBHOOK_SECRET"] = self.hook_secret  # inherited by the reconciler only
+        argv = [
+            str(WEFT), "run", "--repo", url, "--state-dir", str(self.state), "--poll", "2",
+            "--webhook", f"127.0.0.1:{self.hook_port}",
+        ]  # fmt: skip
+        self.proc = processes.start("reconciler", argv, None)
+        del os.environ["WEFT_WEBHOOK_SECRET"]
+        self.hooks_refused = 0
+
+    def announce(self) -> None:
+        """POST the signed push webhook; a reconciler that is down or busy is not an error."""
+        body = b'{"ref": "refs/heads/main"}'
+        signature = (
+            "sha256=" + hmac.new(self.hook_secret.encode(), body, hashlib.sha256).hexdigest()
+        )
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.hook_port}/hook",
+            data=body,
+            headers={"X-Hub-Signature-256": signature, "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                if answer.status != 202:
+                    self.hooks_refused += 1
+        except OSError:
+            self.hooks_refused += 1
+
+    def commit(self) -> str:
+        self.commits += 1
+        # A comment in the intent changes the revision, which the loop reconciles in full.
+        services = self.work / "services.yaml"
+        text = services.read_text().split("\n# soak ", 1)[0]
+        services.write_text(f"{text}\n# soak {self.commits}\n")
+        _git(self.work, "add", "-A")
+        _git(self.work, "commit", "-q", "-m", f"soak {self.commits}")
+        _git(self.work, "push", "-q", "origin", "HEAD")
+        return _git(self.work, "rev-parse", "HEAD")
+
+    def status(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.state / "status.json").read_text())
+            return data
+        except (OSError, ValueError):
+            return {}
+
+    @contextlib.contextmanager
+    def full_disk(self) -> Iterator[dict[str, Any]]:
+        seen: dict[str, Any] = {"filled": False}
+        filler = self.state / "filler"
+        if self.mounted:
+            with contextlib.suppress(OSError), filler.open("wb", buffering=0) as f:
+                while True:
+                    f.write(b"\0" * (1 << 16))
+            seen["filled"] = True
+        try:
+            yield seen
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                filler.unlink()
+
+    def half_written(self) -> list[str]:
+        """Files in the state directory that are not whole: JSON that does not parse, PEM
+        without its end line, leftovers of an interrupted atomic write."""
+        bad = []
+        for path in self.state.rglob("*"):
+            if not path.is_file() or path.name == "filler" or "cache" in path.parts:
+                continue
+            name = path.name
+            if name.endswith((".tmp", ".new")) or name.startswith(".status."):
+                bad.append(f"{path}: a temporary file left behind")
+                continue
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                bad.append(f"{path}: {e}")
+                continue
+            if name.endswith(".json"):
+                try:
+                    json.loads(data)
+                except ValueError:
+                    bad.append(f"{path}: JSON does not parse")
+            if name.endswith((".crt", ".key", ".pem")) and data.count(b"-----BEGIN") != data.count(
+                b"-----END"
+            ):
+                bad.append(f"{path}: PEM cut short")
+        return bad
+
+    def close(self) -> None:
+        self.processes.stop([self.proc])
+        self.daemon.stop()
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.state)], check=False)
+
+
+# ------------------------------------------------------------------ sampling and plots
+
+
+def fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        return host.memory_kib(pid).get("VmRSS", 0) / 1024
+    except (OSError, KeyError, ValueError):
+        return 0.0
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process under it (the reconciler's sidecars and apps)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def slope_per_minute(xs: list[float], ys: list[float]) -> float:
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    return (
+        0.0
+        if var == 0
+        else 60 * sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+    )
+
+
+def svg(
+    title: str,
+    series: dict[str, list[tuple[float, float]]],
+    unit: str,
+    events: list[tuple[float, str]],
+) -> str:
+    """A line chart as SVG text, with the faults as labelled vertical lines; no plotting
+    library needed."""
+    w, h, left, bottom, top = 900, 320, 60, 40, 30
+    xs = [x for s in series.values() for x, _ in s] or [0.0, 1.0]
+    ys = [y for s in series.values() for _, y in s] or [0.0, 1.0]
+    x0, x1 = min(xs), max(xs) or 1.0
+    y1 = max(ys) * 1.1 or 1.0
+
+    def px(x: float) -> float:
+        return left + (x - x0) / ((x1 - x0) or 1) * (w - left - 20)
+
+    def py(y: float) -> float:
+        return h - bottom - y / y1 * (h - bottom - top)
+
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+        'font-family="sans-serif" font-size="11">',
+        f'<text x="{w / 2}" y="16" text-anchor="middle" font-size="13">{title}</text>',
+        f'<line x1="{left}" y1="{h - bottom}" x2="{w - 20}" y2="{h - bottom}" stroke="#000"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}" stroke="#000"/>',
+        f'<text x="{left - 5}" y="{top + 4}" text-anchor="end">{y1:.1f}</text>',
+        f'<text x="{left - 5}" y="{h - bottom}" text-anchor="end">0</text>',
+        f'<text x="{w / 2}" y="{h - 8}" text-anchor="middle">seconds ({unit})</text>',
+        f'<text x="{w - 20}" y="{h - bottom + 14}" text-anchor="end">{x1:.0f}</text>',
+    ]
+    for t, label in events:
+        out.append(
+            f'<line x1="{px(t):.1f}" y1="{top}" x2="{px(t):.1f}" y2="{h - bottom}" '
+            'stroke="#bbb" stroke-dasharray="3,3"/>'
+        )
+        out.append(
+            f'<text x="{px(t) + 2:.1f}" y="{top + 10}" fill="#777" font-size="9">{label}</text>'
+        )
+    for i, (name, points) in enumerate(series.items()):
+        colour = colours[i % len(colours)]
+        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in points)
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.2" points="{path}"/>')
+        out.append(f'<text x="{left + 10 + 150 * i}" y="{top + 24}" fill="{colour}">{name}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+# ------------------------------------------------------------------ the run
+
+
+def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    processes = Processes(tmp)
+    try:
+        return _run(args, tmp, processes)
+    finally:
+        processes.stop()  # whatever happened: every process this run started, by pid
+        state = tmp / "control" / "state"
+        if os.path.ismount(state):
+            subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def _run(args: argparse.Namespace, tmp: Path, processes: Processes) -> dict[str, Any]:
+    backend_port = host.free_port()
+    processes.start("backend", [sys.executable, __file__, "--backend", str(backend_port)], None)
+    time.sleep(0.5)
+    (tmp / "pair").mkdir()
+    pair = Pair(tmp / "pair", processes, backend_port)
+    control = ControlPlane(tmp / "control", processes, args.state_mib)
+    load = Load(pair.a_port, args.rate)
+    duration = args.minutes * 60
+    start = time.time()
+    events: list[tuple[float, str]] = []
+    samples: list[dict[str, Any]] = []
+    kill_window: tuple[float, float] | None = None
+    git_outage: dict[str, Any] = {}
+    enospc: dict[str, Any] = {"note": control.enospc_note}
+    pushed: list[str] = []
+
+    def event(label: str) -> None:
+        events.append((time.time() - start, label))
+        print(f"soak: {time.time() - start:7.1f} s  {label}", flush=True)
+
+    load.start()
+    rollover_at, kill_at = 0.4 * duration, 0.7 * duration
+    outage_at, disk_at = 0.25 * duration, 0.55 * duration
+    next_reload = next_commit = 10.0
+    next_rotate = 30.0
+    rollover_step = 0
+    outage_step = disk_step = 0
+    killed = False
+    disk: contextlib.ExitStack | None = None
+    try:
+        while (elapsed := time.time() - start) < duration:
+            if elapsed >= next_reload:
+                pair.write_configs()
+                next_reload += 10
+            if elapsed >= next_rotate:
+                pair.certs.write()
+                next_rotate += 30
+            if elapsed >= next_commit:
+                try:
+                    pushed.append(control.commit())
+                    control.announce()
+                except subprocess.CalledProcessError as e:
+                    event(f"commit failed: {e.stderr.strip()[:60]}")
+                next_commit += 10
+            if rollover_step == 0 and elapsed >= rollover_at:
+                pair.certs.start_rollover()
+                pair.certs.write()
+                event("CA rollover: new root trusted")
+                rollover_step = 1
+            elif rollover_step == 1 and elapsed >= rollover_at + 30:
+                pair.certs.issue_from_new()
+                pair.certs.write()
+                event("CA rollover: issuing from the new CA")
+                rollover_step = 2
+            elif rollover_step == 2 and elapsed >= rollover_at + 90:
+                pair.certs.retire_old()
+                pair.certs.write()
+                event("CA rollover: old root retired")
+                rollover_step = 3
+            if not killed and elapsed >= kill_at:
+                t0 = time.time()
+                pair.kill("B")
+                event("sidecar B SIGKILLed")
+                time.sleep(2)
+                pair.start("B")
+                kill_window = (t0, time.time() + 1)
+                event("sidecar B restarted and ready")
+                killed = True
+            if outage_step == 0 and elapsed >= outage_at:
+                control.daemon.stop()
+                git_outage["stopped_at"] = elapsed
+                event("git server stopped")
+                outage_step = 1
+            elif outage_step == 1 and elapsed >= outage_at + 60:
+                git_outage["stalled_during"] = control.status().get("conditions")
+                control.daemon.start()
+                git_outage["started_at"] = time.time() - start
+                event("git server back")
+                outage_step = 2
+            if disk_step == 0 and elapsed >= disk_at:
+                disk = contextlib.ExitStack()
+                enospc.update(disk.enter_context(control.full_disk()))
+                event("state disk full (ENOSPC)")
+                disk_step = 1
+            elif disk_step == 1 and elapsed >= disk_at + 45:
+                enospc["status_during"] = control.status().get("conditions")
+                assert disk is not None
+                disk.close()
+                disk = None
+                event("state disk freed")
+                disk_step = 2
+            rec = control.proc.pid
+            tree = descendants(rec)
+            samples.append(
+                {
+                    "t": round(elapsed, 1),
+                    "ok": load.ok,
+                    "failed": len(load.failures),
+                    "A_rss_mib": rss_mib(pair.procs["A"].pid),
+                    "B_rss_mib": rss_mib(pair.procs["B"].pid),
+                    "A_fds": fds(pair.procs["A"].pid),
+                    "B_fds": fds(pair.procs["B"].pid),
+                    "reconciler_rss_mib": rss_mib(rec),
+                    "reconciler_fds": fds(rec),
+                    "reconciler_tree_procs": len(tree),
+                }
+            )
+            time.sleep(max(0.0, 1 - (time.time() - start - elapsed)))
+    finally:
+        if disk is not None:
+            disk.close()
+        load.close()
+    # Converged: the reconciler applies the head within a few polls once nothing is failing.
+    head = pushed[-1] if pushed else ""
+    deadline = time.time() + 120
+    control.announce()
+    while time.time() < deadline:
+        applied = control.status().get("lastAppliedRevision") or ""
+        if head and applied.endswith(head):
+            break
+        time.sleep(1)
+    final = control.status()
+    half = control.half_written()
+    counters = {side: pair.counters(side) for side in ("A", "B")}
+    control.close()
+    processes.stop()
+    in_kill = [f for f in load.failures if kill_window and kill_window[0] <= f[0] <= kill_window[1]]
+    other = [f for f in load.failures if f not in in_kill]
+    half_point = len(samples) // 2
+    late = samples[half_point:]
+    ts = [s["t"] for s in late]
+    return {
+        "date": _now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "minutes": args.minutes,
+        "rate": args.rate,
+        "requests_ok": load.ok,
+        "requests_failed": len(load.failures),
+        "failed_during_sidecar_kill": len(in_kill),
+        "failed_during_sidecar_kill_kinds": sorted({k for _, k in in_kill}),
+        "failed_otherwise": len(other),
+        "failed_otherwise_kinds": sorted({k for _, k in other}),
+        "failed_otherwise_at": [round(t - start, 1) for t, _ in other[:50]],
+        "kill_window_seconds": round(kill_window[1] - kill_window[0], 1) if kill_window else None,
+        "config_reloads_written": pair.reloads,
+        "cert_generations_written": pair.certs.generation,
+        "sidecar_counters_at_end": counters,
+        "commits_pushed": len(pushed),
+        "webhooks_not_accepted": control.hooks_refused,
+        "converged": bool(head) and (final.get("lastAppliedRevision") or "").endswith(head),
+        "last_applied_revision": final.get("lastAppliedRevision"),
+        "head": head,
+        "final_conditions": final.get("conditions"),
+        "git_outage": git_outage,
+        "enospc": enospc,
+        "half_written_files": half,
+        "slopes_second_half_per_minute": {
+            k: round(slope_per_minute(ts, [s[k] for s in late]), 4)
+            for k in (
+                "A_rss_mib",
+                "B_rss_mib",
+                "A_fds",
+                "B_fds",
+                "reconciler_rss_mib",
+                "reconciler_fds",
+            )
+        },
+        "events": [(round(t, 1), label) for t, label in events],
+        "samples": samples,
+    }
+
+
+def plots(result: dict[str, Any]) -> None:
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    samples = result["samples"]
+    events = [(t, label.split(":")[0][:18]) for t, label in result["events"]]
+
+    def series(*keys: str) -> dict[str, list[tuple[float, float]]]:
+        return {k: [(s["t"], float(s[k])) for s in samples] for k in keys}
+
+    (PLOTS / "rss.svg").write_text(
+        svg("RSS (MiB)", series("A_rss_mib", "B_rss_mib", "reconciler_rss_mib"), "MiB", events)
+    )
+    (PLOTS / "fds.svg").write_text(
+        svg("open file descriptors", series("A_fds", "B_fds", "reconciler_fds"), "fds", events)
+    )
+    errors = [(s["t"], float(s["failed"])) for s in samples]
+    (PLOTS / "errors.svg").write_text(
+        svg("failed requests (cumulative)", {"failed": errors}, "count", events)
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=20.0)
+    p.add_argument("--rate", type=int, default=200, help="requests per second through the pair")
+    p.add_argument("--state-mib", type=int, default=64)
+    p.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    p.add_argument("--backend", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.backend:
+        backend_main(args.backend)
+        return 0
+    tmp = Path(tempfile.mkdtemp(prefix="weft-soak-"))
+    try:
+        result = run(args, tmp)
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"soak: logs in {tmp}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    plots(result)
+    summary = {k: v for k, v in result.items() if k not in ("samples", "events")}
+    print(json.dumps(summary, indent=2))
+    ok = (
+        result["failed_otherwise"] == 0 and result["converged"] and not result["half_written_files"]
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
