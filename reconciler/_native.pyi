@@ -33,6 +33,8 @@ class Proxy:
         """Swap in a new certificate chain, key and trust bundle (PEM)."""
     def stats(self) -> str:
         """Cumulative request and TCP counters, as JSON."""
+    def clusters(self) -> str:
+        """The upstreams in force: endpoints, ejections, circuit breakers and mirrors, as JSON."""
     def drain_spans(self, max: int = 1024) -> str:
         """Up to `max` finished spans, oldest first, as a JSON list."""
     def drain_access_log(self, max: int = 4096) -> str:

@@ -179,7 +179,11 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream) {
             let fallback = fallback.map(str::to_owned);
             let stop = shared.shutdown.clone();
             let shared = shared.clone();
-            serve_connection(tcp, Serve::Only(version), stop, move |req| {
+            let peer = tcp.peer_addr().ok().map(|a| crate::hash::PeerIp(a.ip()));
+            serve_connection(tcp, Serve::Only(version), stop, move |mut req| {
+                if let Some(peer) = peer {
+                    req.extensions_mut().insert(peer);
+                }
                 crate::outbound::request(shared.clone(), req, fallback.clone())
             })
             .await;

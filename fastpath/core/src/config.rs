@@ -187,6 +187,63 @@ pub struct HttpRoute {
     pub backends: Vec<WeightedCluster>,
     pub timeout_ms: Option<u64>,
     pub retries: Option<RetryPolicy>,
+    /// Copies of a share of this route's requests, sent to another cluster and forgotten.
+    pub mirror: Option<MirrorPolicy>,
+    /// Delays or aborts injected into a share of this route's requests.
+    pub fault: Option<FaultPolicy>,
+    /// Keeps requests with the same key on the same endpoint (Maglev).
+    pub consistent_hash: Option<ConsistentHash>,
+}
+
+/// Exactly one key.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsistentHash {
+    pub header: Option<String>,
+    pub cookie: Option<HashCookie>,
+    pub source_ip: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HashCookie {
+    pub name: String,
+    pub ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MirrorPolicy {
+    pub cluster: String,
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultDelay {
+    pub fixed_ms: u64,
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultAbort {
+    /// The HTTP status a plain HTTP caller gets.
+    pub http_status: Option<u16>,
+    /// The gRPC status a gRPC caller gets (HTTP 200, trailers-only); else mapped from
+    /// `httpStatus` as for any reply the sidecar makes itself.
+    pub grpc_status: Option<u16>,
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultPolicy {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+    /// Only requests matching every one of these are faulted; empty: every request.
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -220,6 +277,9 @@ pub enum LoadBalancer {
     RoundRobin,
     #[serde(rename = "LEAST_REQUEST")]
     LeastRequest,
+    /// Linkerd's peak-EWMA: the cheaper of two random endpoints by latency × load.
+    #[serde(rename = "PEAK_EWMA")]
+    PeakEwma,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -232,6 +292,38 @@ pub struct Cluster {
     pub protocol: Protocol,
     pub load_balancer: LoadBalancer,
     pub endpoints: Endpoints,
+    /// Limits on what this sidecar sends the cluster; overflow is answered 503 (`UO`) at once.
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// Passive health: endpoints that keep failing are ejected for a while.
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// Each limit is optional: unset means unlimited.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CircuitBreaker {
+    pub max_connections: Option<u32>,
+    pub max_pending_requests: Option<u32>,
+    pub max_requests: Option<u32>,
+    pub max_retries: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx answers (and resets, timeouts, connect failures) that eject an endpoint.
+    #[serde(rename = "consecutive5xx")]
+    pub consecutive_5xx: Option<u32>,
+    /// Consecutive 502/503/504 (and connect failures, resets, timeouts).
+    pub consecutive_gateway_errors: Option<u32>,
+    /// Consecutive failures to connect (TCP or TLS).
+    pub consecutive_connect_failures: Option<u32>,
+    pub interval_ms: u64,
+    pub base_ejection_time_ms: u64,
+    pub max_ejection_time_ms: u64,
+    pub max_ejection_percent: f64,
+    /// Below this share of healthy endpoints, ejections are ignored and all are used.
+    pub panic_threshold_percent: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -344,11 +436,12 @@ impl ProxyConfig {
                         route: route.name.clone(),
                     });
                 }
-                for b in &route.backends {
-                    if !known.contains(b.cluster.as_str()) {
+                let mirror = route.mirror.as_ref().map(|m| &m.cluster);
+                for cluster in route.backends.iter().map(|b| &b.cluster).chain(mirror) {
+                    if !known.contains(cluster.as_str()) {
                         return Err(ConfigError::UnknownCluster {
                             route: route.name.clone(),
-                            cluster: b.cluster.clone(),
+                            cluster: cluster.clone(),
                         });
                     }
                 }

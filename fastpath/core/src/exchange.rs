@@ -29,6 +29,8 @@ pub struct Exchange {
     pub revision: String,
     pub hop: Hop,
     pub started: Instant,
+    /// Istio's response flags for what the sidecar did itself (`UO`, `FI`, `DI`); empty: none.
+    pub response_flags: &'static str,
 }
 
 impl Exchange {
@@ -58,6 +60,7 @@ impl Exchange {
             revision: revision.to_owned(),
             hop: Hop::begin(req.headers(), sampling_percent),
             started: Instant::now(),
+            response_flags: "",
         }
     }
 
@@ -88,6 +91,7 @@ impl Exchange {
                 policy: decided_by.to_owned(),
                 protocol: self.protocol,
                 grpc_status: None,
+                response_flags: self.response_flags,
             },
             self.started,
             response,
@@ -105,6 +109,7 @@ impl Exchange {
             trace_id: self.hop.trace_id(),
             revision: self.revision.clone(),
             tcp: None,
+            response_flags: self.response_flags,
         });
         let mut span = vec![
             ("http.method".into(), self.method.to_string()),

@@ -7,14 +7,21 @@
 
 pub mod authz;
 pub mod body;
+pub mod breaker;
 pub mod capture;
+pub mod clusters;
 pub mod config;
 mod error;
+pub mod ewma;
 mod exchange;
+pub mod fault;
 pub mod grpc;
+pub mod hash;
 mod http;
 pub mod inbound;
+pub mod mirror;
 pub mod outbound;
+pub mod outlier;
 pub mod path;
 pub mod protocol;
 pub mod proxy;

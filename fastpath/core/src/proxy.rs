@@ -217,6 +217,12 @@ impl Observer {
     pub fn revision(&self) -> String {
         self.0.active.load().config.revision.clone()
     }
+
+    /// The upstreams in force, as the admin port's `/clusters` shows them (JSON): endpoints,
+    /// ejections, circuit breakers and mirrors.
+    pub fn clusters_json(&self) -> String {
+        crate::clusters::report_json(&self.0.active.load())
+    }
 }
 
 enum Kind {

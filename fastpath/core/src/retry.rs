@@ -19,6 +19,8 @@ pub enum Outcome {
     Reset,
     RefusedStream,
     Timeout,
+    /// The circuit breaker refused the try before it was sent: never retried.
+    Overflow,
 }
 
 pub fn retryable(policy: &RetryPolicy, outcome: Outcome) -> bool {

@@ -4,6 +4,7 @@
 //! lookup and a linear scan of one host's routes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rand::Rng;
 use regex::Regex;
@@ -11,6 +12,8 @@ use regex::Regex;
 use crate::config::{
     ConfigError, HeaderMatch, HttpHost, HttpRoute, Outbound, RouteMatch, StringMatch,
 };
+use crate::fault::Fault;
+use crate::mirror::{self, Mirror};
 use crate::route_regex;
 
 #[derive(Debug)]
@@ -80,18 +83,19 @@ impl Match {
         let path = path.split_once('?').map_or(path, |(p, _)| p);
         self.method.as_ref().is_none_or(|m| m == method)
             && self.path.as_ref().is_none_or(|p| p.matches(path))
-            && self
-                .headers
-                .iter()
-                .all(|h| match (headers.get(&h.name), &h.text) {
-                    (None, _) => false,
-                    (Some(_), None) => true,
-                    (Some(v), Some(t)) => v.to_str().is_ok_and(|v| t.matches(v)),
-                })
+            && self.headers.iter().all(|h| h.matches(headers))
     }
 }
 
 impl Header {
+    fn matches(&self, headers: &http::HeaderMap) -> bool {
+        match (headers.get(&self.name), &self.text) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(v), Some(t)) => v.to_str().is_ok_and(|v| t.matches(v)),
+        }
+    }
+
     fn compile(h: &HeaderMatch, route: &str) -> Result<Header, ConfigError> {
         let text = Text::compile(
             &StringMatch {
@@ -109,12 +113,34 @@ impl Header {
     }
 }
 
+/// Header conditions that must all hold, compiled once (a fault's `headers`).
+#[derive(Debug, Default)]
+pub struct Headers(Vec<Header>);
+
+impl Headers {
+    pub fn compile(headers: &[HeaderMatch], route: &str) -> Result<Headers, ConfigError> {
+        headers
+            .iter()
+            .map(|h| Header::compile(h, route))
+            .collect::<Result<_, _>>()
+            .map(Headers)
+    }
+
+    pub fn matches(&self, headers: &http::HeaderMap) -> bool {
+        self.0.iter().all(|h| h.matches(headers))
+    }
+}
+
 /// A route ready to match, with its weighted backends.
 #[derive(Debug)]
 pub struct Route {
     pub config: HttpRoute,
     matches: Vec<Match>,
     total_weight: u32,
+    /// A fault and the headers a request must match to get it.
+    pub fault: Option<(Fault, Headers)>,
+    /// Shared with the copies in flight, which count their own failures.
+    pub mirror: Option<Arc<Mirror>>,
 }
 
 impl Route {
@@ -125,10 +151,26 @@ impl Route {
             .map(|m| Match::compile(m, &config.name))
             .collect::<Result<_, _>>()?;
         let total_weight = config.backends.iter().map(|b| b.weight).sum();
+        let fault = match &config.fault {
+            Some(f) => Some((
+                Fault::compile(f),
+                Headers::compile(&f.headers, &config.name)?,
+            )),
+            None => None,
+        };
+        let mirror = config.mirror.as_ref().map(|m| {
+            Arc::new(Mirror::new(
+                m.cluster.clone(),
+                m.percent,
+                mirror::MAX_IN_FLIGHT,
+            ))
+        });
         Ok(Route {
             config: config.clone(),
             matches,
             total_weight,
+            fault,
+            mirror,
         })
     }
 
@@ -205,6 +247,14 @@ impl Table {
         self.index
             .get(&(name.to_ascii_lowercase(), port))
             .map(|&i| &self.hosts[i])
+    }
+
+    /// Every mirrored route, by route name, for admin output and metrics.
+    pub fn mirrors(&self) -> impl Iterator<Item = (&str, &Arc<Mirror>)> {
+        self.hosts
+            .iter()
+            .flat_map(|h| &h.routes)
+            .filter_map(|r| Some((r.config.name.as_str(), r.mirror.as_ref()?)))
     }
 
     /// The host of one service port, named as upstreams are ("ns/service:port").
@@ -300,6 +350,9 @@ mod tests {
                 .collect(),
             timeout_ms: None,
             retries: None,
+            mirror: None,
+            fault: None,
+            consistent_hash: None,
         }
     }
 
@@ -382,6 +435,28 @@ mod tests {
         let picks: Vec<&str> = (0..100).map(|roll| r.pick_with(roll)).collect();
         assert_eq!(picks.iter().filter(|c| **c == "v1").count(), 90);
         assert_eq!(picks.iter().filter(|c| **c == "v2").count(), 10);
+    }
+
+    #[test]
+    fn header_conditions_must_all_hold() {
+        let when = Headers::compile(
+            &[HeaderMatch {
+                name: "x-chaos".into(),
+                exact: Some("yes".into()),
+                prefix: None,
+                regex: None,
+                present: None,
+            }],
+            "r",
+        )
+        .unwrap();
+        let mut h = http::HeaderMap::new();
+        assert!(!when.matches(&h));
+        h.insert("x-chaos", "no".parse().unwrap());
+        assert!(!when.matches(&h));
+        h.insert("x-chaos", "yes".parse().unwrap());
+        assert!(when.matches(&h));
+        assert!(Headers::default().matches(&http::HeaderMap::new()));
     }
 
     #[test]

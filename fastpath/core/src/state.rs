@@ -84,6 +84,7 @@ impl Active {
                         && old.dns == fresh.dns
                         && old.load_balancer == fresh.load_balancer
                         && old.version == fresh.version
+                        && old.resilience == fresh.resilience
                 });
                 match kept {
                     Some(old) => {

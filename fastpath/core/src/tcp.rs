@@ -48,6 +48,7 @@ impl Conn {
             decided_by: self.decided_by,
             trace_id: String::new(),
             revision: self.revision,
+            response_flags: "",
             tcp: Some(TcpOutcome {
                 outcome,
                 bytes_received: received,

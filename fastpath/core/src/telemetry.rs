@@ -27,6 +27,8 @@ pub struct RequestKey {
     pub protocol: &'static str, // "http" | "grpc" (Istio's `request_protocol`)
     /// The call's `grpc-status`; none for plain HTTP, or a call that ended without one.
     pub grpc_status: Option<u16>,
+    /// Istio's response flags: `UO` (circuit breaker), `FI`/`DI` (faults); empty for none.
+    pub response_flags: &'static str,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -80,6 +82,7 @@ pub struct AccessLog {
     pub decided_by: String,
     pub trace_id: String,
     pub revision: String,
+    pub response_flags: &'static str,
     /// For a TCP connection (method `TCP`, or `TLS` with the server name as `path`): how it
     /// ended and the bytes each way. Absent for HTTP requests.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -297,6 +300,7 @@ mod tests {
             policy: "p".into(),
             protocol: "http",
             grpc_status: None,
+            response_flags: "",
         };
         t.record_request(key.clone(), Duration::from_micros(1500));
         t.record_request(key.clone(), Duration::from_millis(30));

@@ -63,3 +63,29 @@ pub const DEFAULT_SPAN_CAPACITY: usize = 4096;
 /// Compiled-program budget for one route regex. Large enough for any realistic route match,
 /// small enough that a hostile pattern cannot make each sidecar allocate megabytes per route.
 pub const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+
+// ---- resilience
+
+/// Mirrored copies in flight per route before new ones are dropped (and counted): a slow
+/// mirror then costs lost copies, never memory or latency on the primary path.
+pub const MIRROR_MAX_IN_FLIGHT: usize = 64;
+
+/// The largest request body a mirrored copy carries; the same bound as a replayable body,
+/// since the mirror copies what dispatch buffered anyway.
+pub const MIRROR_MAX_BODY: u64 = MAX_REPLAY_BODY;
+
+/// How long a copy may take, when its route sets no timeout, before it is abandoned and its
+/// slot freed.
+pub const MIRROR_COPY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Peak-EWMA's decay, Linkerd's default: a slow answer's weight halves in about 7 s.
+pub const EWMA_TAU: Duration = Duration::from_secs(10);
+
+/// The latency a new endpoint is assumed to have before its first answer: about a mesh hop
+/// with a cold connection, so a new endpoint is tried but not flooded (Linkerd assumes 1 s, a
+/// cautious figure for its wider use).
+pub const EWMA_INITIAL_RTT: Duration = Duration::from_millis(30);
+
+/// The Maglev table size: prime, and far larger than any endpoint count, so each endpoint's
+/// share is within a fraction of a percent of 1/n (Envoy's default).
+pub const MAGLEV_TABLE_SIZE: usize = 65_537;

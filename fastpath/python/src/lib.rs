@@ -177,6 +177,11 @@ impl PyProxy {
         py.detach(|| Ok(self.observer.telemetry().snapshot_json()))
     }
 
+    /// The upstreams in force: endpoints, ejections, circuit breakers and mirrors, as JSON.
+    fn clusters(&self, py: Python<'_>) -> PyResult<String> {
+        py.detach(|| Ok(self.observer.clusters_json()))
+    }
+
     /// Up to `max` finished spans, oldest first, as a JSON list.
     #[pyo3(signature = (max = 1024))]
     fn drain_spans(&self, py: Python<'_>, max: usize) -> PyResult<String> {

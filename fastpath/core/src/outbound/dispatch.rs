@@ -13,6 +13,8 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::body::{full, incoming, Body};
+use crate::breaker::{self, Limit};
+use crate::hash;
 use crate::http::local_reply;
 use crate::protocol::HttpVersion;
 use crate::retry::{back_off, retryable, Outcome};
@@ -30,6 +32,8 @@ pub struct Sent {
     pub response: http::Response<Body>,
     pub cluster: String,
     pub tries: u32,
+    /// The cluster's circuit breaker refused it (503, response flag `UO`).
+    pub overflowed: bool,
 }
 
 pub async fn send(
@@ -41,6 +45,7 @@ pub async fn send(
     body: hyper::body::Incoming,
     started: Instant,
 ) -> Sent {
+    let key = parts.extensions.get::<hash::Key>().map(|k| k.0);
     let revision = &active.config.revision;
     let retries = route.config.retries.as_ref().filter(|r| r.attempts > 0);
     let small = parts
@@ -51,7 +56,7 @@ pub async fn send(
             parts.method == http::Method::GET || parts.method == http::Method::HEAD,
             |n| n <= MAX_REPLAY_BODY,
         );
-    let mut body = if retries.is_some() && small {
+    let mut body = if (retries.is_some() || route.mirror.is_some()) && small {
         match body.collect().await {
             Ok(collected) => RequestBody::Replay(collected.to_bytes()),
             Err(_) => {
@@ -64,6 +69,7 @@ pub async fn send(
                     ),
                     cluster: String::new(),
                     tries: 0,
+                    overflowed: false,
                 }
             }
         }
@@ -78,8 +84,13 @@ pub async fn send(
         .config
         .timeout_ms
         .map(|ms| started + Duration::from_millis(ms));
+    if let Some(m) = &route.mirror {
+        super::shadow::copy(shared, active, m, &parts, &body, deadline);
+    }
     let max_tries = 1 + retries.map_or(0, |r| r.attempts);
     let mut tries = 0;
+    // A retry holds a maxRetries slot until the next try is done.
+    let mut retry_slot = None;
     loop {
         tries += 1;
         let cluster = route.pick().to_owned();
@@ -94,6 +105,7 @@ pub async fn send(
                 response,
                 cluster,
                 tries,
+                overflowed: false,
             };
         };
         let per_try = retries
@@ -104,7 +116,7 @@ pub async fn send(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let outcome = attempt(shared, upstream, &parts, &mut body, limit).await;
+        let outcome = attempt(shared, upstream, key, &parts, &mut body, limit).await;
         let can_retry = tries < max_tries
             && body.can_send_again()
             && retries.is_some_and(|r| {
@@ -116,7 +128,12 @@ pub async fn send(
                 )
             })
             && deadline.is_none_or(|d| Instant::now() < d)
-            && budget.is_none_or(|b| b.withdraw(Instant::now()));
+            && budget.is_none_or(|b| b.withdraw(Instant::now()))
+            && upstream
+                .breaker
+                .admit(Limit::Retries)
+                .map(|slot| retry_slot.replace(slot))
+                .is_ok();
         if can_retry {
             let wait = back_off(tries - 1, rand::rng().random_range(0.0..1.0));
             tokio::time::sleep(deadline.map_or(wait, |d| {
@@ -125,8 +142,21 @@ pub async fn send(
             .await;
             continue;
         }
+        let overflowed = outcome.as_ref().is_err_and(|o| *o == Outcome::Overflow);
         let response = match outcome {
             Ok(resp) => resp,
+            Err(Outcome::Overflow) => {
+                let mut reply = local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &route.config.name,
+                    revision,
+                    format!("{cluster}: circuit breaker open (too many requests outstanding)"),
+                );
+                reply
+                    .headers_mut()
+                    .insert("x-envoy-overloaded", http::HeaderValue::from_static("true"));
+                reply
+            }
             Err(Outcome::Timeout) => local_reply(
                 StatusCode::GATEWAY_TIMEOUT,
                 &route.config.name,
@@ -144,6 +174,7 @@ pub async fn send(
             response,
             cluster,
             tries,
+            overflowed,
         };
     }
 }
@@ -174,6 +205,7 @@ pub async fn upgrade(
             response,
             cluster,
             tries: 1,
+            overflowed: false,
         };
     };
     if upstream.version == HttpVersion::Http2 {
@@ -189,11 +221,14 @@ pub async fn upgrade(
             response,
             cluster,
             tries: 1,
+            overflowed: false,
         };
     }
     let limit = route.config.timeout_ms.map(Duration::from_millis);
     let mut body = RequestBody::Stream(Some(body));
-    let mut response = match attempt(shared, upstream, &parts, &mut body, limit).await {
+    let outcome = attempt(shared, upstream, None, &parts, &mut body, limit).await;
+    let overflowed = matches!(outcome, Err(Outcome::Overflow));
+    let mut response = match outcome {
         Ok(resp) => resp,
         Err(Outcome::Timeout) => reply(
             StatusCode::GATEWAY_TIMEOUT,
@@ -219,6 +254,7 @@ pub async fn upgrade(
         response,
         cluster,
         tries: 1,
+        overflowed,
     }
 }
 
@@ -251,12 +287,18 @@ impl RequestBody {
 pub async fn attempt(
     shared: &Shared,
     upstream: &Upstream,
+    key: Option<u64>,
     parts: &http::request::Parts,
     body: &mut RequestBody,
     limit: Option<Duration>,
 ) -> Result<http::Response<Body>, Outcome> {
-    let endpoint = upstream.pick().ok_or(Outcome::ConnectFailure)?;
+    let slot = upstream
+        .breaker
+        .admit(Limit::Requests)
+        .map_err(|_| Outcome::Overflow)?;
+    let endpoint = upstream.pick_keyed(key).ok_or(Outcome::ConnectFailure)?;
     let in_flight = endpoint.start_request();
+    let sent = Instant::now();
     let send = async {
         let connection = upstream.connection(&endpoint, &shared.tls).await?;
         let req = http::Request::from_parts(parts.clone(), body.take());
@@ -269,16 +311,31 @@ pub async fn attempt(
         None => Ok(send.await),
     };
     drop(in_flight);
-    match result? {
-        Ok(resp) => {
+    let outcome = match result {
+        Err(timeout) => Err(timeout),
+        Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             upgrade::strip_response(&mut parts);
-            Ok(http::Response::from_parts(parts, incoming(body)))
+            // The maxRequests slot is held until the answer's body is done.
+            let body = breaker::hold(incoming(body), slot);
+            Ok(http::Response::from_parts(parts, body))
         }
-        Err(e) if e.is_connect_failure() => Err(Outcome::ConnectFailure),
-        Err(UpstreamError::Http { source, .. }) if source.is_canceled() => {
+        Ok(Err(UpstreamError::Overflow(_))) => Err(Outcome::Overflow),
+        Ok(Err(e)) if e.is_connect_failure() => Err(Outcome::ConnectFailure),
+        Ok(Err(UpstreamError::Http { source, .. })) if source.is_canceled() => {
             Err(Outcome::RefusedStream)
         }
-        Err(_) => Err(Outcome::Reset),
+        Ok(Err(_)) => Err(Outcome::Reset),
+    };
+    if outcome.is_ok() {
+        endpoint.latency.observe(sent.elapsed(), Instant::now());
     }
+    if let Some(detector) = &upstream.outlier {
+        let seen = outcome
+            .as_ref()
+            .map_or_else(|o| *o, |r| Outcome::Status(r.status().as_u16()));
+        let total = upstream.endpoints.load().len();
+        detector.record(&endpoint.addr, seen, total, Instant::now());
+    }
+    outcome
 }

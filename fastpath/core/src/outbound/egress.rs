@@ -48,7 +48,7 @@ pub async fn http(
         .parse()
         .unwrap_or_else(|_| http::Uri::from_static("/"));
     let mut body = RequestBody::Stream(Some(body));
-    let response = match attempt(shared, upstream, &parts, &mut body, None).await {
+    let response = match attempt(shared, upstream, None, &parts, &mut body, None).await {
         Ok(resp) => resp,
         Err(o) => local_reply(
             StatusCode::BAD_GATEWAY,

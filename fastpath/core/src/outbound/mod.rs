@@ -10,16 +10,20 @@
 //!    (REGISTRY_ONLY: 403);
 //! 2. **normalize** the path (`path.rs`; 400 when it has no normal form);
 //! 3. **route**: the first matching rule of the host (404 when none);
-//! 4. per-route layers, in this order when a route asks for them: fault injection, circuit
-//!    breaking, mirroring (wave 2: each a module beside `dispatch`, called from `mesh`);
-//! 5. **dispatch** (`dispatch.rs`): tries, per-try and overall deadlines, retry budget, endpoint
-//!    choice and passive health (`upstream`); an Upgrade request (WebSocket) is sent once and,
-//!    on 101, spliced (`upgrade.rs`).
+//! 4. per-route layers, in this order when a route asks for them: fault injection (`inject`:
+//!    a delay, then perhaps the sidecar's own answer), the consistent-hash key; mirroring
+//!    (`shadow`) starts once dispatch has the body;
+//! 5. **dispatch** (`dispatch.rs`): tries, per-try and overall deadlines, retry budget, circuit
+//!    breaking per try, endpoint choice (by hash key when there is one) and passive health
+//!    (`upstream`, outlier detection); an Upgrade request (WebSocket) is sent once and, on
+//!    101, spliced (`upgrade.rs`).
 //!
 //! Every answer, proxied or local, leaves through one `Exchange::finish`.
 
 mod dispatch;
 mod egress;
+mod inject;
+mod shadow;
 mod tcp;
 
 use std::sync::Arc;
@@ -44,9 +48,14 @@ pub async fn serve_http(shared: Arc<Shared>, listener: TcpListener) {
     let shutdown = shared.shutdown.clone();
     accept_loop(listener, shutdown, move |tcp| {
         let shared = shared.clone();
+        // The calling workload's address, for routes that hash on it.
+        let peer = tcp.peer_addr().ok().map(|a| crate::hash::PeerIp(a.ip()));
         async move {
             let stop = shared.shutdown.clone();
-            serve_connection(tcp, Serve::Either, stop, move |req| {
+            serve_connection(tcp, Serve::Either, stop, move |mut req| {
+                if let Some(peer) = peer {
+                    req.extensions_mut().insert(peer);
+                }
                 request(shared.clone(), req, None)
             })
             .await;
@@ -177,12 +186,37 @@ async fn mesh(
     if let Ok(v) = http::HeaderValue::from_str(authority) {
         parts.headers.insert(http::header::HOST, v);
     }
-    // 4. per-route layers go here (fault, circuit breaker, mirror).
-    // 5. dispatch
-    let sent = match client_upgrade {
+    // 4. per-route layers: fault injection, then the hash key.
+    let fault = inject::apply(route, &parts.headers).await;
+    if let Some(abort) = fault.abort {
+        ex.response_flags = fault.flags(false);
+        let reply = crate::fault::reply(abort, ex.protocol == "grpc", &route.config.name, revision);
+        let attributes = vec![("weft.route".into(), route.config.name.clone())];
+        return ex.finish(&shared.telemetry, &route.config.name, reply, attributes);
+    }
+    let (key, set_cookie) = route
+        .config
+        .consistent_hash
+        .as_ref()
+        .map_or((None, None), |h| {
+            let peer = parts.extensions.get::<crate::hash::PeerIp>().map(|p| p.0);
+            crate::hash::request_key(h, &parts.headers, peer)
+        });
+    if let Some(key) = key {
+        parts.extensions.insert(crate::hash::Key(key));
+    }
+    // 5. dispatch; the route's timeout starts after an injected delay, as Envoy's router's.
+    let routed = ex.started + fault.delay.unwrap_or_default();
+    let mut sent = match client_upgrade {
         Some(client) => dispatch::upgrade(shared, active, host, route, parts, body, client).await,
-        None => dispatch::send(shared, active, host, route, parts, body, ex.started).await,
+        None => dispatch::send(shared, active, host, route, parts, body, routed).await,
     };
+    ex.response_flags = fault.flags(sent.overflowed);
+    if let Some(v) = set_cookie.and_then(|c| http::HeaderValue::from_str(&c).ok()) {
+        sent.response
+            .headers_mut()
+            .append(http::header::SET_COOKIE, v);
+    }
     let attributes = vec![
         ("weft.route".into(), route.config.name.clone()),
         ("weft.cluster".into(), sent.cluster),

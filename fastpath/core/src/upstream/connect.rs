@@ -29,6 +29,9 @@ pub enum UpstreamError {
     },
     #[error("upstream {addr}: {source}")]
     Http { addr: String, source: hyper::Error },
+    /// The cluster's circuit breaker refused a new connection or a pending request.
+    #[error("circuit breaker: {0:?} at limit")]
+    Overflow(crate::breaker::Limit),
 }
 
 impl UpstreamError {

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use hyper::client::conn::{http1, http2};
 
 use crate::body::Body;
+use crate::ewma::{self, PeakEwma};
 use crate::tunables::{EJECT_BASE, EJECT_MAX};
 
 #[derive(Debug)]
@@ -19,6 +20,8 @@ pub struct Endpoint {
     pub(super) idle: Mutex<Vec<http1::SendRequest<Body>>>,
     /// The HTTP/2 connection every request to this endpoint shares, once one is up.
     pub(super) multiplexed: Mutex<Option<http2::SendRequest<Body>>>,
+    /// Its answers' round-trip times, for peak-EWMA balancing.
+    pub latency: PeakEwma,
 }
 
 // Ejection is timed on tokio's clock, like every other timeout, so a paused-time test can
@@ -41,6 +44,11 @@ impl Endpoint {
             down_until: AtomicU64::new(0),
             idle: Mutex::new(Vec::new()),
             multiplexed: Mutex::new(None),
+            latency: PeakEwma::new(
+                ewma::DEFAULT_TAU,
+                ewma::DEFAULT_RTT,
+                tokio::time::Instant::now(),
+            ),
         }
     }
 

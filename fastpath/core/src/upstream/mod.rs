@@ -3,19 +3,25 @@
 //! connections in `pool`.
 //!
 //! An endpoint that fails to connect is skipped for a back-off period; if every endpoint is
-//! down, all are tried again rather than failing fast forever.
+//! down, all are tried again rather than failing fast forever. A cluster may also carry a
+//! circuit breaker (`breaker`), outlier detection (`outlier`) that leaves ejected endpoints
+//! out, and requests may carry a hash key that picks by Maglev (`hash`).
 
 mod connect;
 mod endpoint;
 mod pool;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use rand::Rng;
 
-use crate::config::{Cluster, LoadBalancer};
+use crate::breaker::Breaker;
+use crate::config::{CircuitBreaker, Cluster, LoadBalancer, OutlierDetection};
+use crate::ewma;
+use crate::hash::Maglev;
+use crate::outlier::Detector;
 use crate::protocol::HttpVersion;
 
 pub use connect::{connect, connect_stream, Stream, Transport, UpstreamError};
@@ -32,6 +38,14 @@ pub struct Upstream {
     pub endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     pub dns: Option<(String, u16)>,
     next: AtomicUsize,
+    /// Limits on what this sidecar has outstanding here; unconfigured, it only counts.
+    pub breaker: Arc<Breaker>,
+    pub outlier: Option<Detector>,
+    /// The settings the two above were made from, so a reload keeps them only if unchanged.
+    pub resilience: (Option<CircuitBreaker>, Option<OutlierDetection>),
+    /// The Maglev table of the endpoints last picked from with a hash key, and their
+    /// addresses: rebuilt only when that set changes.
+    maglev: Mutex<Option<(Vec<String>, Arc<Maglev>)>>,
 }
 
 impl Upstream {
@@ -48,6 +62,12 @@ impl Upstream {
         )
         .speaking(HttpVersion::for_protocol(c.protocol));
         up.dns = dns.filter(|_| c.endpoints.r#static.is_none());
+        up.breaker = Arc::new(Breaker::new(c.circuit_breaker.as_ref()));
+        up.outlier = c
+            .outlier_detection
+            .as_ref()
+            .map(|o| Detector::new(o, tokio::time::Instant::now()));
+        up.resilience = (c.circuit_breaker.clone(), c.outlier_detection.clone());
         up
     }
 
@@ -70,6 +90,10 @@ impl Upstream {
             ),
             dns: None,
             next: AtomicUsize::new(0),
+            breaker: Arc::new(Breaker::new(None)),
+            outlier: None,
+            resilience: (None, None),
+            maglev: Mutex::new(None),
         }
     }
 
@@ -91,11 +115,21 @@ impl Upstream {
                     .unwrap_or_else(|| Arc::new(Endpoint::new(a)))
             })
             .collect();
+        if let Some(d) = &self.outlier {
+            d.retain(|a| new.iter().any(|e| e.addr == a));
+        }
         self.endpoints.store(Arc::new(new));
     }
 
-    /// Round robin, or least-request by the power of two choices, over healthy endpoints.
+    /// Round robin, or the power of two choices by fewest requests in flight (least-request) or
+    /// by latency × load (peak-EWMA), over healthy endpoints not ejected.
     pub fn pick(&self) -> Option<Arc<Endpoint>> {
+        self.pick_keyed(None)
+    }
+
+    /// With a hash key, the endpoint Maglev assigns it among those usable now (so a key moves
+    /// only when its endpoint goes, or comes back); without one, as [`Upstream::pick`].
+    pub fn pick_keyed(&self, key: Option<u64>) -> Option<Arc<Endpoint>> {
         let all = self.endpoints.load();
         let healthy: Vec<&Arc<Endpoint>> = all.iter().filter(|e| e.healthy()).collect();
         let pool: Vec<&Arc<Endpoint>> = if healthy.is_empty() {
@@ -103,6 +137,17 @@ impl Upstream {
         } else {
             healthy
         };
+        let pool = match &self.outlier {
+            Some(d) => d
+                .usable(&pool, |e| &e.addr, tokio::time::Instant::now())
+                .into_iter()
+                .copied()
+                .collect(),
+            None => pool,
+        };
+        if let (Some(key), true) = (key, pool.len() > 1) {
+            return Some(pool[self.maglev_for(&pool).pick(key)].clone());
+        }
         match pool.len() {
             0 => None,
             1 => Some(pool[0].clone()),
@@ -121,7 +166,33 @@ impl Upstream {
                         ea.clone()
                     }
                 }
+                LoadBalancer::PeakEwma => {
+                    let mut rng = rand::rng();
+                    let a = rng.random_range(0..n);
+                    let b = (a + rng.random_range(1..n)) % n;
+                    let cost = |i: usize| {
+                        let e = pool[i];
+                        (i, e.latency.cost(e.in_flight.load(Ordering::Relaxed)))
+                    };
+                    pool[ewma::cheaper(cost(a), cost(b))].clone()
+                }
             }),
         }
+    }
+
+    fn maglev_for(&self, pool: &[&Arc<Endpoint>]) -> Arc<Maglev> {
+        let mut cached = self.maglev.lock().unwrap_or_else(|p| p.into_inner());
+        let same = cached.as_ref().is_some_and(|(addrs, _)| {
+            addrs.len() == pool.len() && addrs.iter().zip(pool).all(|(a, e)| *a == e.addr)
+        });
+        if !same {
+            let addrs: Vec<String> = pool.iter().map(|e| e.addr.clone()).collect();
+            let table = Maglev::build(&addrs).map(Arc::new);
+            *cached = table.map(|t| (addrs, t));
+        }
+        cached
+            .as_ref()
+            .map(|(_, t)| t.clone())
+            .unwrap_or_else(|| Arc::new(Maglev::single()))
     }
 }

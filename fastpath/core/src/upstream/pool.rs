@@ -2,6 +2,7 @@
 //! or one shared HTTP/2 connection that multiplexes every request to the endpoint; and sending
 //! one request over a pooled (or new) connection.
 
+use crate::breaker::{Limit, Permit};
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -88,6 +89,14 @@ impl Upstream {
                 scheme,
             });
         }
+        // A new connection: it waits as a pending request while it is set up, and holds a
+        // connection slot for as long as it stays open.
+        let slot = self.breaker.admit(Limit::Connections);
+        let pending = self.breaker.admit(Limit::PendingRequests);
+        let (slot, _pending) = match (slot, pending) {
+            (Ok(slot), Ok(pending)) => (slot, pending),
+            (Err(limit), _) | (_, Err(limit)) => return Err(UpstreamError::Overflow(limit)),
+        };
         let (stream, version) =
             match connect(&endpoint.addr, &self.transport, tls, self.version).await {
                 Ok(s) => s,
@@ -110,6 +119,7 @@ impl Upstream {
                 // `OnUpgrade` (WebSocket) instead of being closed.
                 tokio::spawn(async move {
                     let _ = conn.with_upgrades().await;
+                    drop::<Permit>(slot);
                 });
                 Sender::Http1(sender)
             }
@@ -119,6 +129,7 @@ impl Upstream {
                     .map_err(http_error)?;
                 tokio::spawn(async move {
                     let _ = conn.await;
+                    drop::<Permit>(slot);
                 });
                 endpoint.share(&sender);
                 Sender::Http2(sender)
