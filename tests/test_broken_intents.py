@@ -347,15 +347,52 @@ CASES = [
             "perTryTimeout is not shorter than the rule's timeout: a retry can never happen",
         ),
     ),
+    # ------------------------------------------------------------ resilience
+    case(
+        "mirror-to-own-destination",
+        error(
+            "routes.yaml:12:7",
+            "this mirror sends copies to subset 'stable' of shop/api, where the rule sends "
+            "every request already: a mirror must be another destination",
+            "mirror to another subset or service",
+        ),
+    ),
+    case(
+        "hash-key-on-tcp-port",
+        error(
+            "routes.yaml:9:9",
+            "port 'postgres' of shop/db is tcp; Routes apply to HTTP ports (a consistentHash on "
+            "a tcp port has no requests to hash)",
+        ),
+    ),
+    case(
+        "mirror-unknown-service",
+        error("routes.yaml:13:18", "unknown service 'shop/api-shadw'", "did you mean 'shop/api'?"),
+    ),
+    case(
+        "fault-percent-out-of-range",
+        error(
+            "routes.yaml:15:20",
+            "spec.rules[0].fault.abort.percent: 150 is out of range (must be at most 100.0)",
+        ),
+    ),
+    case(
+        "grpc-abort-on-http-port",
+        error(
+            "routes.yaml:14:23",
+            "grpcStatus aborts gRPC calls, but port http of shop/api is http",
+            "use httpStatus, or set spec.port to a grpc port",
+        ),
+    ),
+    case(
+        "fault-on-tcp-port",
+        error(
+            "routes.yaml:9:9",
+            "port 'postgres' of shop/db is tcp; Routes apply to HTTP ports (a fault on a tcp "
+            "port has no requests to delay or abort)",
+        ),
+    ),
     # ------------------------------------------------------------ refused, not ignored
-    case(
-        "mirror-not-supported",
-        error("routes.yaml:12:7", "traffic mirroring" + NOT_SUPPORTED),
-    ),
-    case(
-        "fault-not-supported",
-        error("routes.yaml:12:7", "fault injection" + NOT_SUPPORTED),
-    ),
     case(
         "gateway-not-supported",
         error("gateway.yaml:3:1", "Gateway (ingress)" + NOT_SUPPORTED),

@@ -26,6 +26,8 @@ def cluster(
     mesh: Intent, service: model.Service, port: model.ServicePort, subset: str | None
 ) -> pc.Cluster:
     ns = service.metadata.namespace
+    # Breaking and ejection act on HTTP answers; validation warns that tcp ports go without.
+    http = port.is_http
     return pc.Cluster(
         name=cluster_name(service, port, subset),
         service=service.ref,
@@ -37,6 +39,34 @@ def cluster(
             dns=f"{discovery_name(service, subset)}.{ns}.svc.{mesh.spec.cluster_domain}",
             port=port.app_port,
         ),
+        circuit_breaker=_breaker(service.spec.circuit_breaker) if http else None,
+        outlier_detection=_outliers(service.spec.outlier_detection) if http else None,
+    )
+
+
+def _breaker(b: model.CircuitBreaker | None) -> pc.CircuitBreaker | None:
+    if b is None:
+        return None
+    return pc.CircuitBreaker(
+        max_connections=b.max_connections,
+        max_pending_requests=b.max_pending_requests,
+        max_requests=b.max_requests,
+        max_retries=b.max_retries,
+    )
+
+
+def _outliers(o: model.OutlierDetection | None) -> pc.OutlierDetection | None:
+    if o is None:
+        return None
+    return pc.OutlierDetection(
+        consecutive_5xx=o.consecutive_5xx or None,
+        consecutive_gateway_errors=o.consecutive_gateway_errors or None,
+        consecutive_connect_failures=o.consecutive_connect_failures or None,
+        interval_ms=o.interval,
+        base_ejection_time_ms=o.base_ejection_time,
+        max_ejection_time_ms=o.max_ejection_time,
+        max_ejection_percent=o.max_ejection_percent,
+        panic_threshold_percent=o.min_health_percent,
     )
 
 
@@ -44,20 +74,44 @@ def _string_match(m: model.StringMatch | None) -> pc.StringMatch | None:
     return None if m is None else pc.StringMatch(exact=m.exact, prefix=m.prefix, regex=m.regex)
 
 
+def _headers(headers: list[model.HeaderMatch]) -> list[pc.HeaderMatch]:
+    return [
+        pc.HeaderMatch(
+            name=h.name.lower(), exact=h.exact, prefix=h.prefix, regex=h.regex, present=h.present
+        )
+        for h in headers
+    ]
+
+
 def _match(m: model.RouteMatch) -> pc.RouteMatch:
-    return pc.RouteMatch(
-        path=_string_match(m.path),
-        headers=[
-            pc.HeaderMatch(
-                name=h.name.lower(),
-                exact=h.exact,
-                prefix=h.prefix,
-                regex=h.regex,
-                present=h.present,
-            )
-            for h in m.headers
-        ],
-        method=m.method,
+    return pc.RouteMatch(path=_string_match(m.path), headers=_headers(m.headers), method=m.method)
+
+
+def _hash(h: model.ConsistentHash | None) -> pc.ConsistentHash | None:
+    if h is None:
+        return None
+    return pc.ConsistentHash(
+        header=h.header.lower() if h.header else None,
+        cookie=None if h.cookie is None else pc.HashCookie(name=h.cookie.name, ttl_ms=h.cookie.ttl),
+        source_ip=h.source_ip,
+    )
+
+
+def _fault(f: model.Fault | None) -> pc.FaultPolicy | None:
+    if f is None:
+        return None
+    return pc.FaultPolicy(
+        delay=None
+        if f.delay is None
+        else pc.FaultDelay(fixed_ms=f.delay.fixed, percent=f.delay.percent),
+        abort=None
+        if f.abort is None
+        else pc.FaultAbort(
+            http_status=f.abort.http_status,
+            grpc_status=f.abort.grpc_status,
+            percent=f.abort.percent,
+        ),
+        headers=_headers(f.headers),
     )
 
 
@@ -79,13 +133,28 @@ def _retries(r: model.Retries | None) -> pc.RetryPolicy | None:
     )
 
 
+Target = tuple[model.Service, model.ServicePort, str | None]  # a cluster to make
+Compiled = tuple[list[pc.HttpRoute], list[Target]]
+
+
 def http_routes(
-    route: model.Route | None, service: model.Service, port: model.ServicePort
-) -> tuple[list[pc.HttpRoute], list[str | None]]:
-    """The routes of one host and port, and the subsets (None: whole service) they send to."""
+    mesh: Intent, route: model.Route | None, service: model.Service, port: model.ServicePort
+) -> tuple[list[pc.HttpRoute], list[Target]]:
+    """The routes of one host and port, and the clusters they send to (backends and mirrors)."""
     routes: list[pc.HttpRoute] = []
+    mirrors: list[Target] = []
     if route is not None:
         for i, r in enumerate(route.spec.rules):
+            mirror = None
+            if r.mirror is not None:
+                target, target_port = mesh.mirror_target(route, r.mirror, port)
+                assert target is not None  # validated
+                assert target_port is not None
+                mirrors.append((target, target_port, r.mirror.subset))
+                mirror = pc.MirrorPolicy(
+                    cluster=cluster_name(target, target_port, r.mirror.subset),
+                    percent=r.mirror.percent,
+                )
             routes.append(
                 pc.HttpRoute(
                     name=f"{route.ref}#{i}",
@@ -102,6 +171,9 @@ def http_routes(
                     ],
                     timeout_ms=r.timeout,
                     retries=_retries(r.retries),
+                    mirror=mirror,
+                    fault=_fault(r.fault),
+                    consistent_hash=_hash(r.consistent_hash),
                 )
             )
     if not any(not r.matches for r in routes):
@@ -115,7 +187,8 @@ def http_routes(
     subsets: set[str | None] = {None} if routes[-1].name == "default" else set()
     for rule in route.spec.rules if route else ():
         subsets.update(b.subset for b in rule.backends)
-    return routes, sorted(subsets, key=lambda s: s or "")
+    targets: list[Target] = [(service, port, s) for s in sorted(subsets, key=lambda s: s or "")]
+    return routes, targets + mirrors
 
 
 class RouteTable:
@@ -123,6 +196,7 @@ class RouteTable:
     once per compile."""
 
     def __init__(self, mesh: Intent) -> None:
+        self.mesh = mesh
         self.externals = [
             (ext, mesh.peers(ext.spec.allowed_from, ext.metadata.namespace))
             for ext in mesh.externals
@@ -136,19 +210,17 @@ class RouteTable:
 
         # Every caller of a host gets the same routes: build them once, share the (immutable)
         # objects across ProxyConfigs.
-        self.compiled: dict[
-            tuple[tuple[str, str], int], tuple[list[pc.HttpRoute], list[str | None]]
-        ] = {}
+        self.compiled: dict[tuple[tuple[str, str], int], Compiled] = {}
 
     def get(self, service: model.Service, port: model.ServicePort) -> model.Route | None:
         return self.by_port.get((service.key, port.port))
 
     def routes(
         self, service: model.Service, port: model.ServicePort
-    ) -> tuple[list[pc.HttpRoute], list[str | None]]:
+    ) -> tuple[list[pc.HttpRoute], list[Target]]:
         key = (service.key, port.port)
         if key not in self.compiled:
-            self.compiled[key] = http_routes(self.get(service, port), service, port)
+            self.compiled[key] = http_routes(self.mesh, self.get(service, port), service, port)
         return self.compiled[key]
 
 
@@ -170,7 +242,7 @@ def build(
     for edge in edges:
         dest, port = edge.dest, edge.port
         if port.is_http:
-            routes, subsets = table.routes(dest, port)
+            routes, targets = table.routes(dest, port)
             hosts.append(
                 pc.HttpHost(
                     service=dest.ref,
@@ -179,9 +251,9 @@ def build(
                     routes=routes,
                 )
             )
-            for subset in subsets:
-                name = cluster_name(dest, port, subset)
-                clusters.setdefault(name, cluster(mesh, dest, port, subset))
+            for svc, svc_port, subset in targets:
+                name = cluster_name(svc, svc_port, subset)
+                clusters.setdefault(name, cluster(mesh, svc, svc_port, subset))
         else:
             name = cluster_name(dest, port)
             tcp.append(pc.TcpUpstream(service=dest.ref, port=port.port, cluster=name))

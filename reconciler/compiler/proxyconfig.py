@@ -13,9 +13,9 @@ loopback addresses; Kubernetes uses them as they are).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, TypeAdapter
+from pydantic import ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_camel
 
 SCHEMA_VERSION: Literal["weft.dev/proxyconfig/v1"] = "weft.dev/proxyconfig/v1"
@@ -138,6 +138,61 @@ class RetryPolicy:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class MirrorPolicy:
+    """Fire-and-forget copies of `percent` of the route's requests to `cluster`."""
+
+    __pydantic_config__ = CONFIG
+
+    cluster: str
+    percent: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FaultDelay:
+    __pydantic_config__ = CONFIG
+
+    fixed_ms: int
+    percent: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FaultAbort:
+    __pydantic_config__ = CONFIG
+
+    http_status: int | None = None
+    grpc_status: int | None = None
+    percent: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FaultPolicy:
+    __pydantic_config__ = CONFIG
+
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+    headers: list[HeaderMatch] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class HashCookie:
+    __pydantic_config__ = CONFIG
+
+    name: str
+    ttl_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ConsistentHash:
+    """Exactly one key: a header (lowercased), a cookie, or the caller's address."""
+
+    __pydantic_config__ = CONFIG
+
+    header: str | None = None
+    cookie: HashCookie | None = None
+    source_ip: bool | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class HttpRoute:
     __pydantic_config__ = CONFIG
 
@@ -146,6 +201,9 @@ class HttpRoute:
     backends: list[WeightedCluster]
     timeout_ms: int | None = None
     retries: RetryPolicy | None = None
+    mirror: MirrorPolicy | None = None
+    fault: FaultPolicy | None = None
+    consistent_hash: ConsistentHash | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -181,6 +239,32 @@ class Endpoints:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitBreaker:
+    """Per-sidecar bounds on what is outstanding to the cluster; unset is unlimited."""
+
+    __pydantic_config__ = CONFIG
+
+    max_connections: int | None = None
+    max_pending_requests: int | None = None
+    max_requests: int | None = None
+    max_retries: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class OutlierDetection:
+    __pydantic_config__ = CONFIG
+
+    consecutive_5xx: Annotated[int | None, Field(alias="consecutive5xx")] = None
+    consecutive_gateway_errors: int | None = None
+    consecutive_connect_failures: int | None = None
+    interval_ms: int
+    base_ejection_time_ms: int
+    max_ejection_time_ms: int
+    max_ejection_percent: float
+    panic_threshold_percent: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Cluster:
     __pydantic_config__ = CONFIG
 
@@ -189,8 +273,10 @@ class Cluster:
     subset: str | None = None
     spiffe_id: str  # the upstream must present exactly this identity
     protocol: Literal["http", "http2", "grpc", "tcp"]
-    load_balancer: Literal["ROUND_ROBIN", "LEAST_REQUEST"]
+    load_balancer: Literal["ROUND_ROBIN", "LEAST_REQUEST", "PEAK_EWMA"]
     endpoints: Endpoints
+    circuit_breaker: CircuitBreaker | None = None
+    outlier_detection: OutlierDetection | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

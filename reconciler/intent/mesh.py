@@ -156,3 +156,20 @@ class Intent:
             port = service.port(route.spec.port)
             return [port] if port is not None and port.is_http else []
         return [p for p in service.spec.ports if p.is_http]
+
+    def mirror_target(
+        self, route: model.Route, mirror: model.Mirror, routed: model.ServicePort
+    ) -> tuple[model.Service | None, model.ServicePort | None]:
+        """Where a rule's mirror sends copies of requests to `routed`: the service (the route's
+        host unless it names another) and its port (the one named, else the same port of the
+        same service, else the other service's port of the same name, then number)."""
+        ns = route.metadata.namespace
+        host = self.resolve_host(route.spec.host, ns)
+        target = host if mirror.service is None else self.service(mirror.service, ns)
+        if target is None:
+            return None, None
+        if mirror.port is not None:
+            return target, target.port(mirror.port)
+        if target is host:
+            return target, routed
+        return target, target.port(routed.name) or target.port(routed.port)

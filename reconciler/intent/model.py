@@ -234,12 +234,55 @@ class LocalRun(Model):
     env: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = {}
 
 
+Limit = Annotated[int, Field(ge=1, le=1_000_000)]
+
+
+class CircuitBreaker(Model):
+    """Bounds on what each caller's sidecar has outstanding to this service; unset is unlimited.
+    A request over a bound is answered 503 at once, with response flag `UO`."""
+
+    max_connections: Limit | None = None
+    max_pending_requests: Limit | None = None
+    max_requests: Limit | None = None
+    max_retries: Limit | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> CircuitBreaker:
+        if not self.model_fields_set:
+            raise ValueError("circuitBreaker needs at least one limit; leave it out for none")
+        return self
+
+
+Count = Annotated[int, Field(ge=0, le=1000)]
+
+
+class OutlierDetection(Model):
+    """Ejects an endpoint that keeps failing, in each caller's sidecar (Istio's defaults)."""
+
+    consecutive_5xx: Annotated[Count, Field(alias="consecutive5xx")] = 5
+    consecutive_gateway_errors: Count | None = None
+    consecutive_connect_failures: Count | None = None
+    interval: Duration = 10_000
+    base_ejection_time: Duration = 30_000
+    max_ejection_time: Duration = 300_000
+    max_ejection_percent: Annotated[float, Field(ge=0, le=100)] = 10.0
+    min_health_percent: Annotated[float, Field(ge=0, le=100)] = 0.0
+
+    @model_validator(mode="after")
+    def _bounds(self) -> OutlierDetection:
+        if self.max_ejection_time < self.base_ejection_time:
+            raise ValueError("maxEjectionTime must not be shorter than baseEjectionTime")
+        return self
+
+
 class ServiceSpec(Model):
     service_account: Name | None = None
     ports: Annotated[list[ServicePort], Field(min_length=1)]
     workload: Workload = Workload()
     subsets: list[Subset] = []
-    load_balancer: Literal["ROUND_ROBIN", "LEAST_REQUEST"] = "LEAST_REQUEST"
+    load_balancer: Literal["ROUND_ROBIN", "LEAST_REQUEST", "PEAK_EWMA"] = "LEAST_REQUEST"
+    circuit_breaker: CircuitBreaker | None = None
+    outlier_detection: OutlierDetection | None = None
     local: LocalRun | None = None
 
 
@@ -388,24 +431,64 @@ class Retries(Model):
     budget: RetryBudget | None = None
 
 
+Percent = Annotated[float, Field(gt=0, le=100)]
+
+
 class Mirror(Model):
+    """Copies of a share of a rule's requests, sent to a subset of the route's host or to
+    another service (or a subset of it); their answers are discarded."""
+
+    service: ServiceRef | None = None
     subset: Name | None = None
-    percent: Annotated[float, Field(gt=0, le=100)] = 100.0
+    port: PortRef | None = None
+    percent: Percent = 100.0
 
 
 class FaultDelay(Model):
     fixed: Duration
-    percent: Annotated[float, Field(gt=0, le=100)]
+    percent: Percent
 
 
 class FaultAbort(Model):
-    http_status: Annotated[int, Field(ge=200, le=599)]
-    percent: Annotated[float, Field(gt=0, le=100)]
+    http_status: Annotated[int, Field(ge=200, le=599)] | None = None
+    grpc_status: Annotated[int, Field(ge=1, le=16)] | None = None
+    percent: Percent
+
+    @model_validator(mode="after")
+    def _one_status(self) -> FaultAbort:
+        exactly_one(self, ("http_status", "grpc_status"), "an abort")
+        return self
 
 
 class Fault(Model):
     delay: FaultDelay | None = None
     abort: FaultAbort | None = None
+    headers: list[HeaderMatch] = []
+
+    @model_validator(mode="after")
+    def _something(self) -> Fault:
+        if self.delay is None and self.abort is None:
+            raise ValueError("a fault needs a delay, an abort or both")
+        return self
+
+
+class HashCookie(Model):
+    name: Annotated[str, StringConstraints(pattern=HEADER_NAME, max_length=64)]
+    ttl: Duration
+
+
+class ConsistentHash(Model):
+    """What keeps a caller on one endpoint: a header's value, a cookie (set by the sidecar when
+    absent), or the calling workload's address. Exactly one."""
+
+    header: Annotated[str, StringConstraints(pattern=HEADER_NAME)] | None = None
+    cookie: HashCookie | None = None
+    source_ip: Literal[True] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ConsistentHash:
+        exactly_one(self, ("header", "cookie", "source_ip"), "consistentHash")
+        return self
 
 
 class RouteRule(Model):
@@ -415,6 +498,7 @@ class RouteRule(Model):
     retries: Retries | None = None
     mirror: Mirror | None = None
     fault: Fault | None = None
+    consistent_hash: ConsistentHash | None = None
 
 
 class RouteSpec(Model):

@@ -129,6 +129,19 @@ def services(intent: Intent) -> Iterator[Diagnostic]:
                     f"subset label {label!r} is already in the workload's podSelector: a subset "
                     "narrows the service's pods, it cannot select others",
                 )
+        tcp = [p.name for p in svc.spec.ports if not p.is_http]
+        for field, block in (
+            ("circuitBreaker", svc.spec.circuit_breaker),
+            ("outlierDetection", svc.spec.outlier_detection),
+        ):
+            if block is not None and tcp:
+                yield _warning(
+                    svc,
+                    ("spec", field),
+                    f"{field} applies to HTTP ports only: tcp port {', '.join(tcp)} of "
+                    f"{svc.ref} is neither limited nor watched",
+                    key=True,
+                )
         key = (ns, svc.spec.workload.kind, svc.workload_name)
         other = workloads.setdefault(key, svc)
         if other is not svc:
@@ -420,13 +433,19 @@ def routes(intent: Intent, broken: Broken = frozenset()) -> Iterator[Diagnostic]
         ports = intent.route_ports(route, svc)
         if spec.port is not None and not ports:
             found = svc.port(spec.port)
+            faulted = any(r.fault is not None for r in spec.rules)
+            hashed = any(r.consistent_hash is not None for r in spec.rules)
             yield _error(
                 route,
                 ("spec", "port"),
                 f"{svc.ref} has no port {spec.port!r}"
                 if found is None
-                else f"port {spec.port!r} of {svc.ref} is tcp; Routes apply to HTTP ports",
-                did_you_mean(str(spec.port), [p.name for p in svc.spec.ports]),
+                else f"port {spec.port!r} of {svc.ref} is tcp; Routes apply to HTTP ports"
+                + (" (a fault on a tcp port has no requests to delay or abort)" if faulted else "")
+                + (" (a consistentHash on a tcp port has no requests to hash)" if hashed else ""),
+                did_you_mean(str(spec.port), [p.name for p in svc.spec.ports])
+                if found is None
+                else None,
             )
         elif not ports:
             yield _error(
@@ -491,9 +510,79 @@ def _route_rules(intent: Intent, route: model.Route, svc: model.Service) -> Iter
                 "perTryTimeout is not shorter than the rule's timeout: a retry can never happen",
             )
         if rule.mirror is not None:
-            yield _not_supported(route, (*at, "mirror"), "traffic mirroring")
+            yield from _mirror(intent, route, svc, rule, (*at, "mirror"))
         if rule.fault is not None:
-            yield _not_supported(route, (*at, "fault"), "fault injection")
+            yield from _fault(intent, route, svc, rule.fault, (*at, "fault"))
+
+
+def _mirror(
+    intent: Intent, route: model.Route, svc: model.Service, rule: model.RouteRule, at: Loc
+) -> Iterator[Diagnostic]:
+    mirror = rule.mirror
+    assert mirror is not None
+    for port in intent.route_ports(route, svc):
+        target, target_port = intent.mirror_target(route, mirror, port)
+        if target is None:
+            yield _error(
+                route,
+                (*at, "service"),
+                f"unknown service {mirror.service!r}",
+                did_you_mean(str(mirror.service), (f"{a}/{b}" for a, b in intent.services)),
+            )
+            return
+        if mirror.subset is not None and target.subset(mirror.subset) is None:
+            yield _error(
+                route,
+                (*at, "subset"),
+                f"{target.ref} has no subset {mirror.subset!r}",
+                did_you_mean(mirror.subset, [s.name for s in target.spec.subsets]),
+            )
+            return
+        if target_port is None or not target_port.is_http:
+            what = f"port {mirror.port!r}" if mirror.port is not None else f"port {port.name}"
+            yield _error(
+                route,
+                (*at, "port") if mirror.port is not None else (*at,),
+                f"{target.ref} has no HTTP {what} to mirror {svc.ref} port {port.name} to",
+                did_you_mean(str(mirror.port or port.name), [p.name for p in target.spec.ports]),
+                key=mirror.port is None,
+            )
+            return
+        # A canary split may mirror to one of its backends (copies of the other's share);
+        # mirroring to the one destination every request already goes to only doubles load.
+        if (
+            target is svc
+            and target_port == port
+            and all(b.subset == mirror.subset for b in rule.backends)
+        ):
+            where = f"subset {mirror.subset!r}" if mirror.subset else "the whole service"
+            yield _error(
+                route,
+                (*at,),
+                f"this mirror sends copies to {where} of {svc.ref}, where the rule sends every "
+                "request already: a mirror must be another destination",
+                "mirror to another subset or service",
+                key=True,
+            )
+            return
+
+
+def _fault(
+    intent: Intent, route: model.Route, svc: model.Service, fault: model.Fault, at: Loc
+) -> Iterator[Diagnostic]:
+    for h, header in enumerate(fault.headers):
+        yield from _regex(route, (*at, "headers", h, "regex"), header.regex)
+    if fault.abort is not None and fault.abort.grpc_status is not None:
+        for port in intent.route_ports(route, svc):
+            if port.protocol != "grpc":
+                yield _error(
+                    route,
+                    (*at, "abort", "grpcStatus"),
+                    f"grpcStatus aborts gRPC calls, but port {port.name} of {svc.ref} is "
+                    f"{port.protocol}",
+                    "use httpStatus, or set spec.port to a grpc port",
+                )
+                return
 
 
 def _backends(
