@@ -1,4 +1,4 @@
-"""The sidecar's admin port: /ready, /live, /metrics and /config_dump.
+"""The sidecar's admin port: /ready, /live, /metrics, /config_dump and /clusters.
 
 `/ready` answers 200 only once every listener is bound and certificates are loaded (and 503 again
 while draining), so a pod can hold its app until the proxy is ready.
@@ -31,6 +31,9 @@ class Admin(Protocol):
     def config_dump(self) -> dict[str, Any]:
         """The JSON of /config_dump."""
 
+    def clusters(self) -> dict[str, Any]:
+        """The JSON of /clusters: the upstreams in force, as fastpath reports them."""
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
@@ -46,6 +49,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(200 if ok else 503, "text/plain", b"ready\n" if ok else b"not ready\n")
         elif path == "/metrics" and sidecar.serving:
             self._send(200, "text/plain; version=0.0.4", sidecar.metrics().encode())
+        elif path == "/clusters" and sidecar.serving:
+            # Live upstream state: endpoints, ejections, circuit breakers, mirrors.
+            self._send(200, "application/json", json.dumps(sidecar.clusters(), indent=2).encode())
         elif path == "/config_dump" and sidecar.serving:
             body = json.dumps(sidecar.config_dump(), indent=2).encode()
             self._send(200, "application/json", body)

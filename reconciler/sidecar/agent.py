@@ -190,7 +190,13 @@ class Agent:
             "# TYPE weft_sidecar_span_export_failures_total counter",
             f"weft_sidecar_span_export_failures_total {self.spans.failed if self.spans else 0}",
         ]
+        extra += metrics.clusters(self.proxy.clusters())
         return metrics.render(self.proxy.stats(), self.config, extra)
+
+    def clusters(self) -> dict[str, Any]:
+        assert self.proxy is not None
+        report: dict[str, Any] = json.loads(self.proxy.clusters())
+        return report
 
     def config_dump(self) -> dict[str, Any]:
         assert self.proxy is not None

@@ -132,15 +132,59 @@ def _request_labels(
         "response_code": str(key["code"]),
         # A gRPC call's outcome (its HTTP code is 200 whatever happened); empty for plain HTTP.
         "grpc_response_status": "" if key.get("grpc_status") is None else str(key["grpc_status"]),
-        # Envoy's NR for a destination with no route; other flags (UF, UT, ...) are not told
-        # apart yet, and "-" is Istio's value for a request with none.
-        "response_flags": "NR" if key["policy"] == "outbound: no route" else "-",
+        # Envoy's NR for a destination with no route; what the sidecar did itself (UO circuit
+        # breaker overflow, FI/DI injected faults) as fastpath reports it; "-" is Istio's value
+        # for a request with none. Other flags (UF, UT, ...) are not told apart yet.
+        "response_flags": "NR"
+        if key["policy"] == "outbound: no route"
+        else str(key.get("response_flags") or "-"),
         "connection_security_policy": security,
     }
     ordered = {name: labels[name] for name in ISTIO_LABELS}
     ordered["destination_port"] = str(key["port"])
     ordered["weft_decided_by"] = str(key["policy"])
     return ordered
+
+
+def clusters(clusters_json: str) -> list[str]:
+    """Outlier ejections, circuit breaker gauges and mirror counters from `Proxy.clusters()`."""
+    report = json.loads(clusters_json)
+    ejected = ["# TYPE weft_outlier_ejected gauge"]
+    ejections = ["# TYPE weft_outlier_ejections_total counter"]
+    open_ = ["# TYPE weft_circuit_breaker_open gauge"]
+    overflows = ["# TYPE weft_circuit_breaker_overflows_total counter"]
+    for c in report["clusters"]:
+        cluster = {"cluster": c["name"]}
+        outliers = c.get("outlier_detection")
+        if outliers is not None:
+            ejected.append(f"weft_outlier_ejected{_labels(cluster)} {outliers['ejected_now']}")
+            for total in outliers["ejections_total"]:
+                labels = _labels({**cluster, "reason": total["reason"]})
+                ejections.append(f"weft_outlier_ejections_total{labels} {total['count']}")
+        for gauge in c["circuit_breaker"]:
+            labels = _labels({**cluster, "limit": gauge["limit"]})
+            if gauge["max"] is not None or gauge["overflows"]:
+                open_.append(f"weft_circuit_breaker_open{labels} {gauge['open']}")
+                overflows.append(
+                    f"weft_circuit_breaker_overflows_total{labels} {gauge['overflows']}"
+                )
+    mirrors = {
+        name: [f"# TYPE {name} counter"]
+        for name in (
+            "weft_mirror_sent_total",
+            "weft_mirror_dropped_total",
+            "weft_mirror_too_large_total",
+            "weft_mirror_failed_total",
+        )
+    }
+    for m in report["mirrors"]:
+        copies = m["copies"]
+        labels = _labels({"route": m["route"], "cluster": copies["cluster"]})
+        for field in ("sent", "dropped", "too_large", "failed"):
+            mirrors[f"weft_mirror_{field}_total"].append(
+                f"weft_mirror_{field}_total{labels} {copies[field]}"
+            )
+    return [*ejected, *ejections, *open_, *overflows, *(x for v in mirrors.values() for x in v)]
 
 
 def render(stats_json: str, config: Mapping[str, Any], extra: Iterable[str] = ()) -> str:
