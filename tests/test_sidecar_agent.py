@@ -322,3 +322,45 @@ def test_the_poll_still_finds_what_inotify_cannot_see(tmp_path: Path) -> None:
             wait_until(lambda: s.dump()["revision"] == "main@sha1:" + "e" * 40)
         finally:
             s.stop()
+
+
+def test_resilience_shows_in_metrics_access_log_and_clusters(sidecar: Sidecar) -> None:
+    config = json.loads(sidecar.config_text("main@sha1:" + "c" * 40))
+    config["outbound"]["http"][0]["routes"][-1]["fault"] = {
+        "abort": {"httpStatus": 503, "percent": 100}
+    }
+    config["outbound"]["clusters"][0]["outlierDetection"] = {
+        "consecutive5xx": 5,
+        "intervalMs": 10000,
+        "baseEjectionTimeMs": 30000,
+        "maxEjectionTimeMs": 300000,
+        "maxEjectionPercent": 10,
+        "panicThresholdPercent": 0,
+    }
+    sidecar.replace_config(json.dumps(config))
+    wait_until(lambda: sidecar.dump()["revision"] == "main@sha1:" + "c" * 40)
+    assert sidecar.request() == 503
+    _, text = get(f"{sidecar.admin}/metrics")
+    line = next(x for x in text.splitlines() if x.startswith("istio_requests_total{"))
+    assert 'response_code="503"' in line
+    assert 'response_flags="FI"' in line
+    assert 'weft_outlier_ejected{cluster="b/api:8080"} 0' in text
+    wait_until(lambda: sidecar.event("access") is not None)
+    entry = sidecar.event("access")
+    assert entry is not None
+    assert (entry["status"], entry["response_flags"]) == (503, "FI")
+    status, body = get(f"{sidecar.admin}/clusters")
+    assert status == 200
+    (cluster,) = json.loads(body)["clusters"]
+    assert cluster["name"] == "b/api:8080"
+    assert cluster["endpoints"] == [
+        {
+            "address": sidecar.api_addr,
+            "in_flight": 0,
+            "ejected": False,
+            "ejected_for_ms": None,
+            "ejections": 0,
+        }
+    ]
+    assert cluster["outlier_detection"] == {"ejected_now": 0, "ejections_total": []}
+    assert sidecar.app.hits == 0, "the abort never reached the app"
