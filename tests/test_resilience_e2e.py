@@ -266,6 +266,7 @@ def test_the_mirror_gets_its_share_and_the_client_sees_no_error(
     sidecars.wait_until(lambda: rig.clusters()["mirrors"][0]["copies"]["in_flight"] == 0)
     assert v1.hits == result["answered"], "every request reached the primary once"
     share = v2.hits / v1.hits
+    print(f"mirror: {v2.hits} copies of {v1.hits} requests ({share:.2%})")
     assert abs(share - 0.25) <= 0.03, f"mirror got {share:.3f} of {v1.hits} requests"
     copies = rig.clusters()["mirrors"][0]
     assert copies["route"] == "b/api#0"
@@ -291,6 +292,7 @@ def test_a_slow_mirror_adds_no_latency_and_drops_what_it_cannot_take(
     # The mirror answers after 3 s; had a primary request waited for its copy, it would show.
     assert result["latency_us"]["p99"] < 1_500_000, result["latency_us"]
     copies = rig.clusters()["mirrors"][0]["copies"]
+    print(f"slow mirror: p99 {result['latency_us']['p99']} us, copies {copies}")
     assert copies["in_flight"] <= 64
     assert copies["dropped"] > 0, "more copies were due than the bounded queue holds"
     assert copies["sent"] + copies["dropped"] == result["answered"]
@@ -318,6 +320,7 @@ def test_a_ten_percent_abort_is_measured_within_three_points(rig_for: Any, loadg
     answered, aborted = result["answered"], result["statuses"].get("503", 0)
     assert answered >= 2000
     assert set(result["statuses"]) == {"200", "503"}, result
+    print(f"abort: {aborted} of {answered} ({aborted / answered:.2%})")
     assert abs(aborted / answered - 0.10) <= 0.03, f"{aborted} of {answered} aborted"
     assert v1.hits == answered - aborted, "an aborted request never reaches the upstream"
     flags = rig.flags()
@@ -361,6 +364,7 @@ def test_a_circuit_breaker_trips_under_concurrent_load_and_recovers(
     assert ok > 0, result
     assert overflowed > 0, result
     assert ok + overflowed == result["answered"], result
+    print(f"breaker: {ok} ok, {overflowed} overflowed, app peak {v1.peak} in flight")
     assert v1.peak <= 4, f"the app saw {v1.peak} requests at once"
     flags = rig.flags()
     assert flags[(503, "UO")] == overflowed
@@ -446,6 +450,7 @@ def test_peak_ewma_steers_load_away_from_a_slow_instance(rig_for: Any, loadgen: 
     assert result["statuses"] == {"200": result["answered"]}, result
     assert fast.hits + slow.hits == result["answered"]
     share = slow.hits / result["answered"]
+    print(f"peak-ewma: slow instance took {slow.hits} of {result['answered']} ({share:.2%})")
     # Round robin would give it half; its first 200 ms answer makes it cost far more than the
     # other until that one has several requests waiting.
     assert share < 0.10, f"the slow instance took {share:.2%} of {result['answered']}"
