@@ -394,6 +394,24 @@ def test_a_circuit_breaker_trips_under_concurrent_load_and_recovers(
     assert rig.flags()[(503, "UO")] == overflowed
 
 
+def test_max_connections_bounds_the_connections_to_a_cluster(rig_for: Any, loadgen: Path) -> None:
+    v1 = Backend("v1", delay=0.1)
+    files = intent(api_spec="  circuitBreaker: {maxConnections: 1}\n")
+    rig = rig_for(files, [v1])
+    # HTTP/1.1 between the sidecars: one connection carries one request at a time, so with
+    # one connection allowed, a second request at once has none and is refused.
+    result = load(loadgen, rig, rate=60, seconds=1, connections=8)
+    ok, overflowed = result["statuses"].get("200", 0), result["statuses"].get("503", 0)
+    assert ok > 0, result
+    assert overflowed > 0, result
+    assert v1.peak == 1
+    gauges = {g["limit"]: g for g in rig.cluster("b/api:8080")["circuit_breaker"]}
+    assert gauges["connections"]["max"] == 1
+    assert gauges["connections"]["open"] == 1, "the one pooled connection stays open"
+    assert gauges["connections"]["overflows"] == overflowed
+    assert rig.flags()[(503, "UO")] == overflowed
+
+
 # ---------------------------------------------------------------- outlier detection
 
 
@@ -438,7 +456,35 @@ def test_an_instance_answering_500s_is_ejected_and_retries_hide_it(
     assert good.hits == result["answered"] + 12
 
 
-# ---------------------------------------------------------------- latency-aware balancing
+def test_an_instance_that_cannot_be_reached_is_ejected_for_connect_failures(
+    rig_for: Any,
+) -> None:
+    up, down = Backend("up"), Backend("down")
+    files = intent(
+        api_spec="""\
+  outlierDetection:
+    consecutive5xx: 0
+    consecutiveConnectFailures: 2
+    maxEjectionPercent: 50
+""",
+        route=route("""\
+    - backends: [{}]
+      retries: {attempts: 2, retryOn: [connect-failure]}
+"""),
+    )
+    rig = rig_for(files, [up, down])
+    rig.proxies[1].shutdown(0.5)  # the sidecar in front of `down` is gone: connects fail
+    # The connect back-off skips it for a while after each failure; keep asking until the
+    # detector has seen two in a row.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        assert rig.get()[0] == 200, "retries hide every failed connect"
+        totals = rig.cluster("b/api:8080")["outlier_detection"]["ejections_total"]
+        if totals:
+            break
+        time.sleep(0.1)
+    assert totals == [{"reason": "consecutive_connect_failures", "count": 1}]
+    assert down.hits == 0
 
 
 def test_peak_ewma_steers_load_away_from_a_slow_instance(rig_for: Any, loadgen: Path) -> None:
