@@ -125,7 +125,14 @@ spec:
 class Rig:
     """Backends, one api sidecar per backend, and web's sidecar in front of them all."""
 
-    def __init__(self, root: Path, files: dict[str, str], v1: list[Backend], v2: list[Backend]):
+    def __init__(
+        self,
+        root: Path,
+        files: dict[str, str],
+        v1: list[Backend],
+        v2: list[Backend],
+        shadow: Backend | None = None,
+    ):
         self.ca = CA.create()
         self.configs = sidecars.compiled(root, files, REVISION)
         self.v1, self.v2 = v1, v2
@@ -146,6 +153,14 @@ class Rig:
             "b/api:8080/v2": bound["v2"],
             "b/api": bound["v1"] + bound["v2"],
         }
+        if shadow is not None:  # b/shadow: another service, with its own identity
+            p = sidecars.start(
+                self.configs[("b", "shadow")],
+                sidecars.identity(self.ca, TD, "b", "shadow"),
+                {"inbound": {"http": "127.0.0.1:0"}, "app": {"http": shadow.addr}},
+            )
+            self.proxies.append(p)
+            endpoints["b/shadow"] = [p.bound()["inbound:http"]]
         self.web = sidecars.start(
             self.configs[("a", "web")],
             sidecars.identity(self.ca, TD, "a", "web"),
@@ -195,13 +210,18 @@ def rig_for(tmp_path: Path) -> Iterator[Any]:
     """`rig_for(files, v1=[...], v2=[...])` starts a Rig; everything stops after the test."""
     started: list[tuple[Rig, list[Backend]]] = []
 
-    def make(files: dict[str, str], v1: list[Backend], v2: list[Backend] | None = None) -> Rig:
-        backends = [*v1, *(v2 or [])]
+    def make(
+        files: dict[str, str],
+        v1: list[Backend],
+        v2: list[Backend] | None = None,
+        shadow: Backend | None = None,
+    ) -> Rig:
+        backends = [*v1, *(v2 or []), *([shadow] if shadow else [])]
         for b in backends:
             threading.Thread(
                 target=b.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
             ).start()
-        rig = Rig(tmp_path, files, v1, v2 or [])
+        rig = Rig(tmp_path, files, v1, v2 or [], shadow)
         started.append((rig, backends))
         return rig
 
@@ -274,6 +294,29 @@ def test_the_mirror_gets_its_share_and_the_client_sees_no_error(
     assert (copies["copies"]["dropped"], copies["copies"]["failed"]) == (0, 0)
     assert set(v2.hosts) == {"api.b-shadow:8080"}, "copies say they are copies"
     assert set(v1.hosts) == {HOST}
+
+
+def test_a_mirror_to_another_service_reaches_it_over_its_own_identity(rig_for: Any) -> None:
+    v1, shadow = Backend("v1"), Backend("shadow")
+    files = intent(
+        route=route("""\
+    - backends: [{subset: v1}]
+      mirror: {service: shadow}
+""")
+    )
+    files["services.yaml"] += """\
+---
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: shadow, namespace: b}
+spec: {ports: [{name: http, port: 8080}]}
+"""
+    rig = rig_for(files, [v1], shadow=shadow)
+    assert [rig.get()[0] for _ in range(20)] == [200] * 20
+    sidecars.wait_until(lambda: shadow.hits == 20)
+    assert set(shadow.hosts) == {"api.b-shadow:8080"}
+    copies = rig.clusters()["mirrors"][0]["copies"]
+    assert (copies["cluster"], copies["sent"], copies["failed"]) == ("b/shadow:8080", 20, 0)
 
 
 def test_a_slow_mirror_adds_no_latency_and_drops_what_it_cannot_take(
