@@ -60,6 +60,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("content-length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a mirror copy abandoned at its deadline, or a sidecar shut down mid-answer
         finally:
             with srv.lock:
                 srv.active -= 1
