@@ -93,6 +93,9 @@ class _Sidecar:
     def config_dump(self) -> dict[str, str]:
         return {"revision": "r1"}
 
+    def clusters(self) -> dict[str, list[str]]:
+        return {"clusters": [], "mirrors": []}
+
 
 def test_the_admin_port_listens_on_an_ipv6_loopback() -> None:
     server = admin.serve(hostport.parse("[::1]:0"), _Sidecar())
