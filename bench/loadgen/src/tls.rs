@@ -11,13 +11,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use fastpath::tls::{MeshServerVerifier, ServerCheck};
 use rustls::client::Resumption;
-use rustls::crypto::{aws_lc_rs, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -70,11 +69,17 @@ pub fn client_config(
         kx_groups: vec![aws_lc_rs::kx_group::X25519],
         ..base
     };
-    let verifier = Arc::new(ChainOnlyVerifier {
-        roots: Arc::new(roots),
-        algorithms: provider.signature_verification_algorithms,
-        verify,
-    });
+    // fastpath's own verifier: the chain against the bundle (no host name: mesh servers are
+    // named by SPIFFE ID), or nothing under load.
+    let check = match verify {
+        Verify::Chain => ServerCheck::ChainOnly,
+        Verify::No => ServerCheck::Nothing,
+    };
+    let verifier = Arc::new(MeshServerVerifier::new(
+        Arc::new(roots),
+        provider.signature_verification_algorithms,
+        check,
+    ));
     let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous() // the verifier checks the whole chain; only the name check is skipped
@@ -86,64 +91,4 @@ pub fn client_config(
 
 pub fn server_name() -> ServerName<'static> {
     ServerName::try_from("mesh.weft.invalid").expect("static name is valid")
-}
-
-/// Chain verification against the bundle, without a host name check; or, with `Verify::No`,
-/// no verification.
-#[derive(Debug)]
-struct ChainOnlyVerifier {
-    roots: Arc<RootCertStore>,
-    algorithms: WebPkiSupportedAlgorithms,
-    verify: Verify,
-}
-
-impl ServerCertVerifier for ChainOnlyVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.verify == Verify::No {
-            return Ok(ServerCertVerified::assertion());
-        }
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        if self.verify == Verify::No {
-            return Ok(HandshakeSignatureValid::assertion());
-        }
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
