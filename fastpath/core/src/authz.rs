@@ -5,6 +5,7 @@
 //! can say why.
 
 use crate::config::{Action, AuthzRule, InboundPort, PathPattern};
+use crate::jwt::Principal;
 
 /// A verified peer: the SPIFFE ID from its certificate and the namespace that ID names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +77,12 @@ fn path_matches(patterns: &[PathPattern], path: Option<&str>) -> bool {
     })
 }
 
-fn rule_matches(rule: &AuthzRule, peer: Option<&Peer>, req: Request<'_>) -> bool {
+fn rule_matches(
+    rule: &AuthzRule,
+    peer: Option<&Peer>,
+    req: Request<'_>,
+    user: Option<&Principal>,
+) -> bool {
     let Some(peer) = peer else { return false }; // no identity: plaintext in PERMISSIVE mode
     let p = &rule.peers;
     let peer_ok = p.any_identity
@@ -92,14 +98,25 @@ fn rule_matches(rule: &AuthzRule, peer: Option<&Peer>, req: Request<'_>) -> bool
     {
         return false;
     }
-    rule.paths.is_empty() || path_matches(&rule.paths, req.path)
+    (rule.paths.is_empty() || path_matches(&rule.paths, req.path))
+        && rule.principal.as_ref().is_none_or(|m| m.matches(user))
 }
 
 pub fn decide<'a>(port: &'a InboundPort, peer: Option<&Peer>, req: Request<'_>) -> Decision<'a> {
+    decide_for_user(port, peer, req, None)
+}
+
+/// Like `decide`, for a request whose end user (a verified JWT) is `user`.
+pub fn decide_for_user<'a>(
+    port: &'a InboundPort,
+    peer: Option<&Peer>,
+    req: Request<'_>,
+    user: Option<&Principal>,
+) -> Decision<'a> {
     let matching = |action| {
         port.rules
             .iter()
-            .find(|r| r.action == action && rule_matches(r, peer, req))
+            .find(|r| r.action == action && rule_matches(r, peer, req, user))
     };
     if let Some(rule) = matching(Action::Deny) {
         return Decision {
@@ -146,6 +163,7 @@ mod tests {
                     prefix: (!exact).then(|| p.to_string()),
                 })
                 .collect(),
+            principal: None,
         }
     }
 
@@ -158,6 +176,7 @@ mod tests {
             rules,
             default_action: default,
             default_policy: "Mesh/mesh defaultPolicy: deny".into(),
+            authentication: None,
         }
     }
 

@@ -115,6 +115,8 @@ pub struct AuthzRule {
     pub methods: Vec<String>,
     #[serde(default)]
     pub paths: Vec<PathPattern>,
+    /// End-user conditions (verified JWT principal and claims); absent: none.
+    pub principal: Option<crate::jwt::PrincipalMatch>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -127,6 +129,8 @@ pub struct InboundPort {
     pub rules: Vec<AuthzRule>,
     pub default_action: Action,
     pub default_policy: String,
+    /// End-user authentication (JWT) for this port; absent: none.
+    pub authentication: Option<crate::jwt::Authentication>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]

@@ -19,6 +19,7 @@ use crate::exchange::Exchange;
 use crate::http::{
     accept_loop, decided_path, local_reply, normalize_path, serve_connection, Hop, BAD_PATH,
 };
+use crate::jwt;
 use crate::protocol::{HttpVersion, Serve};
 use crate::state::{Active, Shared};
 use crate::tcp::{pipe, Conn};
@@ -144,16 +145,28 @@ async fn request(
             ),
         ),
         Ok(()) => {
-            let decision = authz::decide(
+            let user = port
+                .authentication
+                .as_ref()
+                .map_or(Ok(None), |a| a.authenticate(req.headers(), req.uri()));
+            let decision = authz::decide_for_user(
                 port,
                 peer.as_ref().as_ref(),
                 Request {
                     method: Some(method.as_str()),
                     path: Some(decided_path(&req)),
                 },
+                user.as_ref().ok().and_then(Option::as_ref),
             );
             let policy = decision.policy.to_owned();
-            if decision.allowed {
+            if let (Err(refusal), Some(a)) = (&user, &port.authentication) {
+                let policy = format!("{}: {}", a.policy, refusal.reason());
+                let reply = jwt::unauthorized(*refusal, &policy, destination, &config.revision);
+                (policy, reply)
+            } else if decision.allowed {
+                if let (Some(a), Ok(user)) = (&port.authentication, &user) {
+                    a.prepare_upstream(user.as_ref(), req.headers_mut());
+                }
                 let response = forward(&shared, &active, &port_name, &ex.hop, source, req).await;
                 (policy, response)
             } else {

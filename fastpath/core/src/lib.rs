@@ -19,6 +19,7 @@ pub mod grpc;
 pub mod hash;
 mod http;
 pub mod inbound;
+pub mod jwt;
 pub mod mirror;
 pub mod outbound;
 pub mod outlier;
