@@ -8,6 +8,7 @@ __all__ = [
     "ConfigError",
     "Proxy",
     "authorize",
+    "check_jwks",
     "check_route_regex",
     "normalize_path",
     "start",
@@ -60,6 +61,10 @@ def start(
 
 def version() -> str:
     """The fastpath crate version this extension was built from."""
+
+def check_jwks(jwks: str) -> int:
+    """The number of signing keys in a JWKS (JSON); ValueError with a reason if fastpath would
+    refuse it (symmetric keys, unsupported curves, not a JWKS)."""
 
 def check_route_regex(pattern: str) -> None:
     """Raise ValueError with a one-line reason if the data plane cannot compile `pattern`."""

@@ -22,6 +22,7 @@ IntentDocument = Annotated[
     | model.AccessPolicy
     | model.Route
     | model.ExternalService
+    | model.RequestAuthentication
     | model.Gateway,
     pydantic.Field(discriminator="kind"),
 ]

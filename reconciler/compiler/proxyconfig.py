@@ -57,6 +57,27 @@ class PathPattern:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimMatch:
+    """A claim (a path into nested objects) that must hold one of `values`."""
+
+    __pydantic_config__ = CONFIG
+
+    path: list[str]
+    values: list[str]
+    space_separated: bool = False  # a string claim read as words (OAuth `scope`)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PrincipalMatch:
+    """A rule's end-user conditions, on the token the port's authentication verified."""
+
+    __pydantic_config__ = CONFIG
+
+    principals: list[str] = dataclasses.field(default_factory=list)
+    claims: list[ClaimMatch] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class AuthzRule:
     """Deny rules come first; the first matching deny decides, else any matching allow."""
 
@@ -67,6 +88,54 @@ class AuthzRule:
     peers: PeerMatch
     methods: list[str] = dataclasses.field(default_factory=list)
     paths: list[PathPattern] = dataclasses.field(default_factory=list)
+    principal: PrincipalMatch | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TokenHeader:
+    __pydantic_config__ = CONFIG
+
+    name: str
+    prefix: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimHeader:
+    __pydantic_config__ = CONFIG
+
+    claim: str
+    header: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class JwtIssuer:
+    """An accepted issuer. `jwks` holds its keys: inline from the intent, or filled in by the
+    sidecar agent from `jwksUri` / `jwksFile` (fastpath itself never fetches)."""
+
+    __pydantic_config__ = CONFIG
+
+    issuer: str
+    audiences: list[str] = dataclasses.field(default_factory=list)
+    jwks_uri: str | None = None
+    jwks_file: str | None = None
+    jwks: dict[str, Any] | None = None
+    from_headers: list[TokenHeader] = dataclasses.field(default_factory=list)
+    from_params: list[str] = dataclasses.field(default_factory=list)
+    from_cookies: list[str] = dataclasses.field(default_factory=list)
+    forward_claims: list[ClaimHeader] = dataclasses.field(default_factory=list)
+    forward_token: bool = False
+    leeway_seconds: int = 60
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Authentication:
+    """A port's end-user authentication (a RequestAuthentication lowered for it)."""
+
+    __pydantic_config__ = CONFIG
+
+    policy: str
+    required: bool
+    issuers: list[JwtIssuer]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +149,7 @@ class InboundPort:
     rules: list[AuthzRule]
     default_action: Literal["ALLOW", "DENY"]
     default_policy: str
+    authentication: Authentication | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,6 +24,7 @@ from reconciler.intent.model import (
     ExternalService,
     Gateway,
     Mesh,
+    RequestAuthentication,
     Route,
     Service,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "IntentError",
     "Mesh",
     "Peers",
+    "RequestAuthentication",
     "Route",
     "Service",
     "Severity",
@@ -89,6 +91,7 @@ def check(snapshot: files.Snapshot) -> tuple[Intent | None, list[Diagnostic]]:
         policies=tuple(_of(AccessPolicy, objects)),
         routes=tuple(_of(Route, objects)),
         externals=tuple(_of(ExternalService, objects)),
+        authentications=tuple(_of(RequestAuthentication, objects)),
     )
     diagnostics.extend(validate.services(intent))
     diagnostics.extend(validate.discovery_names(intent))
@@ -96,6 +99,7 @@ def check(snapshot: files.Snapshot) -> tuple[Intent | None, list[Diagnostic]]:
     diagnostics.extend(validate.routes(intent, frozenset(broken)))
     diagnostics.extend(validate.paths(intent))
     diagnostics.extend(validate.externals(intent, frozenset(broken)))
+    diagnostics.extend(validate.authentications(intent, frozenset(broken)))
     diagnostics.extend(validate.gateways(_of(Gateway, objects)))
     diagnostics.sort(key=sort_key)
     return (None if has_errors(diagnostics) else intent), diagnostics

@@ -44,6 +44,7 @@ class Intent:
     policies: tuple[model.AccessPolicy, ...]
     routes: tuple[model.Route, ...]
     externals: tuple[model.ExternalService, ...]
+    authentications: tuple[model.RequestAuthentication, ...] = ()
 
     @property
     def spec(self) -> model.MeshSpec:
@@ -133,8 +134,10 @@ class Intent:
                 result |= Peers(identities=frozenset(source.identities))
         return result
 
-    def targets(self, policy: model.AccessPolicy) -> list[tuple[model.Service, model.ServicePort]]:
-        """The (service, port) pairs an AccessPolicy governs."""
+    def targets(
+        self, policy: model.AccessPolicy | model.RequestAuthentication
+    ) -> list[tuple[model.Service, model.ServicePort]]:
+        """The (service, port) pairs an AccessPolicy (or RequestAuthentication) governs."""
         ns = policy.metadata.namespace
         names = policy.spec.to.services
         chosen = (
@@ -173,3 +176,14 @@ class Intent:
         if target is host:
             return target, routed
         return target, target.port(routed.name) or target.port(routed.port)
+
+    @functools.cached_property
+    def authentication(self) -> dict[tuple[tuple[str, str], str], model.RequestAuthentication]:
+        """The RequestAuthentication of each HTTP (service key, port name); validation makes
+        sure no port has two."""
+        index: dict[tuple[tuple[str, str], str], model.RequestAuthentication] = {}
+        for ra in self.authentications:
+            for svc, port in self.targets(ra):
+                if port.is_http:
+                    index.setdefault((svc.key, port.name), ra)
+        return index

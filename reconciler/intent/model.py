@@ -338,15 +338,43 @@ class PolicyTarget(Model):
     ports: Annotated[list[PortRef], Field(min_length=1)] | None = None
 
 
+NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+
+
+class ClaimCondition(Model):
+    """A claim of the verified token that must hold one of `values` (a list claim: any element).
+    `claim` is a top-level name, or a list of names into nested objects."""
+
+    claim: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1)]
+    values: Annotated[list[NonEmpty], Field(min_length=1)]
+
+    @property
+    def path(self) -> list[str]:
+        return [self.claim] if isinstance(self.claim, str) else list(self.claim)
+
+
 class Conditions(Model):
     methods: Annotated[list[HttpMethod], Field(min_length=1)] | None = None
     paths: Annotated[list[PathPattern], Field(min_length=1)] | None = None
+    # End-user conditions, on the token a RequestAuthentication verified: `iss/sub` patterns
+    # ("*", "prefix*", "*suffix" or exact), claims, and OAuth scopes (the `scope` claim).
+    request_principals: Annotated[list[NonEmpty], Field(min_length=1)] | None = None
+    claims: Annotated[list[ClaimCondition], Field(min_length=1)] | None = None
+    scopes: Annotated[list[NonEmpty], Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> Conditions:
-        if self.methods is None and self.paths is None:
-            raise ValueError("`when` needs methods or paths; leave it out to match every request")
+        if all(getattr(self, f) is None for f in type(self).model_fields):
+            raise ValueError(
+                "`when` needs methods, paths, requestPrincipals, claims or scopes; "
+                "leave it out to match every request"
+            )
         return self
+
+    @property
+    def on_end_user(self) -> bool:
+        """Whether these conditions read a verified token (and so need a RequestAuthentication)."""
+        return bool(self.request_principals or self.claims or self.scopes)
 
 
 class AccessPolicySpec(Model):
@@ -359,6 +387,51 @@ class AccessPolicySpec(Model):
 class AccessPolicy(Document):
     kind: Literal["AccessPolicy"]
     spec: AccessPolicySpec
+
+
+# ---------------------------------------------------------------- RequestAuthentication
+
+
+class TokenHeader(Model):
+    name: Annotated[str, StringConstraints(pattern=HEADER_NAME)]
+    prefix: str = ""
+
+
+class ClaimToHeader(Model):
+    claim: NonEmpty
+    header: Annotated[str, StringConstraints(pattern=HEADER_NAME)]
+
+
+class JwtIssuer(Model):
+    """One identity provider whose tokens are accepted, and where its keys come from."""
+
+    issuer: NonEmpty
+    audiences: list[NonEmpty] = []
+    jwks_uri: Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+(/\S*)?$")] | None = None
+    jwks: dict[str, Any] | None = None  # an inline JWKS document: {keys: [...]}
+    jwks_file: Annotated[str, StringConstraints(pattern=r"^/")] | None = None
+    from_headers: list[TokenHeader] = []  # none given: `Authorization: Bearer <token>`
+    from_params: list[NonEmpty] = []
+    from_cookies: list[NonEmpty] = []
+    forward_claims: list[ClaimToHeader] = []
+    forward_token: bool = False
+    clock_skew: Duration = 60_000
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtIssuer:
+        exactly_one(self, ("jwks_uri", "jwks", "jwks_file"), "an issuer")
+        return self
+
+
+class RequestAuthenticationSpec(Model):
+    to: PolicyTarget = PolicyTarget()
+    required: bool = True  # a request with no token is refused (401); false: it goes on anonymous
+    issuers: Annotated[list[JwtIssuer], Field(min_length=1)]
+
+
+class RequestAuthentication(Document):
+    kind: Literal["RequestAuthentication"]
+    spec: RequestAuthenticationSpec
 
 
 # ---------------------------------------------------------------- Route
@@ -582,5 +655,6 @@ KINDS: dict[str, type[Sourced]] = {
     "AccessPolicy": AccessPolicy,
     "Route": Route,
     "ExternalService": ExternalService,
+    "RequestAuthentication": RequestAuthentication,
     "Gateway": Gateway,
 }

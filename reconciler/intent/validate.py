@@ -8,6 +8,7 @@ yet are refused here, never accepted and ignored.
 from __future__ import annotations
 
 import collections
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -295,6 +296,18 @@ def policies(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
                         f"`when` conditions are HTTP-only and can never match tcp port "
                         f"{port.name} of {svc.ref}",
                         "narrow spec.to.ports to HTTP ports",
+                        key=True,
+                    )
+                    break
+        if spec.when is not None and spec.when.on_end_user:
+            for svc, port in targeted:
+                if port.is_http and (svc.key, port.name) not in intent.authentication:
+                    yield _error(
+                        policy,
+                        ("spec", "when"),
+                        f"end-user conditions can never match on port {port.name} of {svc.ref}: "
+                        "no RequestAuthentication verifies tokens there",
+                        "add a RequestAuthentication for it, or narrow spec.to",
                         key=True,
                     )
                     break
@@ -652,3 +665,91 @@ def externals(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
 def gateways(found: list[model.Gateway]) -> Iterator[Diagnostic]:
     for gw in found:
         yield _not_supported(gw, ("kind",), "Gateway (ingress)")
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+
+def _plain_http_outside_loopback(url: str) -> bool:
+    """An http:// URL is accepted only on loopback (tests, a local IdP); keys fetched in the
+    clear elsewhere could be swapped by anyone on the path."""
+    if not url.startswith("http://"):
+        return False
+    host = url.removeprefix("http://").split("/", 1)[0]
+    host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return host not in LOOPBACK_HOSTS
+
+
+def authentications(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
+    """RequestAuthentications: what they target exists and is HTTP, one per port, keys sound."""
+    claimed: dict[tuple[tuple[str, str], str], model.RequestAuthentication] = {}
+    for ra in intent.authentications:
+        ns, spec = ra.metadata.namespace, ra.spec
+        if not intent.services_in(ns):
+            yield _error(
+                ra,
+                ("metadata", "namespace"),
+                f"namespace {ns!r} has no Services: this RequestAuthentication governs nothing",
+                did_you_mean(ns, intent.namespaces),
+            )
+            continue
+        for i, name in enumerate(spec.to.services or ()):
+            if (ns, name) not in intent.services and ("Service", ns, name) not in broken:
+                yield _error(
+                    ra,
+                    ("spec", "to", "services", i),
+                    f"unknown service {ns}/{name}",
+                    did_you_mean(name, (s.metadata.name for s in intent.services_in(ns))),
+                )
+        targeted = intent.targets(ra)
+        for i, ref in enumerate(spec.to.ports or ()):
+            found = [p for _, p in targeted if ref in (p.name, p.port)]
+            if not found:
+                yield _error(
+                    ra, ("spec", "to", "ports", i), f"no targeted service has port {ref!r}"
+                )
+            elif not any(p.is_http for p in found):
+                yield _error(
+                    ra,
+                    ("spec", "to", "ports", i),
+                    f"port {ref!r} is tcp: tokens are read from HTTP requests only",
+                )
+        for svc, port in targeted:
+            if not port.is_http:
+                continue
+            other = claimed.setdefault((svc.key, port.name), ra)
+            if other is not ra:
+                yield _error(
+                    ra,
+                    ("spec", "to"),
+                    f"port {port.name} of {svc.ref} is already authenticated by "
+                    f"RequestAuthentication {other.ref} ({position_of(other)})",
+                    "list both issuers in one RequestAuthentication",
+                    key=True,
+                )
+        seen: dict[str, int] = {}
+        for i, issuer in enumerate(spec.issuers):
+            at: Loc = ("spec", "issuers", i)
+            if issuer.issuer in seen:
+                yield _error(
+                    ra,
+                    (*at, "issuer"),
+                    f"issuer {issuer.issuer!r} is already listed at "
+                    f"spec.issuers[{seen[issuer.issuer]}]",
+                )
+            seen.setdefault(issuer.issuer, i)
+            if "://" in issuer.issuer and not issuer.issuer.startswith(("https://", "http://")):
+                yield _error(ra, (*at, "issuer"), f"issuer {issuer.issuer!r} is not an https URL")
+            for field, url in (("issuer", issuer.issuer), ("jwksUri", issuer.jwks_uri)):
+                if url is not None and _plain_http_outside_loopback(url):
+                    yield _error(
+                        ra,
+                        (*at, field),
+                        f"{url!r} is plain http: an issuer and its keys must be https "
+                        "(http is accepted on loopback only)",
+                    )
+            if issuer.jwks is not None:
+                try:
+                    _native.check_jwks(json.dumps(issuer.jwks))
+                except ValueError as e:
+                    yield _error(ra, (*at, "jwks"), f"invalid JWKS: {e}")

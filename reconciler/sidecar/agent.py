@@ -3,7 +3,8 @@
 It reads the ProxyConfig, certificates (`tls.crt`, `tls.key`, `ca.crt`, the layout of a
 Kubernetes TLS Secret) and listener bindings from files; starts fastpath; reloads or rotates
 when the files change (a refused config or certificate leaves the old one serving, and is
-reported); serves the admin port; and on SIGTERM stops accepting, lets in-flight requests
+reported); fills in the JWT issuers' keys (`jwks`), refreshed so a rotated key arrives as a
+reload; serves the admin port; and on SIGTERM stops accepting, lets in-flight requests
 finish up to a deadline, and exits. The agent is never on a request path.
 
 Changes are noticed through inotify (`watch`) as soon as a writer finishes, and by a poll every
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from reconciler import _native, hostport
-from reconciler.sidecar import admin, metrics, watch
+from reconciler.sidecar import admin, jwks, metrics, watch
 
 if TYPE_CHECKING:
     from reconciler.sidecar import otlp
@@ -71,8 +72,16 @@ class Counters:
 
 
 class Agent:
-    def __init__(self, config: Path, certs: Path, listeners: Path, workers: int = 1) -> None:
+    def __init__(
+        self,
+        config: Path,
+        certs: Path,
+        listeners: Path,
+        workers: int = 1,
+        jwks_refresh: float = jwks.REFRESH_SECONDS,
+    ) -> None:
         self.config_path, self.certs_dir, self.listeners_path = config, certs, listeners
+        self.jwks = jwks.Cache(jwks_refresh)
         self.workers = workers
         self.proxy: _native.Proxy | None = None
         self.config: dict[str, Any] = {}
@@ -92,8 +101,20 @@ class Agent:
         chain, key, bundle = (base / name for name in CERT_FILES)
         return chain.read_bytes(), key.read_bytes(), bundle.read_bytes()
 
+    def _effective(self, text: str) -> str:
+        """The config as fastpath gets it: the file, with the issuers' keys filled in. Text that
+        is not JSON goes on as it is, for fastpath to refuse with its own message."""
+        if '"jwksUri"' not in text and '"jwksFile"' not in text and not self.jwks.entries:
+            return text  # the common case, every poll: no parse
+        try:
+            config = json.loads(text)
+        except ValueError:
+            return text
+        filled = self.jwks.effective(config)
+        return text if filled is config else json.dumps(filled)
+
     def start(self) -> None:
-        text = self.config_path.read_text()
+        text = self._effective(self.config_path.read_text())
         chain, key, bundle = self._certs()
         self.proxy = _native.start(
             text, chain, key, bundle, self.listeners_path.read_text(), workers=self.workers
@@ -131,7 +152,7 @@ class Agent:
         assert self.proxy is not None
         with self._lock:
             try:
-                text = self.config_path.read_text()
+                text = self._effective(self.config_path.read_text())
             except OSError as e:
                 return self._rejected("reloads", f"cannot read {self.config_path}: {e}")
             digest = _digest(text.encode())
@@ -189,6 +210,17 @@ class Agent:
             f"weft_sidecar_spans_exported_total {self.spans.exported if self.spans else 0}",
             "# TYPE weft_sidecar_span_export_failures_total counter",
             f"weft_sidecar_span_export_failures_total {self.spans.failed if self.spans else 0}",
+            "# TYPE weft_sidecar_jwks_fetches_total counter",
+            *(
+                f'weft_sidecar_jwks_fetches_total{{source="{src}",result="{k}"}} {v}'
+                for src, e in sorted(self.jwks.entries.items())
+                for k, v in e.fetches.items()
+            ),
+            "# TYPE weft_sidecar_jwks_stale gauge",
+            *(
+                f'weft_sidecar_jwks_stale{{source="{src}"}} {int(e.stale)}'
+                for src, e in sorted(self.jwks.entries.items())
+            ),
         ]
         extra += metrics.clusters(self.proxy.clusters())
         return metrics.render(self.proxy.stats(), self.config, extra)
@@ -207,6 +239,7 @@ class Agent:
             "reloads": self.counters.reloads,
             "rotations": self.counters.rotations,
             "lastError": self.counters.last_error,
+            "jwks": self.jwks.status(),
         }
 
     def shutdown(self, drain_timeout: float) -> None:
@@ -261,11 +294,12 @@ def run(
     workers: int,
     drain_timeout: float,
     poll_seconds: float = POLL_SECONDS,
+    jwks_refresh: float = jwks.REFRESH_SECONDS,
 ) -> int:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    agent = Agent(config, certs, listeners, workers)
+    agent = Agent(config, certs, listeners, workers, jwks_refresh)
     stop = threading.Event()
     wake = threading.Event()  # a file changed, or `stop`: the main loop looks at once
 

@@ -34,6 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds between looks at the files, besides inotify's immediate notice (default 1)",
     )
     p.add_argument(
+        "--jwks-refresh",
+        type=float,
+        default=300.0,
+        help="seconds between fetches of each JWT issuer's JWKS (default 300)",
+    )
+    p.add_argument(
         "--drain-timeout",
         type=float,
         default=5.0,
@@ -52,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         drain_timeout=args.drain_timeout,
         poll_seconds=args.poll,
+        jwks_refresh=args.jwks_refresh,
     )
 
 

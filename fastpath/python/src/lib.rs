@@ -137,6 +137,13 @@ fn authorize(
     Ok((decision.allowed, decision.policy.to_owned()))
 }
 
+/// Checks that `jwks` (a JWKS document, JSON) holds signing keys fastpath accepts; returns
+/// how many; raises ValueError with a one-line reason otherwise.
+#[pyfunction]
+fn check_jwks(jwks: &str) -> PyResult<usize> {
+    fastpath::jwt::check_jwks(jwks).map_err(PyValueError::new_err)
+}
+
 /// A running proxy. Its own tokio threads serve traffic; these methods only steer it.
 #[pyclass(module = "reconciler._native", name = "Proxy")]
 struct PyProxy {
@@ -279,6 +286,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(check_route_regex, m)?)?;
     m.add_function(wrap_pyfunction!(normalize_path, m)?)?;
+    m.add_function(wrap_pyfunction!(check_jwks, m)?)?;
     m.add_function(wrap_pyfunction!(start, m)?)?;
     m.add_function(wrap_pyfunction!(authorize, m)?)?;
     m.add_class::<PyProxy>()?;

@@ -1,0 +1,134 @@
+"""The keys of the JWT issuers a ProxyConfig names, fetched or read by the agent.
+
+fastpath verifies tokens with the keys inside its config and never does I/O for them on a
+request; this module fills them in. Each source (an issuer's `jwksUri` or `jwksFile`) is
+looked at again every `refresh_seconds`, so a key the identity provider rotates in reaches
+fastpath as an ordinary config reload. A failed fetch keeps the keys already held (an IdP
+outage must not refuse every user whose token those keys still verify) and is reported as
+stale; a document fastpath would refuse is treated as a failed fetch, so it cannot block the
+rest of a config.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from reconciler import _native
+
+REFRESH_SECONDS = 300.0
+RETRY_SECONDS = 5.0  # after a failure: soon, but not on every poll
+FETCH_TIMEOUT_SECONDS = 5.0
+MAX_DOCUMENT_BYTES = 1 << 20
+
+
+def sources(config: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
+    """Every issuer whose keys come from outside the config, with its source ("uri:..." or
+    "file:...")."""
+    for port in config.get("inbound", ()):
+        for issuer in (port.get("authentication") or {}).get("issuers", ()):
+            if issuer.get("jwksUri"):
+                yield issuer, "uri:" + issuer["jwksUri"]
+            elif issuer.get("jwksFile"):
+                yield issuer, "file:" + issuer["jwksFile"]
+
+
+def _fetch_uri(uri: str) -> bytes:
+    # The platform's trust store (SSL_CERT_FILE honoured), hostname checked: the default context.
+    req = urllib.request.Request(uri, headers={"Accept": "application/json"})
+    with urllib.request.urlopen(
+        req, timeout=FETCH_TIMEOUT_SECONDS
+    ) as resp:  # https, or http on loopback: validated
+        body: bytes = resp.read(MAX_DOCUMENT_BYTES + 1)
+    if len(body) > MAX_DOCUMENT_BYTES:
+        raise ValueError(f"document larger than {MAX_DOCUMENT_BYTES} bytes")
+    return body
+
+
+def read(source: str) -> dict[str, Any]:
+    """A JWKS document from its source, checked the way fastpath will read it."""
+    kind, _, where = source.partition(":")
+    raw = _fetch_uri(where) if kind == "uri" else Path(where).read_bytes()
+    document = json.loads(raw)
+    if not isinstance(document, dict):
+        raise ValueError("not a JWKS document")
+    _native.check_jwks(json.dumps(document))
+    return document
+
+
+@dataclasses.dataclass
+class Entry:
+    document: dict[str, Any] | None = None
+    fetched_at: float | None = None  # wall clock, for status
+    next_at: float = 0.0  # monotonic
+    error: str | None = None
+    fetches: dict[str, int] = dataclasses.field(default_factory=lambda: {"ok": 0, "failed": 0})
+
+    @property
+    def stale(self) -> bool:
+        """The last look failed: the keys in force (if any) may be out of date."""
+        return self.error is not None
+
+
+class Cache:
+    def __init__(
+        self,
+        refresh_seconds: float = REFRESH_SECONDS,
+        reader: Callable[[str], dict[str, Any]] = read,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.refresh_seconds = refresh_seconds
+        self.reader, self.clock = reader, clock
+        self.entries: dict[str, Entry] = {}
+
+    def refresh(self, wanted: Iterable[str]) -> None:
+        """Look at every wanted source that is due; forget sources no longer wanted."""
+        wanted = set(wanted)
+        for gone in self.entries.keys() - wanted:
+            del self.entries[gone]
+        now = self.clock()
+        for source in sorted(wanted):
+            entry = self.entries.setdefault(source, Entry())
+            if now < entry.next_at:
+                continue
+            try:
+                entry.document = self.reader(source)
+            except (OSError, ValueError) as e:
+                entry.error = f"{type(e).__name__}: {e}"
+                entry.fetches["failed"] += 1
+                entry.next_at = now + min(RETRY_SECONDS, self.refresh_seconds)
+            else:
+                entry.error = None
+                entry.fetched_at = time.time()
+                entry.fetches["ok"] += 1
+                entry.next_at = now + self.refresh_seconds
+
+    def effective(self, config: dict[str, Any]) -> dict[str, Any]:
+        """`config` with refreshed keys filled in; the config itself when it names no source."""
+        found = list(sources(config))
+        if not found:
+            return config
+        self.refresh(source for _, source in found)
+        filled = copy.deepcopy(config)
+        for issuer, source in sources(filled):
+            document = self.entries[source].document
+            if document is not None:
+                issuer["jwks"] = document
+        return filled
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return {
+            source: {
+                "keys": len((e.document or {}).get("keys", ())),
+                "fetchedAt": e.fetched_at,
+                "stale": e.stale,
+                "error": e.error,
+            }
+            for source, e in sorted(self.entries.items())
+        }
