@@ -211,8 +211,11 @@ class AgentProcess:
         listeners: dict[str, Any],
         drain_timeout: float = 5,
         poll: float | None = None,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.config, self.certs = config, certs
+        self.args, self.env = args, env  # extra `weft sidecar` arguments; the environment
         self.listeners = config.with_name(config.stem + ".listeners.json")
         self.listeners.write_text(json.dumps(listeners))
         self.drain_timeout = drain_timeout
@@ -236,8 +239,10 @@ class AgentProcess:
                 "--drain-timeout",
                 str(self.drain_timeout),
                 *(["--poll", str(self.poll)] if self.poll is not None else []),
+                *self.args,
             ],
             stdout=subprocess.PIPE,
+            env=self.env,
             text=True,
         )
         assert self.proc.stdout is not None
