@@ -139,7 +139,7 @@ CASES = [
         error(
             "services.yaml:3:7",
             "unknown kind 'Servce'; Weft kinds are Mesh, Service, AccessPolicy, Route, "
-            "ExternalService, Gateway",
+            "ExternalService, RequestAuthentication, Gateway",
             "did you mean 'Service'?",
         ),
     ),
@@ -268,6 +268,41 @@ CASES = [
             "policies.yaml:10:3",
             "`when` conditions are HTTP-only and can never match tcp port postgres of shop/db",
             "narrow spec.to.ports to HTTP ports",
+        ),
+    ),
+    # ------------------------------------------------------------ end-user authentication
+    case(
+        "jwks-uri-not-https",
+        error(
+            "authn.yaml:10:16",
+            "'http://idp.example/keys' is plain http: an issuer and its keys must be https "
+            "(http is accepted on loopback only)",
+        ),
+    ),
+    case(
+        "jwks-symmetric-key",
+        error(
+            "authn.yaml:11:9",
+            "invalid JWKS: key shared: symmetric (oct) keys are refused: a shared secret in a "
+            "sidecar could sign tokens",
+        ),
+    ),
+    case(
+        "claims-without-request-authentication",
+        error(
+            "policies.yaml:10:3",
+            "end-user conditions can never match on port http of shop/api: no "
+            "RequestAuthentication verifies tokens there",
+            "add a RequestAuthentication for it, or narrow spec.to",
+        ),
+    ),
+    case(
+        "two-request-authentications",
+        error(
+            "authn.yaml:17:3",
+            "port http of shop/api is already authenticated by RequestAuthentication "
+            "shop/customers (authn.yaml:2:1)",
+            "list both issuers in one RequestAuthentication",
         ),
     ),
     # ------------------------------------------------------------ routes
