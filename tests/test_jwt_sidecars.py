@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.sidecar.binding import to_json
 from tests import jwts, sidecars
 from tests.pki import CA
 
@@ -63,7 +64,7 @@ class Pair:
         api = sidecars.identity(ca, TD, "b", "api")
         for name, data in (("tls.crt", api.chain), ("tls.key", api.key), ("ca.crt", api.bundle)):
             (files / "certs" / name).write_bytes(data)
-        (files / "config.json").write_text(sidecars.to_json(configs[("b", "api")]))
+        (files / "config.json").write_text(to_json(configs[("b", "api")]))
         self.api = sidecars.AgentProcess(
             files / "config.json",
             files / "certs",
