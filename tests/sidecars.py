@@ -211,6 +211,7 @@ class AgentProcess:
         listeners: dict[str, Any],
         drain_timeout: float = 5,
         poll: float | None = None,
+        *,
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
     ) -> None:
