@@ -52,6 +52,8 @@ class DesiredState:
     workloads: dict[tuple[str, str], WorkloadSpec]
     trust_domain: str
     certificate_lifetime_ms: int
+    # Ingress gateways' ProxyConfigs, by (namespace, name): workloads with no app of their own.
+    gateway_configs: dict[tuple[str, str], pc.ProxyConfig] = dataclasses.field(default_factory=dict)
 
 
 ESCAPED_SLASHES: dict[str, Literal["REJECT", "KEEP", "DECODE"]] = {
@@ -96,6 +98,33 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
             telemetry=dataclasses.replace(telemetry, peers=labels.peers(mesh, svc, ends)),
             path_normalization=paths,
         )
+    gateway_configs = {
+        key: pc.ProxyConfig(
+            schema_version=pc.SCHEMA_VERSION,
+            revision=mesh.revision,
+            trust_domain=mesh.spec.trust_domain,
+            mtls=mesh.spec.mtls,
+            workload=pc.Workload(
+                namespace=gw.metadata.namespace,
+                service=gw.metadata.name,
+                service_account=gw.service_account,
+                spiffe_id=mesh.identity_of(gw),
+            ),
+            inbound=[],
+            outbound=outbound.gateway(mesh, gw),
+            telemetry=telemetry,
+            gateway=[
+                pc.GatewayListener(
+                    name=listener.name,
+                    port=listener.port,
+                    certificate_file=listener.tls.certificate_file,
+                    key_file=listener.tls.key_file,
+                )
+                for listener in gw.spec.listeners
+            ],
+        )
+        for key, gw in sorted(mesh.gateways.items())
+    }
     permissive = mesh.spec.mtls == "PERMISSIVE"
     return DesiredState(
         revision=mesh.revision,
@@ -127,6 +156,7 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
         },
         trust_domain=mesh.spec.trust_domain,
         certificate_lifetime_ms=mesh.spec.certificate_lifetime,
+        gateway_configs=gateway_configs,
     )
 
 
@@ -142,6 +172,8 @@ def files(desired: DesiredState) -> dict[str, str]:
     out: dict[str, str] = {"revision": desired.revision + "\n"}
     for (ns, name), config in desired.proxy_configs.items():
         out[f"proxyconfigs/{ns}/{name}.json"] = config.to_json()
+    for (ns, name), config in desired.gateway_configs.items():
+        out[f"gateways/{ns}/{name}.json"] = config.to_json()
     out["identities.json"] = json.dumps([i.as_json() for i in desired.identities], indent=2) + "\n"
     for obj in desired.discovery_services + desired.network_policies:
         meta = obj["metadata"]

@@ -27,6 +27,10 @@ def required(mesh: Intent) -> list[Identity]:
     by_account: dict[tuple[str, str], list[str]] = {}
     for svc in mesh.services.values():
         by_account.setdefault((svc.metadata.namespace, svc.service_account), []).append(svc.ref)
+    for gw in mesh.gateways.values():
+        by_account.setdefault((gw.metadata.namespace, gw.service_account), []).append(
+            f"Gateway {gw.ref}"
+        )
     return [
         Identity(mesh.spiffe_id(ns, sa), ns, sa, tuple(sorted(refs)))
         for (ns, sa), refs in sorted(by_account.items())

@@ -203,6 +203,8 @@ class RouteTable:
         ]
         self.by_port: dict[tuple[tuple[str, str], int], model.Route] = {}
         for route in mesh.routes:
+            if route.spec.gateways:
+                continue  # a gateway's Route: see `gateway`
             svc = mesh.resolve_host(route.spec.host, route.metadata.namespace)
             if svc is not None:
                 for port in mesh.route_ports(route, svc):
@@ -222,6 +224,35 @@ class RouteTable:
         if key not in self.compiled:
             self.compiled[key] = http_routes(self.mesh, self.get(service, port), service, port)
         return self.compiled[key]
+
+
+def gateway(mesh: Intent, gw: model.Gateway) -> pc.Outbound:
+    """A gateway's outbound side: each Route bound to it, on each listener serving one of the
+    Route's hostnames. Only what the Routes name: a gateway reaches nothing else."""
+    hosts: list[pc.HttpHost] = []
+    clusters: dict[str, pc.Cluster] = {}
+    for route in mesh.routes:
+        ns = route.metadata.namespace
+        if not any(mesh.gateway(ref, ns) is gw for ref in route.spec.gateways):
+            continue
+        svc = mesh.resolve_host(route.spec.host, ns)
+        ports = mesh.route_ports(route, svc) if svc is not None else []
+        if svc is None or not ports:
+            continue
+        port = ports[0]
+        routes, subsets = http_routes(route, svc, port)
+        for listener in gw.spec.listeners:
+            names = [h for h in route.spec.hostnames if h in listener.hosts]
+            if names:
+                hosts.append(
+                    pc.HttpHost(service=svc.ref, hostnames=names, port=listener.port, routes=routes)
+                )
+        for subset in subsets:
+            name = cluster_name(svc, port, subset)
+            clusters.setdefault(name, cluster(mesh, svc, port, subset))
+    return pc.Outbound(
+        http=hosts, tcp=[], egress=[], clusters=[clusters[k] for k in sorted(clusters)]
+    )
 
 
 def _hostnames(mesh: Intent, source: model.Service, dest: model.Service) -> list[str]:

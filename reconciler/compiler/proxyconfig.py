@@ -433,6 +433,18 @@ class PathNormalization:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayListener:
+    """An ingress gateway's HTTPS listener; the certificate and key are files on its host."""
+
+    __pydantic_config__ = CONFIG
+
+    name: str
+    port: int
+    certificate_file: str
+    key_file: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ProxyConfig:
     __pydantic_config__ = CONFIG
 
@@ -445,6 +457,7 @@ class ProxyConfig:
     outbound: Outbound
     telemetry: Telemetry
     path_normalization: PathNormalization = PathNormalization()
+    gateway: list[GatewayListener] | None = None  # a gateway's listeners; absent for sidecars
 
     def to_json(self) -> str:
         # Unset optional fields are left out rather than written as null: the contract treats

@@ -92,6 +92,7 @@ def check(snapshot: files.Snapshot) -> tuple[Intent | None, list[Diagnostic]]:
         routes=tuple(_of(Route, objects)),
         externals=tuple(_of(ExternalService, objects)),
         authentications=tuple(_of(RequestAuthentication, objects)),
+        gateways={gw.key: gw for gw in _of(Gateway, objects)},
     )
     diagnostics.extend(validate.services(intent))
     diagnostics.extend(validate.discovery_names(intent))
@@ -100,7 +101,7 @@ def check(snapshot: files.Snapshot) -> tuple[Intent | None, list[Diagnostic]]:
     diagnostics.extend(validate.paths(intent))
     diagnostics.extend(validate.externals(intent, frozenset(broken)))
     diagnostics.extend(validate.authentications(intent, frozenset(broken)))
-    diagnostics.extend(validate.gateways(_of(Gateway, objects)))
+    diagnostics.extend(validate.gateways(intent))
     diagnostics.sort(key=sort_key)
     return (None if has_errors(diagnostics) else intent), diagnostics
 

@@ -45,6 +45,7 @@ class Intent:
     routes: tuple[model.Route, ...]
     externals: tuple[model.ExternalService, ...]
     authentications: tuple[model.RequestAuthentication, ...] = ()
+    gateways: dict[tuple[str, str], model.Gateway] = dataclasses.field(default_factory=dict)
 
     @property
     def spec(self) -> model.MeshSpec:
@@ -65,7 +66,9 @@ class Intent:
 
     @functools.cached_property
     def identities(self) -> frozenset[str]:
-        return frozenset(self.identity_of(s) for s in self.services.values())
+        return frozenset(self.identity_of(s) for s in self.services.values()) | frozenset(
+            self.identity_of(g) for g in self.gateways.values()
+        )
 
     @functools.cached_property
     def by_identity(self) -> dict[str, list[model.Service]]:
@@ -86,8 +89,13 @@ class Intent:
     def spiffe_id(self, namespace: str, service_account: str) -> str:
         return f"spiffe://{self.spec.trust_domain}/ns/{namespace}/sa/{service_account}"
 
-    def identity_of(self, service: model.Service) -> str:
+    def identity_of(self, service: model.Service | model.Gateway) -> str:
         return self.spiffe_id(service.metadata.namespace, service.service_account)
+
+    def gateway(self, ref: str, namespace: str) -> model.Gateway | None:
+        """`name` (in `namespace`) or `namespace/name`."""
+        ns, _, name = ref.rpartition("/")
+        return self.gateways.get((ns or namespace, name))
 
     def service(self, ref: str, namespace: str) -> model.Service | None:
         """`name` (in `namespace`) or `namespace/name`."""
@@ -132,6 +140,10 @@ class Intent:
                     result |= Peers(identities=frozenset({self.identity_of(svc)}))
             if source.identities:
                 result |= Peers(identities=frozenset(source.identities))
+            for ref in source.gateways or ():
+                gw = self.gateway(ref, namespace)
+                if gw is not None:
+                    result |= Peers(identities=frozenset({self.identity_of(gw)}))
         return result
 
     def targets(

@@ -326,10 +326,11 @@ class Source(Model):
     namespaces: Annotated[list[Name | Literal["*"]], Field(min_length=1)] | None = None
     services: Annotated[list[ServiceRef], Field(min_length=1)] | None = None
     identities: Annotated[list[SpiffeId], Field(min_length=1)] | None = None
+    gateways: Annotated[list[ServiceRef], Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Source:
-        exactly_one(self, ("namespaces", "services", "identities"), "a source")
+        exactly_one(self, ("namespaces", "services", "identities", "gateways"), "a source")
         return self
 
 
@@ -578,6 +579,16 @@ class RouteSpec(Model):
     host: DnsName
     port: PortRef | None = None
     rules: Annotated[list[RouteRule], Field(min_length=1)]
+    # Bound to gateways, the Route routes their clients' requests for `hostnames` to `host`,
+    # and is not a mesh Route: sidecars calling `host` do not use it.
+    gateways: list[ServiceRef] = []
+    hostnames: list[DnsName] = []
+
+    @model_validator(mode="after")
+    def _hostnames_with_gateways(self) -> RouteSpec:
+        if bool(self.gateways) != bool(self.hostnames):
+            raise ValueError("gateways and hostnames go together: the hosts a gateway answers")
+        return self
 
 
 class Route(Document):
@@ -621,32 +632,36 @@ class ExternalService(Document):
 # ---------------------------------------------------------------- Gateway
 
 
-class CertificateRef(Model):
-    name: Name
-    namespace: Name | None = None
+AbsolutePath = Annotated[str, StringConstraints(pattern=r"^/")]
 
 
 class GatewayTls(Model):
-    certificate_ref: CertificateRef
+    """The certificate clients see: PEM files on the gateway's host, never in git."""
+
+    certificate_file: AbsolutePath
+    key_file: AbsolutePath
 
 
-class GatewayRoute(Model):
-    host: DnsName
-    path_prefix: Annotated[str, StringConstraints(pattern=r"^/")] = "/"
-    service: ServiceRef
-    port: PortRef
+class GatewayListener(Model):
+    name: Annotated[PortName, AfterValidator(_has_letter)]
+    port: PortNumber
+    protocol: Literal["HTTPS"] = "HTTPS"
+    hosts: Annotated[list[DnsName], Field(min_length=1)]
+    tls: GatewayTls
 
 
 class GatewaySpec(Model):
-    port: PortNumber
-    hosts: Annotated[list[DnsName], Field(min_length=1)]
-    tls: GatewayTls | None = None
-    routes: Annotated[list[GatewayRoute], Field(min_length=1)]
+    service_account: Name | None = None
+    listeners: Annotated[list[GatewayListener], Field(min_length=1)]
 
 
 class Gateway(Document):
     kind: Literal["Gateway"]
     spec: GatewaySpec
+
+    @property
+    def service_account(self) -> str:
+        return self.spec.service_account or self.metadata.name
 
 
 KINDS: dict[str, type[Sourced]] = {

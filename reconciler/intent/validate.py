@@ -228,6 +228,17 @@ def sources(
                     f"unknown service {full!r}",
                     did_you_mean(full, (f"{a}/{b}" for a, b in intent.services)),
                 )
+        for j, ref in enumerate(source.gateways or ()):
+            if (
+                intent.gateway(ref, ns) is None
+                and ("Gateway", *_full(ref, ns).split("/")) not in broken
+            ):
+                yield _error(
+                    obj,
+                    ("spec", field, i, "gateways", j),
+                    f"unknown gateway {_full(ref, ns)!r}",
+                    did_you_mean(_full(ref, ns), (f"{a}/{b}" for a, b in intent.gateways)),
+                )
         for j, spiffe in enumerate(source.identities or ()):
             domain = spiffe.removeprefix("spiffe://").split("/", 1)[0]
             if domain != intent.spec.trust_domain:
@@ -244,6 +255,10 @@ def sources(
                     f"no Service runs as {spiffe!r}",
                     did_you_mean(spiffe, known_identities),
                 )
+
+
+def _full(ref: str, namespace: str) -> str:
+    return ref if "/" in ref else f"{namespace}/{ref}"
 
 
 def policies(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
@@ -464,6 +479,10 @@ def routes(intent: Intent, broken: Broken = frozenset()) -> Iterator[Diagnostic]
             yield _error(
                 route, ("spec", "host"), f"{svc.ref} has no HTTP port for a Route to apply to"
             )
+        if spec.gateways:
+            yield from _gateway_binding(intent, route, svc, ports, broken)
+            yield from _route_rules(intent, route, svc)
+            continue  # a gateway's Route is not a mesh Route: it claims no mesh host
         for port in ports:
             other = claimed.setdefault((svc.key, port.port), route)
             if other is not route:
@@ -662,9 +681,66 @@ def externals(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
             )
 
 
-def gateways(found: list[model.Gateway]) -> Iterator[Diagnostic]:
-    for gw in found:
-        yield _not_supported(gw, ("kind",), "Gateway (ingress)")
+def _gateway_binding(
+    intent: Intent,
+    route: model.Route,
+    svc: model.Service,
+    ports: list[model.ServicePort],
+    broken: Broken,
+) -> Iterator[Diagnostic]:
+    ns, spec = route.metadata.namespace, route.spec
+    if len(ports) > 1:
+        yield _error(
+            route,
+            ("spec", "host"),
+            f"{svc.ref} has several HTTP ports: a Route bound to a gateway names one in spec.port",
+        )
+    hosts: set[str] = set()
+    for i, ref in enumerate(spec.gateways):
+        gw = intent.gateway(ref, ns)
+        if gw is None:
+            if ("Gateway", *_full(ref, ns).split("/")) not in broken:
+                yield _error(
+                    route,
+                    ("spec", "gateways", i),
+                    f"unknown gateway {_full(ref, ns)!r}",
+                    did_you_mean(_full(ref, ns), (f"{a}/{b}" for a, b in intent.gateways)),
+                )
+            continue
+        hosts |= {h for listener in gw.spec.listeners for h in listener.hosts}
+    for i, name in enumerate(spec.hostnames):
+        if hosts and name not in hosts:
+            yield _error(
+                route,
+                ("spec", "hostnames", i),
+                f"{name!r} is not a host of the bound gateways' listeners",
+                did_you_mean(name, sorted(hosts)),
+            )
+
+
+def gateways(intent: Intent) -> Iterator[Diagnostic]:
+    """Gateways: listener names and ports unique; no two gateways answering one host:port."""
+    claimed: dict[tuple[int, str], model.Gateway] = {}
+    for gw in intent.gateways.values():
+        names: set[str] = set()
+        ports: set[int] = set()
+        for i, listener in enumerate(gw.spec.listeners):
+            at: Loc = ("spec", "listeners", i)
+            if listener.name in names:
+                yield _error(gw, (*at, "name"), f"listener name {listener.name!r} is used twice")
+            if listener.port in ports:
+                yield _error(gw, (*at, "port"), f"port {listener.port} is used twice")
+            names.add(listener.name)
+            ports.add(listener.port)
+            for j, host in enumerate(listener.hosts):
+                other = claimed.setdefault((listener.port, host), gw)
+                if other is not gw:
+                    yield _error(
+                        gw,
+                        (*at, "hosts", j),
+                        f"{host}:{listener.port} is already served by Gateway {other.ref} "
+                        f"({position_of(other)})",
+                    )
 
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})

@@ -22,6 +22,8 @@ pub enum ConfigError {
     Regex { route: String, reason: String },
     #[error("route {route:?}: backend weights sum to zero")]
     NoWeight { route: String },
+    #[error("gateway listener {listener:?}: certificate: {reason}")]
+    GatewayCertificate { listener: String, reason: String },
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -38,6 +40,9 @@ pub struct ProxyConfig {
     /// How request paths are normalized before authorization and routing (`path.rs`).
     #[serde(default)]
     pub path_normalization: PathNormalization,
+    /// Ingress listeners, for a gateway workload; absent for a sidecar.
+    #[serde(default)]
+    pub gateway: Vec<GatewayListener>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -403,6 +408,18 @@ pub struct PeerLabels {
     pub version: String,
     pub canonical_service: String,
     pub canonical_revision: String,
+}
+
+/// One HTTPS listener of a gateway. The certificate and key are files on the gateway's host
+/// (never in git or in the config): read when the config is loaded, so a missing or broken
+/// file refuses the config and the last good certificate keeps serving.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayListener {
+    pub name: String,
+    pub port: u16,
+    pub certificate_file: String,
+    pub key_file: String,
 }
 
 impl ProxyConfig {

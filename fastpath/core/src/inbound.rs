@@ -19,7 +19,6 @@ use crate::exchange::Exchange;
 use crate::http::{
     accept_loop, decided_path, local_reply, normalize_path, serve_connection, Hop, BAD_PATH,
 };
-use crate::jwt;
 use crate::protocol::{HttpVersion, Serve};
 use crate::state::{Active, Shared};
 use crate::tcp::{pipe, Conn};
@@ -161,7 +160,17 @@ async fn request(
             let policy = decision.policy.to_owned();
             if let (Err(refusal), Some(a)) = (&user, &port.authentication) {
                 let policy = format!("{}: {}", a.policy, refusal.reason());
-                let reply = jwt::unauthorized(*refusal, &policy, destination, &config.revision);
+                let mut reply = local_reply(
+                    StatusCode::UNAUTHORIZED,
+                    &policy,
+                    &config.revision,
+                    format!("{destination}: {policy} (revision {})", config.revision),
+                );
+                if let Ok(v) = http::HeaderValue::from_str(&refusal.challenge(destination)) {
+                    reply
+                        .headers_mut()
+                        .insert(http::header::WWW_AUTHENTICATE, v);
+                }
                 (policy, reply)
             } else if decision.allowed {
                 if let (Some(a), Ok(user)) = (&port.authentication, &user) {

@@ -478,30 +478,18 @@ fn refusal(kind: &ErrorKind) -> Refusal {
     }
 }
 
-/// 401 for a request whose token is missing or invalid (RFC 6750): the reason, never the token.
-pub(crate) fn unauthorized(
-    refusal: Refusal,
-    policy: &str,
-    destination: &str,
-    revision: &str,
-) -> http::Response<crate::body::Body> {
-    let mut resp = crate::http::local_reply(
-        http::StatusCode::UNAUTHORIZED,
-        policy,
-        revision,
-        format!("{destination}: {policy} (revision {revision})"),
-    );
-    let challenge = match refusal {
-        Refusal::Missing => format!("Bearer realm=\"{destination}\""),
-        r => format!(
-            "Bearer realm=\"{destination}\", error=\"invalid_token\", error_description=\"{}\"",
-            r.reason()
-        ),
-    };
-    if let Ok(v) = http::HeaderValue::from_str(&challenge) {
-        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+impl Refusal {
+    /// The `WWW-Authenticate` challenge of a 401 for this refusal (RFC 6750): the reason, never
+    /// the token; a missing token gets no error code, as the RFC asks.
+    pub fn challenge(self, realm: &str) -> String {
+        match self {
+            Refusal::Missing => format!("Bearer realm=\"{realm}\""),
+            r => format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
+                r.reason()
+            ),
+        }
     }
-    resp
 }
 
 /// A rule's end-user conditions: all must hold, and they never hold without a principal.

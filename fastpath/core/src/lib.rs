@@ -11,6 +11,7 @@ pub mod breaker;
 pub mod capture;
 pub mod clusters;
 pub mod config;
+pub mod edge_tls;
 mod error;
 pub mod ewma;
 mod exchange;

@@ -112,6 +112,17 @@ impl Proxy {
         if let Some(addr) = listeners.outbound_capture {
             pending.push((Kind::Capture, bind("outbound:capture".into(), addr)?));
         }
+        for (name, addr) in &listeners.gateway {
+            if !config_has_gateway_listener(&shared, name) {
+                return Err(ProxyError::Listeners(format!(
+                    "no gateway listener named {name:?} in the config"
+                )));
+            }
+            pending.push((
+                Kind::Gateway(name.clone()),
+                bind(format!("gateway:{name}"), *addr)?,
+            ));
+        }
         for (key, addr) in &listeners.outbound_tcp {
             pending.push((
                 Kind::OutboundTcp(key.clone()),
@@ -126,6 +137,7 @@ impl Proxy {
                     Kind::OutboundHttp => outbound::serve_http(shared, listener).await,
                     Kind::OutboundTcp(key) => outbound::serve_tcp(shared, key, listener).await,
                     Kind::Capture => capture::serve(shared, listener).await,
+                    Kind::Gateway(name) => outbound::gateway::serve(shared, name, listener).await,
                 }
             }));
         }
@@ -230,6 +242,17 @@ enum Kind {
     OutboundHttp,
     OutboundTcp(String),
     Capture,
+    Gateway(String),
+}
+
+fn config_has_gateway_listener(shared: &Shared, name: &str) -> bool {
+    shared
+        .active
+        .load()
+        .config
+        .gateway
+        .iter()
+        .any(|l| l.name == name)
 }
 
 async fn refresh_dns(shared: Arc<Shared>) {

@@ -44,6 +44,9 @@ pub struct Listeners {
     /// upstream is the target's knowledge, like endpoints, so it lives here, not in ProxyConfig.
     #[serde(default)]
     pub original_destinations: HashMap<SocketAddr, String>,
+    /// Gateway listener name -> address its HTTPS listener binds.
+    #[serde(default)]
+    pub gateway: HashMap<String, SocketAddr>,
 }
 
 /// One config, compiled for the request path.
@@ -57,6 +60,8 @@ pub struct Active {
     pub budgets: Budgets,
     /// ExternalService destinations by "host:port", each with the upstream that reaches it.
     pub egress: HashMap<String, (EgressDestination, Arc<Upstream>)>,
+    /// A gateway's client-facing TLS, by listener name.
+    pub gateway: crate::edge_tls::Acceptors,
 }
 
 impl Active {
@@ -146,6 +151,7 @@ impl Active {
                 .collect(),
         );
         let egress = egress_upstreams(&config)?;
+        let gateway = crate::edge_tls::acceptors(&config.gateway)?;
         Ok(Active {
             config,
             routes,
@@ -154,6 +160,7 @@ impl Active {
             apps,
             budgets,
             egress,
+            gateway,
         })
     }
 }

@@ -22,6 +22,7 @@
 
 mod dispatch;
 mod egress;
+pub mod gateway;
 mod inject;
 mod shadow;
 mod tcp;

@@ -1,0 +1,113 @@
+//! The ingress gateway listener: TLS from clients outside the mesh, terminated with a
+//! certificate read from files (`edge_tls`), then the outbound stack — by authority through
+//! the gateway's routes to mesh upstreams, over mTLS with the gateway's own SPIFFE identity,
+//! so the destination's AccessPolicies decide what the outside may reach.
+
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::http::{accept_loop, serve_connection};
+use crate::protocol::{HttpVersion, Serve};
+use crate::state::Shared;
+use crate::tunables::INBOUND_HANDSHAKE_TIMEOUT;
+
+pub async fn serve(shared: Arc<Shared>, name: String, listener: TcpListener) {
+    let shutdown = shared.shutdown.clone();
+    accept_loop(listener, shutdown, move |tcp| {
+        connection(shared.clone(), name.clone(), tcp)
+    })
+    .await;
+}
+
+async fn connection(shared: Arc<Shared>, name: String, tcp: TcpStream) {
+    let (acceptor, port) = {
+        let active = shared.active.load();
+        let Some(config) = active.gateway.get(&name) else {
+            return;
+        };
+        let Some(l) = active.config.gateway.iter().find(|l| l.name == name) else {
+            return;
+        };
+        (TlsAcceptor::from(config.clone()), l.port)
+    };
+    let Ok(Ok(stream)) =
+        tokio::time::timeout(INBOUND_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+    else {
+        return;
+    };
+    let version = HttpVersion::negotiated(stream.get_ref().1.alpn_protocol());
+    let stop = shared.shutdown.clone();
+    serve_connection(stream, Serve::Only(version), stop, move |req| {
+        super::request(shared.clone(), with_port(req, port), None)
+    })
+    .await;
+}
+
+/// Routes are keyed by host and port; a client that leaves the port out of its authority
+/// (the default 443 behind a load balancer) means this listener's.
+fn with_port<B>(mut req: http::Request<B>, port: u16) -> http::Request<B> {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
+    let Some(authority) = authority else {
+        return req;
+    };
+    if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        return req;
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    if let Ok(uri) = path.parse() {
+        *req.uri_mut() = uri;
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&format!("{authority}:{port}")) {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+    req
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_authority_without_port_gets_the_listeners() {
+        let req = http::Request::builder()
+            .uri("/x?y=1")
+            .header("host", "shop.example.com")
+            .body(())
+            .unwrap();
+        let req = with_port(req, 8443);
+        assert_eq!(req.headers()["host"], "shop.example.com:8443");
+        assert_eq!(req.uri(), "/x?y=1");
+        let h2 = http::Request::builder()
+            .uri("https://shop.example.com/x")
+            .body(())
+            .unwrap();
+        assert_eq!(with_port(h2, 443).headers()["host"], "shop.example.com:443");
+        let kept = http::Request::builder()
+            .uri("/")
+            .header("host", "shop.example.com:9000")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            with_port(kept, 443).headers()["host"],
+            "shop.example.com:9000"
+        );
+    }
+}
