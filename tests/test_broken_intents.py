@@ -429,8 +429,17 @@ CASES = [
     ),
     # ------------------------------------------------------------ refused, not ignored
     case(
-        "gateway-not-supported",
-        error("gateway.yaml:3:1", "Gateway (ingress)" + NOT_SUPPORTED),
+        "two-gateways-one-host",
+        error(
+            "gateway.yaml:23:32",
+            "shop.example.com:443 is already served by Gateway shop/public (gateway.yaml:2:1)",
+        ),
+    ),
+    case(
+        "route-unknown-gateway",
+        error(
+            "routes.yaml:21:14", "unknown gateway 'shop/publik'", "did you mean 'shop/public'?"
+        ),
     ),
     # ------------------------------------------------------------ several at once
     case(

@@ -45,8 +45,9 @@ async fn connection(shared: Arc<Shared>, name: String, tcp: TcpStream) {
     .await;
 }
 
-/// Routes are keyed by host and port; a client that leaves the port out of its authority
-/// (the default 443 behind a load balancer) means this listener's.
+/// Routes are keyed by host and the listener's port as the intent names it. The port a client
+/// dialled may differ (a load balancer's 443, the local runtime's bound port) or be left out:
+/// the authority is routed, and passed on, as `host:<listener port>`.
 fn with_port<B>(mut req: http::Request<B>, port: u16) -> http::Request<B> {
     let authority = req
         .uri()
@@ -61,12 +62,10 @@ fn with_port<B>(mut req: http::Request<B>, port: u16) -> http::Request<B> {
     let Some(authority) = authority else {
         return req;
     };
-    if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        return req;
-    }
+    let host = match authority.rsplit_once(':') {
+        Some((host, p)) if p.parse::<u16>().is_ok() => host,
+        _ => authority.as_str(),
+    };
     let path = req
         .uri()
         .path_and_query()
@@ -75,7 +74,7 @@ fn with_port<B>(mut req: http::Request<B>, port: u16) -> http::Request<B> {
     if let Ok(uri) = path.parse() {
         *req.uri_mut() = uri;
     }
-    if let Ok(v) = http::HeaderValue::from_str(&format!("{authority}:{port}")) {
+    if let Ok(v) = http::HeaderValue::from_str(&format!("{host}:{port}")) {
         req.headers_mut().insert(http::header::HOST, v);
     }
     req
@@ -86,7 +85,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_authority_without_port_gets_the_listeners() {
+    fn the_authority_gets_the_listeners_port() {
         let req = http::Request::builder()
             .uri("/x?y=1")
             .header("host", "shop.example.com")
@@ -100,14 +99,14 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(with_port(h2, 443).headers()["host"], "shop.example.com:443");
-        let kept = http::Request::builder()
+        let dialled = http::Request::builder()
             .uri("/")
             .header("host", "shop.example.com:9000")
             .body(())
             .unwrap();
         assert_eq!(
-            with_port(kept, 443).headers()["host"],
-            "shop.example.com:9000"
+            with_port(dialled, 443).headers()["host"],
+            "shop.example.com:443"
         );
     }
 }
