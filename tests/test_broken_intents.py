@@ -437,9 +437,7 @@ CASES = [
     ),
     case(
         "route-unknown-gateway",
-        error(
-            "routes.yaml:21:14", "unknown gateway 'shop/publik'", "did you mean 'shop/public'?"
-        ),
+        error("routes.yaml:21:14", "unknown gateway 'shop/publik'", "did you mean 'shop/public'?"),
     ),
     # ------------------------------------------------------------ several at once
     case(
