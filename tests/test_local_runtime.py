@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -22,6 +23,7 @@ import pytest
 
 from reconciler import status as status_
 from tests import sidecars
+from tests.pki import CA
 
 
 class Up:
@@ -219,6 +221,93 @@ def _pid_of(up: Up, needle: str) -> int:
     ).stdout.split()
     assert out, f"no process matches {needle}"
     return int(out[0])
+
+
+def _gateway_intent(port: int, tls: Path) -> dict[str, str | None]:
+    return {
+        "a/gateway.yaml": f"""\
+apiVersion: weft.dev/v1alpha1
+kind: Gateway
+metadata: {{name: public, namespace: a}}
+spec:
+  listeners:
+    - name: https
+      port: {port}
+      hosts: [shop.example.com, ledger.example.com]
+      tls: {{certificateFile: {tls}/tls.crt, keyFile: {tls}/tls.key}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Route
+metadata: {{name: storefront, namespace: a}}
+spec:
+  host: web
+  gateways: [public]
+  hostnames: [shop.example.com]
+  rules: [{{backends: [{{}}]}}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: from-outside, namespace: a}}
+spec:
+  to: {{services: [web]}}
+  from: [{{gateways: [public]}}]
+""",
+        "c/gateway-route.yaml": """\
+apiVersion: weft.dev/v1alpha1
+kind: Route
+metadata: {name: books, namespace: c}
+spec:
+  host: ledger
+  gateways: [a/public]
+  hostnames: [ledger.example.com]
+  rules: [{backends: [{}]}]
+""",
+    }
+
+
+def test_an_ingress_gateway_lets_the_outside_reach_a_web_only(up: Up, tmp_path: Path) -> None:
+    site_ca = CA.create("public web CA")
+    tls = tmp_path / "edge-tls"
+    tls.mkdir()
+    cert = site_ca.issue_server("shop.example.com")
+    (tls / "tls.crt").write_bytes(cert.chain)
+    (tls / "tls.key").write_bytes(cert.key)
+    (tmp_path / "ca.pem").write_bytes(site_ca.pem)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    revision = up.commit("an ingress gateway", _gateway_intent(port, tls))
+    sidecars.wait_until(lambda: up.applied() == revision, timeout=30)
+
+    def curl(host: str) -> str:
+        out = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "--cacert",
+                str(tmp_path / "ca.pem"),
+                *(["-k"] if host != "shop.example.com" else []),  # the certificate is shop's
+                "--resolve",
+                f"{host}:{port}:127.0.0.1",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                f"https://{host}:{port}/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        return out.stdout
+
+    sidecars.wait_until(lambda: curl("shop.example.com") == "200", timeout=30)
+    assert curl("ledger.example.com") == "403", "c/never-from-a refuses the gateway's namespace"
+
+    removed = up.commit("no gateway", dict.fromkeys(_gateway_intent(port, tls)))
+    sidecars.wait_until(lambda: up.applied() == removed, timeout=30)
+    sidecars.wait_until(lambda: curl("shop.example.com") == "000", timeout=30)
 
 
 def test_a_killed_app_and_sidecar_are_restarted(up: Up) -> None:

@@ -218,7 +218,48 @@ class LocalTarget:
                     units[f"app/{inst.ref}"] = Unit(
                         f"app/{inst.ref}", "app", _digest(json.dumps(app, sort_keys=True)), app
                     )
+        for (ns, name), gateway in desired.gateway_configs.items():
+            units.update(
+                self._gateway_units(
+                    Instance(ns, name, "gateway"), gateway.as_dict(), configs, instances
+                )
+            )
         return units
+
+    def _gateway_units(
+        self,
+        inst: Instance,
+        config: dict[str, Any],
+        configs: dict[tuple[str, str], dict[str, Any]],
+        instances: dict[tuple[str, str], list[Instance]],
+    ) -> dict[str, Unit]:
+        """An ingress gateway: fastpath with no app, its HTTPS listeners on the ports the intent
+        names, on loopback (what a local user points curl at)."""
+        if self.network:
+            log.warning(
+                "Gateway %s/%s is not run with --isolation netns yet", inst.namespace, inst.service
+            )
+            return {}
+        listeners = {"gateway": {g["name"]: f"127.0.0.1:{g['port']}" for g in config["gateway"]}}
+        text = to_json(bind_endpoints(config, self._endpoints(config, configs, instances)))
+        certs = (
+            self.store.root / "workloads" / inst.namespace / config["workload"]["serviceAccount"]
+        )
+        admin = self.ports.addr(f"admin:{inst.ref}")
+        sidecar: dict[str, Any] = {"listeners": listeners, "certs": str(certs), "admin": admin}
+        self.listening[inst.ref] = {
+            "admin": admin,
+            **{f"gateway {n}": a for n, a in listeners["gateway"].items()},
+        }
+        return {
+            f"config/{inst.ref}": Unit(f"config/{inst.ref}", "config", _digest(text), text),
+            f"sidecar/{inst.ref}": Unit(
+                f"sidecar/{inst.ref}",
+                "sidecar",
+                _digest(json.dumps(sidecar, sort_keys=True)),
+                sidecar,
+            ),
+        }
 
     def _listeners(self, inst: Instance, config: dict[str, Any]) -> dict[str, Any]:
         out = config["outbound"]
