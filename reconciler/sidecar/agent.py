@@ -15,6 +15,7 @@ a change seen twice is applied once and reloads never race the drain or the acce
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -172,10 +173,9 @@ class Agent:
                 return self._rejected("reloads", f"cannot read {self.config_path}: {e}")
             edge: list[bytes] = []
             if '"gateway"' in text:  # only a gateway's config: no parse on every sidecar poll
-                try:
+                # Not JSON: fastpath refuses it below, with its own message.
+                with contextlib.suppress(ValueError):
                     edge = _edge_files(json.loads(text))
-                except ValueError:
-                    pass  # fastpath refuses it, with its own message
             digest = _digest(text.encode(), *edge)
             if digest != self._config_digest:
                 self._config_digest = digest
