@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,7 +64,7 @@ class Edge:
     def __init__(self, tmp: Path) -> None:
         self.site_ca = CA.create("public web CA")
         site = self.site_ca.issue_server(HOST)
-        tls_dir = tmp / "edge-tls"
+        self.tls_dir = tls_dir = tmp / "edge-tls"
         tls_dir.mkdir()
         (tls_dir / "tls.crt").write_bytes(site.chain)
         (tls_dir / "tls.key").write_bytes(site.key)
@@ -136,10 +137,10 @@ def test_outside_reaches_the_service_through_the_gateway_as_its_identity(edge: E
     seen = json.loads(body)
     assert seen["service"] == "api"
     assert seen["headers"]["x-weft-peer"] == f"spiffe://{TD}/ns/edge/sa/public"
-    assert edge.http_version == "1.1"
-    status, body = edge.curl("/public/items", "--http2")
+    assert edge.http_version == "2", "curl offers h2 by ALPN, and the gateway takes it"
+    status, body = edge.curl("/public/items", "--http1.1")
     assert status == 200, body
-    assert edge.http_version == "2"
+    assert edge.http_version == "1.1"
 
 
 def test_policy_decides_what_the_outside_may_reach(edge: Edge) -> None:
@@ -204,4 +205,25 @@ def test_a_missing_certificate_refuses_the_config_and_the_old_one_serves(
     config["revision"] = "test@sha1:" + "3" * 40
     with pytest.raises(_native.ConfigError, match=r"gateway listener \"https\".*missing\.crt"):
         edge.gateway.reload(json.dumps(config))
+    assert edge.curl("/public/items")[0] == 200
+
+
+def _served(port: int) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate(("127.0.0.1", port)))
+
+
+def test_a_replaced_certificate_is_served_after_a_reload(edge: Edge) -> None:
+    first = _served(edge.port)
+    renewed = edge.site_ca.issue_server(HOST)
+    (edge.tls_dir / "tls.crt").write_bytes(renewed.chain)
+    (edge.tls_dir / "tls.key").write_bytes(renewed.key)
+    config = edge.desired.gateway_configs[("edge", "public")].as_dict()
+    edge.gateway.reload(
+        json.dumps(sidecars.bind_endpoints(config, {"b/api": [edge.api.bound()["inbound:http"]]}))
+    )
+    now = _served(edge.port)
+    assert now != first
+    assert now == ssl.PEM_cert_to_DER_cert(
+        renewed.chain.decode().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    )
     assert edge.curl("/public/items")[0] == 200
