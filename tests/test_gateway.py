@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import _native, compiler, intent
+from reconciler.sidecar.binding import bind_endpoints
 from tests import sidecars
 from tests.conftest import write_repo
 from tests.pki import CA
@@ -219,7 +220,7 @@ def test_a_replaced_certificate_is_served_after_a_reload(edge: Edge) -> None:
     (edge.tls_dir / "tls.key").write_bytes(renewed.key)
     config = edge.desired.gateway_configs[("edge", "public")].as_dict()
     edge.gateway.reload(
-        json.dumps(sidecars.bind_endpoints(config, {"b/api": [edge.api.bound()["inbound:http"]]}))
+        json.dumps(bind_endpoints(config, {"b/api": [edge.api.bound()["inbound:http"]]}))
     )
     now = _served(edge.port)
     assert now != first
