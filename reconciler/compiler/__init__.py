@@ -113,6 +113,7 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
             inbound=[],
             outbound=outbound.gateway(mesh, gw),
             telemetry=telemetry,
+            path_normalization=paths,
             gateway=[
                 pc.GatewayListener(
                     name=listener.name,
