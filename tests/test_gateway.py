@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import _native, compiler, intent
-from reconciler.sidecar.binding import bind_endpoints
+from reconciler.targets.local.binding import bind_endpoints
 from tests import sidecars
 from tests.conftest import write_repo
 from tests.pki import CA

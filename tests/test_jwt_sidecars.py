@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.sidecar.binding import to_json
+from reconciler.targets.local.binding import to_json
 from tests import jwts, sidecars
 from tests.pki import CA
 
