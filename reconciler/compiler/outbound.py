@@ -240,16 +240,16 @@ def gateway(mesh: Intent, gw: model.Gateway) -> pc.Outbound:
         if svc is None or not ports:
             continue
         port = ports[0]
-        routes, subsets = http_routes(route, svc, port)
+        routes, targets = http_routes(mesh, route, svc, port)
         for listener in gw.spec.listeners:
             names = [h for h in route.spec.hostnames if h in listener.hosts]
             if names:
                 hosts.append(
                     pc.HttpHost(service=svc.ref, hostnames=names, port=listener.port, routes=routes)
                 )
-        for subset in subsets:
-            name = cluster_name(svc, port, subset)
-            clusters.setdefault(name, cluster(mesh, svc, port, subset))
+        for target, target_port, subset in targets:
+            name = cluster_name(target, target_port, subset)
+            clusters.setdefault(name, cluster(mesh, target, target_port, subset))
     return pc.Outbound(
         http=hosts, tcp=[], egress=[], clusters=[clusters[k] for k in sorted(clusters)]
     )
