@@ -13,7 +13,7 @@ loopback addresses; Kubernetes uses them as they are).
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, dataclass_transform
 
 from pydantic import ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_camel
@@ -26,62 +26,62 @@ SCHEMA_VERSION: Literal["weft.dev/proxyconfig/v1"] = "weft.dev/proxyconfig/v1"
 # pydantic TypeAdapter serialises them and derives the JSON Schema.
 CONFIG = ConfigDict(alias_generator=to_camel, extra="forbid")
 
+_T = TypeVar("_T")
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+
+@dataclass_transform(
+    frozen_default=True, kw_only_default=True, field_specifiers=(dataclasses.field,)
+)
+def contract(cls: type[_T]) -> type[_T]:
+    """A part of the contract: a frozen, slotted, keyword-only dataclass that the one
+    TypeAdapter serialises with camelCase names, refusing unknown fields."""
+    setattr(cls, "__pydantic_config__", CONFIG)  # noqa: B010  # pydantic reads it off the class
+    return dataclasses.dataclass(frozen=True, slots=True, kw_only=True)(cls)
+
+
+@contract
 class Workload:
-    __pydantic_config__ = CONFIG
-
     namespace: str
     service: str
     service_account: str
     spiffe_id: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class PeerMatch:
     """A rule's callers: the peer certificate's SPIFFE ID, or the namespace it names, or any."""
-
-    __pydantic_config__ = CONFIG
 
     identities: list[str] = dataclasses.field(default_factory=list)
     namespaces: list[str] = dataclasses.field(default_factory=list)
     any_identity: bool = False
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class PathPattern:
-    __pydantic_config__ = CONFIG
-
     exact: str | None = None
     prefix: str | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class ClaimMatch:
     """A claim (a path into nested objects) that must hold one of `values`."""
-
-    __pydantic_config__ = CONFIG
 
     path: list[str]
     values: list[str]
     space_separated: bool = False  # a string claim read as words (OAuth `scope`)
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class PrincipalMatch:
     """A rule's end-user conditions, on the token the port's authentication verified."""
-
-    __pydantic_config__ = CONFIG
 
     principals: list[str] = dataclasses.field(default_factory=list)
     claims: list[ClaimMatch] = dataclasses.field(default_factory=list)
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class AuthzRule:
     """Deny rules come first; the first matching deny decides, else any matching allow."""
-
-    __pydantic_config__ = CONFIG
 
     policy: str
     action: Literal["ALLOW", "DENY"]
@@ -91,28 +91,22 @@ class AuthzRule:
     principal: PrincipalMatch | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class TokenHeader:
-    __pydantic_config__ = CONFIG
-
     name: str
     prefix: str = ""
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class ClaimHeader:
-    __pydantic_config__ = CONFIG
-
     claim: str
     header: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class JwtIssuer:
     """An accepted issuer. `jwks` holds its keys: inline from the intent, or filled in by the
     sidecar agent from `jwksUri` / `jwksFile` (fastpath itself never fetches)."""
-
-    __pydantic_config__ = CONFIG
 
     issuer: str
     audiences: list[str] = dataclasses.field(default_factory=list)
@@ -127,21 +121,17 @@ class JwtIssuer:
     leeway_seconds: int = 60
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class Authentication:
     """A port's end-user authentication (a RequestAuthentication lowered for it)."""
-
-    __pydantic_config__ = CONFIG
 
     policy: str
     required: bool
     issuers: list[JwtIssuer]
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class InboundPort:
-    __pydantic_config__ = CONFIG
-
     name: str
     port: int
     target_port: int
@@ -152,19 +142,15 @@ class InboundPort:
     authentication: Authentication | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class StringMatch:
-    __pydantic_config__ = CONFIG
-
     exact: str | None = None
     prefix: str | None = None
     regex: str | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class HeaderMatch:
-    __pydantic_config__ = CONFIG
-
     name: str
     exact: str | None = None
     prefix: str | None = None
@@ -172,100 +158,78 @@ class HeaderMatch:
     present: bool | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class RouteMatch:
-    __pydantic_config__ = CONFIG
-
     path: StringMatch | None = None
     headers: list[HeaderMatch] = dataclasses.field(default_factory=list)
     method: str | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class WeightedCluster:
-    __pydantic_config__ = CONFIG
-
     cluster: str
     weight: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class RetryBudget:
-    __pydantic_config__ = CONFIG
-
     percent: float
     min_retries_per_second: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class RetryPolicy:
-    __pydantic_config__ = CONFIG
-
     attempts: int
     per_try_timeout_ms: int | None = None
     retry_on: list[str]
     budget: RetryBudget | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class MirrorPolicy:
     """Fire-and-forget copies of `percent` of the route's requests to `cluster`."""
-
-    __pydantic_config__ = CONFIG
 
     cluster: str
     percent: float
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class FaultDelay:
-    __pydantic_config__ = CONFIG
-
     fixed_ms: int
     percent: float
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class FaultAbort:
-    __pydantic_config__ = CONFIG
-
     http_status: int | None = None
     grpc_status: int | None = None
     percent: float
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class FaultPolicy:
-    __pydantic_config__ = CONFIG
-
     delay: FaultDelay | None = None
     abort: FaultAbort | None = None
     headers: list[HeaderMatch] = dataclasses.field(default_factory=list)
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class HashCookie:
-    __pydantic_config__ = CONFIG
-
     name: str
     ttl_ms: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class ConsistentHash:
     """Exactly one key: a header (lowercased), a cookie, or the caller's address."""
-
-    __pydantic_config__ = CONFIG
 
     header: str | None = None
     cookie: HashCookie | None = None
     source_ip: bool | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class HttpRoute:
-    __pydantic_config__ = CONFIG
-
     name: str
     matches: list[RouteMatch]  # empty: matches every request
     backends: list[WeightedCluster]
@@ -276,11 +240,9 @@ class HttpRoute:
     consistent_hash: ConsistentHash | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class HttpHost:
     """HTTP to one service port, chosen by Host header (or absolute-form URI) and port."""
-
-    __pydantic_config__ = CONFIG
 
     service: str
     hostnames: list[str]
@@ -288,31 +250,25 @@ class HttpHost:
     routes: list[HttpRoute]
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class TcpUpstream:
     """Opaque TCP to one service port, chosen by bind port or original destination."""
-
-    __pydantic_config__ = CONFIG
 
     service: str
     port: int
     cluster: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class Endpoints:
-    __pydantic_config__ = CONFIG
-
     dns: str | None = None
     static: list[str] | None = None  # "host:port"; filled in by the local runtime
     port: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class CircuitBreaker:
     """Per-sidecar bounds on what is outstanding to the cluster; unset is unlimited."""
-
-    __pydantic_config__ = CONFIG
 
     max_connections: int | None = None
     max_pending_requests: int | None = None
@@ -320,10 +276,8 @@ class CircuitBreaker:
     max_retries: int | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class OutlierDetection:
-    __pydantic_config__ = CONFIG
-
     consecutive_5xx: Annotated[int | None, Field(alias="consecutive5xx")] = None
     consecutive_gateway_errors: int | None = None
     consecutive_connect_failures: int | None = None
@@ -334,10 +288,8 @@ class OutlierDetection:
     panic_threshold_percent: float
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class Cluster:
-    __pydantic_config__ = CONFIG
-
     name: str
     service: str
     subset: str | None = None
@@ -349,18 +301,14 @@ class Cluster:
     outlier_detection: OutlierDetection | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class TlsOrigination:
-    __pydantic_config__ = CONFIG
-
     port: int
     sni: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class EgressDestination:
-    __pydantic_config__ = CONFIG
-
     name: str
     host: str
     port: int
@@ -368,12 +316,10 @@ class EgressDestination:
     tls_origination: TlsOrigination | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class DeniedHost:
     """An HTTP service port a deny policy refuses this workload: no route, only the name of
     what decided, so the caller-side 403 says which policy to look at."""
-
-    __pydantic_config__ = CONFIG
 
     service: str
     hostnames: list[str]
@@ -381,10 +327,8 @@ class DeniedHost:
     decided_by: list[str]
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class Outbound:
-    __pydantic_config__ = CONFIG
-
     http: list[HttpHost]
     tcp: list[TcpUpstream]
     egress: list[EgressDestination]
@@ -395,12 +339,10 @@ class Outbound:
     default_policy: str = ""
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class PeerLabels:
     """What Istio's standard metric labels say of one workload, as Istio would fill them from
     its pod: so `istio_requests_total` carries values Istio's dashboards and Kiali expect."""
-
-    __pydantic_config__ = CONFIG
 
     service: str  # "ns/name"
     spiffe_id: str
@@ -412,10 +354,8 @@ class PeerLabels:
     canonical_revision: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class Telemetry:
-    __pydantic_config__ = CONFIG
-
     sampling_percent: float
     otlp_endpoint: str | None = None
     # This workload first, then every workload it may call or be called by (the metric labels
@@ -423,20 +363,16 @@ class Telemetry:
     peers: list[PeerLabels] = dataclasses.field(default_factory=list)
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class PathNormalization:
     """How the sidecar normalizes request paths before authorization and routing."""
-
-    __pydantic_config__ = CONFIG
 
     escaped_slashes: Literal["REJECT", "KEEP", "DECODE"] = "REJECT"
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class GatewayListener:
     """An ingress gateway's HTTPS listener; the certificate and key are files on its host."""
-
-    __pydantic_config__ = CONFIG
 
     name: str
     port: int
@@ -444,10 +380,8 @@ class GatewayListener:
     key_file: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@contract
 class ProxyConfig:
-    __pydantic_config__ = CONFIG
-
     schema_version: Literal["weft.dev/proxyconfig/v1"]
     revision: str
     trust_domain: str
