@@ -147,18 +147,9 @@ async fn request(
             let user = port
                 .authentication
                 .as_ref()
-                .map_or(Ok(None), |a| a.authenticate(req.headers(), req.uri()));
-            let decision = authz::decide_for_user(
-                port,
-                peer.as_ref().as_ref(),
-                Request {
-                    method: Some(method.as_str()),
-                    path: Some(decided_path(&req)),
-                },
-                user.as_ref().ok().and_then(Option::as_ref),
-            );
-            let policy = decision.policy.to_owned();
-            if let (Err(refusal), Some(a)) = (&user, &port.authentication) {
+                .map(|a| (a, a.authenticate(req.headers(), req.uri())));
+            // An invalid token is answered 401 before any policy is consulted.
+            if let Some((a, Err(refusal))) = &user {
                 let policy = format!("{}: {}", a.policy, refusal.reason());
                 let mut reply = local_reply(
                     StatusCode::UNAUTHORIZED,
@@ -172,15 +163,31 @@ async fn request(
                         .insert(http::header::WWW_AUTHENTICATE, v);
                 }
                 (policy, reply)
-            } else if decision.allowed {
-                if let (Some(a), Ok(user)) = (&port.authentication, &user) {
-                    a.prepare_upstream(user.as_ref(), req.headers_mut());
-                }
-                let response = forward(&shared, &active, &port_name, &ex.hop, source, req).await;
-                (policy, response)
             } else {
-                let path = &ex.path;
-                let reply = local_reply(
+                let user = match user {
+                    Some((a, Ok(user))) => Some((a, user)),
+                    _ => None,
+                };
+                let decision = authz::decide_for_user(
+                    port,
+                    peer.as_ref().as_ref(),
+                    Request {
+                        method: Some(method.as_str()),
+                        path: Some(decided_path(&req)),
+                    },
+                    user.as_ref().and_then(|(_, u)| u.as_ref()),
+                );
+                let policy = decision.policy.to_owned();
+                if decision.allowed {
+                    if let Some((a, user)) = &user {
+                        a.prepare_upstream(user.as_ref(), req.headers_mut());
+                    }
+                    let response =
+                        forward(&shared, &active, &port_name, &ex.hop, source, req).await;
+                    (policy, response)
+                } else {
+                    let path = &ex.path;
+                    let reply = local_reply(
                     StatusCode::FORBIDDEN,
                     &policy,
                     &config.revision,
@@ -189,7 +196,8 @@ async fn request(
                         port.port, config.revision
                     ),
                 );
-                (policy, reply)
+                    (policy, reply)
+                }
             }
         }
     };
