@@ -49,17 +49,7 @@ async fn connection(shared: Arc<Shared>, name: String, tcp: TcpStream) {
 /// dialled may differ (a load balancer's 443, the local runtime's bound port) or be left out:
 /// the authority is routed, and passed on, as `host:<listener port>`.
 fn with_port<B>(mut req: http::Request<B>, port: u16) -> http::Request<B> {
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        });
-    let Some(authority) = authority else {
+    let Some(authority) = super::named_authority(&req) else {
         return req;
     };
     let host = match authority.rsplit_once(':') {

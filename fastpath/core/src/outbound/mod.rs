@@ -73,7 +73,7 @@ fn me(active: &Active) -> String {
 }
 
 /// The authority a request names: HTTP/2's `:authority`, else HTTP/1.1's `Host`.
-fn authority<B>(req: &http::Request<B>) -> String {
+fn named_authority<B>(req: &http::Request<B>) -> Option<String> {
     req.uri()
         .authority()
         .map(|a| a.as_str().to_owned())
@@ -83,7 +83,10 @@ fn authority<B>(req: &http::Request<B>) -> String {
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_owned)
         })
-        .unwrap_or_default()
+}
+
+fn authority<B>(req: &http::Request<B>) -> String {
+    named_authority(req).unwrap_or_default()
 }
 
 /// One request from the app. `fallback` is the "ns/service:port" upstream that a transparently
