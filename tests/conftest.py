@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import intent
+from tests.hydra import hydra  # noqa: F401  # a real OIDC provider (ORY Hydra), built if missing
 from tests.jaeger import jaeger  # noqa: F401  # session fixture: a real Jaeger, built if missing
 from tests.kube import kube, namespace  # noqa: F401  # a real kube-apiserver, built if missing
 from tests.kubeapps import template_cluster  # noqa: F401  # the template's apps on it
@@ -20,8 +21,9 @@ from tests.kubeapps import template_cluster  # noqa: F401  # the template's apps
 NEEDS = {
     "kube": {"kube", "namespace", "template_cluster"},
     "jaeger": {"jaeger"},
+    "idp": {"hydra"},
 }
-HEAVY = ("kube", "jaeger", "netns", "slow")
+HEAVY = ("kube", "jaeger", "idp", "netns", "slow")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
