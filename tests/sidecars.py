@@ -214,9 +214,11 @@ class AgentProcess:
         *,
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        wrapper: tuple[str, ...] = (),
     ) -> None:
         self.config, self.certs = config, certs
         self.args, self.env = args, env  # extra `weft sidecar` arguments; the environment
+        self.wrapper = wrapper  # what runs it, e.g. `ip netns exec <namespace>`
         self.listeners = config.with_name(config.stem + ".listeners.json")
         self.listeners.write_text(json.dumps(listeners))
         self.drain_timeout = drain_timeout
@@ -226,6 +228,7 @@ class AgentProcess:
     def start(self) -> AgentProcess:
         self.proc = subprocess.Popen(
             [
+                *self.wrapper,
                 sys.executable,
                 "-m",
                 "reconciler.sidecar",

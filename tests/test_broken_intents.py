@@ -280,6 +280,23 @@ CASES = [
         ),
     ),
     case(
+        "issuer-not-https",
+        error(
+            "authn.yaml:9:15",
+            "'http://idp.example' is plain http: an issuer and its keys must be https "
+            "(http is accepted on loopback only)",
+        ),
+    ),
+    case(
+        "issuer-not-a-url-for-discovery",
+        error(
+            "authn.yaml:9:15",
+            "issuer 'idp.example' gives no jwksUri, jwks or jwksFile, so its keys are discovered "
+            "from <issuer>/.well-known/openid-configuration: it must be an https URL",
+            "give the keys with jwksUri, jwks or jwksFile",
+        ),
+    ),
+    case(
         "jwks-symmetric-key",
         error(
             "authn.yaml:11:9",

@@ -55,8 +55,11 @@ def intent(jwks_uri: str) -> dict[str, str]:
 
 
 class Pair:
-    def __init__(self, tmp: Path, idp: jwts.JwksServer) -> None:
-        configs = sidecars.compiled(tmp / "intent", intent(idp.uri))
+    """a/web's sidecar in-process, b/api's a real agent process trusting `trust` for its
+    identity provider's HTTPS."""
+
+    def __init__(self, tmp: Path, intent_files: dict[str, str], trust: Path) -> None:
+        configs = sidecars.compiled(tmp / "intent", intent_files)
         ca = CA.create()
         self.app = sidecars.EchoServer("api")
         files = tmp / "api-sidecar"
@@ -71,7 +74,7 @@ class Pair:
             {"inbound": {"http": "127.0.0.1:0"}, "app": {"http": self.app.addr}},
             poll=0.2,
             args=("--jwks-refresh", "0.5"),
-            env={**os.environ, "SSL_CERT_FILE": str(idp.trust)},
+            env={**os.environ, "SSL_CERT_FILE": str(trust)},
         )
         self.configs, self.ca = configs, ca
 
@@ -124,7 +127,7 @@ class Pair:
 def rig(tmp_path: Path) -> Iterator[tuple[Pair, jwts.JwksServer, list[jwts.SigningKey]]]:
     keys = [jwts.SigningKey("rsa-1"), jwts.SigningKey("ec-1", "ES256")]
     with jwts.JwksServer(tmp_path, list(keys)) as idp, sidecars.serving(sidecars.EchoServer("x")):
-        pair = Pair(tmp_path, idp)
+        pair = Pair(tmp_path, intent(idp.uri), idp.trust)
         with sidecars.serving(pair.app):
             pair.start()
             try:

@@ -21,7 +21,16 @@ from typing import Any, Literal
 import yaml
 
 from reconciler.allocation import without_gc_pauses
-from reconciler.compiler import authz, identities, kubernetes, labels, outbound, policy, reach
+from reconciler.compiler import (
+    authz,
+    egress,
+    identities,
+    kubernetes,
+    labels,
+    outbound,
+    policy,
+    reach,
+)
 from reconciler.compiler import proxyconfig as pc
 from reconciler.intent import Intent
 
@@ -110,8 +119,10 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
                 service_account=gw.service_account,
                 spiffe_id=mesh.identity_of(gw),
             ),
-            inbound=[],
-            outbound=outbound.gateway(mesh, gw),
+            inbound=egress.gateway_inbound(mesh, gw),
+            outbound=dataclasses.replace(
+                outbound.gateway(mesh, gw), egress=egress.gateway_destinations(mesh, gw)
+            ),
             telemetry=telemetry,
             path_normalization=paths,
             gateway=[

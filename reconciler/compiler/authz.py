@@ -46,6 +46,7 @@ def authentication(ra: model.RequestAuthentication) -> pc.Authentication:
                 audiences=list(i.audiences),
                 jwks_uri=i.jwks_uri,
                 jwks_file=i.jwks_file,
+                discovery=i.discovers,
                 jwks=i.jwks,
                 from_headers=[
                     pc.TokenHeader(name=h.name.lower(), prefix=h.prefix) for h in i.from_headers

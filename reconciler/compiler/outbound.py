@@ -7,6 +7,7 @@ config stays small in a large mesh.
 
 from __future__ import annotations
 
+from reconciler.compiler import egress as egress_gateway
 from reconciler.compiler import proxyconfig as pc
 from reconciler.compiler.policy import Edge, Selection, denied
 from reconciler.intent import Intent, model
@@ -293,23 +294,12 @@ def build(
     spiffe, ns = mesh.identity_of(source), source.metadata.namespace
     for ext, peers in table.externals:
         if peers.admits(spiffe, ns):
-            for p in ext.spec.ports:
-                origination = (
-                    None
-                    if p.tls_origination is None
-                    else pc.TlsOrigination(
-                        port=p.tls_origination.port, sni=p.tls_origination.sni or ext.spec.host
-                    )
-                )
-                egress.append(
-                    pc.EgressDestination(
-                        name=ext.ref,
-                        host=ext.spec.host,
-                        port=p.port,
-                        protocol=p.protocol,
-                        tls_origination=origination,
-                    )
-                )
+            if (gw := egress_gateway.gateway_of(mesh, ext)) is not None:
+                via, behind = egress_gateway.via_gateway(mesh, ext, gw)
+                hosts += via
+                clusters.update((c.name, c) for c in behind)
+            else:
+                egress += egress_gateway.destinations(ext)
     egress.sort(key=lambda e: (e.host, e.port))
     refused = [
         pc.DeniedHost(

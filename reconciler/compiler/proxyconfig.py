@@ -106,12 +106,14 @@ class ClaimHeader:
 @contract
 class JwtIssuer:
     """An accepted issuer. `jwks` holds its keys: inline from the intent, or filled in by the
-    sidecar agent from `jwksUri` / `jwksFile` (fastpath itself never fetches)."""
+    sidecar agent from `jwksUri` / `jwksFile`, or from the `jwks_uri` of the issuer's discovery
+    document when `discovery` is set (fastpath itself never fetches)."""
 
     issuer: str
     audiences: list[str] = dataclasses.field(default_factory=list)
     jwks_uri: str | None = None
     jwks_file: str | None = None
+    discovery: bool = False
     jwks: dict[str, Any] | None = None
     from_headers: list[TokenHeader] = dataclasses.field(default_factory=list)
     from_params: list[str] = dataclasses.field(default_factory=list)

@@ -404,7 +404,8 @@ class ClaimToHeader(Model):
 
 
 class JwtIssuer(Model):
-    """One identity provider whose tokens are accepted, and where its keys come from."""
+    """One identity provider whose tokens are accepted, and where its keys come from: at most one
+    of `jwksUri`, `jwks`, `jwksFile`; none of them means OIDC discovery from the issuer URL."""
 
     issuer: NonEmpty
     audiences: list[NonEmpty] = []
@@ -420,8 +421,15 @@ class JwtIssuer(Model):
 
     @model_validator(mode="after")
     def _one_key_source(self) -> JwtIssuer:
-        exactly_one(self, ("jwks_uri", "jwks", "jwks_file"), "an issuer")
+        if not self.discovers:
+            exactly_one(self, ("jwks_uri", "jwks", "jwks_file"), "an issuer")
         return self
+
+    @property
+    def discovers(self) -> bool:
+        """No key source given: the agent finds the keys through the issuer's discovery document,
+        `<issuer>/.well-known/openid-configuration` (OpenID Connect Discovery 1.0)."""
+        return self.jwks_uri is None and self.jwks is None and self.jwks_file is None
 
 
 class RequestAuthenticationSpec(Model):
@@ -622,6 +630,8 @@ class ExternalServiceSpec(Model):
     host: DnsName
     ports: Annotated[list[ExternalPort], Field(min_length=1)]
     allowed_from: list[Source] = []
+    # Calls leave through this Gateway (its name, or namespace/name), never from the caller.
+    egress_gateway: ServiceRef | None = None
 
 
 class ExternalService(Document):
@@ -652,7 +662,7 @@ class GatewayListener(Model):
 
 class GatewaySpec(Model):
     service_account: Name | None = None
-    listeners: Annotated[list[GatewayListener], Field(min_length=1)]
+    listeners: list[GatewayListener] = []  # none: an egress-only gateway
 
 
 class Gateway(Document):

@@ -651,6 +651,7 @@ def _backends(
 def externals(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
     mesh_hosts = {h for s in intent.services.values() for h in intent.hostnames(s)[1:]}
     claimed: dict[tuple[str, int], model.ExternalService] = {}
+    egress_ports: dict[tuple[tuple[str, str], int], model.ExternalService] = {}
     for ext in intent.externals:
         spec = ext.spec
         if spec.host in mesh_hosts:
@@ -670,6 +671,7 @@ def externals(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
                     f"{other.ref} ({position_of(other)})",
                 )
         yield from sources(intent, ext, spec.allowed_from, "allowedFrom", broken)
+        yield from _egress_gateway(intent, ext, broken, egress_ports)
         if not spec.allowed_from:
             yield _warning(
                 ext,
@@ -678,6 +680,48 @@ def externals(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
                 else ("metadata", "name"),
                 f"no source may use ExternalService {ext.ref}",
                 "add spec.allowedFrom",
+            )
+
+
+def _egress_gateway(
+    intent: Intent,
+    ext: model.ExternalService,
+    broken: Broken,
+    claimed: dict[tuple[tuple[str, str], int], model.ExternalService],
+) -> Iterator[Diagnostic]:
+    """An ExternalService leaving through a gateway: the gateway exists, the ports are HTTP
+    (the gateway reads the Host to pick the destination), and no other ExternalService shares
+    one of its ports there (the port's AccessPolicy is this ExternalService's allowedFrom)."""
+    ref, ns = ext.spec.egress_gateway, ext.metadata.namespace
+    if ref is None:
+        return
+    gw = intent.gateway(ref, ns)
+    if gw is None:
+        if ("Gateway", *_full(ref, ns).split("/")) not in broken:
+            yield _error(
+                ext,
+                ("spec", "egressGateway"),
+                f"unknown gateway {_full(ref, ns)!r}",
+                did_you_mean(_full(ref, ns), (f"{a}/{b}" for a, b in intent.gateways)),
+            )
+        return
+    for i, port in enumerate(ext.spec.ports):
+        if port.protocol != "http":
+            yield _error(
+                ext,
+                ("spec", "ports", i, "protocol"),
+                f"port {port.port} is {port.protocol}: an egress gateway carries protocol: http "
+                "(with tlsOrigination for https outside)",
+            )
+            continue
+        other = claimed.setdefault((gw.key, port.port), ext)
+        if other is not ext:
+            yield _error(
+                ext,
+                ("spec", "ports", i, "port"),
+                f"port {port.port} of Gateway {gw.ref} already carries ExternalService "
+                f"{other.ref} ({position_of(other)})",
+                "give one of them another port",
             )
 
 
@@ -722,6 +766,18 @@ def gateways(intent: Intent) -> Iterator[Diagnostic]:
     """Gateways: listener names and ports unique; no two gateways answering one host:port."""
     claimed: dict[tuple[int, str], model.Gateway] = {}
     for gw in intent.gateways.values():
+        if not gw.spec.listeners and not any(
+            intent.gateway(e.spec.egress_gateway, e.metadata.namespace) is gw
+            for e in intent.externals
+            if e.spec.egress_gateway
+        ):
+            yield _error(
+                gw,
+                ("spec",),
+                f"Gateway {gw.ref} has no listeners and no ExternalService leaves through it",
+                "add spec.listeners, or name it in an ExternalService's egressGateway",
+                key=True,
+            )
         names: set[str] = set()
         ports: set[int] = set()
         for i, listener in enumerate(gw.spec.listeners):
@@ -816,6 +872,15 @@ def authentications(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
             seen.setdefault(issuer.issuer, i)
             if "://" in issuer.issuer and not issuer.issuer.startswith(("https://", "http://")):
                 yield _error(ra, (*at, "issuer"), f"issuer {issuer.issuer!r} is not an https URL")
+            elif issuer.discovers and not issuer.issuer.startswith(("https://", "http://")):
+                yield _error(
+                    ra,
+                    (*at, "issuer"),
+                    f"issuer {issuer.issuer!r} gives no jwksUri, jwks or jwksFile, so its keys "
+                    "are discovered from <issuer>/.well-known/openid-configuration: it must "
+                    "be an https URL",
+                    "give the keys with jwksUri, jwks or jwksFile",
+                )
             for field, url in (("issuer", issuer.issuer), ("jwksUri", issuer.jwks_uri)):
                 if url is not None and _plain_http_outside_loopback(url):
                     yield _error(

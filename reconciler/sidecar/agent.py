@@ -120,7 +120,12 @@ class Agent:
     def _effective(self, text: str) -> str:
         """The config as fastpath gets it: the file, with the issuers' keys filled in. Text that
         is not JSON goes on as it is, for fastpath to refuse with its own message."""
-        if '"jwksUri"' not in text and '"jwksFile"' not in text and not self.jwks.entries:
+        if (
+            '"jwksUri"' not in text
+            and '"jwksFile"' not in text
+            and '"discovery"' not in text
+            and not self.jwks.entries
+        ):
             return text  # the common case, every poll: no parse
         try:
             config = json.loads(text)

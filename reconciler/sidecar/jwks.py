@@ -1,7 +1,8 @@
 """The keys of the JWT issuers a ProxyConfig names, fetched or read by the agent.
 
 fastpath verifies tokens with the keys inside its config and never does I/O for them on a
-request; this module fills them in. Each source (an issuer's `jwksUri` or `jwksFile`) is
+request; this module fills them in. Each source (an issuer's `jwksUri` or `jwksFile`, or for an
+issuer that names neither its OIDC discovery document, whose `jwks_uri` is then fetched) is
 looked at again every `refresh_seconds`, so a key the identity provider rotates in reaches
 fastpath as an ordinary config reload. A failed fetch keeps the keys already held (an IdP
 outage must not refuse every user whose token those keys still verify) and is reported as
@@ -15,6 +16,7 @@ import copy
 import dataclasses
 import json
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -29,14 +31,44 @@ MAX_DOCUMENT_BYTES = 1 << 20
 
 
 def sources(config: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
-    """Every issuer whose keys come from outside the config, with its source ("uri:..." or
-    "file:...")."""
+    """Every issuer whose keys come from outside the config, with its source ("uri:...",
+    "file:..." or "issuer:..." for discovery)."""
     for port in config.get("inbound", ()):
         for issuer in (port.get("authentication") or {}).get("issuers", ()):
             if issuer.get("jwksUri"):
                 yield issuer, "uri:" + issuer["jwksUri"]
             elif issuer.get("jwksFile"):
                 yield issuer, "file:" + issuer["jwksFile"]
+            elif issuer.get("discovery"):
+                yield issuer, "issuer:" + issuer["issuer"]
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _https_or_loopback(url: str) -> bool:
+    """The rule validate applies to the intent, applied to a URL an IdP hands out: keys fetched
+    in the clear could be swapped by anyone on the path."""
+    parsed = urllib.parse.urlsplit(url)
+    return parsed.scheme == "https" or (
+        parsed.scheme == "http" and parsed.hostname in LOOPBACK_HOSTS
+    )
+
+
+def discover(issuer: str) -> str:
+    """The `jwks_uri` of `issuer`'s OpenID Connect discovery document. The document must name
+    the issuer exactly (Discovery 1.0 §4.3): one that names another would have the mesh trust
+    keys published for someone else."""
+    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+    document = json.loads(_fetch_uri(url))
+    if not isinstance(document, dict):
+        raise ValueError(f"{url}: not a discovery document")
+    if document.get("issuer") != issuer:
+        raise ValueError(f"{url} names issuer {document.get('issuer')!r}, not {issuer!r}")
+    jwks_uri = document.get("jwks_uri")
+    if not isinstance(jwks_uri, str) or not _https_or_loopback(jwks_uri):
+        raise ValueError(f"{url}: jwks_uri {jwks_uri!r} is not an https URL")
+    return jwks_uri
 
 
 def _fetch_uri(uri: str) -> bytes:
@@ -54,7 +86,10 @@ def _fetch_uri(uri: str) -> bytes:
 def read(source: str) -> dict[str, Any]:
     """A JWKS document from its source, checked the way fastpath will read it."""
     kind, _, where = source.partition(":")
-    raw = _fetch_uri(where) if kind == "uri" else Path(where).read_bytes()
+    if kind == "issuer":
+        raw = _fetch_uri(discover(where))
+    else:
+        raw = _fetch_uri(where) if kind == "uri" else Path(where).read_bytes()
     document = json.loads(raw)
     if not isinstance(document, dict):
         raise ValueError("not a JWKS document")

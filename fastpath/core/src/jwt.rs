@@ -42,6 +42,9 @@ pub struct Issuer {
     pub jwks_uri: Option<String>,
     /// A JWKS file the agent reads (the local runtime's way to give keys without git).
     pub jwks_file: Option<String>,
+    /// The agent finds the JWKS through the issuer's OIDC discovery document.
+    #[serde(default)]
+    pub discovery: bool,
     /// The keys in force; absent until the agent has fetched them, when every token is refused.
     #[serde(default)]
     pub jwks: Keys,

@@ -1,0 +1,119 @@
+"""Egress gateways: an ExternalService that names `egressGateway` is reached through that
+Gateway, never directly.
+
+A caller's sidecar gets no egress destination for such a host (so it cannot leave on its own):
+the host is a mesh HTTP host whose one cluster is the gateway, over mesh mTLS that must present
+the gateway's SPIFFE identity. The gateway gets, per port, an inbound mesh port that admits
+exactly the ExternalService's `allowedFrom`, handing each request to its own outbound side,
+where the ExternalService is an egress destination that originates TLS to the outside.
+"""
+
+from __future__ import annotations
+
+from reconciler.compiler import proxyconfig as pc
+from reconciler.intent import Intent, model
+
+
+def gateway_of(mesh: Intent, ext: model.ExternalService) -> model.Gateway | None:
+    ref = ext.spec.egress_gateway
+    return None if ref is None else mesh.gateway(ref, ext.metadata.namespace)
+
+
+def destinations(ext: model.ExternalService) -> list[pc.EgressDestination]:
+    """The ExternalService's ports as egress destinations, TLS originated where it says."""
+    return [
+        pc.EgressDestination(
+            name=ext.ref,
+            host=ext.spec.host,
+            port=p.port,
+            protocol=p.protocol,
+            tls_origination=None
+            if p.tls_origination is None
+            else pc.TlsOrigination(
+                port=p.tls_origination.port, sni=p.tls_origination.sni or ext.spec.host
+            ),
+        )
+        for p in ext.spec.ports
+    ]
+
+
+def cluster_name(gw: model.Gateway, port: int) -> str:
+    return f"{gw.ref}:{port}"
+
+
+def via_gateway(
+    mesh: Intent, ext: model.ExternalService, gw: model.Gateway
+) -> tuple[list[pc.HttpHost], list[pc.Cluster]]:
+    """A caller's side: the external host routed to the gateway over mesh mTLS."""
+    hosts, clusters = [], []
+    for p in ext.spec.ports:
+        name = cluster_name(gw, p.port)
+        hosts.append(
+            pc.HttpHost(
+                service=ext.ref,
+                hostnames=[ext.spec.host],
+                port=p.port,
+                routes=[
+                    pc.HttpRoute(
+                        name=f"egress-gateway:{gw.ref}",
+                        matches=[],
+                        backends=[pc.WeightedCluster(cluster=name, weight=100)],
+                    )
+                ],
+            )
+        )
+        clusters.append(
+            pc.Cluster(
+                name=name,
+                service=gw.ref,
+                spiffe_id=mesh.identity_of(gw),
+                protocol="http",
+                load_balancer="LEAST_REQUEST",
+                endpoints=pc.Endpoints(
+                    dns=f"{gw.metadata.name}-weft.{gw.metadata.namespace}.svc."
+                    f"{mesh.spec.cluster_domain}",
+                    port=p.port,
+                ),
+            )
+        )
+    return hosts, clusters
+
+
+def leaving_through(mesh: Intent, gw: model.Gateway) -> list[model.ExternalService]:
+    return [ext for ext in mesh.externals if gateway_of(mesh, ext) is gw]
+
+
+def gateway_inbound(mesh: Intent, gw: model.Gateway) -> list[pc.InboundPort]:
+    """The gateway's mesh-facing ports: one per ExternalService port leaving through it (validate
+    refuses two on one port), admitting only what its `allowedFrom` admits."""
+    ports = []
+    for ext in leaving_through(mesh, gw):
+        peers = mesh.peers(ext.spec.allowed_from, ext.metadata.namespace)
+        for p in ext.spec.ports:
+            ports.append(
+                pc.InboundPort(
+                    name=f"egress-{p.port}",
+                    port=p.port,
+                    target_port=p.port,  # the gateway's own outbound side, bound by the runtime
+                    protocol="http",
+                    rules=[
+                        pc.AuthzRule(
+                            policy=f"ExternalService {ext.ref}",
+                            action="ALLOW",
+                            peers=pc.PeerMatch(
+                                identities=sorted(peers.identities),
+                                namespaces=sorted(peers.namespaces),
+                                any_identity=peers.any_identity,
+                            ),
+                        )
+                    ],
+                    default_action="DENY",
+                    default_policy=f"Gateway {gw.ref}: only the allowedFrom of {ext.ref}",
+                )
+            )
+    return sorted(ports, key=lambda p: p.port)
+
+
+def gateway_destinations(mesh: Intent, gw: model.Gateway) -> list[pc.EgressDestination]:
+    found = [d for ext in leaving_through(mesh, gw) for d in destinations(ext)]
+    return sorted(found, key=lambda e: (e.host, e.port))
