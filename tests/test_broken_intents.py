@@ -270,6 +270,36 @@ CASES = [
             "narrow spec.to.ports to HTTP ports",
         ),
     ),
+    # ------------------------------------------------------------ egress gateways
+    case(
+        "egress-gateway-unknown",
+        error("egress.yaml:9:18", "unknown gateway 'shop/egress'"),
+    ),
+    case(
+        "egress-gateway-tcp-port",
+        error(
+            "egress.yaml:12:34",
+            "port 5432 is tcp: an egress gateway carries protocol: http (with tlsOrigination "
+            "for https outside)",
+        ),
+    ),
+    case(
+        "egress-gateway-shared-port",
+        error(
+            "egress.yaml:21:18",
+            "port 80 of Gateway shop/egress already carries ExternalService shop/partner "
+            "(egress.yaml:7:1)",
+            "give one of them another port",
+        ),
+    ),
+    case(
+        "gateway-without-listeners",
+        error(
+            "egress.yaml:5:1",
+            "Gateway shop/egress has no listeners and no ExternalService leaves through it",
+            "add spec.listeners, or name it in an ExternalService's egressGateway",
+        ),
+    ),
     # ------------------------------------------------------------ end-user authentication
     case(
         "jwks-uri-not-https",

@@ -240,7 +240,17 @@ class LocalTarget:
                 "Gateway %s/%s is not run with --isolation netns yet", inst.namespace, inst.service
             )
             return {}
-        listeners = {"gateway": {g["name"]: f"127.0.0.1:{g['port']}" for g in config["gateway"]}}
+        listeners: dict[str, Any] = {
+            "gateway": {g["name"]: f"127.0.0.1:{g['port']}" for g in config["gateway"]}
+        }
+        if config["inbound"]:  # an egress gateway: mesh-facing ports, each handed to its outbound
+            outbound = self.ports.addr(f"outbound:{inst.ref}")
+            listeners["inbound"] = {
+                p["name"]: self.ports.addr(f"inbound:{inst.ref}:{p['name']}")
+                for p in config["inbound"]
+            }
+            listeners["app"] = {p["name"]: outbound for p in config["inbound"]}
+            listeners["outboundHttp"] = outbound
         text = to_json(bind_endpoints(config, self._endpoints(config, configs, instances)))
         certs = (
             self.store.root / "workloads" / inst.namespace / config["workload"]["serviceAccount"]
@@ -250,6 +260,7 @@ class LocalTarget:
         self.listening[inst.ref] = {
             "admin": admin,
             **{f"gateway {n}": a for n, a in listeners["gateway"].items()},
+            **{f"inbound {n}": a for n, a in listeners.get("inbound", {}).items()},
         }
         return {
             f"config/{inst.ref}": Unit(f"config/{inst.ref}", "config", _digest(text), text),
@@ -364,6 +375,12 @@ class LocalTarget:
         endpoints: dict[str, list[str]] = {}
         for cluster in config["outbound"]["clusters"]:
             ns, svc = cluster["service"].split("/")
+            if (ns, svc) not in configs:  # an egress gateway: its port for this destination port
+                if not self.network:
+                    gateway = Instance(ns, svc, "gateway").ref
+                    port_name = f"egress-{cluster['endpoints']['port']}"
+                    endpoints[cluster["name"]] = [self.ports.addr(f"inbound:{gateway}:{port_name}")]
+                continue
             dest = configs[(ns, svc)]
             port = next(
                 p for p in dest["inbound"] if p["targetPort"] == cluster["endpoints"]["port"]

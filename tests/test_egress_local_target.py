@@ -1,0 +1,43 @@
+"""What `weft up` makes of an egress gateway (no processes started): the caller's cluster for
+the external host is bound to the gateway's mesh-facing port, and the gateway's listeners hand
+that port to its own outbound side, where the ExternalService is its egress destination."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reconciler import compiler
+from reconciler.targets.local.target import LocalTarget
+from tests.conftest import load, write_repo
+from tests.test_egress_gateway import INTENT
+
+
+def test_weft_up_binds_callers_to_the_egress_gateway_and_the_gateway_to_its_outbound(
+    tmp_path: Path,
+) -> None:
+    desired = compiler.compile(load(write_repo(tmp_path / "repo", INTENT)))
+    target = LocalTarget(tmp_path / "state")
+    try:
+        units = target._units(desired)
+    finally:
+        target.close()
+    gateway = units["sidecar/a/egress/gateway"].payload["listeners"]
+    assert set(gateway["inbound"]) == {"egress-80"}
+    assert gateway["app"] == {"egress-80": gateway["outboundHttp"]}
+    gateway_config = json.loads(units["config/a/egress/gateway"].payload)
+    (dest,) = gateway_config["outbound"]["egress"]
+    assert (dest["host"], dest["port"], dest["tlsOrigination"]["port"]) == (
+        "api.partner.test",
+        80,
+        443,
+    )
+    (rule,) = gateway_config["inbound"][0]["rules"]
+    assert rule["peers"]["identities"] == ["spiffe://egress.local/ns/a/sa/web"]
+
+    web = json.loads(units["config/a/web/default"].payload)["outbound"]
+    assert web["egress"] == []
+    (cluster,) = [c for c in web["clusters"] if c["service"] == "a/egress"]
+    assert cluster["endpoints"]["static"] == [gateway["inbound"]["egress-80"]]
+    api = json.loads(units["config/b/api/default"].payload)["outbound"]
+    assert not [c for c in api["clusters"] if c["service"] == "a/egress"], "b/api is not admitted"
