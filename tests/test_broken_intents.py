@@ -327,6 +327,10 @@ CASES = [
         ),
     ),
     case(
+        "request-authentication-unknown-gateway",
+        error("authn.yaml:8:19", "unknown gateway 'shop/public'"),
+    ),
+    case(
         "jwks-symmetric-key",
         error(
             "authn.yaml:11:9",

@@ -131,6 +131,9 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
                     port=listener.port,
                     certificate_file=listener.tls.certificate_file,
                     key_file=listener.tls.key_file,
+                    authentication=authz.authentication(ra)
+                    if (ra := mesh.gateway_authentication(gw))
+                    else None,
                 )
                 for listener in gw.spec.listeners
             ],

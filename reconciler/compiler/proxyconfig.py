@@ -380,6 +380,7 @@ class GatewayListener:
     port: int
     certificate_file: str
     key_file: str
+    authentication: Authentication | None = None
 
 
 @contract

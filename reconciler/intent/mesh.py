@@ -151,6 +151,8 @@ class Intent:
     ) -> list[tuple[model.Service, model.ServicePort]]:
         """The (service, port) pairs an AccessPolicy (or RequestAuthentication) governs."""
         ns = policy.metadata.namespace
+        if isinstance(policy.spec.to, model.AuthenticationTarget) and policy.spec.to.gateways:
+            return []  # it governs gateways: `gateway_authentication`
         names = policy.spec.to.services
         chosen = (
             self.services_in(ns)
@@ -188,6 +190,14 @@ class Intent:
         if target is host:
             return target, routed
         return target, target.port(routed.name) or target.port(routed.port)
+
+    def gateway_authentication(self, gw: model.Gateway) -> model.RequestAuthentication | None:
+        """The RequestAuthentication naming `gw` in `to.gateways`; validation allows one."""
+        for ra in self.authentications:
+            ns = ra.metadata.namespace
+            if any(self.gateway(ref, ns) is gw for ref in ra.spec.to.gateways or ()):
+                return ra
+        return None
 
     @functools.cached_property
     def authentication(self) -> dict[tuple[tuple[str, str], str], model.RequestAuthentication]:

@@ -432,8 +432,19 @@ class JwtIssuer(Model):
         return self.jwks_uri is None and self.jwks is None and self.jwks_file is None
 
 
+class AuthenticationTarget(PolicyTarget):
+    # Tokens checked at the edge, on every listener of these Gateways, instead of at services.
+    gateways: Annotated[list[ServiceRef], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _gateways_alone(self) -> AuthenticationTarget:
+        if self.gateways is not None and (self.services is not None or self.ports is not None):
+            raise ValueError("`to` names gateways, or services and ports, not both")
+        return self
+
+
 class RequestAuthenticationSpec(Model):
-    to: PolicyTarget = PolicyTarget()
+    to: AuthenticationTarget = AuthenticationTarget()
     required: bool = True  # a request with no token is refused (401); false: it goes on anonymous
     issuers: Annotated[list[JwtIssuer], Field(min_length=1)]
 

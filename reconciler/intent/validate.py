@@ -812,12 +812,50 @@ def _plain_http_outside_loopback(url: str) -> bool:
     return host not in LOOPBACK_HOSTS
 
 
+def _gateway_authentication(
+    intent: Intent,
+    ra: model.RequestAuthentication,
+    broken: Broken,
+    claimed: dict[tuple[tuple[str, str], str], model.RequestAuthentication],
+) -> Iterator[Diagnostic]:
+    """A RequestAuthentication `to: gateways`: each gateway exists, has listeners to read
+    tokens on, and is authenticated by this one RequestAuthentication only."""
+    ns = ra.metadata.namespace
+    for i, ref in enumerate(ra.spec.to.gateways or ()):
+        gw = intent.gateway(ref, ns)
+        at: Loc = ("spec", "to", "gateways", i)
+        if gw is None:
+            if ("Gateway", *_full(ref, ns).split("/")) not in broken:
+                yield _error(
+                    ra,
+                    at,
+                    f"unknown gateway {_full(ref, ns)!r}",
+                    did_you_mean(_full(ref, ns), (f"{a}/{b}" for a, b in intent.gateways)),
+                )
+            continue
+        if not gw.spec.listeners:
+            yield _error(
+                ra, at, f"Gateway {gw.ref} has no listeners: tokens are read on its listeners"
+            )
+        other = claimed.setdefault((gw.key, "gateway"), ra)
+        if other is not ra:
+            yield _error(
+                ra,
+                at,
+                f"Gateway {gw.ref} is already authenticated by RequestAuthentication "
+                f"{other.ref} ({position_of(other)})",
+                "list both issuers in one RequestAuthentication",
+            )
+
+
 def authentications(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
     """RequestAuthentications: what they target exists and is HTTP, one per port, keys sound."""
     claimed: dict[tuple[tuple[str, str], str], model.RequestAuthentication] = {}
     for ra in intent.authentications:
         ns, spec = ra.metadata.namespace, ra.spec
-        if not intent.services_in(ns):
+        if spec.to.gateways is not None:
+            yield from _gateway_authentication(intent, ra, broken, claimed)
+        elif not intent.services_in(ns):
             yield _error(
                 ra,
                 ("metadata", "namespace"),

@@ -33,7 +33,8 @@ MAX_DOCUMENT_BYTES = 1 << 20
 def sources(config: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
     """Every issuer whose keys come from outside the config, with its source ("uri:...",
     "file:..." or "issuer:..." for discovery)."""
-    for port in config.get("inbound", ()):
+    # Sidecar ports, and an ingress gateway's listeners (a RequestAuthentication `to: gateways`).
+    for port in [*config.get("inbound", ()), *config.get("gateway", ())]:
         for issuer in (port.get("authentication") or {}).get("issuers", ()):
             if issuer.get("jwksUri"):
                 yield issuer, "uri:" + issuer["jwksUri"]

@@ -420,6 +420,9 @@ pub struct GatewayListener {
     pub port: u16,
     pub certificate_file: String,
     pub key_file: String,
+    /// End-user tokens checked at the edge (a RequestAuthentication `to: gateways`).
+    #[serde(default)]
+    pub authentication: Option<crate::jwt::Authentication>,
 }
 
 impl ProxyConfig {

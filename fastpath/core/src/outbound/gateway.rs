@@ -8,7 +8,10 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::http::{accept_loop, serve_connection};
+use http::StatusCode;
+
+use crate::exchange::Exchange;
+use crate::http::{accept_loop, local_reply, serve_connection};
 use crate::protocol::{HttpVersion, Serve};
 use crate::state::Shared;
 use crate::tunables::INBOUND_HANDSHAKE_TIMEOUT;
@@ -40,9 +43,56 @@ async fn connection(shared: Arc<Shared>, name: String, tcp: TcpStream) {
     let version = HttpVersion::negotiated(stream.get_ref().1.alpn_protocol());
     let stop = shared.shutdown.clone();
     serve_connection(stream, Serve::Only(version), stop, move |req| {
-        super::request(shared.clone(), with_port(req, port), None)
+        authenticated(shared.clone(), name.clone(), with_port(req, port))
     })
     .await;
+}
+
+/// The listener's end-user authentication, if any, before routing: a missing or invalid token
+/// is answered 401 here, at the edge; a verified one has its claims forwarded (and is removed
+/// unless the intent says to pass it on) like a sidecar's inbound does.
+async fn authenticated(
+    shared: Arc<Shared>,
+    name: String,
+    mut req: http::Request<hyper::body::Incoming>,
+) -> http::Response<crate::body::Body> {
+    let active = shared.active.load_full();
+    let config = &active.config;
+    let auth = config
+        .gateway
+        .iter()
+        .find(|l| l.name == name)
+        .and_then(|l| l.authentication.as_ref());
+    if let Some(auth) = auth {
+        match auth.authenticate(req.headers(), req.uri()) {
+            Ok(user) => auth.prepare_upstream(user.as_ref(), req.headers_mut()),
+            Err(refusal) => {
+                let mut ex = Exchange::begin(
+                    "outbound",
+                    &req,
+                    config.telemetry.sampling_percent,
+                    &config.revision,
+                );
+                ex.source = config.workload.spiffe_id.clone();
+                ex.destination = super::authority(&req);
+                let policy = format!("{}: {}", auth.policy, refusal.reason());
+                let realm = format!("{}/{}", config.workload.namespace, config.workload.service);
+                let mut reply = local_reply(
+                    StatusCode::UNAUTHORIZED,
+                    &policy,
+                    &config.revision,
+                    format!("gateway {realm}: {policy} (revision {})", config.revision),
+                );
+                if let Ok(v) = http::HeaderValue::from_str(&refusal.challenge(&realm)) {
+                    reply
+                        .headers_mut()
+                        .insert(http::header::WWW_AUTHENTICATE, v);
+                }
+                return ex.finish(&shared.telemetry, &policy, reply, vec![]);
+            }
+        }
+    }
+    super::request(shared, req, None).await
 }
 
 /// Routes are keyed by host and the listener's port as the intent names it. The port a client
