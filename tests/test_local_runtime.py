@@ -310,6 +310,49 @@ def test_an_ingress_gateway_lets_the_outside_reach_a_web_only(up: Up, tmp_path: 
     sidecars.wait_until(lambda: curl("shop.example.com") == "000", timeout=30)
 
 
+def _egress_intent(port: int) -> dict[str, str | None]:
+    return {
+        "a/egress.yaml": f"""\
+apiVersion: weft.dev/v1alpha1
+kind: Gateway
+metadata: {{name: egress, namespace: a}}
+spec: {{}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: ExternalService
+metadata: {{name: partner, namespace: a}}
+spec:
+  host: localhost
+  ports: [{{port: {port}, protocol: http}}]
+  allowedFrom: [{{services: [web]}}]
+  egressGateway: egress
+""",
+    }
+
+
+def test_an_egress_gateway_is_the_way_out_for_its_external_service(up: Up) -> None:
+    outside = sidecars.EchoServer("partner")
+    port = int(outside.addr.rsplit(":", 1)[1])
+    with sidecars.serving(outside):
+        revision = up.commit("an egress gateway", _egress_intent(port))
+        sidecars.wait_until(lambda: up.applied() == revision, timeout=30)
+        url = f"http://localhost:{port}/quote"
+        sidecars.wait_until(lambda: up.call("a/web/default", url)[0] == 200, timeout=30)
+        status, seen = up.call("a/web/default", url)
+        assert isinstance(seen, dict)
+        assert seen["service"] == "partner"
+        web = json.loads((up.state / "local/workloads/a/web/default/proxyconfig.json").read_text())[
+            "outbound"
+        ]
+        assert web["egress"] == [], "a/web's sidecar goes out only through the gateway"
+        assert any(c["service"] == "a/egress" for c in web["clusters"])
+        status, body = up.call("b/api/v1", url)
+        assert status == 403, "b/api is not in the ExternalService's allowedFrom"
+        assert "no route" in str(body)
+        removed = up.commit("no egress gateway", dict.fromkeys(_egress_intent(port)))
+        sidecars.wait_until(lambda: up.applied() == removed, timeout=30)
+
+
 def test_a_killed_app_and_sidecar_are_restarted(up: Up) -> None:
     folder = up.state / "local" / "workloads" / "c" / "ledger" / "default"
     sidecar = _pid_of(up, f"--config {folder}/proxyconfig.json")
