@@ -10,6 +10,7 @@ from pathlib import Path
 from reconciler import compiler
 from reconciler.targets.local.target import LocalTarget
 from tests.conftest import load, write_repo
+from tests.kube import ControlPlane
 from tests.test_egress_gateway import INTENT
 
 
@@ -41,3 +42,25 @@ def test_weft_up_binds_callers_to_the_egress_gateway_and_the_gateway_to_its_outb
     assert cluster["endpoints"]["static"] == [gateway["inbound"]["egress-80"]]
     api = json.loads(units["config/b/api/default"].payload)["outbound"]
     assert not [c for c in api["clusters"] if c["service"] == "a/egress"], "b/api is not admitted"
+
+
+def test_only_the_gateway_may_leave_the_cluster(
+    tmp_path: Path, kube: ControlPlane, namespace: str
+) -> None:
+    """On Kubernetes: a/web, whose one ExternalService leaves through the gateway, gets an
+    egress NetworkPolicy that admits only pods of the cluster; b/api (no ExternalService) and
+    the gateway get none, so the gateway alone may leave. The real API server takes it."""
+    desired = compiler.compile(load(write_repo(tmp_path / "repo", INTENT)))
+    egress = [p for p in desired.network_policies if "Egress" in p["spec"]["policyTypes"]]
+    assert [(p["metadata"]["namespace"], p["metadata"]["name"]) for p in egress] == [
+        ("a", "web-weft-egress")
+    ]
+    (policy,) = egress
+    assert policy["spec"]["egress"] == [{"to": [{"namespaceSelector": {}}]}]
+    policy = {**policy, "metadata": {**policy["metadata"], "namespace": namespace}}
+    kube.admin().create(policy)
+    live = kube.admin().get("NetworkPolicy", namespace, "web-weft-egress")
+    assert live is not None
+    assert live["spec"]["policyTypes"] == ["Egress"]
+    assert live["spec"]["egress"] == [{"to": [{"namespaceSelector": {}}]}]
+    assert live["spec"]["podSelector"] == policy["spec"]["podSelector"]

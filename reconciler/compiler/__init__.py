@@ -156,7 +156,8 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
                 open_to_all=permissive and selection.default().decision == "allow",
             )
             for key, svc in mesh.services.items()
-        ],
+        ]
+        + [kubernetes.egress_within_cluster(svc) for svc in egress.confined(mesh)],
         edges=[e for key in sorted(edges_by_source) for e in edges_by_source[key]],
         workloads={
             key: WorkloadSpec(

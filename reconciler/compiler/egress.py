@@ -117,3 +117,21 @@ def gateway_inbound(mesh: Intent, gw: model.Gateway) -> list[pc.InboundPort]:
 def gateway_destinations(mesh: Intent, gw: model.Gateway) -> list[pc.EgressDestination]:
     found = [d for ext in leaving_through(mesh, gw) for d in destinations(ext)]
     return sorted(found, key=lambda e: (e.host, e.port))
+
+
+def confined(mesh: Intent) -> list[model.Service]:
+    """Services whose calls outside the mesh all leave through egress gateways: their pods
+    need not reach beyond the cluster, so a NetworkPolicy can make the gateway the only way
+    out. A service also admitted to an ExternalService it calls directly is left open (its
+    destinations outside have no addresses the policy could name); validate warns of it."""
+    through: set[tuple[str, str]] = set()
+    direct: set[tuple[str, str]] = set()
+    for ext in mesh.externals:
+        peers = mesh.peers(ext.spec.allowed_from, ext.metadata.namespace)
+        callers = {
+            s.key
+            for s in mesh.services.values()
+            if peers.admits(mesh.identity_of(s), s.metadata.namespace)
+        }
+        (through if gateway_of(mesh, ext) is not None else direct).update(callers)
+    return [mesh.services[key] for key in sorted(through - direct)]

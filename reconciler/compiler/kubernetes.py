@@ -118,3 +118,23 @@ def _peer_selectors(mesh: Intent, callers: tuple[Any, ...]) -> list[Object]:
                 }
             )
     return peers
+
+
+def egress_within_cluster(service: model.Service) -> Object:
+    """Egress policy for the pods of a service whose only way out is an egress gateway: any
+    pod of the cluster (the gateway, kube-dns and every mesh peer among them), nothing beyond.
+    The gateway's own pods are selected by no egress policy, so they may leave."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": f"{service.metadata.name}-weft-egress",
+            "namespace": service.metadata.namespace,
+            "labels": _labels(service),
+        },
+        "spec": {
+            "podSelector": {"matchLabels": dict(sorted(service.pod_selector.items()))},
+            "policyTypes": ["Egress"],
+            "egress": [{"to": [{"namespaceSelector": {}}]}],
+        },
+    }

@@ -66,6 +66,7 @@ mod tests {
             port: 8443,
             certificate_file: "/nonexistent/tls.crt".into(),
             key_file: "/nonexistent/tls.key".into(),
+            authentication: None,
         }])
         .unwrap_err()
         .to_string();
