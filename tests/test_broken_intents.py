@@ -526,6 +526,15 @@ CASES = [
             "add spec.allowedFrom",
         ),
     ),
+    case(
+        "warning-egress-gateway-bypassed",
+        warning(
+            "egress.yaml:14:18",
+            "shop/api also calls ExternalService shop/payments directly, so its pods may leave "
+            "the cluster: NetworkPolicy cannot hold it to the gateway",
+            "give shop/payments an egressGateway too",
+        ),
+    ),
 ]
 
 

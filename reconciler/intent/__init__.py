@@ -100,6 +100,7 @@ def check(snapshot: files.Snapshot) -> tuple[Intent | None, list[Diagnostic]]:
     diagnostics.extend(validate.routes(intent, frozenset(broken)))
     diagnostics.extend(validate.paths(intent))
     diagnostics.extend(validate.externals(intent, frozenset(broken)))
+    diagnostics.extend(validate.egress_bypass(intent))
     diagnostics.extend(validate.authentications(intent, frozenset(broken)))
     diagnostics.extend(validate.gateways(intent))
     diagnostics.sort(key=sort_key)

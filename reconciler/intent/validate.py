@@ -683,6 +683,38 @@ def externals(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
             )
 
 
+def egress_bypass(intent: Intent) -> Iterator[Diagnostic]:
+    """A caller of an ExternalService behind an egress gateway that also calls another one
+    directly: its pods must be let out of the cluster, so NetworkPolicy cannot hold it to the
+    gateway (its sidecar still does)."""
+    direct = [e for e in intent.externals if e.spec.egress_gateway is None]
+    for ext in intent.externals:
+        if ext.spec.egress_gateway is None:
+            continue
+        peers = intent.peers(ext.spec.allowed_from, ext.metadata.namespace)
+        for svc in intent.services.values():
+            spiffe, ns = intent.identity_of(svc), svc.metadata.namespace
+            if not peers.admits(spiffe, ns):
+                continue
+            other = next(
+                (
+                    d
+                    for d in direct
+                    if intent.peers(d.spec.allowed_from, d.metadata.namespace).admits(spiffe, ns)
+                ),
+                None,
+            )
+            if other is not None:
+                yield _warning(
+                    ext,
+                    ("spec", "egressGateway"),
+                    f"{svc.ref} also calls ExternalService {other.ref} directly, so its pods "
+                    "may leave the cluster: NetworkPolicy cannot hold it to the gateway",
+                    f"give {other.ref} an egressGateway too",
+                )
+                break
+
+
 def _egress_gateway(
     intent: Intent,
     ext: model.ExternalService,
