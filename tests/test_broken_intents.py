@@ -293,6 +293,15 @@ CASES = [
         ),
     ),
     case(
+        "egress-gateway-mixed-callers",
+        error(
+            "egress.yaml:22:16",
+            "Gateway shop/egress also carries ExternalService shop/partner (egress.yaml:7:1), "
+            "which admits other callers: the gateway cannot keep them apart",
+            "give them the same allowedFrom, or separate egress gateways",
+        ),
+    ),
+    case(
         "gateway-without-listeners",
         error(
             "egress.yaml:5:1",

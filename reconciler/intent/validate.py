@@ -755,6 +755,30 @@ def _egress_gateway(
                 f"{other.ref} ({position_of(other)})",
                 "give one of them another port",
             )
+    # The gateway picks the destination by Host, whatever port a request came in on: one
+    # ExternalService's callers could name another's host there. Harmless only if they may
+    # call both, so every ExternalService leaving through one gateway must admit the same.
+    peers = intent.peers(ext.spec.allowed_from, ns)
+    first = next(
+        (
+            e
+            for e in intent.externals
+            if e.spec.egress_gateway
+            and intent.gateway(e.spec.egress_gateway, e.metadata.namespace) is gw
+        ),
+        ext,
+    )
+    if (
+        first is not ext
+        and intent.peers(first.spec.allowed_from, first.metadata.namespace) != peers
+    ):
+        yield _error(
+            ext,
+            ("spec", "allowedFrom") if ext.spec.allowed_from else ("spec", "egressGateway"),
+            f"Gateway {gw.ref} also carries ExternalService {first.ref} ({position_of(first)}), "
+            "which admits other callers: the gateway cannot keep them apart",
+            "give them the same allowedFrom, or separate egress gateways",
+        )
 
 
 def _gateway_binding(
