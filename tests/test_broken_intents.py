@@ -302,6 +302,15 @@ CASES = [
         ),
     ),
     case(
+        "gateway-ingress-and-egress",
+        error(
+            "egress.yaml:6:3",
+            "Gateway shop/edge has listeners and ExternalServices leave through it: a gateway "
+            "is for ingress or for egress, not both",
+            "use a second Gateway for egress",
+        ),
+    ),
+    case(
         "gateway-without-listeners",
         error(
             "egress.yaml:5:1",

@@ -822,11 +822,22 @@ def gateways(intent: Intent) -> Iterator[Diagnostic]:
     """Gateways: listener names and ports unique; no two gateways answering one host:port."""
     claimed: dict[tuple[int, str], model.Gateway] = {}
     for gw in intent.gateways.values():
-        if not gw.spec.listeners and not any(
+        egress = any(
             intent.gateway(e.spec.egress_gateway, e.metadata.namespace) is gw
             for e in intent.externals
             if e.spec.egress_gateway
-        ):
+        )
+        if gw.spec.listeners and egress:
+            # Its egress callers could name an ingress Route's host and reach the mesh as it.
+            yield _error(
+                gw,
+                ("spec", "listeners"),
+                f"Gateway {gw.ref} has listeners and ExternalServices leave through it: a "
+                "gateway is for ingress or for egress, not both",
+                "use a second Gateway for egress",
+                key=True,
+            )
+        if not gw.spec.listeners and not egress:
             yield _error(
                 gw,
                 ("spec",),
