@@ -246,9 +246,20 @@ def test_an_ingress_gateway_checks_tokens_at_the_edge(tmp_path: Path, hydra: idp
             assert seen["x-client-id"] == client.client_id
             assert seen["x-weft-peer"] == f"spiffe://{test_gateway.TD}/ns/edge/sa/public"
             assert "authorization" not in seen, "the token stops at the edge"
-            status, headers, _ = curl(hydra.token(client, "orders.read", None))
+            stray = hydra.token(client, "orders.read", None)
+            status, headers, _ = curl(stray)
             assert status == 401
             assert "wrong audience" in headers["www-authenticate"]
+            # The edge's access log names the reason, never the token.
+            sidecars.wait_until(
+                lambda: any(
+                    e.get("decided_by") == "RequestAuthentication edge/edge-users: wrong audience"
+                    for e in gateway.lines
+                )
+            )
+            logged = json.dumps(gateway.lines)
+            assert stray.split(".")[2] not in logged
+            assert token.split(".")[2] not in logged
         finally:
             gateway.stop()
             api.shutdown(1.0)
