@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,37 @@ def test_both_reporters_carry_istios_standard_labels_with_istios_values(pair: Pa
     assert {k: by_code["200"][k] for k in ok} == ok
     assert by_code["200"]["reporter"] == "destination"
     assert by_code["200"]["connection_security_policy"] == "mutual_tls"
+
+
+def test_body_sizes_are_istios_byte_histograms_on_both_reporters(pair: Pair) -> None:
+    """A 10,000-byte POST lands in `le="10000"` (not `le="1000"`) of istio_request_bytes on both
+    sidecars; istio_response_bytes holds the body the caller received; both carry the labels of
+    istio_requests_total."""
+    req = urllib.request.Request(
+        f"http://{pair.outbound}/upload", data=b"x" * 10_000, headers={"Host": "api.b:8080"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        answer = resp.read()
+    assert json.loads(answer)["received"] == 10_000
+
+    def scrape(agent: Any) -> str:
+        return sidecars.http_get(f"{agent.admin}/metrics")[1]
+
+    for agent, reporter in ((pair.web, "source"), (pair.api, "destination")):
+        sidecars.wait_until(lambda a=agent: samples(scrape(a), "istio_request_bytes_count"))
+        text = scrape(agent)
+        [(requests_labels, _)] = samples(text, "istio_requests_total")
+        for name, size in (("istio_request_bytes", 10_000), ("istio_response_bytes", len(answer))):
+            [(labels, count)] = samples(text, name + "_count")
+            assert (count, labels) == (1, requests_labels), name
+            assert labels["reporter"] == reporter
+            assert samples(text, name + "_sum") == [(labels, size)]
+            buckets = {b["le"]: n for b, n in samples(text, name + "_bucket")}
+            assert list(buckets) == [*(str(10**i) for i in range(8)), "+Inf"]
+            for le, n in buckets.items():
+                assert n == (le == "+Inf" or size <= int(le)), (name, le, n)
+        assert {b["le"]: n for b, n in samples(text, "istio_request_bytes_bucket")}["1000"] == 0
+        assert {b["le"]: n for b, n in samples(text, "istio_request_bytes_bucket")}["10000"] == 1
 
 
 def test_a_call_a_deny_policy_refuses_names_it_and_the_revision(pair: Pair) -> None:

@@ -1,8 +1,8 @@
 """Prometheus text for a sidecar, with Istio's metric names and labels so dashboards work.
 
 fastpath keeps the counters (in Rust, no GIL on a request); this module only renders a
-snapshot: `istio_requests_total`, `istio_request_duration_milliseconds`, `istio_tcp_*`, plus
-the agent's own `weft_sidecar_*` series.
+snapshot: `istio_requests_total`, `istio_request_duration_milliseconds`, `istio_request_bytes`,
+`istio_response_bytes`, `istio_tcp_*`, plus the agent's own `weft_sidecar_*` series.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 
 # fastpath's histogram bounds (telemetry.rs BUCKETS_MS), Istio's defaults.
 BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
+# fastpath's body-size bounds (telemetry.rs BUCKETS_BYTES): Istio's, powers of ten to 10 MB.
+BUCKETS_BYTES = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000)
 
 
 def _escape(value: str) -> str:
@@ -209,6 +211,25 @@ def render(stats_json: str, config: Mapping[str, Any], extra: Iterable[str] = ()
         hist.append(f"{name}_bucket{_labels({**labels, 'le': '+Inf'})} {value['count']}")
         hist.append(f"istio_request_duration_milliseconds_sum{_labels(labels)} {value['sum_ms']}")
         hist.append(f"istio_request_duration_milliseconds_count{_labels(labels)} {value['count']}")
+    sizes = {
+        name: [f"# HELP {name} {what}", f"# TYPE {name} histogram"]
+        for name, what in (
+            ("istio_request_bytes", "HTTP request body sizes in bytes."),
+            ("istio_response_bytes", "HTTP response body sizes in bytes."),
+        )
+    }
+    for key, value in stats.get("sizes", []):
+        labels = _request_labels(key, workload, peers)
+        for name, side in (
+            ("istio_request_bytes", "request"),
+            ("istio_response_bytes", "response"),
+        ):
+            block = sizes[name]
+            for bound, count in zip(BUCKETS_BYTES, value[f"{side}_buckets"], strict=True):
+                block.append(f"{name}_bucket{_labels({**labels, 'le': str(bound)})} {count}")
+            block.append(f"{name}_bucket{_labels({**labels, 'le': '+Inf'})} {value['count']}")
+            block.append(f"{name}_sum{_labels(labels)} {value[f'{side}_sum']}")
+            block.append(f"{name}_count{_labels(labels)} {value['count']}")
     tcp: dict[str, list[str]] = {
         name: [f"# TYPE {name} counter"]
         for name in (
@@ -246,7 +267,7 @@ def render(stats_json: str, config: Mapping[str, Any], extra: Iterable[str] = ()
         tcp["weft_tcp_connections_denied_total"].append(
             f"weft_tcp_connections_denied_total{tcp_labels} {value['denied']}"
         )
-    out = [*lines, *hist, *(line for block in tcp.values() for line in block)]
+    out = [*lines, *hist, *(line for block in (*sizes.values(), *tcp.values()) for line in block)]
     out += [
         "# TYPE weft_sidecar_spans_dropped_total counter",
         f"weft_sidecar_spans_dropped_total {stats['spans_dropped']}",

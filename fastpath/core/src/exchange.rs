@@ -1,14 +1,16 @@
 //! One finishing step for every HTTP exchange, in both directions, whether a peer answered it
 //! or the sidecar did (a 403, a 400 for a bad path, a 404 for no route, a 503 or 504): counted
-//! in `istio_requests_total` once, written to the access log once, and traced once. A reply
-//! that skipped any of them would be invisible exactly when something is wrong.
+//! in `istio_requests_total` and, once its response body ends, in `istio_request_bytes` /
+//! `istio_response_bytes`; written to the access log once, and traced once. A reply that
+//! skipped any of them would be invisible exactly when something is wrong.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use http::Response;
 use tokio::time::Instant;
 
-use crate::body::Body;
+use crate::body::{counted, incoming, Body};
 use crate::grpc;
 use crate::http::Hop;
 use crate::telemetry::{AccessLog, RequestKey, Telemetry};
@@ -31,6 +33,9 @@ pub struct Exchange {
     pub started: Instant,
     /// Istio's response flags for what the sidecar did itself (`UO`, `FI`, `DI`); empty: none.
     pub response_flags: &'static str,
+    /// The request body's bytes as they stream through (`count_request`), for
+    /// `istio_request_bytes`.
+    request_bytes: Arc<AtomicU64>,
 }
 
 impl Exchange {
@@ -61,7 +66,14 @@ impl Exchange {
             hop: Hop::begin(req.headers(), sampling_percent),
             started: Instant::now(),
             response_flags: "",
+            request_bytes: Arc::default(),
         }
+    }
+
+    /// The request with its body counted as it is read, however far it is forwarded.
+    pub fn count_request(&self, req: http::Request<hyper::body::Incoming>) -> http::Request<Body> {
+        let seen = self.request_bytes.clone();
+        req.map(|b| counted(incoming(b), seen))
     }
 
     /// Ends the exchange with `response`, which `decided_by` (a policy, a route, or the step
@@ -94,6 +106,7 @@ impl Exchange {
                 response_flags: self.response_flags,
             },
             self.started,
+            self.request_bytes.clone(),
             response,
         );
         telemetry.log_access(AccessLog {

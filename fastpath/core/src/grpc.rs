@@ -9,6 +9,7 @@
 //! the explanation, naming the policy and revision, in `grpc-message`.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -102,7 +103,9 @@ pub fn local_reply(resp: Response<Body>) -> Response<Body> {
     Response::from_parts(parts, full(Bytes::new()))
 }
 
-/// Counts a request in `istio_requests_total`. A gRPC call is counted when its status is
+/// Counts a request in `istio_requests_total`, and its body sizes in `istio_request_bytes` /
+/// `istio_response_bytes` when its response body ends (or is dropped): `request_bytes` is the
+/// caller's body as counted while it streamed. A gRPC call is counted when its status is
 /// known: at once for a trailers-only reply, else when its trailers arrive (or the stream ends
 /// without them), so the count carries `grpc_response_status` and the latency covers the
 /// whole call, streams included.
@@ -110,46 +113,53 @@ pub fn record(
     telemetry: &Arc<Telemetry>,
     mut key: RequestKey,
     started: Instant,
+    request_bytes: Arc<AtomicU64>,
     resp: Response<Body>,
 ) -> Response<Body> {
-    if key.protocol != "grpc" {
-        telemetry.record_request(key, started.elapsed());
-        return resp;
-    }
-    if let Some(code) = status_in(resp.headers()) {
+    // Whether the duration still waits for the call's status (a streamed gRPC response).
+    let mut pending = key.protocol == "grpc";
+    if let Some(code) = status_in(resp.headers()).filter(|_| pending) {
         key.grpc_status = Some(code);
-        telemetry.record_request(key, started.elapsed());
-        return resp;
+        pending = false;
+    }
+    if !pending {
+        telemetry.record_request(key.clone(), started.elapsed());
     }
     let telemetry = telemetry.clone();
     resp.map(|body| {
         let observed = Observed {
             inner: body,
-            report: Some(move |code| {
-                key.grpc_status = code;
-                telemetry.record_request(key, started.elapsed());
+            response_bytes: 0,
+            report: Some(move |code, response_bytes| {
+                if pending {
+                    key.grpc_status = code;
+                    telemetry.record_request(key.clone(), started.elapsed());
+                }
+                let sent = request_bytes.load(Ordering::Relaxed);
+                telemetry.record_sizes(key, sent, response_bytes);
             }),
         };
         http_body_util::BodyExt::boxed(observed)
     })
 }
 
-/// A response body that reports the call's `grpc-status` once: from its trailers, or as
-/// unknown when it ends, fails or is dropped without them.
-struct Observed<F: FnOnce(Option<u16>) + Send + Sync + Unpin> {
+/// A response body that counts its data bytes and reports once, with the call's
+/// `grpc-status` if its trailers carry one: when it ends, fails or is dropped.
+struct Observed<F: FnOnce(Option<u16>, u64) + Send + Sync + Unpin> {
     inner: Body,
+    response_bytes: u64,
     report: Option<F>,
 }
 
-impl<F: FnOnce(Option<u16>) + Send + Sync + Unpin> Observed<F> {
+impl<F: FnOnce(Option<u16>, u64) + Send + Sync + Unpin> Observed<F> {
     fn report(&mut self, code: Option<u16>) {
         if let Some(report) = self.report.take() {
-            report(code);
+            report(code, self.response_bytes);
         }
     }
 }
 
-impl<F: FnOnce(Option<u16>) + Send + Sync + Unpin> hyper::body::Body for Observed<F> {
+impl<F: FnOnce(Option<u16>, u64) + Send + Sync + Unpin> hyper::body::Body for Observed<F> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -161,6 +171,9 @@ impl<F: FnOnce(Option<u16>) + Send + Sync + Unpin> hyper::body::Body for Observe
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.response_bytes += data.len() as u64;
+                }
                 if let Some(trailers) = frame.trailers_ref() {
                     this.report(status_in(trailers));
                 }
@@ -180,7 +193,7 @@ impl<F: FnOnce(Option<u16>) + Send + Sync + Unpin> hyper::body::Body for Observe
     }
 }
 
-impl<F: FnOnce(Option<u16>) + Send + Sync + Unpin> Drop for Observed<F> {
+impl<F: FnOnce(Option<u16>, u64) + Send + Sync + Unpin> Drop for Observed<F> {
     fn drop(&mut self) {
         self.report(None);
     }
@@ -278,11 +291,12 @@ mod tests {
         let log = seen.clone();
         let body = Observed {
             inner,
-            report: Some(move |code| log.lock().unwrap().push(code)),
+            response_bytes: 0,
+            report: Some(move |code, bytes| log.lock().unwrap().push((code, bytes))),
         };
         let collected = body.collect().await.expect("body");
         assert_eq!(collected.trailers().map(status_in), Some(Some(5)));
-        assert_eq!(*seen.lock().unwrap(), vec![Some(5)]);
+        assert_eq!(*seen.lock().unwrap(), vec![(Some(5), 3)]);
     }
 
     /// A body that yields a list of frames.

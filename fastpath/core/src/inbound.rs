@@ -113,6 +113,7 @@ async fn request(
         config.telemetry.sampling_percent,
         &config.revision,
     );
+    let mut req = ex.count_request(req);
     ex.destination = format!("{}/{}", config.workload.namespace, config.workload.service);
     ex.source = peer
         .as_ref()
@@ -218,7 +219,7 @@ async fn forward(
     port_name: &str,
     hop: &Hop,
     source: &str,
-    req: http::Request<hyper::body::Incoming>,
+    req: http::Request<Body>,
 ) -> http::Response<Body> {
     let revision = &active.config.revision;
     let Some(app) = active.apps.get(port_name) else {
@@ -244,7 +245,7 @@ async fn forward(
     }
     // The request keeps its authority (HTTP/2's `:authority`, HTTP/1.1's Host); the app's
     // connection puts it in the form its version sends.
-    let upstream_req = http::Request::from_parts(parts, incoming(body));
+    let upstream_req = http::Request::from_parts(parts, body);
     match app.send(&endpoint, &shared.tls, upstream_req).await {
         Ok(mut resp) => {
             // The app agreed to switch (WebSocket): pipe the caller's connection to its own.

@@ -1,5 +1,5 @@
-//! Request telemetry kept in Rust: counters and latency histograms per (direction, source,
-//! destination, port, response code), TCP byte counts, and a bounded ring of finished spans.
+//! Request telemetry kept in Rust: counters, latency and body-size histograms per (direction,
+//! source, destination, port, response code), TCP byte counts, and a bounded ring of finished spans.
 //!
 //! The agent drains these in batches over the binding; nothing here calls into Python, and a
 //! full span ring drops the oldest span rather than block a request.
@@ -14,6 +14,9 @@ use serde::Serialize;
 pub const BUCKETS_MS: [f64; 14] = [
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0,
 ];
+/// Istio's buckets for `istio_request_bytes` / `istio_response_bytes` (powers of ten from one
+/// byte to 10 MB, as its Prometheus defaults have them), in bytes.
+pub const BUCKETS_BYTES: [f64; 8] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7];
 pub use crate::tunables::DEFAULT_SPAN_CAPACITY;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -36,6 +39,16 @@ pub struct RequestStats {
     pub count: u64,
     pub sum_ms: f64,
     pub buckets: Vec<u64>, // cumulative counts per BUCKETS_MS bound
+}
+
+/// Body sizes of the requests of one key, request and response, once each exchange has ended.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SizeStats {
+    pub count: u64,
+    pub request_sum: u64,
+    pub request_buckets: Vec<u64>, // cumulative counts per BUCKETS_BYTES bound
+    pub response_sum: u64,
+    pub response_buckets: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -102,6 +115,7 @@ pub struct TcpOutcome {
 #[derive(Debug, Serialize)]
 struct Snapshot<'a> {
     requests: Vec<(&'a RequestKey, &'a RequestStats)>,
+    sizes: Vec<(&'a RequestKey, &'a SizeStats)>,
     tcp: Vec<(&'a TcpKey, &'a TcpStats)>,
     spans_dropped: u64,
     access_logs_dropped: u64,
@@ -110,6 +124,7 @@ struct Snapshot<'a> {
 #[derive(Debug)]
 pub struct Telemetry {
     requests: Mutex<HashMap<RequestKey, RequestStats>>,
+    sizes: Mutex<HashMap<RequestKey, SizeStats>>,
     tcp: Mutex<HashMap<TcpKey, TcpStats>>,
     spans: Mutex<Ring<Span>>,
     access: Mutex<Ring<AccessLog>>,
@@ -162,6 +177,7 @@ impl Telemetry {
     pub fn new(ring_capacity: usize) -> Telemetry {
         Telemetry {
             requests: Mutex::default(),
+            sizes: Mutex::default(),
             tcp: Mutex::default(),
             spans: Mutex::new(Ring::new(ring_capacity)),
             access: Mutex::new(Ring::new(ring_capacity)),
@@ -181,6 +197,23 @@ impl Telemetry {
             if ms <= *bound {
                 *n += 1;
             }
+        }
+    }
+
+    /// One finished exchange's body sizes: what the caller sent, what it was answered.
+    pub fn record_sizes(&self, key: RequestKey, request: u64, response: u64) {
+        let mut map = lock(&self.sizes);
+        let stats = map.entry(key).or_insert_with(|| SizeStats {
+            request_buckets: vec![0; BUCKETS_BYTES.len()],
+            response_buckets: vec![0; BUCKETS_BYTES.len()],
+            ..Default::default()
+        });
+        stats.count += 1;
+        stats.request_sum += request;
+        stats.response_sum += response;
+        for (i, bound) in BUCKETS_BYTES.iter().enumerate() {
+            stats.request_buckets[i] += u64::from(request as f64 <= *bound);
+            stats.response_buckets[i] += u64::from(response as f64 <= *bound);
         }
     }
 
@@ -205,11 +238,13 @@ impl Telemetry {
     /// Every counter as JSON (cumulative since start).
     pub fn snapshot_json(&self) -> String {
         let requests = lock(&self.requests);
+        let sizes = lock(&self.sizes);
         let tcp = lock(&self.tcp);
         let dropped = lock(&self.spans).dropped;
         let access_dropped = lock(&self.access).dropped;
         let snap = Snapshot {
             requests: requests.iter().collect(),
+            sizes: sizes.iter().collect(),
             tcp: tcp.iter().collect(),
             spans_dropped: dropped,
             access_logs_dropped: access_dropped,
@@ -308,6 +343,30 @@ mod tests {
         let s = &map[&key];
         assert_eq!(s.count, 2);
         assert_eq!(&s.buckets[..6], &[0, 1, 1, 1, 1, 2]);
+    }
+
+    #[test]
+    fn size_buckets_are_cumulative_and_inclusive() {
+        let t = Telemetry::default();
+        let key = RequestKey {
+            direction: "outbound",
+            source: "s".into(),
+            destination: "d".into(),
+            port: 80,
+            code: 200,
+            policy: "p".into(),
+            protocol: "http",
+            grpc_status: None,
+            response_flags: "",
+        };
+        t.record_sizes(key.clone(), 10_000, 0);
+        t.record_sizes(key.clone(), 10_001, 5);
+        let map = lock(&t.sizes);
+        let s = &map[&key];
+        assert_eq!((s.count, s.request_sum, s.response_sum), (2, 20_001, 5));
+        // le=1e4 holds exactly 10,000 bytes, not 10,001
+        assert_eq!(s.request_buckets, [0, 0, 0, 0, 1, 2, 2, 2]);
+        assert_eq!(s.response_buckets, [1, 2, 2, 2, 2, 2, 2, 2]);
     }
 
     #[test]

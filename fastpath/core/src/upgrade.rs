@@ -10,7 +10,6 @@
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
@@ -37,9 +36,7 @@ fn has_upgrade_token(headers: &HeaderMap) -> bool {
 
 /// A request split for forwarding: hop-by-hop headers stripped, except an Upgrade request's
 /// own upgrade headers, whose `OnUpgrade` (the client's side of the switch) is returned.
-pub fn split_request(
-    mut req: http::Request<Incoming>,
-) -> (http::request::Parts, Incoming, Option<OnUpgrade>) {
+pub fn split_request<B>(mut req: http::Request<B>) -> (http::request::Parts, B, Option<OnUpgrade>) {
     let client = requested(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     strip_keeping_upgrade(&mut parts.headers, client.is_some());

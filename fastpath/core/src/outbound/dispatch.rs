@@ -42,7 +42,7 @@ pub async fn send(
     host: &Host,
     route: &Route,
     parts: http::request::Parts,
-    body: hyper::body::Incoming,
+    body: Body,
     started: Instant,
 ) -> Sent {
     let key = parts.extensions.get::<hash::Key>().map(|k| k.0);
@@ -189,7 +189,7 @@ pub async fn upgrade(
     host: &Host,
     route: &Route,
     parts: http::request::Parts,
-    body: hyper::body::Incoming,
+    body: Body,
     client: hyper::upgrade::OnUpgrade,
 ) -> Sent {
     let revision = &active.config.revision;
@@ -261,7 +261,7 @@ pub async fn upgrade(
 /// A request body across tries: bytes that can be sent again, or a stream sent at most once.
 pub enum RequestBody {
     Replay(Bytes),
-    Stream(Option<hyper::body::Incoming>),
+    Stream(Option<Body>),
 }
 
 impl RequestBody {
@@ -269,9 +269,7 @@ impl RequestBody {
     fn take(&mut self) -> Body {
         match self {
             RequestBody::Replay(bytes) => full(bytes.clone()),
-            RequestBody::Stream(stream) => {
-                stream.take().map_or_else(|| full(Bytes::new()), incoming)
-            }
+            RequestBody::Stream(stream) => stream.take().unwrap_or_else(|| full(Bytes::new())),
         }
     }
 

@@ -36,7 +36,7 @@ pub async fn http(
     mut ex: Exchange,
     dest: &EgressDestination,
     upstream: &Upstream,
-    req: http::Request<hyper::body::Incoming>,
+    req: http::Request<Body>,
 ) -> http::Response<Body> {
     let decided_by = format!("egress:{}", dest.name);
     ex.destination = dest.name.clone();

@@ -107,6 +107,7 @@ pub(crate) async fn request(
         &config.revision,
     );
     ex.source = config.workload.spiffe_id.clone();
+    let req = ex.count_request(req);
     // 1. resolve
     let mut host = active.routes.host(&authority);
     if host.is_none() {
@@ -143,7 +144,7 @@ async fn mesh(
     mut ex: Exchange,
     host: &Host,
     authority: &str,
-    mut req: http::Request<hyper::body::Incoming>,
+    mut req: http::Request<Body>,
 ) -> http::Response<Body> {
     let revision = &active.config.revision;
     // 2. normalize, once, here, so the route chosen, the path forwarded and the callee's
