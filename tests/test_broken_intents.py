@@ -451,6 +451,21 @@ CASES = [
             "perTryTimeout is not shorter than the rule's timeout: a retry can never happen",
         ),
     ),
+    case(
+        "external-retries-out-of-place",
+        error(
+            "external.yaml:10:7",
+            "spec.ports[0]: timeout and retries apply to HTTP requests the sidecar forwards; "
+            "they need protocol: http",
+        ),
+    ),
+    case(
+        "external-per-try-timeout-not-shorter",
+        error(
+            "external.yaml:15:24",
+            "perTryTimeout is not shorter than the port's timeout: a retry can never happen",
+        ),
+    ),
     # ------------------------------------------------------------ resilience
     case(
         "mirror-to-own-destination",

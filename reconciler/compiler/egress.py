@@ -11,6 +11,7 @@ where the ExternalService is an egress destination that originates TLS to the ou
 from __future__ import annotations
 
 from reconciler.compiler import proxyconfig as pc
+from reconciler.compiler.retries import policy as retry_policy
 from reconciler.intent import Intent, model
 
 
@@ -20,7 +21,8 @@ def gateway_of(mesh: Intent, ext: model.ExternalService) -> model.Gateway | None
 
 
 def destinations(ext: model.ExternalService) -> list[pc.EgressDestination]:
-    """The ExternalService's ports as egress destinations, TLS originated where it says."""
+    """The ExternalService's ports as egress destinations, TLS originated where it says, with
+    each HTTP port's timeout and retries."""
     return [
         pc.EgressDestination(
             name=ext.ref,
@@ -32,6 +34,8 @@ def destinations(ext: model.ExternalService) -> list[pc.EgressDestination]:
             else pc.TlsOrigination(
                 port=p.tls_origination.port, sni=p.tls_origination.sni or ext.spec.host
             ),
+            timeout_ms=p.timeout,
+            retries=retry_policy(p.retries),
         )
         for p in ext.spec.ports
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from reconciler.compiler import egress as egress_gateway
 from reconciler.compiler import proxyconfig as pc
 from reconciler.compiler.policy import Edge, Selection, denied
+from reconciler.compiler.retries import policy as retry_policy
 from reconciler.intent import Intent, model
 
 
@@ -116,24 +117,6 @@ def _fault(f: model.Fault | None) -> pc.FaultPolicy | None:
     )
 
 
-def _retries(r: model.Retries | None) -> pc.RetryPolicy | None:
-    if r is None:
-        return None
-    budget = (
-        None
-        if r.budget is None
-        else pc.RetryBudget(
-            percent=r.budget.percent, min_retries_per_second=r.budget.min_retries_per_second
-        )
-    )
-    return pc.RetryPolicy(
-        attempts=r.attempts,
-        per_try_timeout_ms=r.per_try_timeout,
-        retry_on=list(r.retry_on),
-        budget=budget,
-    )
-
-
 Target = tuple[model.Service, model.ServicePort, str | None]  # a cluster to make
 Compiled = tuple[list[pc.HttpRoute], list[Target]]
 
@@ -171,7 +154,7 @@ def http_routes(
                         for b in r.backends
                     ],
                     timeout_ms=r.timeout,
-                    retries=_retries(r.retries),
+                    retries=retry_policy(r.retries),
                     mirror=mirror,
                     fault=_fault(r.fault),
                     consistent_hash=_hash(r.consistent_hash),

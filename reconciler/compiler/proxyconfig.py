@@ -316,6 +316,9 @@ class EgressDestination:
     port: int
     protocol: Literal["tcp", "tls", "http"]
     tls_origination: TlsOrigination | None = None
+    # HTTP only: the whole request's deadline and its retries, as a mesh route's.
+    timeout_ms: int | None = None
+    retries: RetryPolicy | None = None
 
 
 @contract

@@ -627,12 +627,20 @@ class ExternalPort(Model):
     port: PortNumber
     protocol: Literal["tcp", "tls", "http"]
     tls_origination: TlsOrigination | None = None
+    # As a Route rule's: the sidecar bounds and retries HTTP it forwards to the outside.
+    timeout: Duration | None = None
+    retries: Retries | None = None
 
     @model_validator(mode="after")
     def _origination_needs_http(self) -> ExternalPort:
         if self.tls_origination is not None and self.protocol != "http":
             raise ValueError(
                 "tlsOrigination upgrades the app's plain HTTP to TLS; it needs protocol: http"
+            )
+        if (self.timeout is not None or self.retries is not None) and self.protocol != "http":
+            raise ValueError(
+                "timeout and retries apply to HTTP requests the sidecar forwards; "
+                "they need protocol: http"
             )
         return self
 

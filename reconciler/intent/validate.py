@@ -670,6 +670,20 @@ def externals(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
                     f"{spec.host}:{port.port} is already declared by ExternalService "
                     f"{other.ref} ({position_of(other)})",
                 )
+            retries = port.retries
+            if (
+                retries
+                and retries.attempts
+                and retries.per_try_timeout
+                and port.timeout
+                and retries.per_try_timeout >= port.timeout
+            ):
+                yield _error(
+                    ext,
+                    ("spec", "ports", i, "retries", "perTryTimeout"),
+                    "perTryTimeout is not shorter than the port's timeout: a retry can never "
+                    "happen",
+                )
         yield from sources(intent, ext, spec.allowed_from, "allowedFrom", broken)
         yield from _egress_gateway(intent, ext, broken, egress_ports)
         if not spec.allowed_from:

@@ -358,6 +358,31 @@ pub struct EgressDestination {
     pub port: u16,
     pub protocol: EgressProtocol,
     pub tls_origination: Option<TlsOrigination>,
+    /// HTTP only: the whole request's deadline, retries included, as a mesh route's.
+    pub timeout_ms: Option<u64>,
+    /// HTTP only: retries as a mesh route's (`retry.rs` decides what is retryable).
+    pub retries: Option<RetryPolicy>,
+}
+
+impl EgressDestination {
+    /// The one route HTTP to this destination takes: no matches, its own upstream as the only
+    /// backend (`egress:host:port`, see `Active::upstream`), with the port's timeout and
+    /// retries, so dispatch treats it exactly as a mesh route.
+    pub fn route(&self) -> HttpRoute {
+        HttpRoute {
+            name: format!("egress:{}", self.name),
+            matches: vec![],
+            backends: vec![WeightedCluster {
+                cluster: format!("egress:{}:{}", self.host, self.port),
+                weight: 100,
+            }],
+            timeout_ms: self.timeout_ms,
+            retries: self.retries.clone(),
+            mirror: None,
+            fault: None,
+            consistent_hash: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]

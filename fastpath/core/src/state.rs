@@ -60,6 +60,8 @@ pub struct Active {
     pub budgets: Budgets,
     /// ExternalService destinations by "host:port", each with the upstream that reaches it.
     pub egress: HashMap<String, (EgressDestination, Arc<Upstream>)>,
+    /// The route of each HTTP ExternalService destination, by "host:port".
+    pub egress_routes: HashMap<String, routing::Route>,
     /// A gateway's client-facing TLS, by listener name.
     pub gateway: crate::edge_tls::Acceptors,
 }
@@ -135,6 +137,18 @@ impl Active {
                 (p.name.clone(), app)
             })
             .collect();
+        let egress_routes = config
+            .outbound
+            .egress
+            .iter()
+            .filter(|d| d.protocol == crate::config::EgressProtocol::Http)
+            .map(|d| {
+                Ok((
+                    format!("{}:{}", d.host, d.port),
+                    routing::Route::compile(&d.route())?,
+                ))
+            })
+            .collect::<Result<HashMap<_, _>, crate::config::ConfigError>>()?;
         let now = tokio::time::Instant::now();
         let budgets = Budgets(
             config
@@ -142,6 +156,7 @@ impl Active {
                 .http
                 .iter()
                 .flat_map(|h| &h.routes)
+                .chain(egress_routes.values().map(|r| &r.config))
                 .filter_map(|r| {
                     Some((
                         r.name.clone(),
@@ -160,7 +175,17 @@ impl Active {
             apps,
             budgets,
             egress,
+            egress_routes,
             gateway,
+        })
+    }
+
+    /// The upstream a route's backend names: a mesh cluster, or an ExternalService's own
+    /// (`egress:host:port`).
+    pub fn upstream(&self, cluster: &str) -> Option<&Arc<Upstream>> {
+        self.clusters.get(cluster).or_else(|| {
+            let key = cluster.strip_prefix("egress:")?;
+            self.egress.get(key).map(|(_, up)| up)
         })
     }
 }

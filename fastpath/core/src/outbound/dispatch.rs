@@ -36,10 +36,27 @@ pub struct Sent {
     pub overflowed: bool,
 }
 
+/// What a dispatch is for, as the sidecar's own replies name it.
+pub struct Target<'a> {
+    /// "b/api", or "external service b/payments (api.payments.example:80)".
+    pub service: &'a str,
+    /// The answer when no try got one: 503 in the mesh, as Envoy's; 502 for an outside server.
+    pub unavailable: StatusCode,
+}
+
+impl<'a> Target<'a> {
+    pub fn mesh(host: &'a Host) -> Target<'a> {
+        Target {
+            service: &host.service,
+            unavailable: StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
 pub async fn send(
     shared: &Shared,
     active: &Active,
-    host: &Host,
+    target: &Target<'_>,
     route: &Route,
     parts: http::request::Parts,
     body: Body,
@@ -94,7 +111,7 @@ pub async fn send(
     loop {
         tries += 1;
         let cluster = route.pick().to_owned();
-        let Some(upstream) = active.clusters.get(&cluster) else {
+        let Some(upstream) = active.upstream(&cluster) else {
             let response = local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &route.config.name,
@@ -161,13 +178,13 @@ pub async fn send(
                 StatusCode::GATEWAY_TIMEOUT,
                 &route.config.name,
                 revision,
-                format!("{} timed out after {} tries", host.service, tries),
+                format!("{} timed out after {} tries", target.service, tries),
             ),
             Err(o) => local_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
+                target.unavailable,
                 &route.config.name,
                 revision,
-                format!("{} unavailable ({o:?}) after {tries} tries", host.service),
+                format!("{} unavailable ({o:?}) after {tries} tries", target.service),
             ),
         };
         return Sent {

@@ -1,66 +1,75 @@
-//! Calls to destinations outside the mesh (ExternalServices): HTTP sent once, with no mesh
-//! routing or retries, over TLS verified against the system roots when the intent says to
-//! originate it; and opaque TCP (or TLS the app speaks itself).
-
-use std::sync::Arc;
+//! Calls to destinations outside the mesh (ExternalServices): HTTP through the dispatch layer
+//! as a mesh route's (the port's timeout and retries), over TLS verified against the system
+//! roots when the intent says to originate it; and opaque TCP (or TLS the app speaks itself).
 
 use http::StatusCode;
 use tokio::net::TcpStream;
 
-use super::dispatch::{attempt, RequestBody};
+use super::dispatch::{self, Target};
 use crate::body::Body;
-use crate::config::{EgressDestination, EgressProtocol};
+use crate::config::EgressDestination;
 use crate::exchange::Exchange;
-use crate::http::{local_reply, strip_hop_by_hop};
+use crate::http::strip_hop_by_hop;
+use crate::routing::Route;
 use crate::state::{Active, Shared};
 use crate::tcp::{pipe, Conn};
 use crate::telemetry::TcpKey;
 use crate::upstream::{connect_stream, Upstream};
 
-/// The ExternalService an HTTP authority names, if this workload may use it.
+/// The ExternalService an HTTP authority names, if this workload may use it, with its route.
 pub fn http_destination<'a>(
     active: &'a Active,
     authority: &str,
-) -> Option<(&'a EgressDestination, &'a Arc<Upstream>)> {
+) -> Option<(&'a EgressDestination, &'a Route)> {
     let (name, port) = crate::routing::split_authority(authority)?;
-    let (dest, upstream) = active
-        .egress
-        .get(&format!("{}:{port}", name.to_ascii_lowercase()))?;
-    (dest.protocol == EgressProtocol::Http).then_some((dest, upstream))
+    let key = format!("{}:{port}", name.to_ascii_lowercase());
+    let (dest, _) = active.egress.get(&key)?;
+    Some((dest, active.egress_routes.get(&key)?))
 }
 
-/// HTTP to a destination outside the mesh, with the path as the app wrote it.
+/// HTTP to a destination outside the mesh, with the path as the app wrote it: dispatched like
+/// a mesh route (the port's timeout and retries, its own upstream), traced with the trace
+/// context passed on to the outside server, and finished like every other exchange.
 pub async fn http(
     shared: &Shared,
     active: &Active,
     mut ex: Exchange,
     dest: &EgressDestination,
-    upstream: &Upstream,
+    route: &Route,
     req: http::Request<Body>,
 ) -> http::Response<Body> {
-    let decided_by = format!("egress:{}", dest.name);
     ex.destination = dest.name.clone();
     ex.port = dest.port;
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    ex.hop.propagate(&mut parts.headers);
     parts.uri = ex
         .path
         .parse()
         .unwrap_or_else(|_| http::Uri::from_static("/"));
-    let mut body = RequestBody::Stream(Some(body));
-    let response = match attempt(shared, upstream, None, &parts, &mut body, None).await {
-        Ok(resp) => resp,
-        Err(o) => local_reply(
-            StatusCode::BAD_GATEWAY,
-            &decided_by,
-            &active.config.revision,
-            format!(
-                "external service {} ({}:{}) unavailable: {o:?}",
-                dest.name, dest.host, dest.port
-            ),
-        ),
+    let service = format!(
+        "external service {} ({}:{})",
+        dest.name, dest.host, dest.port
+    );
+    let target = Target {
+        service: &service,
+        unavailable: StatusCode::BAD_GATEWAY,
     };
-    ex.finish(&shared.telemetry, &decided_by, response, vec![])
+    let sent = dispatch::send(shared, active, &target, route, parts, body, ex.started).await;
+    if sent.overflowed {
+        ex.response_flags = "UO";
+    }
+    let attributes = vec![
+        ("weft.route".into(), route.config.name.clone()),
+        ("weft.cluster".into(), sent.cluster),
+        ("weft.tries".into(), sent.tries.to_string()),
+    ];
+    ex.finish(
+        &shared.telemetry,
+        &route.config.name,
+        sent.response,
+        attributes,
+    )
 }
 
 /// Opaque TCP (or TLS the app speaks itself) to a destination outside the mesh.

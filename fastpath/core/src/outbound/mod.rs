@@ -111,8 +111,8 @@ pub(crate) async fn request(
     // 1. resolve
     let mut host = active.routes.host(&authority);
     if host.is_none() {
-        if let Some((dest, upstream)) = egress::http_destination(&active, &authority) {
-            return egress::http(&shared, &active, ex, dest, upstream, req).await;
+        if let Some((dest, route)) = egress::http_destination(&active, &authority) {
+            return egress::http(&shared, &active, ex, dest, route, req).await;
         }
         host = fallback.as_deref().and_then(|k| active.routes.service(k));
     }
@@ -214,7 +214,10 @@ async fn mesh(
     let routed = ex.started + fault.delay.unwrap_or_default();
     let mut sent = match client_upgrade {
         Some(client) => dispatch::upgrade(shared, active, host, route, parts, body, client).await,
-        None => dispatch::send(shared, active, host, route, parts, body, routed).await,
+        None => {
+            let target = dispatch::Target::mesh(host);
+            dispatch::send(shared, active, &target, route, parts, body, routed).await
+        }
     };
     ex.response_flags = fault.flags(sent.overflowed);
     if let Some(v) = set_cookie.and_then(|c| http::HeaderValue::from_str(&c).ok()) {
