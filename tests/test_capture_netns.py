@@ -4,7 +4,9 @@ running as its own UID behind `weft-capture.sh`, and clients that know nothing o
 Host A runs `a/web`'s sidecar; host B runs `b/api`'s sidecar in front of the demo app (HTTP on
 8081, TCP echo on 7000). curl and a raw TCP client in A connect straight to B's address: A's
 iptables hands the connection to A's sidecar, which carries it over mTLS to B, where B's
-iptables hands it to B's sidecar, which authorizes A's SPIFFE ID and delivers it. Everything
+iptables hands it to B's sidecar, which authorizes A's SPIFFE ID and delivers it. A WebSocket
+client in A reaches a WebSocket server in B the same way, on an `http` port and on an `http2`
+one (where the sidecars carry the handshake as an HTTP/2 extended CONNECT). Everything
 listens inside namespaces this test makes (10.253.x.0/24 on a bridge of its own), all removed
 at the end even when a test fails. Needs root, iproute2, iptables, setpriv and curl.
 """
@@ -47,7 +49,15 @@ TD = "capture.local"
 WEB_ID = f"spiffe://{TD}/ns/a/sa/web"
 UID = capture.PROXY_UID
 ADMIN_PORT = 15020
-INBOUND = {"http": 15006, "echo": 15007}  # B's mTLS listeners, per port name
+# B's mTLS listeners, per port name
+INBOUND = {"http": 15006, "echo": 15007, "ws": 15008, "ws2": 15009}
+WS_PORTS = {"ws": (9090, 9091), "ws2": (9092, 9093)}  # service port, B's WebSocket server
+# B's capture: each app port redirected to its inbound listener.
+B_INBOUND = {
+    8081: INBOUND["http"],
+    7000: INBOUND["echo"],
+    **{target: INBOUND[name] for name, (_, target) in WS_PORTS.items()},
+}
 INTENT = {
     "mesh.yaml": sidecars.mesh_yaml(TD),
     "services.yaml": """\
@@ -63,6 +73,8 @@ spec:
   ports:
     - {name: http, port: 8080, targetPort: 8081}
     - {name: echo, port: 7000, protocol: tcp}
+    - {name: ws, port: 9090, targetPort: 9091}
+    - {name: ws2, port: 9092, targetPort: 9093, protocol: http2}
 """,
     "policies.yaml": """\
 apiVersion: weft.dev/v1alpha1
@@ -79,6 +91,14 @@ metadata: {name: echo-from-a, namespace: b}
 spec:
   to: {services: [api], ports: [echo]}
   from: [{namespaces: [a]}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: ws-from-a, namespace: b}
+spec:
+  to: {services: [api], ports: [ws, ws2]}
+  from: [{namespaces: [a]}]
+  when: {methods: [GET], paths: ["/ws/*"]}
 """,
     # An HTTPS site outside the mesh that a/web may reach with its own TLS.
     "external.yaml": """apiVersion: weft.dev/v1alpha1
@@ -105,6 +125,42 @@ try:
 except OSError:  # reset, or not connected any more
     got = b"<reset>"
 print(got.decode())
+"""
+# A WebSocket echo server on each of B's WebSocket ports; it first says what it was opened with.
+WS_SERVER = """\
+import json, sys, threading
+from websockets.sync.server import serve
+
+def echo(conn):
+    headers = conn.request.headers
+    conn.send(json.dumps({"path": conn.request.path, "peer": headers.get("x-weft-peer")}))
+    for message in conn:
+        conn.send(message)
+
+servers = [serve(echo, "127.0.0.1", int(port)) for port in sys.argv[1:]]
+for server in servers[1:]:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+servers[0].serve_forever()
+"""
+# An unmodified websockets client: what it was greeted with and echoed, or how it was refused.
+WS_CLIENT = """\
+import json, sys
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+url, messages = sys.argv[1], sys.argv[2:]
+try:
+    with connect(url, open_timeout=10) as ws:
+        hello = json.loads(ws.recv(timeout=10))
+        echoed = []
+        for m in messages:
+            ws.send(m)
+            echoed.append(ws.recv(timeout=10))
+    print(json.dumps({"hello": hello, "echoed": echoed}))
+except InvalidStatus as e:
+    body = e.response.body.decode()
+    headers = dict(e.response.headers.raw_items())
+    print(json.dumps({"status": e.response.status_code, "body": body, "headers": headers}))
 """
 
 
@@ -207,9 +263,17 @@ class Mesh:
             "web",
             {
                 "outboundCapture": f"127.0.0.1:{capture.CAPTURE_PORT}",
-                "originalDestinations": {f"{b}:8080": "b/api:8080", f"{b}:7000": "b/api:7000"},
+                "originalDestinations": {
+                    f"{b}:8080": "b/api:8080",
+                    f"{b}:7000": "b/api:7000",
+                    **{f"{b}:{port}": f"b/api:{port}" for port, _ in WS_PORTS.values()},
+                },
             },
-            endpoints={"b/api:8080": [f"{b}:8081"], "b/api:7000": [f"{b}:7000"]},
+            endpoints={
+                "b/api:8080": [f"{b}:8081"],
+                "b/api:7000": [f"{b}:7000"],
+                **{f"b/api:{port}": [f"{b}:{target}"] for port, target in WS_PORTS.values()},
+            },
             inbound={},
         )
         # B: the demo app on loopback, reached only through the sidecar's inbound listeners.
@@ -224,6 +288,12 @@ class Mesh:
         )
         for port in (8081, 7000):
             wait_listening(self.b, port, app)
+        targets = [str(target) for _, target in WS_PORTS.values()]
+        ws = self.run(
+            "b-ws", [*self.b.exec_prefix(), sys.executable, "-c", WS_SERVER, *targets], CLEAN_ENV
+        )
+        for target in targets:
+            wait_listening(self.b, int(target), ws)
         self.sidecar(
             self.b,
             "api",
@@ -232,7 +302,7 @@ class Mesh:
                 "inbound": {name: f"0.0.0.0:{port}" for name, port in INBOUND.items()},
             },
             endpoints={},
-            inbound={8081: INBOUND["http"], 7000: INBOUND["echo"]},
+            inbound=B_INBOUND,
         )
 
     def run(self, name: str, cmd: Sequence[str], env: dict[str, str]) -> Process:
@@ -319,6 +389,19 @@ class Mesh:
         )
         return done.stdout.strip()
 
+    def websocket(self, host: netns.Host, url: str, *messages: str) -> dict[str, Any]:
+        done = subprocess.run(
+            [*host.exec_prefix(), sys.executable, "-c", WS_CLIENT, url, *messages],
+            capture_output=True,
+            text=True,
+            env=CLEAN_ENV,
+            check=False,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
     def metrics(self, host: netns.Host) -> str:
         return get(f"http://{host.address}:{ADMIN_PORT}/metrics")[1]
 
@@ -364,6 +447,57 @@ def test_a_request_policy_denies_gets_403_naming_the_policy(mesh: Mesh) -> None:
     assert "denied by" in body
 
 
+@pytest.mark.parametrize("port", ["ws", "ws2"])
+def test_an_unmodified_websocket_client_is_captured_and_echoed(mesh: Mesh, port: str) -> None:
+    # The client dials B's address; capture in A brings the handshake to A's sidecar, which
+    # routes it by the original destination (the Host is an address) to b/api, authorizes it
+    # in B like any GET, and splices the upgraded connection: the echo crosses both sidecars.
+    url = f"ws://{mesh.b.address}:{WS_PORTS[port][0]}/ws/echo?room=1"
+    got = mesh.websocket(mesh.a, url, "one", "two", "x" * 70_000)
+    assert got == {
+        "hello": {"path": "/ws/echo?room=1", "peer": WEB_ID},
+        "echoed": ["one", "two", "x" * 70_000],
+    }
+    sidecars.wait_until(
+        lambda: any(
+            e["destination"] == f"b/api:{WS_PORTS[port][0]}" and e["tcp"]["outcome"] == "closed"
+            for e in tcp_access_lines(mesh, "web-sidecar")
+        )
+    )
+
+
+@pytest.mark.parametrize("port", ["ws", "ws2"])
+def test_a_websocket_policy_refuses_gets_403_before_the_upgrade(mesh: Mesh, port: str) -> None:
+    service_port = WS_PORTS[port][0]
+
+    def spliced() -> int:
+        lines = tcp_access_lines(mesh, "api-sidecar")
+        return len([e for e in lines if e["destination"] == f"b/api:{service_port}"])
+
+    before = spliced()
+    for path in ["/admin", "/ws/../admin"]:
+        got = mesh.websocket(mesh.a, f"ws://{mesh.b.address}:{WS_PORTS[port][0]}{path}")
+        assert got["status"] == 403, got
+        assert "denied by" in got["body"]
+        assert {k.lower(): v for k, v in got["headers"].items()}["x-weft-policy"] == (
+            "Mesh/mesh defaultPolicy: deny"
+        )
+    # B's sidecar decided each handshake (403, before any 101) and spliced none of them
+    sidecars.wait_until(
+        lambda: (
+            len(
+                [
+                    e
+                    for e in access_lines(mesh, "api-sidecar")
+                    if e["status"] == 403 and e["destination"] == f"b/api:{service_port}"
+                ]
+            )
+            == 2
+        )
+    )
+    assert spliced() == before
+
+
 def test_raw_tcp_is_forwarded_by_its_original_destination_without_sniffing(mesh: Mesh) -> None:
     assert mesh.raw(mesh.a, mesh.b.address, 7000, "bytes, not HTTP") == "bytes, not HTTP"
     assert "istio_tcp_connections_opened_total" in mesh.metrics(mesh.b)
@@ -392,10 +526,14 @@ def test_a_destination_outside_the_mesh_is_refused(mesh: Mesh) -> None:
     assert headers["x-weft-policy"] == "outbound: no route"
 
 
-def tcp_access_lines(mesh: Mesh, name: str) -> list[dict[str, Any]]:
+def access_lines(mesh: Mesh, name: str) -> list[dict[str, Any]]:
     proc = next(p for p in mesh.procs if p.name == name)
     lines = (json.loads(line) for line in proc.log.read_text().splitlines() if line.startswith("{"))
-    return [line for line in lines if line.get("event") == "access" and "tcp" in line]
+    return [line for line in lines if line.get("event") == "access"]
+
+
+def tcp_access_lines(mesh: Mesh, name: str) -> list[dict[str, Any]]:
+    return [line for line in access_lines(mesh, name) if "tcp" in line]
 
 
 def test_an_apps_own_tls_to_a_declared_external_service_passes_by_its_sni(mesh: Mesh) -> None:
@@ -450,12 +588,11 @@ def test_capture_rules_are_idempotent_and_cleanup_removes_them(mesh: Mesh) -> No
         return [r for r in out.stdout.splitlines() if "WEFT" in r]
 
     before = rules()
-    inbound = {8081: INBOUND["http"], 7000: INBOUND["echo"]}
-    subprocess.run([*ns, *capture.apply_command(proxy_uid=UID, inbound=inbound)], check=True)
+    subprocess.run([*ns, *capture.apply_command(proxy_uid=UID, inbound=B_INBOUND)], check=True)
     assert rules() == before
     subprocess.run([*ns, *capture.cleanup_command()], check=True)
     assert rules() == []
-    subprocess.run([*ns, *capture.apply_command(proxy_uid=UID, inbound=inbound)], check=True)
+    subprocess.run([*ns, *capture.apply_command(proxy_uid=UID, inbound=B_INBOUND)], check=True)
     assert rules() == before
     status, _, _ = mesh.curl(mesh.a, f"http://{mesh.b.address}:8080/ok")
     assert status == 200

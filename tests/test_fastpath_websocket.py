@@ -4,6 +4,11 @@ The `upgrade` header is hop-by-hop; a proxy that strips it silently breaks every
 Here a/web's app opens a WebSocket to b/api through its outbound listener (plaintext, as an app
 does), the two sidecars carry the handshake over mTLS, authorize it like any request on the
 port, and then pipe the upgraded connection both ways. Python's `websockets` on both ends.
+
+Each test runs twice: with b/api's port `http` (HTTP/1.1 between the sidecars, the Upgrade
+carried as is) and `http2` (one HTTP/2 connection between the sidecars, the handshake carried
+as an RFC 8441 extended CONNECT stream, answered 200 by the called sidecar, and turned back
+into an HTTP/1.1 Upgrade on each app's side).
 """
 
 from __future__ import annotations
@@ -49,10 +54,20 @@ def echo(conn: ServerConnection) -> None:
         conn.send(message)
 
 
+def intent(protocol: str) -> dict[str, str]:
+    services = sidecars.WEB_AND_API.replace(
+        "spec: {ports: [{name: http, port: 8080}]}\n",
+        f"spec: {{ports: [{{name: http, port: 8080, protocol: {protocol}}}]}}\n",
+    )
+    assert protocol == "http" or services != sidecars.WEB_AND_API
+    return {**INTENT, "services.yaml": services}
+
+
 class Pair:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, protocol: str = "http") -> None:
         ca = CA.create()
-        configs = sidecars.compiled(root, INTENT, REVISION)
+        self.protocol = protocol
+        configs = sidecars.compiled(root, intent(protocol), REVISION)
         self.server: Server = serve(echo, "127.0.0.1", 0, max_size=None)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         app = f"127.0.0.1:{self.server.socket.getsockname()[1]}"
@@ -80,9 +95,9 @@ class Pair:
         self.server.shutdown()
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[Pair]:
-    p = Pair(tmp_path)
+@pytest.fixture(params=["http", "http2"])
+def pair(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Pair]:
+    p = Pair(tmp_path, request.param)
     try:
         yield p
     finally:
@@ -103,13 +118,15 @@ def test_a_websocket_carries_messages_both_ways_through_the_mesh(pair: Pair) -> 
             assert ws.recv(timeout=10) == text
         ws.send(big)
         assert ws.recv(timeout=10) == big
-    # the handshake is one request, answered 101, in both sidecars' metrics and logs
-    for proxy in (pair.web, pair.api):
+    # The handshake is one request in both sidecars' metrics and logs, answered 101 to the app
+    # (and 200 to an extended CONNECT between sidecars, as the called sidecar counts it).
+    called = 200 if pair.protocol == "http2" else 101
+    for proxy, code in ((pair.web, 101), (pair.api, called)):
         sidecars.wait_until(lambda p=proxy: any(s["closed"] == 1 for s in tcp_stats(p)))
         (request,) = [k for k, _ in json.loads(proxy.stats())["requests"]]
-        assert request["code"] == 101
+        assert request["code"] == code
         http, spliced = sorted(json.loads(proxy.drain_access_log()), key=lambda e: "tcp" in e)
-        assert (http["status"], http["path"]) == (101, "/ws/echo?room=1")
+        assert (http["status"], http["method"], http["path"]) == (code, "GET", "/ws/echo?room=1")
         assert (spliced["method"], spliced["tcp"]["outcome"]) == ("TCP", "closed")
         assert spliced["tcp"]["bytes_received"] > len(big)
         (tcp,) = tcp_stats(proxy)

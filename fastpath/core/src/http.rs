@@ -262,10 +262,12 @@ pub async fn serve_connection<S, F, Fut>(
             .keep_alive(true)
             .serve_connection(io, service)
             .with_upgrades()),
-        Serve::Only(HttpVersion::Http2) => drive!(hyper::server::conn::http2::Builder::new(
-            TokioExecutor::new()
-        )
-        .serve_connection(io, service)),
+        Serve::Only(HttpVersion::Http2) => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            // RFC 8441: a peer sidecar carries a WebSocket handshake as an extended CONNECT.
+            builder.enable_connect_protocol();
+            drive!(builder.serve_connection(io, service))
+        }
         Serve::Either => {
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             drive!(builder.serve_connection_with_upgrades(io, service))

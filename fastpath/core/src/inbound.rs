@@ -104,6 +104,9 @@ async fn request(
 ) -> http::Response<Body> {
     let active = shared.active.load_full();
     let config = &active.config;
+    // A WebSocket handshake a peer sent as an HTTP/2 extended CONNECT is decided, logged and
+    // forwarded as the HTTP/1.1 Upgrade GET it stands for.
+    upgrade::from_extended_connect(&mut req);
     // Normalized before authorization, and forwarded normalized, so that what was
     // authorized is what the app serves (path.rs has the rules).
     let normalized = normalize_path(&mut req, config.path_normalization.escaped_slashes);
@@ -238,6 +241,7 @@ async fn forward(
             "no local app address".into(),
         );
     };
+    let tunnel = req.extensions().get::<upgrade::Tunnel>().is_some();
     let (mut parts, body, client_upgrade) = upgrade::split_request(req);
     hop.propagate(&mut parts.headers);
     if let Ok(v) = http::HeaderValue::from_str(source) {
@@ -266,7 +270,11 @@ async fn forward(
             }
             let (mut parts, body) = resp.into_parts();
             upgrade::strip_response(&mut parts);
-            http::Response::from_parts(parts, incoming(body))
+            let mut resp = http::Response::from_parts(parts, incoming(body));
+            if tunnel {
+                upgrade::answer_tunnel(&mut resp);
+            }
+            resp
         }
         Err(e) => local_reply(
             StatusCode::BAD_GATEWAY,

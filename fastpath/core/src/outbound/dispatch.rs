@@ -16,7 +16,6 @@ use crate::body::{full, incoming, Body};
 use crate::breaker::{self, Limit};
 use crate::hash;
 use crate::http::local_reply;
-use crate::protocol::HttpVersion;
 use crate::retry::{back_off, retryable, Outcome};
 use crate::routing::{Host, Route};
 use crate::state::{Active, Shared};
@@ -198,7 +197,8 @@ pub async fn send(
 
 /// An Upgrade request (WebSocket): one try, since a handshake the far side may already have
 /// acted on cannot be replayed, bounded by the route's timeout (the upgraded stream is not);
-/// on 101 the client's and the upstream's connections are spliced.
+/// on 101 the client's and the upstream's connections are spliced. To an HTTP/2 cluster the
+/// handshake goes as an extended CONNECT stream (`upstream::pool`), answered as a 101 here.
 #[allow(clippy::too_many_arguments)]
 pub async fn upgrade(
     shared: &Shared,
@@ -225,22 +225,6 @@ pub async fn upgrade(
             overflowed: false,
         };
     };
-    if upstream.version == HttpVersion::Http2 {
-        let response = reply(
-            StatusCode::NOT_IMPLEMENTED,
-            format!(
-                "{} speaks HTTP/2 between sidecars, where HTTP/1.1 Upgrade does not exist; \
-                 serve WebSocket on an http port",
-                host.service
-            ),
-        );
-        return Sent {
-            response,
-            cluster,
-            tries: 1,
-            overflowed: false,
-        };
-    }
     let limit = route.config.timeout_ms.map(Duration::from_millis);
     let mut body = RequestBody::Stream(Some(body));
     let outcome = attempt(shared, upstream, None, &parts, &mut body, limit).await;

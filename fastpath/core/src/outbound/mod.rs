@@ -94,9 +94,12 @@ fn authority<B>(req: &http::Request<B>) -> String {
 /// (a client that called an address rather than a service name).
 pub(crate) async fn request(
     shared: Arc<Shared>,
-    req: http::Request<hyper::body::Incoming>,
+    mut req: http::Request<hyper::body::Incoming>,
     fallback: Option<String>,
 ) -> http::Response<Body> {
+    // An HTTP/2 client's WebSocket (extended CONNECT, at a gateway) is routed as its HTTP/1.1
+    // Upgrade form, and answered 200 rather than 101 (see `mesh`).
+    upgrade::from_extended_connect(&mut req);
     let active = shared.active.load_full();
     let config = &active.config;
     let authority = authority(&req);
@@ -182,6 +185,7 @@ async fn mesh(
         );
         return ex.finish(&shared.telemetry, "outbound: no route", reply, vec![]);
     };
+    let tunnel = req.extensions().get::<upgrade::Tunnel>().is_some();
     let (mut parts, body, client_upgrade) = upgrade::split_request(req);
     ex.hop.propagate(&mut parts.headers);
     parts.uri = ex
@@ -220,6 +224,9 @@ async fn mesh(
         }
     };
     ex.response_flags = fault.flags(sent.overflowed);
+    if tunnel {
+        upgrade::answer_tunnel(&mut sent.response);
+    }
     if let Some(v) = set_cookie.and_then(|c| http::HeaderValue::from_str(&c).ok()) {
         sent.response
             .headers_mut()

@@ -14,6 +14,7 @@ use super::Upstream;
 use crate::body::Body;
 use crate::protocol::{shape_request, HttpVersion};
 use crate::tls::Material;
+use crate::upgrade;
 
 impl Endpoint {
     /// A pooled connection that can take a request now, if any: the shared HTTP/2 connection
@@ -60,7 +61,44 @@ impl Upstream {
         tls: &ArcSwap<Material>,
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
+        // An app is asked to switch protocols in HTTP/1.1 whatever its port speaks: WebSocket
+        // servers take the HTTP/1.1 Upgrade, and an upgraded connection is never pooled anyway.
+        if self.version == HttpVersion::Http2
+            && matches!(self.transport, Transport::Plain)
+            && upgrade::requested(&req)
+        {
+            return self.upgrade_http1(endpoint, tls, req).await;
+        }
         self.connection(endpoint, tls).await?.send(req).await
+    }
+
+    /// An Upgrade request over an HTTP/1.1 connection of its own, which it then keeps.
+    async fn upgrade_http1(
+        &self,
+        endpoint: &Endpoint,
+        tls: &ArcSwap<Material>,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let http_error = |source| UpstreamError::Http {
+            addr: endpoint.addr.clone(),
+            source,
+        };
+        let (stream, _) = connect(&endpoint.addr, &self.transport, tls, HttpVersion::Http1)
+            .await
+            .inspect_err(|_| endpoint.connect_failed())?;
+        endpoint.connected();
+        let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http_error)?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let (mut parts, body) = req.into_parts();
+        shape_request(&mut parts, HttpVersion::Http1, self.scheme());
+        sender
+            .send_request(http::Request::from_parts(parts, body))
+            .await
+            .map_err(http_error)
     }
 
     /// A pooled connection to `endpoint`, or a new one. Nothing has been sent when this
@@ -192,14 +230,20 @@ impl Connection<'_> {
                 result
             }
             Sender::Http2(mut sender) => {
+                // A WebSocket handshake becomes an extended CONNECT stream (RFC 8441).
+                let tunnel = upgrade::to_extended_connect(&mut parts);
                 shape_request(&mut parts, HttpVersion::Http2, scheme);
                 // Dropped mid-request, only this stream is reset; the connection carries on.
                 match sender.ready().await {
-                    Ok(()) => {
-                        sender
-                            .send_request(http::Request::from_parts(parts, body))
-                            .await
-                    }
+                    Ok(()) => sender
+                        .send_request(http::Request::from_parts(parts, body))
+                        .await
+                        .map(|mut resp| {
+                            if let Some(protocol) = tunnel {
+                                upgrade::tunnel_opened(protocol, &mut resp);
+                            }
+                            resp
+                        }),
                     Err(e) => Err(e),
                 }
             }
