@@ -564,6 +564,19 @@ def test_an_apps_own_tls_to_a_declared_external_service_passes_by_its_sni(mesh: 
     (seen,) = [e for e in tcp_access_lines(mesh, "web-sidecar") if e["path"] == "ext.test"]
     assert (seen["method"], seen["decided_by"]) == ("TLS", "egress:a/ext")
     assert seen["tcp"]["bytes_sent"] > 0
+    # TLS passed through is TCP to Istio: its bytes are istio_tcp_*_bytes_total, both ways
+    ext = [
+        line
+        for line in mesh.metrics(mesh.a).splitlines()
+        if line.startswith(("istio_tcp_sent_bytes_total", "istio_tcp_received_bytes_total"))
+        and 'destination_service_name="ext"' in line
+    ]
+    counted = {line.split("{")[0]: int(line.rsplit(" ", 1)[1]) for line in ext}
+    assert counted == {
+        "istio_tcp_sent_bytes_total": seen["tcp"]["bytes_sent"],
+        "istio_tcp_received_bytes_total": seen["tcp"]["bytes_received"],
+    }
+    assert counted["istio_tcp_received_bytes_total"] > 200, "at least a ClientHello"
 
 
 def test_a_caller_that_bypasses_its_own_sidecar_meets_the_inbound_one(mesh: Mesh) -> None:

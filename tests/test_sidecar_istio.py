@@ -9,6 +9,7 @@ does. With Prometheus installed, it scrapes both and answers a query of Istio's 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -244,8 +245,11 @@ def test_body_sizes_are_istios_byte_histograms_on_both_reporters(pair: Pair) -> 
     def scrape(agent: Any) -> str:
         return sidecars.http_get(f"{agent.admin}/metrics")[1]
 
+    def sized(agent: Any) -> bool:
+        return bool(samples(scrape(agent), "istio_request_bytes_count"))
+
     for agent, reporter in ((pair.web, "source"), (pair.api, "destination")):
-        sidecars.wait_until(lambda a=agent: samples(scrape(a), "istio_request_bytes_count"))
+        sidecars.wait_until(functools.partial(sized, agent))
         text = scrape(agent)
         [(requests_labels, _)] = samples(text, "istio_requests_total")
         for name, size in (("istio_request_bytes", 10_000), ("istio_response_bytes", len(answer))):
