@@ -138,6 +138,7 @@ def test_http_egress_answers_504_after_the_ports_timeout(egress: Egress) -> None
         1,
     )
     assert labels["destination_service"] == "localhost"
+    assert labels["response_flags"] == "UT", "Envoy's flag for a route timeout"
     [line] = egress.access()
     assert (line["status"], line["decided_by"], line["path"]) == (
         504,
@@ -145,6 +146,7 @@ def test_http_egress_answers_504_after_the_ports_timeout(egress: Egress) -> None
         "/sleep/3000",
     )
     assert line["destination"] == f"b/slow:{port}"
+    assert line["response_flags"] == "UT"
     assert 250 < line["duration_ms"] < 2000
 
 

@@ -135,8 +135,9 @@ def _request_labels(
         # A gRPC call's outcome (its HTTP code is 200 whatever happened); empty for plain HTTP.
         "grpc_response_status": "" if key.get("grpc_status") is None else str(key["grpc_status"]),
         # Envoy's NR for a destination with no route; what the sidecar did itself (UO circuit
-        # breaker overflow, FI/DI injected faults) as fastpath reports it; "-" is Istio's value
-        # for a request with none. Other flags (UF, UT, ...) are not told apart yet.
+        # breaker overflow, FI/DI injected faults, UT a route's timeout) as fastpath reports
+        # it; "-" is Istio's value for a request with none. Other flags (UF, ...) are not told
+        # apart yet.
         "response_flags": "NR"
         if key["policy"] == "outbound: no route"
         else str(key.get("response_flags") or "-"),

@@ -82,6 +82,15 @@ async fn the_route_timeout_bounds_the_request_even_with_retries_left() {
         Duration::from_millis(300) <= took && took <= Duration::from_millis(302),
         "took {took:?}, the route timeout is 300 ms"
     );
+    // Envoy's flag for a request its route's timeout cut short
+    let logged = web.telemetry().drain_access_log(usize::MAX);
+    assert_eq!(
+        logged
+            .iter()
+            .map(|l| (l.status, l.response_flags))
+            .collect::<Vec<_>>(),
+        [(504, "UT")]
+    );
 }
 
 #[tokio::test(start_paused = true)]

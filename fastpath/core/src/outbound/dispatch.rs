@@ -33,6 +33,8 @@ pub struct Sent {
     pub tries: u32,
     /// The cluster's circuit breaker refused it (503, response flag `UO`).
     pub overflowed: bool,
+    /// The route's deadline (or the last try's) passed with no answer (504, response flag `UT`).
+    pub timed_out: bool,
 }
 
 /// What a dispatch is for, as the sidecar's own replies name it.
@@ -86,6 +88,7 @@ pub async fn send(
                     cluster: String::new(),
                     tries: 0,
                     overflowed: false,
+                    timed_out: false,
                 }
             }
         }
@@ -122,6 +125,7 @@ pub async fn send(
                 cluster,
                 tries,
                 overflowed: false,
+                timed_out: false,
             };
         };
         let per_try = retries
@@ -159,6 +163,7 @@ pub async fn send(
             continue;
         }
         let overflowed = outcome.as_ref().is_err_and(|o| *o == Outcome::Overflow);
+        let timed_out = outcome.as_ref().is_err_and(|o| *o == Outcome::Timeout);
         let response = match outcome {
             Ok(resp) => resp,
             Err(Outcome::Overflow) => {
@@ -191,6 +196,7 @@ pub async fn send(
             cluster,
             tries,
             overflowed,
+            timed_out,
         };
     }
 }
@@ -223,12 +229,14 @@ pub async fn upgrade(
             cluster,
             tries: 1,
             overflowed: false,
+            timed_out: false,
         };
     };
     let limit = route.config.timeout_ms.map(Duration::from_millis);
     let mut body = RequestBody::Stream(Some(body));
     let outcome = attempt(shared, upstream, None, &parts, &mut body, limit).await;
     let overflowed = matches!(outcome, Err(Outcome::Overflow));
+    let timed_out = matches!(outcome, Err(Outcome::Timeout));
     let mut response = match outcome {
         Ok(resp) => resp,
         Err(Outcome::Timeout) => reply(
@@ -256,6 +264,7 @@ pub async fn upgrade(
         cluster,
         tries: 1,
         overflowed,
+        timed_out,
     }
 }
 

@@ -56,9 +56,11 @@ pub async fn http(
         unavailable: StatusCode::BAD_GATEWAY,
     };
     let sent = dispatch::send(shared, active, &target, route, parts, body, ex.started).await;
-    if sent.overflowed {
-        ex.response_flags = "UO";
-    }
+    ex.response_flags = match (sent.overflowed, sent.timed_out) {
+        (true, _) => "UO",
+        (false, true) => "UT",
+        (false, false) => "",
+    };
     let attributes = vec![
         ("weft.route".into(), route.config.name.clone()),
         ("weft.cluster".into(), sent.cluster),

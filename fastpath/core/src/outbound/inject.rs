@@ -17,15 +17,19 @@ pub struct Applied {
 
 impl Applied {
     /// Istio's `response_flags` for the request: `DI` delayed, `FI` aborted, `UO` refused by a
-    /// circuit breaker (`overflowed`), comma-joined; empty for none.
-    pub fn flags(&self, overflowed: bool) -> &'static str {
-        match (self.delay.is_some(), self.abort.is_some(), overflowed) {
-            (true, true, _) => "DI,FI",
-            (false, true, _) => "FI",
-            (true, false, true) => "DI,UO",
-            (false, false, true) => "UO",
-            (true, false, false) => "DI",
-            (false, false, false) => "",
+    /// circuit breaker (`overflowed`), `UT` the route's timeout passed (`timed_out`),
+    /// comma-joined; empty for none.
+    pub fn flags(&self, overflowed: bool, timed_out: bool) -> &'static str {
+        let delayed = self.delay.is_some();
+        match (delayed, self.abort.is_some(), overflowed, timed_out) {
+            (true, true, ..) => "DI,FI",
+            (false, true, ..) => "FI",
+            (true, false, true, _) => "DI,UO",
+            (false, false, true, _) => "UO",
+            (true, false, false, true) => "DI,UT",
+            (false, false, false, true) => "UT",
+            (true, false, false, false) => "DI",
+            (false, false, false, false) => "",
         }
     }
 }
@@ -61,9 +65,11 @@ mod tests {
             delay: Some(Duration::from_millis(1)),
             abort: None,
         };
-        assert_eq!(delayed.flags(false), "DI");
-        assert_eq!(delayed.flags(true), "DI,UO");
-        assert_eq!(Applied::default().flags(true), "UO");
-        assert_eq!(Applied::default().flags(false), "");
+        assert_eq!(delayed.flags(false, false), "DI");
+        assert_eq!(delayed.flags(true, false), "DI,UO");
+        assert_eq!(delayed.flags(false, true), "DI,UT");
+        assert_eq!(Applied::default().flags(true, false), "UO");
+        assert_eq!(Applied::default().flags(false, true), "UT");
+        assert_eq!(Applied::default().flags(false, false), "");
     }
 }

@@ -198,7 +198,7 @@ async fn mesh(
     // 4. per-route layers: fault injection, then the hash key.
     let fault = inject::apply(route, &parts.headers).await;
     if let Some(abort) = fault.abort {
-        ex.response_flags = fault.flags(false);
+        ex.response_flags = fault.flags(false, false);
         let reply = crate::fault::reply(abort, ex.protocol == "grpc", &route.config.name, revision);
         let attributes = vec![("weft.route".into(), route.config.name.clone())];
         return ex.finish(&shared.telemetry, &route.config.name, reply, attributes);
@@ -223,7 +223,7 @@ async fn mesh(
             dispatch::send(shared, active, &target, route, parts, body, routed).await
         }
     };
-    ex.response_flags = fault.flags(sent.overflowed);
+    ex.response_flags = fault.flags(sent.overflowed, sent.timed_out);
     if tunnel {
         upgrade::answer_tunnel(&mut sent.response);
     }
