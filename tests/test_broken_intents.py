@@ -523,6 +523,12 @@ CASES = [
         "route-unknown-gateway",
         error("routes.yaml:21:14", "unknown gateway 'shop/publik'", "did you mean 'shop/public'?"),
     ),
+    case(
+        "gateway-https-without-certificate",
+        error(
+            "gateway.yaml:14:7", "spec.listeners[1]: an HTTPS listener needs tls: its certificate"
+        ),
+    ),
     # ------------------------------------------------------------ several at once
     case(
         "several-errors",
@@ -549,6 +555,15 @@ CASES = [
             "service account shop/shared is shared with Service shop/api: both get one identity, "
             "and policies cannot tell them apart",
             "give each Service its own serviceAccount",
+        ),
+    ),
+    case(
+        "warning-gateway-route-unopened",
+        warning(
+            "routes.yaml:21:14",
+            "Gateway shop/public routes to shop/api:http, which no AccessPolicy opens to it: "
+            "under defaultPolicy deny every request will be refused",
+            "add an AccessPolicy in shop with from: [{gateways: [shop/public]}]",
         ),
     ),
     case(

@@ -202,7 +202,7 @@ def test_a_missing_certificate_refuses_the_config_and_the_old_one_serves(
     edge: Edge, tmp_path: Path
 ) -> None:
     config = edge.desired.gateway_configs[("edge", "public")].as_dict()
-    config["gateway"][0]["certificateFile"] = str(tmp_path / "missing.crt")
+    config["gateway"][0]["certificates"][0]["certificateFile"] = str(tmp_path / "missing.crt")
     config["revision"] = "test@sha1:" + "3" * 40
     with pytest.raises(_native.ConfigError, match=r"gateway listener \"https\".*missing\.crt"):
         edge.gateway.reload(json.dumps(config))

@@ -103,5 +103,8 @@ def cmd_reach(args: argparse.Namespace) -> int:
     if mesh is None:
         return 1
     cells = reach.matrix(mesh, sources=set(args.source or ()), destinations=set(args.dest or ()))
-    print(reach.to_json(mesh, cells) if args.json else reach.to_table(mesh, cells), end="")
+    # Gateways are sources too: shown unless the sources asked for are all services.
+    edge = [] if args.source else reach.entries(mesh, destinations=set(args.dest or ()))
+    text = reach.to_json(mesh, cells, edge) if args.json else reach.to_table(mesh, cells, edge)
+    print(text, end="")
     return 0

@@ -24,6 +24,7 @@ from reconciler.allocation import without_gc_pauses
 from reconciler.compiler import (
     authz,
     egress,
+    gateways,
     identities,
     kubernetes,
     labels,
@@ -126,14 +127,10 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
             telemetry=telemetry,
             path_normalization=paths,
             gateway=[
-                pc.GatewayListener(
-                    name=listener.name,
-                    port=listener.port,
-                    certificate_file=listener.tls.certificate_file,
-                    key_file=listener.tls.key_file,
-                    authentication=authz.authentication(ra)
-                    if (ra := mesh.gateway_authentication(gw))
-                    else None,
+                gateways.listener(
+                    gw,
+                    listener,
+                    authz.authentication(ra) if (ra := mesh.gateway_authentication(gw)) else None,
                 )
                 for listener in gw.spec.listeners
             ],

@@ -226,7 +226,11 @@ def gateway(mesh: Intent, gw: model.Gateway) -> pc.Outbound:
         port = ports[0]
         routes, targets = http_routes(mesh, route, svc, port)
         for listener in gw.spec.listeners:
-            names = [h for h in route.spec.hostnames if h in listener.hosts]
+            if listener.redirect is not None:
+                continue  # it answers every request with a redirect: no route runs there
+            names = [
+                h for h in route.spec.hostnames if any(model.covers(lh, h) for lh in listener.hosts)
+            ]
             if names:
                 hosts.append(
                     pc.HttpHost(service=svc.ref, hostnames=names, port=listener.port, routes=routes)

@@ -88,7 +88,10 @@ class Selection:
         return Verdict("allow", (self.default_allow,))
 
     def decide(
-        self, source: model.Service, dest: model.Service, port: model.ServicePort
+        self,
+        source: model.Service | model.Gateway,
+        dest: model.Service,
+        port: model.ServicePort,
     ) -> Verdict:
         spiffe, ns = self.intent.identity_of(source), source.metadata.namespace
         admitting = [

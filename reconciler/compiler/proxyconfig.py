@@ -375,14 +375,39 @@ class PathNormalization:
     escaped_slashes: Literal["REJECT", "KEEP", "DECODE"] = "REJECT"
 
 
+# Where a target mounts the Kubernetes Secrets a Gateway names: <dir>/<secret>/tls.crt, tls.key
+# and ca.crt. Part of the contract, so the compiler can name files without knowing the target.
+GATEWAY_SECRETS_DIR = "/etc/weft/gateway-secrets"
+
+
+@contract
+class EdgeCertificate:
+    """A certificate chain and key for a gateway's clients, as files on its host; `secret`
+    names the Kubernetes Secret mounted there, for a target to mount and errors to name."""
+
+    certificate_file: str
+    key_file: str
+    secret: str | None = None
+
+
+@contract
+class HttpsRedirect:
+    port: int
+    status_code: int
+
+
 @contract
 class GatewayListener:
-    """An ingress gateway's HTTPS listener; the certificate and key are files on its host."""
+    """An ingress gateway's listener: HTTPS with certificates chosen by SNI (and a client CA
+    for edge mTLS), or plain HTTP, routed or redirected to HTTPS."""
 
     name: str
     port: int
-    certificate_file: str
-    key_file: str
+    protocol: Literal["HTTP", "HTTPS"] = "HTTPS"
+    certificates: list[EdgeCertificate] = dataclasses.field(default_factory=list)
+    client_ca_file: str | None = None
+    client_ca_secret: str | None = None
+    https_redirect: HttpsRedirect | None = None
     authentication: Authentication | None = None
 
 

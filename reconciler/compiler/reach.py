@@ -57,14 +57,85 @@ def matrix(
     return cells
 
 
-def to_json(mesh: Intent, cells: list[Cell]) -> str:
-    return (
-        json.dumps({"revision": mesh.revision, "cells": [c.as_json() for c in cells]}, indent=2)
-        + "\n"
-    )
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entry:
+    """Outside → gateway → service: what a Route bound to a Gateway lets clients reach, and
+    whether the destination's policies admit the gateway's identity."""
+
+    gateway: str
+    hostnames: tuple[str, ...]
+    destination: str
+    port: str
+    port_number: int
+    verdict: Verdict
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "gateway": self.gateway,
+            "hostnames": list(self.hostnames),
+            "destination": self.destination,
+            "port": self.port,
+            "portNumber": self.port_number,
+            "decision": self.verdict.decision,
+            "policies": list(self.verdict.policies),
+        }
 
 
-def to_table(mesh: Intent, cells: list[Cell]) -> str:
+def entries(
+    mesh: Intent, selection: Selection | None = None, destinations: set[str] | None = None
+) -> list[Entry]:
+    """Every (gateway, Route) pair: the service port the Route sends the gateway's clients to."""
+    selection = selection or Selection(mesh)
+    found = []
+    for route in mesh.routes:
+        ns = route.metadata.namespace
+        svc = mesh.resolve_host(route.spec.host, ns)
+        ports = mesh.route_ports(route, svc) if svc is not None else []
+        if svc is None or not ports or (destinations and svc.ref not in destinations):
+            continue
+        for ref in route.spec.gateways:
+            gw = mesh.gateway(ref, ns)
+            if gw is not None:
+                verdict = selection.decide(gw, svc, ports[0])
+                found.append(
+                    Entry(
+                        gw.ref,
+                        tuple(route.spec.hostnames),
+                        svc.ref,
+                        ports[0].name,
+                        ports[0].port,
+                        verdict,
+                    )
+                )
+    return sorted(found, key=lambda e: (e.gateway, e.destination, e.port_number, e.hostnames))
+
+
+def to_json(mesh: Intent, cells: list[Cell], edge: list[Entry] | None = None) -> str:
+    out: dict[str, object] = {"revision": mesh.revision, "cells": [c.as_json() for c in cells]}
+    if edge:
+        out["gateways"] = [e.as_json() for e in edge]
+    return json.dumps(out, indent=2) + "\n"
+
+
+def edge_table(edge: list[Entry]) -> list[str]:
+    """The rows for traffic from outside the mesh, through each gateway."""
+    if not edge:
+        return []
+    rows = [
+        (f"outside -> {e.gateway} -> {e.destination}:{e.port}", e, ", ".join(e.hostnames))
+        for e in edge
+    ]
+    pad = max(len(text) for text, _, _ in rows)
+    lines = ["", "from outside, through gateways:"]
+    for text, e, hosts in rows:
+        lines.append(
+            f"  {text:<{pad}}  {e.verdict.decision:<11} {', '.join(e.verdict.policies)}"
+            f"  (hosts {hosts})"
+        )
+    return lines
+
+
+def to_table(mesh: Intent, cells: list[Cell], edge: list[Entry] | None = None) -> str:
     """Sources down, destination ports across; a legend names the deciding policies."""
     sources = list(dict.fromkeys(c.source for c in cells))
     columns = list(dict.fromkeys(f"{c.destination}:{c.port}" for c in cells))
@@ -91,4 +162,5 @@ def to_table(mesh: Intent, cells: list[Cell]) -> str:
         lines.append(
             f"  {text:<{pad}}  {c.verdict.decision:<11} {', '.join(c.verdict.policies)}".rstrip()
         )
+    lines += edge_table(edge or [])
     return "\n".join(lines) + "\n"

@@ -50,6 +50,8 @@ PortName = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=15)
 ]
 DnsName = Annotated[str, StringConstraints(pattern=DNS_NAME, max_length=253)]
+# A host a gateway answers: a DNS name, or `*.` and one (every name under it, not itself).
+HostName = Annotated[str, StringConstraints(pattern=r"^(\*\.)?" + DNS_NAME[1:], max_length=253)]
 PortNumber = Annotated[int, Field(ge=1, le=65535)]
 PortRef = PortNumber | Name  # a port by number or by its name on the service
 LabelMap = dict[
@@ -601,7 +603,7 @@ class RouteSpec(Model):
     # Bound to gateways, the Route routes their clients' requests for `hostnames` to `host`,
     # and is not a mesh Route: sidecars calling `host` do not use it.
     gateways: list[ServiceRef] = []
-    hostnames: list[DnsName] = []
+    hostnames: list[HostName] = []
 
     @model_validator(mode="after")
     def _hostnames_with_gateways(self) -> RouteSpec:
@@ -664,24 +666,109 @@ class ExternalService(Document):
 AbsolutePath = Annotated[str, StringConstraints(pattern=r"^/")]
 
 
-class GatewayTls(Model):
-    """The certificate clients see: PEM files on the gateway's host, never in git."""
+def _one_certificate_source(c: GatewayCertificate | GatewayTls, what: str) -> None:
+    if (c.certificate_file is None) != (c.key_file is None):
+        raise ValueError(f"{what}: certificateFile and keyFile go together")
+    exactly_one(c, ("certificate_file", "secret"), what)
 
-    certificate_file: AbsolutePath
-    key_file: AbsolutePath
+
+class GatewayCertificate(Model):
+    """A certificate chain and key clients see: PEM files on the gateway's host, or a
+    Kubernetes Secret (type kubernetes.io/tls, in the Gateway's namespace) — never in git."""
+
+    certificate_file: AbsolutePath | None = None
+    key_file: AbsolutePath | None = None
+    secret: DnsName | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GatewayCertificate:
+        _one_certificate_source(self, "a certificate")
+        return self
+
+
+class GatewayTls(Model):
+    """One certificate inline, or several in `certificates` (chosen by the client's SNI, the
+    first the default); `clientCaFile`/`clientCaSecret` require clients to present a
+    certificate that chains to that CA (edge mTLS)."""
+
+    certificate_file: AbsolutePath | None = None
+    key_file: AbsolutePath | None = None
+    secret: DnsName | None = None
+    certificates: list[GatewayCertificate] = []
+    client_ca_file: AbsolutePath | None = None
+    client_ca_secret: DnsName | None = None
+
+    @model_validator(mode="after")
+    def _sources(self) -> GatewayTls:
+        inline = self.certificate_file is not None or self.secret is not None
+        if self.certificates and (inline or self.key_file is not None):
+            raise ValueError("tls takes one certificate inline or a list in certificates, not both")
+        if not self.certificates:
+            _one_certificate_source(self, "tls")
+        if self.client_ca_file is not None and self.client_ca_secret is not None:
+            raise ValueError("tls takes at most one of clientCaFile, clientCaSecret")
+        return self
+
+    @property
+    def all_certificates(self) -> list[GatewayCertificate]:
+        if self.certificates:
+            return self.certificates
+        return [
+            GatewayCertificate(
+                certificate_file=self.certificate_file, key_file=self.key_file, secret=self.secret
+            )
+        ]
+
+
+def covers(listener_host: str, name: str) -> bool:
+    """Whether a listener host answers a route hostname: the same name, or a wildcard with the
+    name beneath it (`*.example.com` covers `a.example.com` and `*.a.example.com`, not
+    `example.com`), as Gateway API listener and route hostnames intersect."""
+    return listener_host == name or (
+        listener_host.startswith("*.") and name.endswith(listener_host[1:])
+    )
+
+
+class HttpsRedirect(Model):
+    port: PortNumber = 443
+    status_code: Literal[301, 308] = 301
 
 
 class GatewayListener(Model):
     name: Annotated[PortName, AfterValidator(_has_letter)]
     port: PortNumber
-    protocol: Literal["HTTPS"] = "HTTPS"
-    hosts: Annotated[list[DnsName], Field(min_length=1)]
-    tls: GatewayTls
+    protocol: Literal["HTTP", "HTTPS"] = "HTTPS"
+    hosts: Annotated[list[HostName], Field(min_length=1)]
+    tls: GatewayTls | None = None
+    # HTTP only: answer with a redirect to HTTPS (`true`: 301 to port 443) instead of routing.
+    https_redirect: Literal[True] | HttpsRedirect | None = None
+
+    @model_validator(mode="after")
+    def _tls_for_https(self) -> GatewayListener:
+        if self.protocol == "HTTPS" and self.tls is None:
+            raise ValueError("an HTTPS listener needs tls: its certificate")
+        if self.protocol == "HTTP" and self.tls is not None:
+            raise ValueError("an HTTP listener takes no tls (use protocol: HTTPS)")
+        if self.protocol == "HTTPS" and self.https_redirect is not None:
+            raise ValueError("httpsRedirect is for an HTTP listener")
+        return self
+
+    @property
+    def redirect(self) -> HttpsRedirect | None:
+        return HttpsRedirect() if self.https_redirect is True else self.https_redirect
+
+
+class GatewayKubernetes(Model):
+    """How the Kubernetes target exposes the gateway: its Service's type, and pods."""
+
+    service_type: Literal["LoadBalancer", "NodePort"] = "LoadBalancer"
+    replicas: Annotated[int, Field(ge=1, le=100)] = 1
 
 
 class GatewaySpec(Model):
     service_account: Name | None = None
     listeners: list[GatewayListener] = []  # none: an egress-only gateway
+    kubernetes: GatewayKubernetes = GatewayKubernetes()
 
 
 class Gateway(Document):

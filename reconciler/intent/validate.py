@@ -822,14 +822,50 @@ def _gateway_binding(
                 )
             continue
         hosts |= {h for listener in gw.spec.listeners for h in listener.hosts}
+        if ports:
+            yield from _unopened(intent, route, gw, svc, ports[0])
     for i, name in enumerate(spec.hostnames):
-        if hosts and name not in hosts:
+        if hosts and not any(model.covers(h, name) for h in hosts):
             yield _error(
                 route,
                 ("spec", "hostnames", i),
                 f"{name!r} is not a host of the bound gateways' listeners",
                 did_you_mean(name, sorted(hosts)),
             )
+
+
+def _unopened(
+    intent: Intent,
+    route: model.Route,
+    gw: model.Gateway,
+    svc: model.Service,
+    port: model.ServicePort,
+) -> Iterator[Diagnostic]:
+    """Default deny holds at the edge too: a Gateway routing to a port no allow policy opens
+    to the gateway's identity serves only 403s. Legal (the policy may come in a later change),
+    so a warning."""
+    if intent.spec.default_policy == "allow":
+        return
+    spiffe, ns = intent.identity_of(gw), gw.metadata.namespace
+    for policy in intent.policies:
+        if policy.spec.action != "allow":
+            continue
+        if not intent.peers(policy.spec.from_, policy.metadata.namespace).admits(spiffe, ns):
+            continue
+        if any(s is svc and p.name == port.name for s, p in intent.targets(policy)):
+            return
+    i = next(
+        i
+        for i, ref in enumerate(route.spec.gateways)
+        if intent.gateway(ref, route.metadata.namespace) is gw
+    )
+    yield _warning(
+        route,
+        ("spec", "gateways", i),
+        f"Gateway {gw.ref} routes to {svc.ref}:{port.name}, which no AccessPolicy opens to it:"
+        " under defaultPolicy deny every request will be refused",
+        f"add an AccessPolicy in {svc.metadata.namespace} with from: [{{gateways: [{gw.ref}]}}]",
+    )
 
 
 def gateways(intent: Intent) -> Iterator[Diagnostic]:

@@ -59,7 +59,11 @@ def _edge_files(config: dict[str, Any]) -> list[bytes]:
     reading the key: each file's inode, size and modification time."""
     marks = []
     for listener in config.get("gateway") or ():
-        for name in (listener.get("certificateFile"), listener.get("keyFile")):
+        certs = listener.get("certificates") or ()
+        files = [c.get(f) for c in certs for f in ("certificateFile", "keyFile")]
+        if listener.get("clientCaFile"):
+            files.append(listener["clientCaFile"])
+        for name in files:
             try:
                 st = os.stat(name)
             except (OSError, TypeError):

@@ -435,19 +435,59 @@ pub struct PeerLabels {
     pub canonical_revision: String,
 }
 
-/// One HTTPS listener of a gateway. The certificate and key are files on the gateway's host
-/// (never in git or in the config): read when the config is loaded, so a missing or broken
-/// file refuses the config and the last good certificate keeps serving.
+/// One listener of a gateway: HTTPS (TLS terminated with its certificates, optionally asking
+/// clients for a certificate) or plain HTTP (routed, or answered with a redirect to HTTPS).
+/// Certificates, keys and client CAs are files on the gateway's host (never in git or in the
+/// config): read when the config is loaded, so a missing or broken file refuses the config and
+/// the last good certificate keeps serving.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewayListener {
     pub name: String,
     pub port: u16,
-    pub certificate_file: String,
-    pub key_file: String,
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// Served in this order when the client's SNI matches no certificate's names: the first
+    /// is the default.
+    #[serde(default)]
+    pub certificates: Vec<EdgeCertificate>,
+    /// PEM CA bundle client certificates must chain to; absent: no client certificate asked.
+    pub client_ca_file: Option<String>,
+    /// The Kubernetes Secret the client CA was mounted from, for error messages.
+    pub client_ca_secret: Option<String>,
+    /// Answer every request with a redirect to HTTPS instead of routing it (HTTP only).
+    pub https_redirect: Option<HttpsRedirect>,
     /// End-user tokens checked at the edge (a RequestAuthentication `to: gateways`).
     #[serde(default)]
     pub authentication: Option<crate::jwt::Authentication>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum ListenerProtocol {
+    #[serde(rename = "HTTP")]
+    Http,
+    #[default]
+    #[serde(rename = "HTTPS")]
+    Https,
+}
+
+/// A certificate chain and its key, as files; `secret` names the Kubernetes Secret they were
+/// mounted from, for error messages.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EdgeCertificate {
+    pub certificate_file: String,
+    pub key_file: String,
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpsRedirect {
+    /// The HTTPS port the Location names; 443 is left out of it.
+    pub port: u16,
+    /// 301 or 308 (308 keeps the method and body).
+    pub status_code: u16,
 }
 
 impl ProxyConfig {

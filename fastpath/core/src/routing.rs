@@ -214,6 +214,9 @@ pub struct Table {
     index: HashMap<(String, u16), usize>,
     /// "ns/service:port" -> host, for connections routed by their original destination.
     by_service: HashMap<String, usize>,
+    /// Whether any hostname is a wildcard (`*.example.com`, a gateway's): only then does a
+    /// miss look for one, so sidecars pay nothing for it.
+    wildcards: bool,
 }
 
 impl Table {
@@ -232,6 +235,7 @@ impl Table {
                 routes,
             });
             for name in &h.hostnames {
+                table.wildcards |= name.starts_with("*.");
                 table.index.insert((name.to_ascii_lowercase(), h.port), i);
             }
             table
@@ -242,11 +246,26 @@ impl Table {
     }
 
     /// The host an `authority` ("api.b:8080", or "api.b" meaning port 80) names.
+    /// An exact hostname wins; else the most specific wildcard whose suffix the name has
+    /// (`*.b.example.com` before `*.example.com`; a wildcard never matches its bare suffix), as
+    /// Istio's Gateway and the Gateway API match listener and route hostnames.
     pub fn host(&self, authority: &str) -> Option<&Host> {
         let (name, port) = split_authority(authority)?;
-        self.index
-            .get(&(name.to_ascii_lowercase(), port))
-            .map(|&i| &self.hosts[i])
+        let name = name.to_ascii_lowercase();
+        if let Some(&i) = self.index.get(&(name.clone(), port)) {
+            return Some(&self.hosts[i]);
+        }
+        if !self.wildcards {
+            return None;
+        }
+        let mut rest = name.as_str();
+        while let Some((_, suffix)) = rest.split_once('.') {
+            if let Some(&i) = self.index.get(&(format!("*.{suffix}"), port)) {
+                return Some(&self.hosts[i]);
+            }
+            rest = suffix;
+        }
+        None
     }
 
     /// Every mirrored route, by route name, for admin output and metrics.
@@ -390,6 +409,29 @@ mod tests {
                 route("default", vec![], &[("all", 100)]),
             ],
         }
+    }
+
+    #[test]
+    fn an_exact_hostname_beats_a_wildcard_and_the_longer_wildcard_wins() {
+        let host = |service: &str, name: &str| HttpHost {
+            service: service.into(),
+            hostnames: vec![name.into()],
+            port: 443,
+            routes: vec![route("default", vec![], &[("all", 100)])],
+        };
+        let t = Table::build(&[
+            host("a/any", "*.example.test"),
+            host("a/deep", "*.b.example.test"),
+            host("a/exact", "api.example.test"),
+        ])
+        .unwrap();
+        let service = |authority: &str| t.host(authority).map(|h| h.service.as_str());
+        assert_eq!(service("api.example.test:443"), Some("a/exact"));
+        assert_eq!(service("Shop.Example.test:443"), Some("a/any"));
+        assert_eq!(service("x.b.example.test:443"), Some("a/deep"));
+        assert_eq!(service("x.y.example.test:443"), Some("a/any"));
+        assert_eq!(service("example.test:443"), None, "not the bare suffix");
+        assert_eq!(service("api.example.test:80"), None);
     }
 
     #[test]

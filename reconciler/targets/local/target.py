@@ -240,6 +240,21 @@ class LocalTarget:
                 "Gateway %s/%s is not run with --isolation netns yet", inst.namespace, inst.service
             )
             return {}
+        secrets = [
+            c["secret"]
+            for g in config["gateway"]
+            for c in g.get("certificates", ())
+            if "secret" in c
+        ] + [g["clientCaSecret"] for g in config["gateway"] if "clientCaSecret" in g]
+        if secrets:
+            log.error(
+                "Gateway %s/%s reads Secret %s: Secrets are the Kubernetes target's certificate"
+                " source; on the local runtime name certificateFile/keyFile (clientCaFile)",
+                inst.namespace,
+                inst.service,
+                ", ".join(secrets),
+            )
+            return {}
         listeners: dict[str, Any] = {
             "gateway": {g["name"]: f"127.0.0.1:{g['port']}" for g in config["gateway"]}
         }
