@@ -177,7 +177,7 @@ class Edge:
             input="", capture_output=True, text=True, timeout=20, check=False,
         )  # fmt: skip
         assert "Verification: OK" in out.stderr, out.stderr
-        subject = next(line for line in out.stderr.splitlines() if "subject" in line.lower())
+        subject = next(line for line in out.stderr.splitlines() if line.startswith("Peer certificate:"))
         return subject.split("CN", 1)[1].strip(" =")
 
 

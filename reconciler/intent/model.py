@@ -713,11 +713,11 @@ class GatewayTls(Model):
     def all_certificates(self) -> list[GatewayCertificate]:
         if self.certificates:
             return self.certificates
-        return [
-            GatewayCertificate(
-                certificate_file=self.certificate_file, key_file=self.key_file, secret=self.secret
-            )
-        ]
+        # Checked already, by `_sources`.
+        inline = GatewayCertificate.model_construct(
+            certificate_file=self.certificate_file, key_file=self.key_file, secret=self.secret
+        )
+        return [inline]
 
 
 def covers(listener_host: str, name: str) -> bool:
