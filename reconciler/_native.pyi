@@ -8,6 +8,8 @@ __all__ = [
     "ConfigError",
     "Proxy",
     "authorize",
+    "check_edge_certificate",
+    "check_edge_client_ca",
     "check_jwks",
     "check_route_regex",
     "normalize_path",
@@ -65,6 +67,13 @@ def version() -> str:
 def check_jwks(jwks: str) -> int:
     """The number of signing keys in a JWKS (JSON); ValueError with a reason if fastpath would
     refuse it (symmetric keys, unsupported curves, not a JWKS)."""
+
+def check_edge_certificate(chain: bytes, key: bytes) -> list[str]:
+    """The DNS names of a gateway certificate (PEM chain and key); ValueError naming the part
+    (tls.crt, tls.key) a gateway listener would refuse, never the key's bytes."""
+
+def check_edge_client_ca(pem: bytes) -> int:
+    """The number of CAs in an edge-mTLS client CA bundle; ValueError if a listener refuses it."""
 
 def check_route_regex(pattern: str) -> None:
     """Raise ValueError with a one-line reason if the data plane cannot compile `pattern`."""

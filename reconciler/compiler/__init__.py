@@ -51,6 +51,16 @@ class WorkloadSpec:
     pod_selector: tuple[tuple[str, str], ...] = ()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class GatewayRun:
+    """How a cluster runs one Gateway: pods with these labels, exposed by a Service of this
+    type (the listeners and certificates are its ProxyConfig's)."""
+
+    service_type: Literal["LoadBalancer", "NodePort"]
+    replicas: int
+    pod_labels: tuple[tuple[str, str], ...]
+
+
 @dataclasses.dataclass(frozen=True)
 class DesiredState:
     revision: str
@@ -64,6 +74,7 @@ class DesiredState:
     certificate_lifetime_ms: int
     # Ingress gateways' ProxyConfigs, by (namespace, name): workloads with no app of their own.
     gateway_configs: dict[tuple[str, str], pc.ProxyConfig] = dataclasses.field(default_factory=dict)
+    gateway_runs: dict[tuple[str, str], GatewayRun] = dataclasses.field(default_factory=dict)
 
 
 ESCAPED_SLASHES: dict[str, Literal["REJECT", "KEEP", "DECODE"]] = {
@@ -138,6 +149,8 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
         for key, gw in sorted(mesh.gateways.items())
     }
     permissive = mesh.spec.mtls == "PERMISSIVE"
+    # The gateways each service port admits: its NetworkPolicy lets their pods in.
+    gateway_callers = kubernetes.gateway_callers(reach.entries(mesh, selection))
     return DesiredState(
         revision=mesh.revision,
         proxy_configs=dict(sorted(configs.items())),
@@ -151,6 +164,7 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
                 svc,
                 inbound_edges[key],
                 open_to_all=permissive and selection.default().decision == "allow",
+                gateways=gateway_callers.get(svc.ref, {}),
             )
             for key, svc in mesh.services.items()
         ]
@@ -170,6 +184,14 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
         trust_domain=mesh.spec.trust_domain,
         certificate_lifetime_ms=mesh.spec.certificate_lifetime,
         gateway_configs=gateway_configs,
+        gateway_runs={
+            key: GatewayRun(
+                service_type=gw.spec.kubernetes.service_type,
+                replicas=gw.spec.kubernetes.replicas,
+                pod_labels=tuple(sorted(kubernetes.gateway_pod_labels(gw).items())),
+            )
+            for key, gw in sorted(mesh.gateways.items())
+        },
     )
 
 

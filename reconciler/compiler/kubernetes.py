@@ -15,6 +15,7 @@ from typing import Any
 
 from reconciler.compiler.outbound import discovery_name
 from reconciler.compiler.policy import Edge
+from reconciler.compiler.reach import Entry
 from reconciler.intent import Intent, model
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "weft"}
@@ -59,8 +60,31 @@ def discovery_services(service: model.Service) -> list[Object]:
     return objects
 
 
+GATEWAY_LABEL = "weft.dev/gateway"
+
+
+def gateway_pod_labels(gateway: model.Gateway) -> dict[str, str]:
+    """The labels of a Gateway's pods, which NetworkPolicies of what it reaches select."""
+    return {GATEWAY_LABEL: gateway.metadata.name}
+
+
+def gateway_callers(entries: list[Entry]) -> dict[str, dict[int, set[str]]]:
+    """Service ref → app port → the gateways ("ns/name") whose routes its policies admit."""
+    found: dict[str, dict[int, set[str]]] = collections.defaultdict(
+        lambda: collections.defaultdict(set)
+    )
+    for e in entries:
+        if e.verdict.decision != "deny":
+            found[e.destination][e.app_port].add(e.gateway)
+    return found
+
+
 def network_policy(
-    mesh: Intent, service: model.Service, inbound: list[Edge], open_to_all: bool
+    mesh: Intent,
+    service: model.Service,
+    inbound: list[Edge],
+    open_to_all: bool,
+    gateways: dict[int, set[str]] | None = None,
 ) -> Object:
     """Ingress policy for one service's pods, from the edges that reach it.
 
@@ -82,6 +106,19 @@ def network_policy(
         if peers != ("any",):
             rule["from"] = _peer_selectors(mesh, peers)
         ingress.append(rule)
+    if not open_to_all:
+        # Gateways whose routes this service's policies admit: their pods, on those ports.
+        for port, refs in sorted((gateways or {}).items()):
+            selectors = []
+            for ref in sorted(refs):
+                ns, name = ref.split("/")
+                selectors.append(
+                    {
+                        "namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: ns}},
+                        "podSelector": {"matchLabels": {GATEWAY_LABEL: name}},
+                    }
+                )
+            ingress.append({"ports": [{"protocol": "TCP", "port": port}], "from": selectors})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

@@ -68,6 +68,7 @@ class Entry:
     port: str
     port_number: int
     verdict: Verdict
+    app_port: int = 0  # the pod port the sidecar forwards to, for NetworkPolicies
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -105,6 +106,7 @@ def entries(
                         ports[0].name,
                         ports[0].port,
                         verdict,
+                        ports[0].app_port,
                     )
                 )
     return sorted(found, key=lambda e: (e.gateway, e.destination, e.port_number, e.hostnames))

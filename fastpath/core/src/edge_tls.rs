@@ -78,25 +78,43 @@ fn origin(c: &EdgeCertificate, file: &str) -> String {
 fn load(c: &EdgeCertificate, provider: &CryptoProvider) -> Result<Named, String> {
     let chain_pem = std::fs::read(&c.certificate_file)
         .map_err(|e| format!("{}: {e}", origin(c, &c.certificate_file)))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", origin(c, &c.certificate_file)))?;
-    if chain.is_empty() {
-        return Err(format!(
-            "{}: no certificate found",
-            origin(c, &c.certificate_file)
-        ));
-    }
     let key_pem =
         std::fs::read(&c.key_file).map_err(|e| format!("{}: {e}", origin(c, &c.key_file)))?;
-    // Never echo key bytes: say only which file failed.
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|_| format!("{}: not a PEM private key", origin(c, &c.key_file)))?;
+    parse(&chain_pem, &key_pem, provider).map_err(|(which, e)| {
+        let file = if which == Part::Key {
+            &c.key_file
+        } else {
+            &c.certificate_file
+        };
+        format!("{}: {e}", origin(c, file))
+    })
+}
+
+#[derive(Debug, PartialEq)]
+enum Part {
+    Chain,
+    Key,
+}
+
+fn parse(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    provider: &CryptoProvider,
+) -> Result<Named, (Part, String)> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| (Part::Chain, e.to_string()))?;
+    if chain.is_empty() {
+        return Err((Part::Chain, "no certificate found".into()));
+    }
+    // Never echo key bytes: say only which part failed.
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|_| (Part::Key, "not a PEM private key".to_owned()))?;
     let names = dns_names(&chain[0]);
     let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
-        format!(
-            "{}: key does not match the certificate: {e}",
-            origin(c, &c.key_file)
+        (
+            Part::Key,
+            format!("key does not match the certificate: {e}"),
         )
     })?;
     Ok(Named {
@@ -105,17 +123,37 @@ fn load(c: &EdgeCertificate, provider: &CryptoProvider) -> Result<Named, String>
     })
 }
 
+/// Checks a PEM chain and key as a gateway listener loads them, for a target to check a
+/// Secret before pods mount it; returns the DNS names the certificate is valid for.
+pub fn check_certificate(chain_pem: &[u8], key_pem: &[u8]) -> Result<Vec<String>, String> {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    parse(chain_pem, key_pem, &provider)
+        .map(|n| n.names)
+        .map_err(|(which, e)| match which {
+            Part::Chain => format!("tls.crt: {e}"),
+            Part::Key => format!("tls.key: {e}"),
+        })
+}
+
+/// Checks a PEM CA bundle as an edge-mTLS listener loads it; returns how many CAs it holds.
+pub fn check_client_ca(pem: &[u8]) -> Result<usize, String> {
+    roots_from(pem).map(|r| r.len())
+}
+
 fn client_roots(file: &str) -> Result<RootCertStore, String> {
     let pem = std::fs::read(file).map_err(|e| format!("client CA {file}: {e}"))?;
+    roots_from(&pem).map_err(|e| format!("client CA {file}: {e}"))
+}
+
+fn roots_from(pem: &[u8]) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| format!("client CA {file}: {e}"))?;
+    for cert in CertificateDer::pem_slice_iter(pem) {
         roots
-            .add(cert)
-            .map_err(|e| format!("client CA {file}: {e}"))?;
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
     }
     if roots.is_empty() {
-        return Err(format!("client CA {file}: no certificate found"));
+        return Err("no certificate found".into());
     }
     Ok(roots)
 }
@@ -212,6 +250,27 @@ mod tests {
         l.certificates[0].secret = Some("edge/shop-tls".into());
         let err = acceptors(&[l]).unwrap_err().to_string();
         assert!(err.contains("Secret edge/shop-tls"), "{err}");
+    }
+
+    #[test]
+    fn a_secrets_pem_is_checked_like_the_files() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["shop.example.com".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        let (chain, pem) = (cert.pem(), key.serialize_pem());
+        assert_eq!(
+            check_certificate(chain.as_bytes(), pem.as_bytes()).unwrap(),
+            ["shop.example.com"]
+        );
+        let err = check_certificate(chain.as_bytes(), other.serialize_pem().as_bytes());
+        assert!(err.unwrap_err().starts_with("tls.key: key does not match"));
+        let err = check_certificate(b"nonsense", pem.as_bytes()).unwrap_err();
+        assert_eq!(err, "tls.crt: no certificate found");
+        assert_eq!(check_client_ca(chain.as_bytes()), Ok(1));
+        assert!(check_client_ca(b"").is_err());
     }
 
     #[test]

@@ -144,6 +144,20 @@ fn check_jwks(jwks: &str) -> PyResult<usize> {
     fastpath::jwt::check_jwks(jwks).map_err(PyValueError::new_err)
 }
 
+/// Checks a gateway certificate (PEM chain and key, as a Kubernetes Secret's tls.crt and
+/// tls.key hold them) as a listener loads it; returns its DNS names, or raises ValueError
+/// naming the part that failed (never the key's bytes).
+#[pyfunction]
+fn check_edge_certificate(chain: &[u8], key: &[u8]) -> PyResult<Vec<String>> {
+    fastpath::edge_tls::check_certificate(chain, key).map_err(PyValueError::new_err)
+}
+
+/// Checks a client CA bundle for edge mTLS; returns how many CAs it holds.
+#[pyfunction]
+fn check_edge_client_ca(pem: &[u8]) -> PyResult<usize> {
+    fastpath::edge_tls::check_client_ca(pem).map_err(PyValueError::new_err)
+}
+
 /// A running proxy. Its own tokio threads serve traffic; these methods only steer it.
 #[pyclass(module = "reconciler._native", name = "Proxy")]
 struct PyProxy {
@@ -287,6 +301,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_route_regex, m)?)?;
     m.add_function(wrap_pyfunction!(normalize_path, m)?)?;
     m.add_function(wrap_pyfunction!(check_jwks, m)?)?;
+    m.add_function(wrap_pyfunction!(check_edge_certificate, m)?)?;
+    m.add_function(wrap_pyfunction!(check_edge_client_ca, m)?)?;
     m.add_function(wrap_pyfunction!(start, m)?)?;
     m.add_function(wrap_pyfunction!(authorize, m)?)?;
     m.add_class::<PyProxy>()?;

@@ -23,7 +23,7 @@ from reconciler.targets.kubernetes.workers import each
 
 log = logging.getLogger("weft.target.kubernetes")
 
-APPLY_ORDER = ("ConfigMap", "Service", "NetworkPolicy", *objects.WORKLOAD_KINDS)
+APPLY_ORDER = ("ConfigMap", "ServiceAccount", "Service", "NetworkPolicy", *objects.WORKLOAD_KINDS)
 _CONFLICT_WITH = re.compile(r'conflict with "([^"]+)"')
 
 

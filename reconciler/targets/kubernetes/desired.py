@@ -1,8 +1,9 @@
 """The objects a DesiredState calls for in this cluster, from what was observed: a sidecar
 ConfigMap per Service, an injection into each workload the Service selects, the discovery
-Services and NetworkPolicies; and the problems that keep a revision from being applied (a
-workload two Services claim, a service account that is not the Service's identity, a
-namespace that does not exist)."""
+Services and NetworkPolicies, each Gateway's objects (`gateways`); and the problems that keep
+a revision from being applied (a workload two Services claim, a service account that is not
+the Service's identity, a namespace that does not exist, a Gateway's missing or broken
+certificate Secret)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import collections
 import logging
 
 from reconciler.compiler import DesiredState
-from reconciler.targets.kubernetes import objects
+from reconciler.targets.kubernetes import gateways, objects
 from reconciler.targets.kubernetes.api import Object, ref_of, split_ref
 from reconciler.targets.kubernetes.observe import Observed
 
@@ -80,6 +81,10 @@ def build(
             )
     for obj in [*desired.discovery_services, *desired.network_policies]:
         wanted[ref_of(obj)] = obj
+    for key, config in sorted(desired.gateway_configs.items()):
+        problems += gateways.secret_problems(config, observed.secrets)
+        for obj in gateways.objects(config, desired.gateway_runs[key], image):
+            wanted[ref_of(obj)] = obj
     missing = sorted({split_ref(r)[1] or "" for r in wanted} - set(observed.namespaces) - {""})
     problems += [f"namespace {ns} does not exist" for ns in missing]
     if system_namespace not in observed.namespaces:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from reconciler.targets.kubernetes import inventory, objects
+from reconciler.targets.kubernetes import gateways, inventory, objects
 from reconciler.targets.kubernetes.api import Api, Object, ref_of
 
 
@@ -16,6 +16,9 @@ class Observed:
     namespaces: dict[str, Object]  # by name
     inventory: set[str]
     cluster_ips: dict[tuple[str, str], str]  # (namespace, name) → ClusterIP of every Service
+    # The Secrets Gateways read certificates from, by (namespace, name); None: it is missing.
+    # Filled by `gateway_secrets` once the desired state names them.
+    secrets: dict[tuple[str, str], Object | None] = dataclasses.field(default_factory=dict)
 
     def fingerprints(self) -> dict[str, str]:
         """What the loop compares between looks: the resourceVersion of every object Weft
@@ -31,7 +34,7 @@ class Observed:
 
 def observe(api: Api, system_namespace: str) -> Observed:
     owned: dict[str, Object] = {}
-    for kind in ("ConfigMap", "NetworkPolicy"):
+    for kind in ("ConfigMap", "NetworkPolicy", "ServiceAccount"):
         for obj in api.list(kind, selector=objects.MANAGED_SELECTOR):
             if obj["metadata"]["labels"].get(objects.PART) in ("inventory", "status"):
                 continue  # the target's own bookkeeping, not part of any desired state
@@ -47,7 +50,18 @@ def observe(api: Api, system_namespace: str) -> Observed:
         if ip and ip != "None":
             cluster_ips[(meta["namespace"], meta["name"])] = ip
     workloads = {ref_of(obj): obj for kind in objects.WORKLOAD_KINDS for obj in api.list(kind)}
+    # A Gateway's Deployment is Weft's whole, like its ConfigMaps: owned, not a team's workload.
+    for ref in [r for r, o in workloads.items() if gateways.is_gateway(o)]:
+        owned[ref] = workloads.pop(ref)
     namespaces = {o["metadata"]["name"]: o for o in api.list("Namespace")}
     return Observed(
         owned, workloads, namespaces, inventory.read(api, system_namespace), cluster_ips
     )
+
+
+def gateway_secrets(api: Api, seen: Observed, refs: list[str]) -> None:
+    """Reads the Secrets ("namespace/name") Gateways name into `seen.secrets`, once each."""
+    for ref in refs:
+        ns, name = ref.split("/")
+        if (ns, name) not in seen.secrets:
+            seen.secrets[(ns, name)] = api.get("Secret", ns, name)

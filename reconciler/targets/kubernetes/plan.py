@@ -18,7 +18,8 @@ from reconciler.targets.kubernetes.workers import each
 
 log = logging.getLogger("weft.target.kubernetes")
 
-OWNED_KINDS = ("ConfigMap", "Service", "NetworkPolicy")
+# In apply order (prune deletes in reverse). Deployments are owned only as a Gateway's.
+OWNED_KINDS = ("ConfigMap", "ServiceAccount", "Service", "NetworkPolicy", "Deployment")
 RELEASE = "release the sidecar injection"
 
 
@@ -113,7 +114,13 @@ def plan(
             continue
         deletes[ref] = live["metadata"]["uid"]
         changes.append(Change("delete", ref))
-    inventory = {r for r in wanted if split_ref(r)[0] in OWNED_KINDS}
+    # Weft's own objects carry its label; an injection into a team's workload does not.
+    inventory = {
+        r
+        for r, body in wanted.items()
+        if split_ref(r)[0] in OWNED_KINDS
+        and objects.MANAGED_BY.items() <= (body["metadata"].get("labels") or {}).items()
+    }
     return (
         Plan(desired.revision, tuple(sorted(changes, key=lambda c: c.key))),
         Planned(desired, bodies, releases, deletes, inventory),

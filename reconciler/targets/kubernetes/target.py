@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from reconciler.allocation import without_gc_pauses
-from reconciler.compiler import DesiredState
+from reconciler.compiler import DesiredState, gateways
 from reconciler.identity import secretstore
 from reconciler.targets import Plan
 from reconciler.targets.kubernetes import apply as apply_step
@@ -64,9 +64,15 @@ class KubernetesTarget:
     def desired_objects(self, desired: DesiredState) -> tuple[dict[str, Object], list[str]]:
         """Every object (and injection) `desired` calls for, by ref; and the problems that
         keep it from being applied (`desired.build`)."""
+        seen = self._need_observed()
+        observe_step.gateway_secrets(
+            self.api,
+            seen,
+            [ref for c in desired.gateway_configs.values() for ref in gateways.secrets(c)],
+        )
         return desired_step.build(
             desired,
-            self._need_observed(),
+            seen,
             image=self.image,
             system_namespace=self.system_namespace,
         )
