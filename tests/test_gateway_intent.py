@@ -77,7 +77,8 @@ def root(tmp_path: Path) -> Path:
 def test_listeners_compile_to_files_a_target_mounts_and_the_redirect(root: Path) -> None:
     config = compiler.compile(load(root)).gateway_configs[("edge", "public")]
     http, https = config.gateway or []
-    assert http.protocol == "HTTP" and http.certificates == []
+    assert http.protocol == "HTTP"
+    assert http.certificates == []
     assert http.https_redirect == pc.HttpsRedirect(port=443, status_code=301)
     assert https.certificates == [
         pc.EdgeCertificate(
@@ -102,7 +103,8 @@ def test_reach_shows_outside_through_the_gateway_to_each_service(root: Path) -> 
     assert entries[("edge/public", "b/api", "http")].verdict.decision == "allow"
     assert entries[("edge/public", "b/api", "http")].verdict.policies == ("b/from-outside",)
     closed = entries[("edge/public", "a/web", "http")].verdict
-    assert closed.decision == "deny" and closed.policies == ("Mesh/mesh defaultPolicy: deny",)
+    assert closed.decision == "deny"
+    assert closed.policies == ("Mesh/mesh defaultPolicy: deny",)
 
 
 def test_the_reach_command_prints_the_edge_rows(
