@@ -171,3 +171,91 @@ def test_a_killed_run_leaves_nothing_after_the_next_one(state: Path, tmp_path: P
             second.stop()
     assert leftovers(first.tag) == []
     assert not running_from(state)
+
+
+def _commit(repo: Path, message: str, files: dict[str, str]) -> str:
+    import pygit2  # noqa: PLC0415  # only this test edits the run's repository
+
+    for rel, text in files.items():
+        (repo / rel).write_text(text)
+    r = pygit2.Repository(str(repo))
+    r.index.add_all()
+    r.index.write()
+    sig = pygit2.Signature("test", "test@localhost")
+    oid = r.create_commit("HEAD", sig, sig, message, r.index.write_tree(), [r.head.target])
+    return f"main@sha1:{oid}"
+
+
+def test_an_ingress_gateway_in_its_own_namespace_serves_the_outside(
+    state: Path, tmp_path: Path
+) -> None:
+    """The gateway in a namespace of its own, on the privileged ports clients use (80 and
+    443), reached from the host (the outside) by its address; onward to a/web over mTLS."""
+    from tests.pki import CA  # noqa: PLC0415
+
+    site_ca = CA.create("public web CA")
+    cert = site_ca.issue_server("shop.example.com")
+    tls = tmp_path / "edge-tls"
+    tls.mkdir()
+    (tls / "tls.crt").write_bytes(cert.chain)
+    (tls / "tls.key").write_bytes(cert.key)
+    (tmp_path / "ca.pem").write_bytes(site_ca.pem)
+    gateway = f"""\
+apiVersion: weft.dev/v1alpha1
+kind: Gateway
+metadata: {{name: public, namespace: a}}
+spec:
+  listeners:
+    - {{name: http, port: 80, protocol: HTTP, hosts: [shop.example.com], httpsRedirect: true}}
+    - name: https
+      port: 443
+      hosts: [shop.example.com]
+      tls: {{certificateFile: {tls}/tls.crt, keyFile: {tls}/tls.key}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Route
+metadata: {{name: storefront, namespace: a}}
+spec:
+  {{host: web, gateways: [public], hostnames: [shop.example.com], rules: [{{backends: [{{}}]}}]}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: from-outside, namespace: a}}
+spec: {{to: {{services: [web]}}, from: [{{gateways: [public]}}]}}
+"""
+    with (tmp_path / "up.log").open("w") as log:
+        up = Up(state, log)
+        try:
+            up.wait_applied()
+            revision = _commit(state / "repo", "an ingress gateway", {"a/gateway.yaml": gateway})
+            sidecars.wait_until(
+                lambda: (
+                    (s := status_.read(state / "status.json")) is not None
+                    and s.last_applied_revision == revision
+                ),
+                timeout=60,
+            )
+            ns = up.namespace("a/public/gateway")
+            shown = netns.ip("-n", ns, "-4", "-o", "addr", "show")
+            address = next(
+                w.split("/")[0] for line in shown.splitlines() for w in line.split()[3:4]
+                if not w.startswith("127.")
+            )  # fmt: skip
+
+            def curl(*args: str) -> str:
+                done = subprocess.run(
+                    ["curl", "-sS", "-m", "10", "-o", "/dev/null", "--cacert",
+                     str(tmp_path / "ca.pem"), "--resolve", f"shop.example.com:443:{address}",
+                     "--resolve", f"shop.example.com:80:{address}",
+                     "-w", "%{http_code} %{redirect_url}", *args],
+                    capture_output=True, text=True, env=CLEAN_ENV, check=False,
+                )  # fmt: skip
+                return done.stdout
+
+            sidecars.wait_until(lambda: curl("https://shop.example.com/").startswith("200"), 60)
+            assert curl("--http1.1", "https://shop.example.com/") == "200 "
+            assert curl("http://shop.example.com/x?y=1") == "301 https://shop.example.com/x?y=1"
+        finally:
+            up.stop()
+    assert up.proc.returncode == 0, (tmp_path / "up.log").read_text()
+    assert leftovers(up.tag) == []

@@ -57,6 +57,7 @@ ADMIN_PORT = 15020
 INBOUND_FIRST_PORT = 15100  # the mTLS listener of the i-th inbound port: 15100 + i
 # The sidecar reads root's 0600 certificate files with this capability and nothing else.
 SIDECAR_CAPS = ("dac_read_search",)
+GATEWAY_CAPS = (*SIDECAR_CAPS, "net_bind_service")
 PROXY_VARIABLES = (
     "HTTP_PROXY",
     "http_proxy",
@@ -233,13 +234,10 @@ class LocalTarget:
         configs: dict[tuple[str, str], dict[str, Any]],
         instances: dict[tuple[str, str], list[Instance]],
     ) -> dict[str, Unit]:
-        """An ingress gateway: fastpath with no app, its HTTPS listeners on the ports the intent
-        names, on loopback (what a local user points curl at)."""
-        if self.network:
-            log.warning(
-                "Gateway %s/%s is not run with --isolation netns yet", inst.namespace, inst.service
-            )
-            return {}
+        """A gateway: fastpath with no app. An ingress gateway listens on the ports the intent
+        names: on loopback (what a local user points curl at), or under netns isolation at its
+        own namespace's address on the bridge (the host reaches it; nothing is captured). An
+        egress gateway's mesh-facing ports are on loopback (not yet under netns)."""
         secrets = [
             c["secret"]
             for g in config["gateway"]
@@ -255,8 +253,16 @@ class LocalTarget:
                 ", ".join(secrets),
             )
             return {}
+        if self.network and config["inbound"]:
+            log.warning(
+                "egress Gateway %s/%s is not run with --isolation netns yet",
+                inst.namespace,
+                inst.service,
+            )
+            return {}
+        address = self._host(inst).address if self.network else "127.0.0.1"
         listeners: dict[str, Any] = {
-            "gateway": {g["name"]: f"127.0.0.1:{g['port']}" for g in config["gateway"]}
+            "gateway": {g["name"]: f"{address}:{g['port']}" for g in config["gateway"]}
         }
         if config["inbound"]:  # an egress gateway: mesh-facing ports, each handed to its outbound
             outbound = self.ports.addr(f"outbound:{inst.ref}")
@@ -270,10 +276,18 @@ class LocalTarget:
         certs = (
             self.store.root / "workloads" / inst.namespace / config["workload"]["serviceAccount"]
         )
-        admin = self.ports.addr(f"admin:{inst.ref}")
+        admin = f"{address}:{ADMIN_PORT}" if self.network else self.ports.addr(f"admin:{inst.ref}")
         sidecar: dict[str, Any] = {"listeners": listeners, "certs": str(certs), "admin": admin}
+        if self.network:
+            host = self._host(inst)
+            sidecar["netns"] = dataclasses.asdict(host)
+            # Its own name only (the admin server looks it up): it calls endpoints by address.
+            self._hosts_files[host.netns] = {
+                f"{inst.name}.{inst.service}.{inst.namespace}": host.address
+            }
         self.listening[inst.ref] = {
             "admin": admin,
+            **({"netns": sidecar["netns"]["netns"]} if self.network else {}),
             **{f"gateway {n}": a for n, a in listeners["gateway"].items()},
             **{f"inbound {n}": a for n, a in listeners.get("inbound", {}).items()},
         }
@@ -501,15 +515,18 @@ class LocalTarget:
         prefix: list[str] = []
         if "netns" in unit.payload:
             host = self._namespace(unit.payload["netns"], f"{ns}/{svc}/{inst}")
-            inbound = {int(k): v for k, v in unit.payload["capture"].items()}
-            subprocess.run(
-                [*host.exec_prefix(), *capture.apply_command(inbound=inbound)],
-                check=True,
-                capture_output=True,
-            )
+            if "capture" in unit.payload:  # a gateway has no app whose traffic to capture
+                inbound = {int(k): v for k, v in unit.payload["capture"].items()}
+                subprocess.run(
+                    [*host.exec_prefix(), *capture.apply_command(inbound=inbound)],
+                    check=True,
+                    capture_output=True,
+                )
             # Its own UID, so capture lets its traffic out; the parent-death signal again,
             # because changing the UID clears it.
-            prefix = host.exec_prefix(uid=capture.PROXY_UID, caps=SIDECAR_CAPS, pdeathsig=True)
+            # A gateway listens on the ports clients use, 443 and 80 among them.
+            caps = SIDECAR_CAPS if "capture" in unit.payload else GATEWAY_CAPS
+            prefix = host.exec_prefix(uid=capture.PROXY_UID, caps=caps, pdeathsig=True)
         self.supervisor.start(
             unit.key,
             Spec(
