@@ -260,13 +260,16 @@ def test_edge_mtls_refuses_a_client_without_a_certificate_from_the_trusted_ca(
     out = edge.curl("/", "partner.example.com", "partner", *stranger)
     assert out.returncode != 0, out.stdout
     assert edge.apps["b/api"].hits == hits
+    # TLS 1.2, where the refusal is part of the handshake (in 1.3 it follows the client's
+    # Finished, and s_client may be done before it reads the alert).
     handshake = subprocess.run(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{edge.ports['partner']}",
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{edge.ports['partner']}", "-tls1_2",
          "-servername", "partner.example.com", "-CAfile", str(edge.trust)],
         input="GET / HTTP/1.1\r\nHost: partner.example.com\r\n\r\n",
         capture_output=True, text=True, timeout=20, check=False,
     )  # fmt: skip
-    assert "alert certificate required" in handshake.stderr, handshake.stderr
+    assert handshake.returncode != 0, handshake.stderr
+    assert "alert" in handshake.stderr, handshake.stderr
     client = ("--cert", str(edge.tmp / "client.crt"), "--key", str(edge.tmp / "client.key"))
     for version in ("--http2", "--http1.1"):
         status, _, _, body = edge.get("/", "partner.example.com", "partner", *client, version)
