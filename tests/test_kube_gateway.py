@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import compiler
+from reconciler import compiler, localrepo, loop
 from reconciler.compiler import proxyconfig as pc
 from reconciler.identity.secretstore import workload_secret_name
 from reconciler.targets.kubernetes import ConflictError, KubernetesTarget
@@ -239,3 +239,55 @@ def test_weft_diff_shows_the_gateways_objects(
     after = diff()
     assert after.returncode == 0, after.stdout + after.stderr
     assert "no changes" in after.stdout
+
+
+def test_the_status_names_the_gateway_and_secret_until_the_secret_is_right(
+    template_cluster: ControlPlane,
+    target: KubernetesTarget,
+    site: tuple[bytes, bytes],
+    tmp_path: Path,
+) -> None:
+    """Through the loop, as `weft run` reconciles: the status (and its ConfigMap) says which
+    Gateway lacks which Secret; once the Secret exists the revision applies; a Secret broken
+    afterwards fails the next reconcile and leaves the running gateway as it was."""
+    import pygit2  # noqa: PLC0415
+
+    api = template_cluster.admin()
+    repo = tmp_path / "repo"
+    localrepo.init_from_template(TEMPLATE, repo)
+    write_repo(repo, {"a/gateway.yaml": GATEWAY.replace("SERVICE_TYPE", "LoadBalancer")})
+    git = pygit2.Repository(str(repo))
+    git.index.add_all()
+    git.index.write()
+    sig = pygit2.Signature("test", "test@localhost")
+    git.create_commit("HEAD", sig, sig, "a gateway", git.index.write_tree(), [git.head.target])
+    source = localrepo.LocalRepoSource(repo)
+    rec = loop.Reconciler(source, target, tmp_path / "status.json")
+    revision = source.fetch()
+    assert revision is not None
+
+    assert not rec.reconcile(revision)
+    stalled = rec.status.conditions["Stalled"]
+    assert stalled.status
+    assert "Gateway a/public: Secret a/shop-tls does not exist" in stalled.message
+    published = api.get("ConfigMap", "weft-system", "weft-status")
+    assert published is not None
+    assert "Gateway a/public: Secret a/shop-tls does not exist" in published["data"]["status.json"]
+    assert api.get("Deployment", "a", "public-weft-gateway") is None
+
+    api.create(tls_secret(*site))
+    assert rec.reconcile(revision)
+    deployed = api.get("Deployment", "a", "public-weft-gateway")
+    assert deployed is not None
+
+    broken = tls_secret(
+        b"-----BEGIN CERTIFICATE-----\nnot one\n-----END CERTIFICATE-----\n", site[1]
+    )
+    api.replace(broken)
+    assert not rec.reconcile(revision)
+    assert "Secret a/shop-tls is not a usable certificate: tls.crt" in (
+        rec.status.conditions["Stalled"].message
+    )
+    kept = api.get("Deployment", "a", "public-weft-gateway")
+    assert kept is not None
+    assert kept["metadata"]["resourceVersion"] == deployed["metadata"]["resourceVersion"]

@@ -107,6 +107,14 @@ fn parse(
     if chain.is_empty() {
         return Err((Part::Chain, "no certificate found".into()));
     }
+    // A PEM block that is not DER of a certificate is the chain's fault, not the key's (which
+    // the key comparison below would otherwise be blamed for).
+    if let Some(bad) = chain
+        .iter()
+        .position(|c| x509_parser::parse_x509_certificate(c.as_ref()).is_err())
+    {
+        return Err((Part::Chain, format!("certificate {bad} is not X.509 DER")));
+    }
     // Never echo key bytes: say only which part failed.
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|_| (Part::Key, "not a PEM private key".to_owned()))?;
@@ -269,6 +277,9 @@ mod tests {
         assert!(err.unwrap_err().starts_with("tls.key: key does not match"));
         let err = check_certificate(b"nonsense", pem.as_bytes()).unwrap_err();
         assert_eq!(err, "tls.crt: no certificate found");
+        let garbled = b"-----BEGIN CERTIFICATE-----\nbm90IG9uZQ==\n-----END CERTIFICATE-----\n";
+        let err = check_certificate(garbled, pem.as_bytes()).unwrap_err();
+        assert_eq!(err, "tls.crt: certificate 0 is not X.509 DER");
         assert_eq!(check_client_ca(chain.as_bytes()), Ok(1));
         assert!(check_client_ca(b"").is_err());
     }
