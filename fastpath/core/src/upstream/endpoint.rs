@@ -2,7 +2,7 @@
 //! least-request), its passive health (ejected for a back-off that doubles per consecutive
 //! connect failure), and the slots of its connection pool (`pool.rs`).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use hyper::client::conn::{http1, http2};
@@ -20,6 +20,12 @@ pub struct Endpoint {
     pub(super) idle: Mutex<Vec<http1::SendRequest<Body>>>,
     /// The HTTP/2 connection every request to this endpoint shares, once one is up.
     pub(super) multiplexed: Mutex<Option<http2::SendRequest<Body>>>,
+    /// Held while an HTTP/2 connection is being opened, so that a burst arriving before it is
+    /// up waits for it and shares it instead of each opening its own.
+    pub(super) opening: tokio::sync::Mutex<()>,
+    /// The peer negotiated HTTP/1.1 where HTTP/2 was offered (an older sidecar): its requests
+    /// need a connection each, so they are not made to queue behind one another's handshakes.
+    pub(super) http1_peer: AtomicBool,
     /// Its answers' round-trip times, for peak-EWMA balancing.
     pub latency: PeakEwma,
 }
@@ -44,6 +50,8 @@ impl Endpoint {
             down_until: AtomicU64::new(0),
             idle: Mutex::new(Vec::new()),
             multiplexed: Mutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
+            http1_peer: AtomicBool::new(false),
             latency: PeakEwma::new(
                 ewma::DEFAULT_TAU,
                 ewma::DEFAULT_RTT,
@@ -68,6 +76,12 @@ impl Endpoint {
         let back_off = (EJECT_BASE * 2u32.pow(n)).min(EJECT_MAX);
         self.down_until
             .store(now_ms() + back_off.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Consecutive connect failures so far: a request that waited for another's connect can
+    /// tell whether it failed meanwhile.
+    pub(super) fn failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     pub(super) fn connected(&self) {

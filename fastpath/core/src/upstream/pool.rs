@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::sync::atomic::Ordering;
 
 use super::connect::{connect, Transport, UpstreamError};
 use super::endpoint::Endpoint;
@@ -101,6 +102,20 @@ impl Upstream {
             .map_err(http_error)
     }
 
+    /// A pooled connection that can take a request now. A shared HTTP/2 connection may be at
+    /// its peer's stream limit or going away: wait for a stream here, while the caller still
+    /// holds its body, and let the caller open another connection if this one is gone.
+    async fn reusable(endpoint: &Endpoint) -> Option<Sender> {
+        match endpoint.checkout() {
+            Some(Sender::Http2(mut sender)) => sender
+                .ready()
+                .await
+                .is_ok()
+                .then_some(Sender::Http2(sender)),
+            other => other,
+        }
+    }
+
     /// A pooled connection to `endpoint`, or a new one. Nothing has been sent when this
     /// fails, so the caller still holds its request (and a body it can send only once).
     pub async fn connection<'a>(
@@ -109,24 +124,38 @@ impl Upstream {
         tls: &ArcSwap<Material>,
     ) -> Result<Connection<'a>, UpstreamError> {
         let scheme = self.scheme();
-        // A shared HTTP/2 connection may be at its peer's stream limit or going away: wait for
-        // a stream here, while the caller still holds its body, and open another connection if
-        // this one is gone.
-        let reusable = match endpoint.checkout() {
-            Some(Sender::Http2(mut sender)) => sender
-                .ready()
-                .await
-                .is_ok()
-                .then_some(Sender::Http2(sender)),
-            other => other,
-        };
-        if let Some(sender) = reusable {
+        if let Some(sender) = Self::reusable(endpoint).await {
             return Ok(Connection {
                 endpoint,
                 sender,
                 scheme,
             });
         }
+        // One HTTP/2 connection is opened at a time per endpoint: whoever waited here while
+        // another request opened it finds it shared once the lock is theirs.
+        let _opening =
+            if self.version == HttpVersion::Http2 && !endpoint.http1_peer.load(Ordering::Relaxed) {
+                let failures = endpoint.failures();
+                let guard = endpoint.opening.lock().await;
+                if let Some(sender) = Self::reusable(endpoint).await {
+                    return Ok(Connection {
+                        endpoint,
+                        sender,
+                        scheme,
+                    });
+                }
+                // The connect this request waited for failed: fail as it did (a connect failure,
+                // so retried elsewhere) rather than queue one more handshake behind it.
+                if endpoint.failures() > failures {
+                    return Err(UpstreamError::Connect {
+                        addr: endpoint.addr.clone(),
+                        source: std::io::Error::other("a concurrent connect to it just failed"),
+                    });
+                }
+                Some(guard)
+            } else {
+                None
+            };
         // A new connection: it waits as a pending request while it is set up, and holds a
         // connection slot for as long as it stays open.
         let slot = self.breaker.admit(Limit::Connections);
@@ -150,6 +179,9 @@ impl Upstream {
         };
         let sender = match version {
             HttpVersion::Http1 => {
+                if self.version == HttpVersion::Http2 {
+                    endpoint.http1_peer.store(true, Ordering::Relaxed);
+                }
                 let (sender, conn) = http1::handshake(TokioIo::new(stream))
                     .await
                     .map_err(http_error)?;
