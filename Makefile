@@ -11,7 +11,7 @@ STAMP   := $(VENV)/.weft-installed
 RUST_SRC := $(shell find fastpath -name '*.rs' -o -name Cargo.toml) Cargo.toml
 TEMPLATE := mesh-repo-template
 
-.PHONY: demo test test-fast lint typecheck rust-check pytest jaeger hydra kube system-tools bench schema clean
+.PHONY: demo test test-fast test-node lint typecheck rust-check pytest jaeger hydra kube system-tools bench schema clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -76,7 +76,17 @@ kube:
 	@echo "kube: $$(tools/kube/build.sh)"
 
 pytest: $(STAMP) jaeger hydra kube system-tools
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m "not node"
+
+# A real single-node cluster (tests/node.py): kubelet and kube-scheduler built from tools/node,
+# containerd, runc and the CNI plugins from Debian, images from tools/node/images.sh (mmdebstrap
+# + buildah, no Docker, no registry). Not part of `make test` (nor .ci/run) yet: see
+# docs/operations.md for what it needs and how long it takes.
+.PHONY: test-node
+test-node: $(STAMP) kube system-tools
+	@echo "node: $$(tools/node/build.sh)"
+	@echo "images: $$(tools/node/images.sh)"
+	$(VENV)/bin/pytest -m node
 
 test: lint typecheck rust-check pytest fuzz-smoke
 

@@ -15,6 +15,7 @@ from tests.hydra import hydra  # noqa: F401  # a real OIDC provider (ORY Hydra),
 from tests.jaeger import jaeger  # noqa: F401  # session fixture: a real Jaeger, built if missing
 from tests.kube import kube, namespace  # noqa: F401  # a real kube-apiserver, built if missing
 from tests.kubeapps import template_cluster  # noqa: F401  # the template's apps on it
+from tests.node import node  # noqa: F401  # a real single-node cluster (containerd, kubelet)
 
 # A test that uses one of these fixtures (directly or through another) needs that component:
 # marked here, so a new test cannot forget it.
@@ -22,8 +23,9 @@ NEEDS = {
     "kube": {"kube", "namespace", "template_cluster"},
     "jaeger": {"jaeger"},
     "idp": {"hydra"},
+    "node": {"node"},
 }
-HEAVY = ("kube", "jaeger", "idp", "netns", "slow")
+HEAVY = ("kube", "jaeger", "idp", "netns", "slow", "node")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -46,6 +46,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "tools" / "kube" / "build.sh"
 BUILD_TIMEOUT = 45 * 60
 START_TIMEOUT = 90.0
+# With nodes: the root-CA publisher (pods' token volumes need kube-root-ca.crt) and the
+# node-lifecycle controller, which lifts a new node's not-ready taint once it is Ready.
+NODE_CONTROLLERS = ",root-ca-certificate-publisher-controller,node-lifecycle-controller"
 
 
 def binaries() -> Path:
@@ -240,7 +243,13 @@ class ControlPlane:
             self.stop(name)
 
 
-def start(bin_dir: Path, work: Path) -> ControlPlane:
+def start(bin_dir: Path, work: Path, nodes: tuple[str, ...] = ()) -> ControlPlane:
+    """Starts the control plane; with `nodes`, also what a kubelet of each name needs: a token
+    as `system:node:<name>` in `system:nodes`, the Node authorizer and NodeRestriction (so each
+    kubelet may touch only its own Node and its pods' objects, as in a real cluster), a token for
+    kube-scheduler, and the root-CA publisher that puts `kube-root-ca.crt` in every namespace
+    for the pods' ServiceAccount token volumes. Their kubeconfigs are `<name>.kubeconfig` in
+    `work`."""
     cp = ControlPlane(bin_dir, work)
     etcd_client, etcd_peer, secure = _free_ports(3)
     pki = work / "pki"
@@ -263,14 +272,19 @@ def start(bin_dir: Path, work: Path) -> ControlPlane:
         0o644,
     )
     admin_token, kcm_token = secrets.token_hex(24), secrets.token_hex(24)
+    node_users = _node_users(nodes)
     tokens = _write(
         pki / "tokens.csv",
         f'{admin_token},admin,{uuid.uuid4()},"system:masters"\n'
-        f"{kcm_token},system:kube-controller-manager,{uuid.uuid4()}\n",
+        f"{kcm_token},system:kube-controller-manager,{uuid.uuid4()}\n"
+        + "".join(f"{token},{user},{uuid.uuid4()}{groups}\n" for user, groups, token in node_users),
     )
     cp.server, cp.ca, cp.admin_token = f"https://127.0.0.1:{secure}", ca, admin_token
     cp.admin_kubeconfig = cp.kubeconfig_for(admin_token, "admin")
     kcm_kubeconfig = cp.kubeconfig_for(kcm_token, "kube-controller-manager")
+    for user, _, token in node_users:
+        # system:node:n1 -> node-n1.kubeconfig; system:kube-scheduler -> kube-scheduler.kubeconfig
+        cp.kubeconfig_for(token, user.removeprefix("system:").replace(":", "-"))
 
     cp._spawn(
         "etcd",
@@ -302,7 +316,8 @@ def start(bin_dir: Path, work: Path) -> ControlPlane:
         f"--tls-private-key-file={key}",
         f"--token-auth-file={tokens}",
         "--anonymous-auth=false",
-        "--authorization-mode=RBAC",
+        f"--authorization-mode={'Node,RBAC' if nodes else 'RBAC'}",
+        *(["--enable-admission-plugins=NodeRestriction"] if nodes else []),
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={sa_public}",
         f"--service-account-signing-key-file={sa_private}",
@@ -326,7 +341,8 @@ def start(bin_dir: Path, work: Path) -> ControlPlane:
             f"--authentication-kubeconfig={kcm_kubeconfig}",
             f"--authorization-kubeconfig={kcm_kubeconfig}",
             "--controllers=garbage-collector-controller,namespace-controller,"
-            "serviceaccount-controller,serviceaccount-token-controller",
+            "serviceaccount-controller,serviceaccount-token-controller"
+            + (NODE_CONTROLLERS if nodes else ""),
             f"--service-account-private-key-file={sa_private}",
             f"--root-ca-file={ca}",
             "--bind-address=127.0.0.1",
@@ -339,6 +355,14 @@ def start(bin_dir: Path, work: Path) -> ControlPlane:
         ],
     )
     return cp
+
+
+def _node_users(nodes: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(user, groups column, token) for each kubelet and, if there are any, the scheduler."""
+    users = [(f"system:node:{n}", ',"system:nodes"', secrets.token_hex(24)) for n in nodes]
+    if nodes:
+        users.append(("system:kube-scheduler", "", secrets.token_hex(24)))
+    return users
 
 
 @pytest.fixture(scope="session")
