@@ -58,6 +58,8 @@ PACKAGES = {
 READY_TIMEOUT = 120.0
 PAUSE = "localhost/weft/pause:v1.37.2"
 BASE = "localhost/weft/debian:bookworm"
+WEFT = "localhost/weft/weft:dev"
+WEFT_IMAGE_BUILD = ROOT / "tools" / "node" / "weft-image.sh"
 
 
 def install_missing() -> None:
@@ -95,6 +97,7 @@ class Node:
     bin_dir: Path
     work: Path
     images: Path
+    weft_image: Path
     subnet: int = 0
     bridge: str = ""
     procs: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
@@ -154,8 +157,8 @@ class Node:
         self._netns_before = set(_cni_netns())
         (self.work / "containerd").mkdir(mode=0o700)
         self._start_containerd()
-        for tar in ("pause.tar", "base.tar"):
-            self.ctr("images", "import", str(self.images / tar))
+        for tar in (self.images / "pause.tar", self.images / "base.tar", self.weft_image):
+            self.ctr("images", "import", str(tar))
         self._make_network()
         self._start_kubelet()
         self._start_scheduler()
@@ -193,7 +196,6 @@ state = "{c / "state"}"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
-        BinaryName = "{os.environ.get("WEFT_NODE_RUNC", "runc")}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{CNI_BIN}"
     conf_dir = "{self.work / "cni" / "net.d"}"
@@ -361,6 +363,21 @@ state = "{c / "state"}"
             lines.append(f"--- {name}\n{self.log_tail(name)}")
         return "\n".join(lines)
 
+    def wait_pod_phase(
+        self, namespace: str, name: str, phases: set[str], timeout: float = 90
+    ) -> dict[str, Any]:
+        """The Pod once its phase is one of `phases`; else an AssertionError with diagnose()."""
+        api = self.cp.admin()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pod = api.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
+            if pod["status"].get("phase") in phases:
+                return dict(pod)
+            time.sleep(0.5)
+        raise AssertionError(
+            f"pod {namespace}/{name} not {phases} in {timeout:.0f} s\n{self.diagnose(namespace)}"
+        )
+
     def wait_pod_ready(self, namespace: str, name: str, timeout: float = 90) -> dict[str, Any]:
         """The Pod once its Ready condition is True; else an AssertionError with diagnose()."""
         api = self.cp.admin()
@@ -478,9 +495,10 @@ def running_node() -> Iterator[Node]:
     kube_bin = kube.binaries()
     node_bin = _built(NODE_BUILD, "the kubelet and kube-scheduler")
     images = _built(IMAGES_BUILD, "the node test images")
+    weft_image = _built(WEFT_IMAGE_BUILD, "Weft's image from deploy/Dockerfile") / "weft.tar"
     work = Path(tempfile.mkdtemp(prefix="weft-node-"))
     cp = kube.start(kube_bin, work, nodes=(NODE_NAME,))
-    node = Node(cp, node_bin, work, images)
+    node = Node(cp, node_bin, work, images, weft_image)
     try:
         node.start()
         yield node
