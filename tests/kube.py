@@ -46,9 +46,13 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "tools" / "kube" / "build.sh"
 BUILD_TIMEOUT = 45 * 60
 START_TIMEOUT = 90.0
-# With nodes: the root-CA publisher (pods' token volumes need kube-root-ca.crt) and the
-# node-lifecycle controller, which lifts a new node's not-ready taint once it is Ready.
-NODE_CONTROLLERS = ",root-ca-certificate-publisher-controller,node-lifecycle-controller"
+# With nodes: the root-CA publisher (pods' token volumes need kube-root-ca.crt), the
+# node-lifecycle controller, which lifts a new node's not-ready taint once it is Ready, and the
+# controllers that turn Deployments into pods.
+NODE_CONTROLLERS = (
+    ",root-ca-certificate-publisher-controller,node-lifecycle-controller"
+    ",deployment-controller,replicaset-controller"
+)
 
 
 def binaries() -> Path:
@@ -106,6 +110,8 @@ def _serving_pki(folder: Path) -> tuple[Path, Path, Path]:
                     x509.DNSName("localhost"),
                     x509.DNSName("kubernetes.default.svc"),
                     x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    # The kubernetes Service's ClusterIP, which pods on a node dial.
+                    x509.IPAddress(ipaddress.ip_address("10.96.0.1")),
                 ]
             ),
             critical=False,

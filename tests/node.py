@@ -54,12 +54,16 @@ PACKAGES = {
     "buildah": "buildah",
     "ip": "iproute2",
     "mount": "mount",
+    "iptables": "iptables",
 }
 READY_TIMEOUT = 120.0
 PAUSE = "localhost/weft/pause:v1.37.2"
 BASE = "localhost/weft/debian:bookworm"
 WEFT = "localhost/weft/weft:dev"
 WEFT_IMAGE_BUILD = ROOT / "tools" / "node" / "weft-image.sh"
+RELEASED_IMAGE = "ghcr.io/weft-mesh/weft:0.1.0"  # what deploy/ runs
+KUBERNETES_SERVICE_IP = "10.96.0.1"
+SERVICE_RANGE = "10.96.0.0/16"  # tests/kube.py's --service-cluster-ip-range
 
 
 def install_missing() -> None:
@@ -102,6 +106,7 @@ class Node:
     bridge: str = ""
     procs: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
     _netns_before: set[str] = dataclasses.field(default_factory=set)
+    _chain: str = ""
 
     @property
     def socket(self) -> Path:
@@ -159,7 +164,11 @@ class Node:
         self._start_containerd()
         for tar in (self.images / "pause.tar", self.images / "base.tar", self.weft_image):
             self.ctr("images", "import", str(tar))
+        # deploy/ names the released image; this one stands in for it, so deploy/ applies as is.
+        self.ctr("images", "tag", "--force", WEFT, RELEASED_IMAGE)
         self._make_network()
+        # The kubernetes Service, as a pod's in-cluster client dials it (no kube-proxy runs).
+        self.expose(KUBERNETES_SERVICE_IP, 443, int(self.cp.server.rsplit(":", 1)[1]))
         self._start_kubelet()
         self._start_scheduler()
         self.wait_ready()
@@ -243,12 +252,29 @@ state = "{c / "state"}"
                         "type": "host-local",
                         "ranges": [[{"subnet": f"{netns.PREFIX}.{self.subnet}.0/24"}]],
                         "dataDir": str(self.work / "cni" / "ipam"),
+                        # Only the Service range goes to the node (no default route): pods reach
+                        # each other, the node and what `expose` maps, and nothing beyond.
+                        "routes": [{"dst": SERVICE_RANGE}],
                     },
                 },
                 {"type": "portmap", "capabilities": {"portMappings": True}},
             ],
         }
         (conf_dir / "10-weft-node.conflist").write_text(json.dumps(conflist, indent=2))
+
+    def expose(self, address: str, port: int, local_port: int) -> None:
+        """Makes 127.0.0.1:`local_port` (a server of the test's) reachable from pods at
+        `address`:`port`, by DNAT in a chain of this node's own, for packets from its bridge.
+        The bridge's route_localnet lets those packets be routed to loopback."""
+        if not self._chain:
+            self._chain = f"WEFT-{self.bridge.upper()}"
+            _iptables("-t", "nat", "-N", self._chain)
+            _iptables("-t", "nat", "-A", "PREROUTING", "-i", self.bridge, "-j", self._chain)
+            Path(f"/proc/sys/net/ipv4/conf/{self.bridge}/route_localnet").write_text("1")
+        _iptables(
+            "-t", "nat", "-A", self._chain, "-d", address, "-p", "tcp", "--dport", str(port),
+            "-j", "DNAT", "--to-destination", f"127.0.0.1:{local_port}",
+        )  # fmt: skip
 
     @property
     def node_ip(self) -> str:
@@ -288,6 +314,8 @@ state = "{c / "state"}"
                     "imageGCHighThresholdPercent": 100,
                     "imageGCLowThresholdPercent": 99,
                     "failSwapOn": False,
+                    # Under the test's folder, not /var/log/pods, so nothing outlives the test.
+                    "podLogsDir": str(k / "pod-logs"),
                     "clusterDomain": "cluster.local",
                     "nodeStatusUpdateFrequency": "4s",
                     "syncFrequency": "10s",
@@ -359,6 +387,9 @@ state = "{c / "state"}"
         lines += [
             f"event {e.get('reason')}: {e.get('message')}" for e in events.get("items", [])[-30:]
         ]
+        for log in sorted((self.work / "kubelet" / "pod-logs").glob(f"{namespace}_*/*/*.log")):
+            lines.append(f"--- {log.parent.parent.name}/{log.parent.name}")
+            lines.append(log.read_text(errors="replace")[-2000:])
         for name in ("kubelet", "containerd", "kube-scheduler"):
             lines.append(f"--- {name}\n{self.log_tail(name)}")
         return "\n".join(lines)
@@ -408,6 +439,15 @@ state = "{c / "state"}"
         self._unmount_all()
         for name in set(_cni_netns()) - self._netns_before:
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+        if self._chain:
+            subprocess.run(
+                ["iptables", "-t", "nat", "-D", "PREROUTING", "-i", self.bridge, "-j", self._chain],
+                capture_output=True, check=False,
+            )  # fmt: skip
+            for op in ("-F", "-X"):
+                subprocess.run(
+                    ["iptables", "-t", "nat", op, self._chain], capture_output=True, check=False
+                )
         if self.bridge:
             with contextlib.suppress(netns.NetnsError):
                 netns.ip("link", "delete", self.bridge)
@@ -465,6 +505,12 @@ state = "{c / "state"}"
             # Mount points with spaces are octal-escaped in /proc/self/mounts.
             path = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)
             subprocess.run(["umount", "-l", path], capture_output=True, check=False)
+
+
+def _iptables(*args: str) -> None:
+    done = subprocess.run(["iptables", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"iptables {' '.join(args)}: {done.stderr.strip()}")
 
 
 def _remove_cgroups(name: str) -> None:
