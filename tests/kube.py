@@ -48,10 +48,11 @@ BUILD_TIMEOUT = 45 * 60
 START_TIMEOUT = 90.0
 # With nodes: the root-CA publisher (pods' token volumes need kube-root-ca.crt), the
 # node-lifecycle controller, which lifts a new node's not-ready taint once it is Ready, and the
-# controllers that turn Deployments into pods.
+# controllers that turn Deployments into pods, and the EndpointSlices cluster DNS answers from.
 NODE_CONTROLLERS = (
     ",root-ca-certificate-publisher-controller,node-lifecycle-controller"
-    ",deployment-controller,replicaset-controller"
+    ",deployment-controller,replicaset-controller,statefulset-controller"
+    ",endpointslice-controller"
 )
 
 

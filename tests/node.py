@@ -41,6 +41,7 @@ from tests import kube
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_BUILD = ROOT / "tools" / "node" / "build.sh"
+DNS_BUILD = ROOT / "tools" / "dns" / "build.sh"
 IMAGES_BUILD = ROOT / "tools" / "node" / "images.sh"
 NODE_NAME = "weft-node"
 CNI_BIN = Path("/usr/lib/cni")
@@ -102,6 +103,7 @@ class Node:
     work: Path
     images: Path
     weft_image: Path
+    dns_bin: Path
     subnet: int = 0
     bridge: str = ""
     procs: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
@@ -169,6 +171,7 @@ class Node:
         self._make_network()
         # The kubernetes Service, as a pod's in-cluster client dials it (no kube-proxy runs).
         self.expose(KUBERNETES_SERVICE_IP, 443, int(self.cp.server.rsplit(":", 1)[1]))
+        self._start_dns()
         self._start_kubelet()
         self._start_scheduler()
         self.wait_ready()
@@ -280,6 +283,26 @@ state = "{c / "state"}"
     def node_ip(self) -> str:
         return self.pod_address(1)
 
+    def _start_dns(self) -> None:
+        """CoreDNS on the node's address, port 53, answering cluster.local from the API server
+        (Services, headless Services' pod addresses): the cluster DNS the kubelet gives pods.
+        Nothing else is answered, so no pod looks anything up outside. It reads the API as
+        admin: the test's own infrastructure, like the scheduler."""
+        corefile = self.work / "Corefile"
+        corefile.write_text(
+            f"""\
+cluster.local:53 {{
+    bind {self.node_ip}
+    errors
+    kubernetes cluster.local {{
+        kubeconfig {self.cp.admin_kubeconfig} weft-test
+        pods disabled
+    }}
+}}
+"""
+        )
+        self._spawn("coredns", [str(self.dns_bin / "coredns"), "-conf", str(corefile)])
+
     def _start_kubelet(self) -> None:
         k = self.work / "kubelet"
         k.mkdir()
@@ -317,6 +340,7 @@ state = "{c / "state"}"
                     # Under the test's folder, not /var/log/pods, so nothing outlives the test.
                     "podLogsDir": str(k / "pod-logs"),
                     "clusterDomain": "cluster.local",
+                    "clusterDNS": [self.node_ip],
                     "nodeStatusUpdateFrequency": "4s",
                     "syncFrequency": "10s",
                     "shutdownGracePeriod": "0s",
@@ -361,7 +385,7 @@ state = "{c / "state"}"
         deadline = time.monotonic() + timeout
         last: Any = "no Node object yet"
         while time.monotonic() < deadline:
-            for name in ("containerd", "kubelet", "kube-scheduler"):
+            for name in ("containerd", "coredns", "kubelet", "kube-scheduler"):
                 self._alive(name)
             with contextlib.suppress(Exception):
                 node = api.request("GET", f"/api/v1/nodes/{NODE_NAME}")
@@ -390,7 +414,7 @@ state = "{c / "state"}"
         for log in sorted((self.work / "kubelet" / "pod-logs").glob(f"{namespace}_*/*/*.log")):
             lines.append(f"--- {log.parent.parent.name}/{log.parent.name}")
             lines.append(log.read_text(errors="replace")[-2000:])
-        for name in ("kubelet", "containerd", "kube-scheduler"):
+        for name in ("kubelet", "containerd", "kube-scheduler", "coredns"):
             lines.append(f"--- {name}\n{self.log_tail(name)}")
         return "\n".join(lines)
 
@@ -429,6 +453,7 @@ state = "{c / "state"}"
         """Stops everything this node started and removes what it left on the machine: pod
         sandboxes and their network namespaces, shims, mounts under the work folder, the bridge."""
         self._stop("kube-scheduler")
+        self._stop("coredns")
         if "kubelet" in self.procs and "containerd" in self.procs:
             self._drain()
         self._stop("kubelet")
@@ -542,9 +567,10 @@ def running_node() -> Iterator[Node]:
     node_bin = _built(NODE_BUILD, "the kubelet and kube-scheduler")
     images = _built(IMAGES_BUILD, "the node test images")
     weft_image = _built(WEFT_IMAGE_BUILD, "Weft's image from deploy/Dockerfile") / "weft.tar"
+    dns_bin = _built(DNS_BUILD, "CoreDNS")
     work = Path(tempfile.mkdtemp(prefix="weft-node-"))
     cp = kube.start(kube_bin, work, nodes=(NODE_NAME,))
-    node = Node(cp, node_bin, work, images, weft_image)
+    node = Node(cp, node_bin, work, images, weft_image, dns_bin)
     try:
         node.start()
         yield node

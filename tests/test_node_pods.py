@@ -7,7 +7,7 @@ import urllib.request
 from typing import Any
 
 from tests.conftest import TEMPLATE
-from tests.node import BASE, NODE_NAME, WEFT, Node
+from tests.node import BASE, KUBERNETES_SERVICE_IP, NODE_NAME, WEFT, Node
 
 
 def _pod(name: str, namespace: str) -> dict[str, Any]:
@@ -131,3 +131,40 @@ def test_weft_image_built_from_the_dockerfile_runs_as_a_pod(node: Node) -> None:
     terminated = broken["status"]["containerStatuses"][0]["state"]["terminated"]
     assert terminated["exitCode"] == 1
     assert "a/services.yaml:5:3: error: unknown field 'metadata.nmae'" in terminated["message"]
+
+
+def test_pods_resolve_services_through_the_cluster_dns(node: Node) -> None:
+    """The kubelet gives pods CoreDNS (on the node's address) and the cluster's search path:
+    a Service's short name and its full name both resolve to its ClusterIP."""
+    api = node.cp.admin()
+    ns = "node-dns"
+    api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    script = (
+        "import socket\n"
+        "names = ['kubernetes.default', 'kubernetes.default.svc.cluster.local']\n"
+        "found = [socket.gethostbyname(n) for n in names]\n"
+        "open('/dev/termination-log', 'w').write(' '.join(found))\n"
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "lookup", "namespace": ns},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "containers": [
+                {
+                    "name": "lookup",
+                    "image": BASE,
+                    "imagePullPolicy": "Never",
+                    "command": ["python3", "-c", script],
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                }
+            ],
+        },
+    }
+    api.request("POST", f"/api/v1/namespaces/{ns}/pods", body=pod)
+    done = node.wait_pod_phase(ns, "lookup", {"Succeeded", "Failed"})
+    terminated = done["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert done["status"]["phase"] == "Succeeded", terminated.get("message")
+    assert terminated["message"] == f"{KUBERNETES_SERVICE_IP} {KUBERNETES_SERVICE_IP}"

@@ -1,13 +1,16 @@
 """deploy/ on the real node: the reconciler runs as pods of its Deployment, from the image
-deploy/Dockerfile builds, follows a git daemon through the pod network, and reconciles.
+deploy/Dockerfile builds, follows a git daemon through the pod network, and reconciles; the
+template's workloads, applied as an application team would, run with the sidecars it injects.
 
 The API server and the git daemon listen on 127.0.0.1; the node reaches them from pods at the
-kubernetes Service's ClusterIP and at the node's address (tests/node.py's `expose`).
+kubernetes Service's ClusterIP and at the node's address (tests/node.py's `expose`). The apps
+are `weft demo-app` from the same image; those the tests do not call are scaled to zero.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,28 +20,26 @@ import pytest
 
 from tests.gitservers import GitDaemon, Upstream
 from tests.kubeapps import DEPLOY, TEMPLATE, TEMPLATE_NAMESPACES, WORKLOADS, workload
-from tests.node import Node
+from tests.node import RELEASED_IMAGE, Node
 
 SAMPLE_REPO = "https://git.example.com/platform/mesh.git"  # what deploy/ says to replace
+# The workloads that run (namespace, name) -> (the instance their demo app reports, the port it
+# listens on: the intent's targetPort, where the sidecar delivers).
+RUNNING = {
+    ("a", "web"): ("web", 8080),
+    ("b", "api-v1"): ("v1", 8081),
+    ("b", "api-v2"): ("v2", 8081),
+    ("c", "ledger"): ("ledger", 8080),
+}
+# The app teams' ClusterIP Services that clients call by name: (namespace, name, targetPort).
+APP_SERVICES = [("a", "web", 8080), ("b", "api", 8081), ("c", "ledger", 8080)]
 
 
-@pytest.fixture
-def upstream(node: Node, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    up = Upstream(tmp_path / "git", "mesh.git")
-    files = {str(p.relative_to(TEMPLATE)): p.read_text() for p in TEMPLATE.rglob("*.yaml")}
-    sha = up.commit(files, "seed")
-    with GitDaemon(tmp_path / "git") as daemon:
-        node.expose(node.node_ip, daemon.port, daemon.port)
-        yield sha, f"git://{node.node_ip}:{daemon.port}/mesh.git"
-
-
-def _reconciler_pods(node: Node) -> list[dict[str, Any]]:
+def _pods(node: Node, namespace: str, selector: str) -> list[dict[str, Any]]:
     pods = node.cp.admin().request(
-        "GET",
-        "/api/v1/namespaces/weft-system/pods",
-        query=[("labelSelector", "app.kubernetes.io/name=weft-reconciler")],
+        "GET", f"/api/v1/namespaces/{namespace}/pods", query=[("labelSelector", selector)]
     )
-    return list(pods.get("items", []))
+    return [p for p in pods.get("items", []) if not p["metadata"].get("deletionTimestamp")]
 
 
 def _ready(pod: dict[str, Any]) -> bool:
@@ -46,44 +47,95 @@ def _ready(pod: dict[str, Any]) -> bool:
     return conditions.get("Ready") == "True"
 
 
-def test_the_reconciler_runs_as_its_deployment_and_applies_the_repository(
-    node: Node, upstream: tuple[str, str]
+def _wait(
+    what: str, predicate: Any, node: Node, namespaces: tuple[str, ...], timeout: float
 ) -> None:
-    sha, url = upstream
-    api = node.cp.admin()
-    for ns in TEMPLATE_NAMESPACES:
-        api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    for kind, ns, name, labels, sa in WORKLOADS:
-        obj = workload(kind, ns, name, labels, sa)
-        obj["spec"]["replicas"] = 0  # their images are not on this node; the templates matter
-        api.apply(obj, manager="app-team")
-    # deploy/ as a user applies it: the namespace and RBAC as they are, the Deployment with
-    # WEFT_REPO set (its comment says to).
-    node.cp.kubectl(
-        "apply", "-f", str(DEPLOY / "00-namespace.yaml"), "-f", str(DEPLOY / "10-rbac.yaml")
-    )
-    manifest = (DEPLOY / "20-reconciler.yaml").read_text()
-    assert SAMPLE_REPO in manifest
-    node.cp.kubectl("apply", "-f", "-", stdin=manifest.replace(SAMPLE_REPO, url))
-
-    head = f"main@sha1:{sha}"
-
-    def converged() -> bool:
-        pods = _reconciler_pods(node)
-        if len(pods) != 2 or not all(_ready(p) for p in pods):
-            return False
-        cm = api.get("ConfigMap", "weft-system", "weft-status")
-        status = json.loads(cm["data"]["status.json"]) if cm else {}
-        return bool(status.get("lastAppliedRevision") == head)
-
-    deadline = time.monotonic() + 150
-    while not converged():
+    deadline = time.monotonic() + timeout
+    while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"not converged on {head}\n{node.diagnose('weft-system')}")
+            report = "\n".join(node.diagnose(ns) for ns in namespaces)
+            raise AssertionError(f"{what}: not so after {timeout:.0f} s\n{report}")
         time.sleep(1)
 
-    pods = _reconciler_pods(node)
+
+@pytest.fixture(scope="module")
+def deployed(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """deploy/ applied as a user applies it, the template's workloads as its app teams would,
+    and the reconciler converged on the repository's head; yields that revision."""
+    tmp = tmp_path_factory.mktemp("mesh")
+    up = Upstream(tmp / "git", "mesh.git")
+    sha = up.commit({str(p.relative_to(TEMPLATE)): p.read_text() for p in TEMPLATE.rglob("*.yaml")})
+    api = node.cp.admin()
+    with GitDaemon(tmp / "git") as daemon:
+        node.expose(node.node_ip, daemon.port, daemon.port)
+        url = f"git://{node.node_ip}:{daemon.port}/mesh.git"
+        for ns in TEMPLATE_NAMESPACES:
+            api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        for ns, sa in sorted({(w[1], w[4]) for w in WORKLOADS}):
+            api.request(
+                "POST",
+                f"/api/v1/namespaces/{ns}/serviceaccounts",
+                body={"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}},
+            )
+        for ns, name, target_port in APP_SERVICES:
+            api.request(
+                "POST",
+                f"/api/v1/namespaces/{ns}/services",
+                body={
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "selector": {"app": name},
+                        "ports": [{"name": "http", "port": 8080, "targetPort": target_port}],
+                    },
+                },
+            )
+        for kind, ns, name, labels, sa in WORKLOADS:
+            obj = workload(kind, ns, name, labels, sa)
+            pod = obj["spec"]["template"]["spec"]
+            if (ns, name) in RUNNING:
+                pod["containers"][0].update(
+                    image=RELEASED_IMAGE,
+                    command=["weft", "demo-app"],
+                    env=[
+                        {"name": "WEFT_SERVICE", "value": f"{ns}/{labels['app']}"},
+                        {"name": "WEFT_INSTANCE", "value": RUNNING[(ns, name)][0]},
+                        {"name": "PORT", "value": str(RUNNING[(ns, name)][1])},
+                    ],
+                )
+            else:
+                obj["spec"]["replicas"] = 0
+            api.apply(obj, manager="app-team")
+        # The namespace and RBAC as they are; the Deployment with WEFT_REPO set, as its
+        # comment says to.
+        node.cp.kubectl(
+            "apply", "-f", str(DEPLOY / "00-namespace.yaml"), "-f", str(DEPLOY / "10-rbac.yaml")
+        )
+        manifest = (DEPLOY / "20-reconciler.yaml").read_text()
+        assert SAMPLE_REPO in manifest
+        node.cp.kubectl("apply", "-f", "-", stdin=manifest.replace(SAMPLE_REPO, url))
+        head = f"main@sha1:{sha}"
+
+        def converged() -> bool:
+            pods = _pods(node, "weft-system", "app.kubernetes.io/name=weft-reconciler")
+            if len(pods) != 2 or not all(_ready(p) for p in pods):
+                return False
+            cm = api.get("ConfigMap", "weft-system", "weft-status")
+            status = json.loads(cm["data"]["status.json"]) if cm else {}
+            return bool(status.get("lastAppliedRevision") == head)
+
+        _wait(f"converged on {head}", converged, node, ("weft-system",), 150)
+        yield head
+
+
+def test_the_reconciler_runs_as_its_deployment_and_applies_the_repository(
+    node: Node, deployed: str
+) -> None:
+    api = node.cp.admin()
+    pods = _pods(node, "weft-system", "app.kubernetes.io/name=weft-reconciler")
     # Both replicas Ready (readiness is the reconciler's own /healthz), one holds the Lease.
+    assert len(pods) == 2
     lease = api.get("Lease", "weft-system", "weft-reconciler")
     assert lease is not None
     assert lease["spec"]["holderIdentity"] in {p["metadata"]["name"] for p in pods}
@@ -92,3 +144,76 @@ def test_the_reconciler_runs_as_its_deployment_and_applies_the_repository(
     assert web is not None
     names = [c["name"] for c in web["spec"]["template"]["spec"].get("initContainers", [])]
     assert "weft-sidecar" in names, names
+
+
+def _netns_of(ip: str) -> str:
+    """The CNI network namespace holding a pod's address."""
+    for ns in sorted(Path("/var/run/netns").glob("cni-*")):
+        out = subprocess.run(
+            ["ip", "-n", ns.name, "-4", "-o", "addr"], capture_output=True, text=True, check=False
+        ).stdout
+        if f"inet {ip}/" in out:
+            return ns.name
+    raise AssertionError(f"no network namespace holds {ip}")
+
+
+def _curl_from(netns: str, url: str) -> tuple[int, str]:
+    """curl as root in a pod's network namespace: like the app, captured by its sidecar."""
+    done = subprocess.run(
+        ["ip", "netns", "exec", netns, "curl", "-sS", "-m", "10", "--noproxy", "*", "-o", "-",
+         "-w", "\n%{http_code}", url],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        return -done.returncode, done.stderr
+    body, _, code = done.stdout.rpartition("\n")
+    return int(code), body
+
+
+def test_meshed_pods_run_with_injected_native_sidecars_and_talk_over_mtls(
+    node: Node, deployed: str
+) -> None:
+    def meshed_ready() -> bool:
+        for (ns, name), _ in RUNNING.items():
+            labels = next(w[3] for w in WORKLOADS if w[1] == ns and w[2] == name)
+            selector = ",".join(f"{k}={v}" for k, v in labels.items())
+            pods = [
+                p
+                for p in _pods(node, ns, selector)
+                if "weft-sidecar" in [c["name"] for c in p["spec"].get("initContainers", [])]
+            ]
+            if not pods or not all(_ready(p) for p in pods):
+                return False
+        return True
+
+    _wait("meshed pods Ready", meshed_ready, node, ("a", "b", "c"), 180)
+    (web,) = [
+        p
+        for p in _pods(node, "a", "app=web")
+        if "weft-sidecar" in [c["name"] for c in p["spec"].get("initContainers", [])]
+    ]
+    # A native sidecar: an init container that keeps running, Ready beside the app.
+    sidecar = next(c for c in web["spec"]["initContainers"] if c["name"] == "weft-sidecar")
+    assert sidecar.get("restartPolicy") == "Always"
+    statuses = {s["name"]: s for s in web["status"]["initContainerStatuses"]}
+    assert statuses["weft-sidecar"]["ready"] is True
+
+    # web's own app calls api by its Service's name, as an app would: the pod's DNS answers the
+    # ClusterIP, capture hands the connection to web's sidecar, which carries it over mTLS to an
+    # api pod (found through the discovery Service's name) whose sidecar delivers it.
+    netns = _netns_of(web["status"]["podIP"])
+    answer = _call(netns, "api.b.svc.cluster.local:8080/hello")
+    assert answer["status"] == 200, answer
+    # The api pod's sidecar verified a/web's certificate and told the app who called.
+    assert answer["response"]["caller"] == "spiffe://weft.local/ns/a/sa/web", answer
+    assert answer["response"]["instance"] in {"v1", "v2"}, answer
+    # a/web may not call c/ledger.
+    answer = _call(netns, "ledger.c.svc.cluster.local:8080/")
+    assert answer["status"] == 403, answer
+
+
+def _call(netns: str, target: str) -> dict[str, Any]:
+    """Asks the demo app in a pod (on its loopback port 8080) to call `target`; its report."""
+    code, body = _curl_from(netns, f"http://127.0.0.1:8080/call/{target}")
+    assert code > 0, body
+    return dict(json.loads(body))
