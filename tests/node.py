@@ -2,7 +2,8 @@
 kube-scheduler, containerd (with runc) and a kubelet, on this machine.
 
 What runs, and where it comes from:
-- kubelet and kube-scheduler v1.37.2, built from `tools/node` (cached like `tools/kube`);
+- kubelet and kube-scheduler v1.37.2, built from `tools/node` (cached like `tools/kube`), and
+  CoreDNS from `tools/dns`, the cluster DNS, on the node's address;
 - containerd 1.6 and runc from Debian's packages, and the CNI plugins bridge, host-local,
   loopback and portmap from Debian's `containernetworking-plugins` (installed when missing);
 - the images, from `tools/node/images.sh` (no Docker, no registry): imported into this

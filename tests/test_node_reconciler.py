@@ -201,19 +201,30 @@ def test_meshed_pods_run_with_injected_native_sidecars_and_talk_over_mtls(
     # web's own app calls api by its Service's name, as an app would: the pod's DNS answers the
     # ClusterIP, capture hands the connection to web's sidecar, which carries it over mTLS to an
     # api pod (found through the discovery Service's name) whose sidecar delivers it.
+    # Ready pods are not yet every address DNS gives for them (the un-injected pods the rollout
+    # replaces leave the discovery Service's EndpointSlice a moment later), nor is a Ready pod's
+    # app always listening yet (no readiness probe): each call is retried for up to 60 s.
     netns = _netns_of(web["status"]["podIP"])
-    answer = _call(netns, "api.b.svc.cluster.local:8080/hello")
-    assert answer["status"] == 200, answer
+    answers = _call_until(netns, "api.b.svc.cluster.local:8080/hello", 200)
+    answer = answers[-1]
+    assert answer["status"] == 200, answers
     # The api pod's sidecar verified a/web's certificate and told the app who called.
     assert answer["response"]["caller"] == "spiffe://weft.local/ns/a/sa/web", answer
     assert answer["response"]["instance"] in {"v1", "v2"}, answer
-    # a/web may not call c/ledger.
-    answer = _call(netns, "ledger.c.svc.cluster.local:8080/")
-    assert answer["status"] == 403, answer
+    # a/web may not call c/ledger: refused, and never answered on the way there.
+    answers = _call_until(netns, "ledger.c.svc.cluster.local:8080/", 403)
+    assert answers[-1]["status"] == 403, answers
+    assert all(a["status"] != 200 for a in answers), answers
 
 
-def _call(netns: str, target: str) -> dict[str, Any]:
-    """Asks the demo app in a pod (on its loopback port 8080) to call `target`; its report."""
-    code, body = _curl_from(netns, f"http://127.0.0.1:8080/call/{target}")
-    assert code > 0, body
-    return dict(json.loads(body))
+def _call_until(netns: str, target: str, status: int, timeout: float = 60) -> list[dict[str, Any]]:
+    """Asks the demo app in a pod (on its loopback port 8080) to call `target` until the answer
+    has `status` or `timeout` passes; every report, the last one last."""
+    deadline = time.monotonic() + timeout
+    answers: list[dict[str, Any]] = []
+    while True:
+        code, body = _curl_from(netns, f"http://127.0.0.1:8080/call/{target}")
+        answers.append(json.loads(body) if code > 0 else {"status": code, "error": body})
+        if answers[-1]["status"] == status or time.monotonic() > deadline:
+            return answers
+        time.sleep(1)
