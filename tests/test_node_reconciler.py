@@ -297,5 +297,47 @@ def test_a_pushed_policy_change_takes_effect_within_seconds(node: Node, deployed
     # Bounded by _call_until's 90 s; deploy/ keeps `weft run`'s 15 s --poll, so most of this is
     # waiting for the next look at the repository. Printed, not asserted (no timed assertions).
     print(f"policy change effective after {elapsed:.1f} s")
-    deployed.up.commit({"b/policies.yaml": original}, "b: a may call api again")
+    restored = deployed.up.commit({"b/policies.yaml": original}, "b: a may call api again")
+    deployed.head = f"main@sha1:{restored}"
     assert _call_until(netns, "api.b.svc.cluster.local:8080/hello", 200, 90)[-1]["status"] == 200
+
+
+def test_deleting_the_leading_pod_hands_over_without_reissuing(
+    node: Node, deployed: Deployed
+) -> None:
+    """The Lease holder's pod is deleted: the other replica (or the Deployment's replacement)
+    takes the Lease and converges on the same revision, issuing no certificate anew."""
+    api = node.cp.admin()
+    lease = api.get("Lease", "weft-system", "weft-reconciler")
+    assert lease is not None
+    leader = lease["spec"]["holderIdentity"]
+
+    def secrets() -> dict[str, str]:
+        return {
+            f"{ns}/{s['metadata']['name']}": s["metadata"]["resourceVersion"]
+            for ns in TEMPLATE_NAMESPACES
+            for s in api.list("Secret", namespace=ns)
+            if s["metadata"]["name"].startswith("weft-identity-")
+        }
+
+    before = secrets()
+    assert before, "no identity Secrets to compare"
+    api.request(
+        "DELETE", f"/api/v1/namespaces/weft-system/pods/{leader}", body={"gracePeriodSeconds": 0}
+    )
+
+    def taken_over() -> bool:
+        held = api.get("Lease", "weft-system", "weft-reconciler")
+        holder = (held or {}).get("spec", {}).get("holderIdentity")
+        pods = _pods(node, "weft-system", "app.kubernetes.io/name=weft-reconciler")
+        names = {p["metadata"]["name"] for p in pods if _ready(p)}
+        return bool(holder and holder != leader and holder in names and len(names) == 2)
+
+    _wait("a new leader", taken_over, node, ("weft-system",), 120)
+    # The new leader reconciles the same head (its first pass runs at once on taking the Lease).
+    status = _status(node)
+    assert status["lastAppliedRevision"] == deployed.head, status
+    time.sleep(5)  # a pass that would re-issue writes within it; nothing is to be written
+    assert secrets() == before
+    answers = _call_until(_web_netns(node), "api.b.svc.cluster.local:8080/hello", 200)
+    assert answers[-1]["status"] == 200, answers
