@@ -14,6 +14,15 @@ The topology, all on loopback:
   A routes HTTP to a cluster with upstream TLS 1.3 presenting A's certificate and accepting only
   B's SPIFFE ID; B terminates TLS 1.3, requires a client certificate from the same CA with A's
   SPIFFE ID, and routes to the backend. Both write a JSON access log, as Weft always does.
+- **weft-mirror-outlier**, **envoy-mirror-outlier** (issue 12): the same pair, with b/api split
+  into subsets v1 (B) and v2 (a third proxy, M, b/api's identity, in front of a second nginx
+  that logs and discards what it gets); A routes everything to v1, mirrors 100 % of it to v2,
+  and runs outlier detection with Istio's defaults on both. Weft's configs are compiled from
+  that intent (bench/peers/weft.py), Envoy's are what Istio writes for it (bench/peers/envoy.py).
+  The share of copies the mirror received is recorded; CPU is that of all three proxies.
+- **weft-baseline** (with `--baseline DIR`): the plain Weft pair from an older checkout with its
+  own venv (its `weft sidecar`, configs from its own compiler), to check a newer build does not
+  regress in the same run.
 
 Load is open-loop: requests are sent at a constant rate on a pool of keep-alive connections
 (Python asyncio with a microsecond-resolution `select` loop), and latency is measured from each
@@ -35,7 +44,8 @@ Nothing is installed here: a missing tool is reported with the command that inst
 
     .venv/bin/python bench/sidecar_pair.py [--runs 3] [--rate 1000] [--seconds 20]
         [--warmup 5] [--max-load 0.5] [--max-wait 900] [--max-other 10] [--no-wrk]
-        [--scenarios direct,weft,envoy] [--no-envoy-access-log] [--keep]
+        [--scenarios direct,weft,envoy,weft-mirror-outlier,envoy-mirror-outlier]
+        [--baseline ../bench-old] [--no-envoy-access-log] [--keep]
 """
 
 from __future__ import annotations
@@ -75,8 +85,25 @@ from reconciler.targets.local.binding import bind_endpoints, to_json  # noqa: E4
 RESULTS = REPO / "bench" / "results" / "sidecar-pair.json"
 HOST = "api.b:8080"  # what the app calls: Weft routes on it, Envoy and nginx accept any
 BODY = "weft sidecar-pair benchmark: a small fixed body from the backend.\n"
-SCENARIOS = ("direct", "weft", "envoy")
-PROXIES = {"weft": ("A", "B"), "envoy": ("A", "B"), "direct": ()}
+SCENARIOS = (
+    "direct",
+    "weft",
+    "envoy",
+    "weft-mirror-outlier",
+    "envoy-mirror-outlier",
+    "weft-baseline",
+)
+DEFAULT_SCENARIOS = SCENARIOS[:5]  # weft-baseline needs --baseline
+PROXIES = {
+    "direct": (),
+    "weft": ("A", "B"),
+    "envoy": ("A", "B"),
+    "weft-mirror-outlier": ("A", "B", "M"),
+    "envoy-mirror-outlier": ("A", "B", "M"),
+    "weft-baseline": ("A", "B"),
+}
+# What each scenario is compared with: (scenario, the same proxy without the features)
+PLAIN = {"weft-mirror-outlier": "weft", "envoy-mirror-outlier": "envoy", "weft-baseline": "weft"}
 TARGETS_MB = {"idle": 30.0, "loaded": 50.0}  # issue 3, Weft sidecar RSS
 CLIENT_CPU, PROXY_CPU = 0, 1
 INSTALL = {
@@ -116,33 +143,61 @@ class Direct(Pair):
 
 
 class Weft(Pair):
-    name = "weft"
+    """A Weft sidecar pair; `mirror` adds M, b/api v2's sidecar, in front of the mirror server,
+    and runs the resilient configs (100 % mirror to v2, outlier detection); `baseline` runs an
+    older Weft checkout's `weft sidecar` on configs that checkout's compiler wrote."""
+
+    def __init__(self, ctx: Context, name: str, mirror: bool = False, baseline: bool = False):
+        super().__init__(ctx)
+        self.name, self.mirror, self.baseline = name, mirror, baseline
 
     def start(self) -> int:
         ctx, root = self.ctx, self.ctx.tmp / self.name
         root.mkdir(exist_ok=True)
-        a_port, b_port = host.free_port(), host.free_port()
-        self.admin = {"A": host.free_port(), "B": host.free_port()}
-        a_config = bind_endpoints(ctx.configs[("a", "web")], {"b/api": [f"127.0.0.1:{b_port}"]})
-        b_config = ctx.configs[("b", "api")]
+        sides = ("A", "B", "M") if self.mirror else ("A", "B")
+        ports = {side: host.free_port() for side in sides}
+        self.admin = {side: host.free_port() for side in sides}
+        if self.baseline:
+            assert ctx.baseline is not None
+            assert ctx.baseline_configs is not None
+            configs, weft_bin = ctx.baseline_configs, ctx.baseline / ".venv/bin/weft"
+        else:
+            configs = ctx.resilient_configs if self.mirror else ctx.configs
+            weft_bin = REPO / ".venv/bin/weft"
+        endpoints = {"b/api": [f"127.0.0.1:{ports['B']}"]}
+        if self.mirror:
+            endpoints = {
+                "b/api:8080/v1": [f"127.0.0.1:{ports['B']}"],
+                "b/api:8080/v2": [f"127.0.0.1:{ports['M']}"],
+            }
+        side_config = {
+            "A": bind_endpoints(configs[("a", "web")], endpoints),
+            "B": configs[("b", "api")],
+            "M": configs[("b", "api")],
+        }
         listeners = {
-            "A": {"outboundHttp": f"127.0.0.1:{a_port}"},
+            "A": {"outboundHttp": f"127.0.0.1:{ports['A']}"},
             "B": {
-                "inbound": {"http": f"127.0.0.1:{b_port}"},
+                "inbound": {"http": f"127.0.0.1:{ports['B']}"},
                 "app": {"http": f"127.0.0.1:{ctx.backend_port}"},
             },
+            "M": {
+                "inbound": {"http": f"127.0.0.1:{ports['M']}"},
+                "app": {"http": f"127.0.0.1:{ctx.mirror_port}"},
+            },
         }
-        for side, config, certs in (("A", a_config, "web"), ("B", b_config, "api")):
-            (root / f"{side}.json").write_text(to_json(config))
+        certs = {"A": "web", "B": "api", "M": "api"}
+        for side in sides:
+            (root / f"{side}.json").write_text(to_json(side_config[side]))
             (root / f"{side}-listeners.json").write_text(json.dumps(listeners[side]))
             files = [
                 str(root / f"{side}.json"),
-                str(ctx.certs[certs]),
+                str(ctx.certs[certs[side]]),
                 str(root / f"{side}-listeners.json"),
                 f"127.0.0.1:{self.admin[side]}",
             ]
             argv = [
-                str(REPO / ".venv/bin/weft"),
+                str(weft_bin),
                 "sidecar",
                 *("--config", files[0], "--certs", files[1], "--listeners", files[2]),
                 *("--admin", files[3], "--workers", "1", "--drain-timeout", "1"),
@@ -150,10 +205,10 @@ class Weft(Pair):
             proc = ctx.processes.start(f"{self.name}-{side}", argv, ctx.proxy_cpu)
             self.procs.append(proc)
             self.pids[side] = proc.pid
-        for side in ("A", "B"):
+        for side in sides:
             url = f"http://127.0.0.1:{self.admin[side]}/ready"
             host.wait_until(f"weft {side}", lambda u=url: host.http_get(u)[0] == 200, self.procs)
-        return a_port
+        return ports["A"]
 
     def verify(self) -> dict[str, Any]:
         _, text = host.http_get(f"http://127.0.0.1:{self.admin['B']}/metrics")
@@ -166,22 +221,42 @@ class Weft(Pair):
             and 'response_code="200"' in x
         ]
         if not lines:
-            raise RuntimeError("weft B saw no request from A's SPIFFE ID")
-        return {"B_requests_from_A_identity": float(lines[0].rsplit(" ", 1)[1])}
+            raise RuntimeError(f"{self.name} B saw no request from A's SPIFFE ID")
+        found: dict[str, Any] = {"B_requests_from_A_identity": float(lines[0].rsplit(" ", 1)[1])}
+        if self.mirror:
+            _, text = host.http_get(f"http://127.0.0.1:{self.admin['A']}/clusters")
+            report = json.loads(text)
+            copies = report["mirrors"][0]["copies"]
+            found["A_mirror_copies"] = {k: copies[k] for k in ("sent", "dropped", "failed")}
+            found["A_outlier_detection"] = {
+                c["name"]: c.get("outlier_detection") for c in report["clusters"]
+            }
+        return found
 
 
 class Envoy(Pair):
-    name = "envoy"
+    """An Envoy pair; `mirror` adds M (b/api v2's Envoy, in front of the mirror server) and
+    gives A the same mirror and outlier detection as the resilient Weft configs."""
+
+    def __init__(self, ctx: Context, name: str, mirror: bool = False):
+        super().__init__(ctx)
+        self.name, self.mirror = name, mirror
 
     def start(self) -> int:
-        ctx, root = self.ctx, self.ctx.tmp / "envoy"
+        ctx, root = self.ctx, self.ctx.tmp / self.name
         root.mkdir(exist_ok=True)
-        a_port, b_port = host.free_port(), host.free_port()
-        self.admin = {"A": host.free_port(), "B": host.free_port()}
+        sides = ("A", "B", "M") if self.mirror else ("A", "B")
+        ports = {side: host.free_port() for side in sides}
+        self.admin = {side: host.free_port() for side in sides}
+        mirror = ports["M"] if self.mirror else None
         configs = {
-            "A": envoy.envoy_a(self.admin["A"], a_port, b_port, ctx.certs["web"]),
-            "B": envoy.envoy_b(self.admin["B"], b_port, ctx.backend_port, ctx.certs["api"]),
+            "A": envoy.envoy_a(self.admin["A"], ports["A"], ports["B"], ctx.certs["web"], mirror),
+            "B": envoy.envoy_b(self.admin["B"], ports["B"], ctx.backend_port, ctx.certs["api"]),
         }
+        if self.mirror:
+            configs["M"] = envoy.envoy_b(
+                self.admin["M"], ports["M"], ctx.mirror_port, ctx.certs["api"]
+            )
         if not ctx.args.envoy_access_log:  # a diagnostic: Weft always logs
             for config in configs.values():
                 for listener in config["static_resources"]["listeners"]:
@@ -201,13 +276,13 @@ class Envoy(Pair):
                 "--log-level",
                 "warn",
             ]
-            proc = ctx.processes.start(f"envoy-{side}", argv, ctx.proxy_cpu)
+            proc = ctx.processes.start(f"{self.name}-{side}", argv, ctx.proxy_cpu)
             self.procs.append(proc)
             self.pids[side] = proc.pid
-        for side in ("A", "B"):
+        for side in sides:
             url = f"http://127.0.0.1:{self.admin[side]}/ready"
             host.wait_until(f"envoy {side}", lambda u=url: host.http_get(u)[0] == 200, self.procs)
-        return a_port
+        return ports["A"]
 
     def verify(self) -> dict[str, Any]:
         def stats(side: str) -> dict[str, float]:
@@ -215,7 +290,7 @@ class Envoy(Pair):
             return {s["name"]: s.get("value", 0) for s in json.loads(text)["stats"] if "name" in s}
 
         a, b = stats("A"), stats("B")
-        found = {
+        found: dict[str, Any] = {
             "A_upstream_handshakes": a.get("cluster.api.ssl.handshake", 0),
             "A_upstream_tls13": a.get("cluster.api.ssl.versions.TLSv1.3", 0),
             "B_downstream_handshakes": sum(
@@ -225,6 +300,12 @@ class Envoy(Pair):
         }
         if not found["A_upstream_handshakes"] or not found["A_upstream_tls13"]:
             raise RuntimeError(f"envoy A made no TLS 1.3 handshake upstream: {found}")
+        if self.mirror:
+            found["A_mirror_cluster_requests"] = a.get("cluster.api-v2.upstream_rq_total", 0)
+            found["A_outlier_ejections"] = {
+                c: a.get(f"cluster.{c}.outlier_detection.ejections_total", 0)
+                for c in ("api", "api-v2")
+            }
         return found
 
 
@@ -441,11 +522,45 @@ class Context:
         self.processes = Processes(tmp)
         self.certs = pki.write_certs(tmp)
         self.configs = weft.compile_intent(tmp / "intent")
+        self.resilient_configs = weft.compile_intent(tmp / "intent-resilient", resilient=True)
         self.backend_port = host.free_port()
+        self.mirror_port = host.free_port()
         self.backend: subprocess.Popen[bytes] | None = None
+        self.mirror: subprocess.Popen[bytes] | None = None
+        self.mirror_log = tmp / "mirror" / "mirror.log"
+        self.baseline: Path | None = args.baseline
+        self.baseline_configs = (
+            baseline_configs(args.baseline, tmp / "intent-baseline") if args.baseline else None
+        )
         self.pin = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
         self.client_cpu = CLIENT_CPU if self.pin else None
         self.proxy_cpu = PROXY_CPU if self.pin else None
+
+
+def baseline_configs(checkout: Path, root: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """The ProxyConfigs an older checkout's own compiler writes for the benchmark's intent
+    (its bench/peers/weft.py, run by its own venv), so its fastpath reads what it was built for."""
+    script = (
+        "import json, sys; sys.path.insert(0, 'bench'); from pathlib import Path\n"
+        "from peers import weft\n"
+        "configs = weft.compile_intent(Path(sys.argv[1]))\n"
+        "print(json.dumps([[list(k), v] for k, v in configs.items()]))\n"
+    )
+    out = subprocess.run(
+        [str(checkout / ".venv/bin/python"), "-c", script, str(root)],
+        cwd=checkout,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {(k[0], k[1]): v for k, v in json.loads(out)}
+
+
+def mirror_lines(ctx: Context) -> list[str]:
+    """Hosts of the copies the mirror server has logged so far."""
+    with contextlib.suppress(FileNotFoundError):
+        return ctx.mirror_log.read_text().splitlines()
+    return []
 
 
 def run_wrk(port: int, seconds: float, cpu: int | None) -> dict[str, Any]:
@@ -475,8 +590,14 @@ def run_wrk(port: int, seconds: float, cpu: int | None) -> dict[str, Any]:
 def scenario(ctx: Context, pair: Pair, loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
     args = ctx.args
     load_before = host.loadavg()
+    uptime_before = host.command_output(["uptime"])
+    mirrored_before = len(mirror_lines(ctx))
     port = pair.start()
-    result: dict[str, Any] = {"scenario": pair.name, "loadavg_before": load_before}
+    result: dict[str, Any] = {
+        "scenario": pair.name,
+        "loadavg_before": load_before,
+        "uptime_before": uptime_before,
+    }
     try:
         time.sleep(args.settle)
         result["idle_kib"] = {side: host.memory_kib(pid) for side, pid in pair.pids.items()}
@@ -498,7 +619,9 @@ def scenario(ctx: Context, pair: Pair, loop: asyncio.AbstractEventLoop) -> dict[
         threads_before = {side: host.thread_cpu_seconds(pid) for side, pid in pair.pids.items()}
         self_before, all_before = host.cpu_seconds(), host.all_cpu_seconds()
         assert ctx.backend is not None
-        backend_before = host.cpu_seconds(ctx.backend.pid)
+        assert ctx.mirror is not None
+        backends = (ctx.backend.pid, ctx.mirror.pid)
+        backend_before = sum(host.cpu_seconds(pid) for pid in backends)
         t0 = time.monotonic()
         phase = loop.run_until_complete(gen.run(args.rate, args.seconds, sample))
         elapsed = time.monotonic() - t0
@@ -512,7 +635,7 @@ def scenario(ctx: Context, pair: Pair, loop: asyncio.AbstractEventLoop) -> dict[
             for side, pid in pair.pids.items()
         }
         self_cpu = host.cpu_seconds() - self_before
-        backend_cpu = host.cpu_seconds(ctx.backend.pid) - backend_before
+        backend_cpu = sum(host.cpu_seconds(pid) for pid in backends) - backend_before
         other = host.all_cpu_seconds() - all_before - self_cpu - backend_cpu - sum(cpu.values())
         loaded = {side: host.memory_kib(pid) for side, pid in pair.pids.items()}
         connections = len(gen.conns)
@@ -543,9 +666,20 @@ def scenario(ctx: Context, pair: Pair, loop: asyncio.AbstractEventLoop) -> dict[
                 # CPU used by everything else on the machine, in % of one core (2 cores: 200)
                 "other_cpu_percent": round(other / elapsed * 100, 1),
                 "loadavg_after": host.loadavg(),
+                "uptime_after": host.command_output(["uptime"]),
             }
         )
         result["verified"] = pair.verify()
+        if "mirror" in pair.name:
+            time.sleep(0.6)  # copies still in flight, and nginx's 250 ms log flush
+            hosts = mirror_lines(ctx)[mirrored_before:]
+            primary = warm.sent + phase.sent + 1  # warm-up, measured phase, the first GET
+            result["mirror"] = {
+                "primary_requests": primary,
+                "copies_received": len(hosts),
+                "share": round(len(hosts) / primary, 4),
+                "hosts": dict(collections.Counter(hosts)),
+            }
         if args.wrk:
             result["wrk_max"] = run_wrk(port, args.wrk_seconds, ctx.client_cpu)
     finally:
@@ -619,6 +753,31 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             s["pair_cpu_us_per_request"] = _summary(
                 [sum(r["cpu_us_per_request"].values()) for r in rows]
             )
+        if name in PLAIN:
+            # what the features (or the newer build) add over the same proxy without them, per
+            # round: this scenario's figure minus the plain one's of the same round
+            plain = [r for r in runs if r["scenario"] == PLAIN[name]]
+            plain = [r for r in plain if r.get("clean", True)] or plain
+            by_round = {r["round"]: r for r in plain}
+            paired = [(r, by_round[r["round"]]) for r in rows if r["round"] in by_round]
+            if paired:
+                s["over_plain"] = {
+                    "p50_ms": _summary(
+                        [r["latency_ms"]["p50"] - q["latency_ms"]["p50"] for r, q in paired]
+                    ),
+                    "p99_ms": _summary(
+                        [r["latency_ms"]["p99"] - q["latency_ms"]["p99"] for r, q in paired]
+                    ),
+                    "cpu_us_per_request": _summary(
+                        [
+                            sum(r["cpu_us_per_request"].values())
+                            - sum(q["cpu_us_per_request"].values())
+                            for r, q in paired
+                        ]
+                    ),
+                }
+        if any("mirror" in r for r in rows):
+            s["mirror_share"] = _summary([r["mirror"]["share"] for r in rows if "mirror" in r])
         if all("wrk_max" in r and r["wrk_max"]["requests_per_s"] for r in rows):
             s["wrk_max_rps"] = _summary([r["wrk_max"]["requests_per_s"] for r in rows])
         summary[name] = s
@@ -642,6 +801,25 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {fmt(lat['max'], 2)} | {fmt(added['p50']) if added else '—'} "
             f"| {fmt(added['p99']) if added else '—'} | {fmt(s['other_cpu_percent'], 0)} |"
         )
+    if any(PROXIES[name] for name in summary):
+        lines += [
+            "",
+            "| | CPU µs/request, all proxies | over the plain pair: p50 ms | p99 ms "
+            "| CPU µs/request | mirror share |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, s in summary.items():
+            if not PROXIES[name]:
+                continue
+            over = s.get("over_plain")
+            share = s.get("mirror_share")
+            lines.append(
+                f"| {name} | {fmt(s['pair_cpu_us_per_request'], 1)} "
+                f"| {fmt(over['p50_ms']) if over else '—'} "
+                f"| {fmt(over['p99_ms']) if over else '—'} "
+                f"| {fmt(over['cpu_us_per_request'], 1) if over else '—'} "
+                f"| {fmt(share, 4) if share else '—'} |"
+            )
     lines += [
         "",
         "| proxy | idle RSS MB | RSS at rate MB (peak) | VmHWM MB | anon idle / at rate MB "
@@ -667,15 +845,30 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def targets(summary: dict[str, Any]) -> dict[str, Any]:
-    if "weft" not in summary:
-        return {}
-    weft = summary["weft"]
-    idle = max(weft[s]["idle_rss_mb"]["median"] for s in ("A", "B"))
-    loaded = max(weft[s]["loaded_rss_peak_mb"]["median"] for s in ("A", "B"))
-    return {
-        "weft_idle_rss_mb_le_30": {"measured_worst_sidecar": idle, "met": idle <= 30.0},
-        "weft_rss_at_rate_mb_le_50": {"measured_worst_sidecar": loaded, "met": loaded <= 50.0},
-    }
+    found: dict[str, Any] = {}
+    if "weft" in summary:
+        weft = summary["weft"]
+        idle = max(weft[s]["idle_rss_mb"]["median"] for s in ("A", "B"))
+        loaded = max(weft[s]["loaded_rss_peak_mb"]["median"] for s in ("A", "B"))
+        found["weft_idle_rss_mb_le_30"] = {"measured_worst_sidecar": idle, "met": idle <= 30.0}
+        found["weft_rss_at_rate_mb_le_50"] = {
+            "measured_worst_sidecar": loaded,
+            "met": loaded <= 50.0,
+        }
+    w, e = summary.get("weft-mirror-outlier"), summary.get("envoy-mirror-outlier")
+    if w and e and "added_ms" in w and "added_ms" in e:
+        # issue 12: with a 100 % mirror and outlier detection, against Envoy with the same
+        p99 = w["added_ms"]["p99"]["median"] / e["added_ms"]["p99"]["median"]
+        cpu = w["pair_cpu_us_per_request"]["median"] / e["pair_cpu_us_per_request"]["median"]
+        found["mirror_outlier_added_p99_le_0.8x_envoy"] = {
+            "ratio": round(p99, 3),
+            "met": p99 <= 0.8,
+        }
+        found["mirror_outlier_cpu_per_request_le_0.7x_envoy"] = {
+            "ratio": round(cpu, 3),
+            "met": cpu <= 0.7,
+        }
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -689,7 +882,7 @@ def find_tools(args: argparse.Namespace) -> dict[str, Any]:
     if nginx is None:
         missing.append("nginx")
     envoy = None
-    if "envoy" in args.scenarios:
+    if any(s.startswith("envoy") for s in args.scenarios):
         spec = importlib.util.find_spec("envoy")
         if spec is not None and spec.origin is not None:
             candidate = Path(spec.origin).parent / "_bin" / "envoy"
@@ -707,7 +900,7 @@ def find_tools(args: argparse.Namespace) -> dict[str, Any]:
     return {"nginx": nginx, "envoy": envoy}
 
 
-def versions(tools: dict[str, Any]) -> dict[str, str]:
+def versions(tools: dict[str, Any], baseline: Path | None) -> dict[str, str]:
     found = {
         "weft": host.command_output([str(REPO / ".venv/bin/weft"), "version"]),
         "nginx": host.command_output([tools["nginx"], "-v"]),
@@ -722,6 +915,10 @@ def versions(tools: dict[str, Any]) -> dict[str, str]:
     with contextlib.suppress(Exception):
         found["commit"] = host.command_output(
             ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]
+        )
+    if baseline is not None:
+        found["baseline_commit"] = host.command_output(
+            ["git", "-C", str(baseline), "rev-parse", "--short", "HEAD"]
         )
     return found
 
@@ -750,7 +947,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured phase length")
     parser.add_argument("--warmup", type=float, default=5.0, help="warm-up at the same rate")
     parser.add_argument("--settle", type=float, default=2.0, help="idle seconds before idle RSS")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="direct,weft,envoy")
+    parser.add_argument(
+        "--scenarios", default=",".join(DEFAULT_SCENARIOS), help=f"of {','.join(SCENARIOS)}"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="an older Weft checkout with its own built .venv (e.g. `git worktree add --detach "
+        "../bench-old fd152d8 && make -C ../bench-old .venv/.weft-installed`): adds the "
+        "weft-baseline scenario, its sidecars on configs its compiler writes",
+    )
     parser.add_argument("--max-load", type=float, default=0.5, help="1-min load to wait for")
     parser.add_argument("--max-wait", type=float, default=900.0, help="seconds to wait for it")
     parser.add_argument("--no-wrk", dest="wrk", action="store_false", help="skip max throughput")
@@ -783,8 +989,16 @@ def main() -> int:
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {sorted(unknown)}")
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / ".venv/bin/weft").exists():
+            parser.error(f"--baseline {args.baseline}: no .venv/bin/weft there (build it first)")
+        if "weft-baseline" not in args.scenarios:
+            args.scenarios.append("weft-baseline")
+    elif "weft-baseline" in args.scenarios:
+        parser.error("the weft-baseline scenario needs --baseline")
     tools = find_tools(args)
-    found_versions = versions(tools)
+    found_versions = versions(tools, args.baseline)
     niceness = os.getpriority(os.PRIO_PROCESS, 0)
     if args.nice != niceness and os.geteuid() == 0:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)
@@ -804,13 +1018,22 @@ def main() -> int:
             print("   taskset or a second CPU missing: running unpinned", file=sys.stderr)
         pairs: dict[str, Pair] = {
             "direct": Direct(ctx),
-            "weft": Weft(ctx),
-            "envoy": Envoy(ctx),
+            "weft": Weft(ctx, "weft"),
+            "envoy": Envoy(ctx, "envoy"),
+            "weft-mirror-outlier": Weft(ctx, "weft-mirror-outlier", mirror=True),
+            "envoy-mirror-outlier": Envoy(ctx, "envoy-mirror-outlier", mirror=True),
+            "weft-baseline": Weft(ctx, "weft-baseline", baseline=True),
         }
         root = tmp / "nginx"
         conf = nginx.backend(root, ctx.backend_port, BODY, root)
         ctx.backend = ctx.processes.start(
             "nginx", [tools["nginx"], "-p", str(root), "-c", str(conf)], ctx.client_cpu
+        )
+        conf = nginx.mirror_backend(ctx.mirror_log.parent, ctx.mirror_port, BODY)
+        ctx.mirror = ctx.processes.start(
+            "nginx-mirror",
+            [tools["nginx"], "-p", str(ctx.mirror_log.parent), "-c", str(conf)],
+            ctx.client_cpu,
         )
         runs: list[dict[str, Any]] = []
         discarded: list[dict[str, Any]] = []
@@ -836,6 +1059,8 @@ def main() -> int:
                     "nice": niceness,
                     "envoy_access_log": args.envoy_access_log,
                     "max_other_cpu_percent": args.max_other,
+                    "scenarios": args.scenarios,
+                    "baseline": str(args.baseline) if args.baseline else None,
                 },
                 "load": quiet,
                 "runs": runs,
@@ -853,6 +1078,11 @@ def main() -> int:
                 "nginx",
                 lambda: host.http_get(f"http://127.0.0.1:{ctx.backend_port}/")[0] == 200,
                 [ctx.backend],
+            )
+            host.wait_until(
+                "nginx mirror",
+                lambda: host.http_get(f"http://127.0.0.1:{ctx.mirror_port}/")[0] == 200,
+                [ctx.mirror],
             )
             print(f"== waiting for 1-min load average < {args.max_load}", flush=True)
             quiet = host.wait_for_quiet(args.max_load, args.max_wait)

@@ -1,7 +1,13 @@
 """Envoy configurations: the sidecar pair (A: plaintext HTTP in, mTLS out pinned to b/api's
 SPIFFE ID; B: mTLS in admitting only a/web, plaintext to the app) and a plain HTTP reverse
 proxy. TLS 1.3 only, X25519 only; every listener writes a JSON access log to stdout, as Weft's
-sidecar always writes one."""
+sidecar always writes one.
+
+A's resilient variant (issue 12) is what Istio generates for a Route mirroring 100 % of v1's
+traffic to v2 and a DestinationRule with outlier detection: the route's
+`request_mirror_policies` at a 100 % `runtime_fraction`, and `outlier_detection` on both subset
+clusters with Istio's defaults (5 consecutive 5xx, 10 s interval, 30 s base ejection, 10 % max
+ejected, success-rate detection not enforced)."""
 
 from __future__ import annotations
 
@@ -31,7 +37,20 @@ def _tls_common(certs: Path, peer_id: str) -> dict[str, Any]:
     }
 
 
-def _http_manager(name: str, cluster: str) -> dict[str, Any]:
+# Istio's outlier detection defaults as its DestinationRule translation writes them; Weft's
+# `outlierDetection` with the same values (bench/peers/weft.py) is what the benchmark compares.
+OUTLIER_DETECTION = {
+    "consecutive_5xx": 5,
+    "interval": "10s",
+    "base_ejection_time": "30s",
+    "max_ejection_percent": 10,
+    "enforcing_consecutive_5xx": 100,
+    "enforcing_success_rate": 0,
+    "enforcing_consecutive_gateway_failure": 0,
+}
+
+
+def _http_manager(name: str, cluster: str, mirror: str | None = None) -> dict[str, Any]:
     fields = {
         "start_time": "%START_TIME%",
         "method": "%REQ(:METHOD)%",
@@ -44,6 +63,14 @@ def _http_manager(name: str, cluster: str) -> dict[str, Any]:
         "request_id": "%REQ(X-REQUEST-ID)%",
         "direction": name,
     }
+    route: dict[str, Any] = {"cluster": cluster}
+    if mirror is not None:
+        route["request_mirror_policies"] = [
+            {
+                "cluster": mirror,
+                "runtime_fraction": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+            }
+        ]
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -66,7 +93,7 @@ def _http_manager(name: str, cluster: str) -> dict[str, Any]:
                     {
                         "name": cluster,
                         "domains": ["*"],
-                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}],
+                        "routes": [{"match": {"prefix": "/"}, "route": route}],
                     }
                 ],
             },
@@ -128,18 +155,25 @@ def _listener(name: str, port: int) -> dict[str, Any]:
     }
 
 
-def envoy_a(admin: int, port: int, upstream: int, certs: Path) -> dict[str, Any]:
-    """Outbound: plaintext HTTP from the app, to B over mTLS expecting b/api's SPIFFE ID."""
+def envoy_a(
+    admin: int, port: int, upstream: int, certs: Path, mirror: int | None = None
+) -> dict[str, Any]:
+    """Outbound: plaintext HTTP from the app, to B over mTLS expecting b/api's SPIFFE ID. With
+    `mirror` (the port of b/api v2's proxy), every request is also copied there, and both
+    clusters have outlier detection on."""
+    clusters = [_cluster("api", upstream, _tls_common(certs, API_ID))]
+    if mirror is not None:
+        clusters.append(_cluster("api-v2", mirror, _tls_common(certs, API_ID)))
+        for cluster in clusters:
+            cluster["outlier_detection"] = dict(OUTLIER_DETECTION)
+    manager = _http_manager("outbound", "api", "api-v2" if mirror is not None else None)
     return {
         "admin": _admin(admin),
         "static_resources": {
             "listeners": [
-                {
-                    **_listener("outbound", port),
-                    "filter_chains": [{"filters": [_http_manager("outbound", "api")]}],
-                }
+                {**_listener("outbound", port), "filter_chains": [{"filters": [manager]}]}
             ],
-            "clusters": [_cluster("api", upstream, _tls_common(certs, API_ID))],
+            "clusters": clusters,
         },
     }
 

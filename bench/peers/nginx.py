@@ -70,6 +70,26 @@ def backend(root: Path, port: int, body: str, files: Path) -> Path:
     )
 
 
+def mirror_backend(root: Path, port: int, body: str) -> Path:
+    """The mirror target of the resilient scenarios: answers like the backend and logs the
+    Host of each copy it receives (one line each, flushed within 250 ms), so the benchmark can
+    count the copies that arrived and check they say they are copies (`-shadow`)."""
+    return _write(
+        root,
+        _main(
+            root,
+            f"""\
+            log_format hosts '$http_host';
+            access_log {root}/mirror.log hosts buffer=64k flush=250ms;
+            server {{
+                listen 127.0.0.1:{port} reuseport backlog=4096;
+                location / {{ return 200 "{body.strip()}\\n"; }}
+            }}
+            """,
+        ),
+    )
+
+
 def tls_server(root: Path, port: int, body: str, certs: Path) -> Path:
     """The handshake scenario's direct baseline: nginx terminating mTLS (client certificate
     required) and answering itself, with no upstream."""

@@ -1,6 +1,10 @@
 """Weft's ProxyConfigs for the benchmarks, compiled from a two-service intent (a/web may call
 b/api through one AccessPolicy), and the listener bindings that place them on loopback ports.
-Both `weft sidecar` (agent + fastpath) and the standalone `fastpath-proxy` run these."""
+Both `weft sidecar` (agent + fastpath) and the standalone `fastpath-proxy` run these.
+
+The resilient variant (issue 12) gives b/api subsets v1 and v2, a Route sending everything to
+v1 and mirroring 100 % of it to v2, and `outlierDetection` with Istio's defaults spelled out,
+the settings bench/peers/envoy.py gives Envoy."""
 
 from __future__ import annotations
 
@@ -22,9 +26,47 @@ INTENT = {
 }
 
 
-def compile_intent(root: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """ProxyConfig dicts by (namespace, service)."""
-    for rel, text in INTENT.items():
+RESILIENT_API = """\
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: web, namespace: a}
+spec: {ports: [{name: http, port: 8080}]}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: api, namespace: b}
+spec:
+  ports: [{name: http, port: 8080}]
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+  outlierDetection:
+    consecutive5xx: 5
+    interval: 10s
+    baseEjectionTime: 30s
+    maxEjectionPercent: 10
+"""
+
+RESILIENT_ROUTE = """\
+apiVersion: weft.dev/v1alpha1
+kind: Route
+metadata: {name: api, namespace: b}
+spec:
+  host: api.b
+  rules:
+    - backends: [{subset: v1}]
+      mirror: {subset: v2, percent: 100}
+"""
+
+RESILIENT_INTENT = {
+    "mesh.yaml": INTENT["mesh.yaml"],
+    "services.yaml": f"{RESILIENT_API}---\n{sidecars.ALLOW_A_TO_B}",
+    "routes.yaml": RESILIENT_ROUTE,
+}
+
+
+def compile_intent(root: Path, resilient: bool = False) -> dict[tuple[str, str], dict[str, Any]]:
+    """ProxyConfig dicts by (namespace, service); `resilient` compiles the mirror + outlier
+    detection variant."""
+    for rel, text in (RESILIENT_INTENT if resilient else INTENT).items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(textwrap.dedent(text))
     desired = compiler.compile(intent.load(intent.files.from_directory(root)))
