@@ -181,11 +181,12 @@ class Weft(Pair):
                 "inbound": {"http": f"127.0.0.1:{ports['B']}"},
                 "app": {"http": f"127.0.0.1:{ctx.backend_port}"},
             },
-            "M": {
+        }
+        if self.mirror:
+            listeners["M"] = {
                 "inbound": {"http": f"127.0.0.1:{ports['M']}"},
                 "app": {"http": f"127.0.0.1:{ctx.mirror_port}"},
-            },
-        }
+            }
         certs = {"A": "web", "B": "api", "M": "api"}
         for side in sides:
             (root / f"{side}.json").write_text(to_json(side_config[side]))
