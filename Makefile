@@ -112,11 +112,13 @@ fuzz: $(STAMP)
 	WEFT_FUZZ_CASES=20000 cargo test --release -q -p fastpath-core --test fuzz_parsers
 
 # The soak with faults (bench/soak.py): 20 minutes of load through a sidecar pair with config
-# reloads, certificate rotation, a CA rollover, a SIGKILLed sidecar, a git server outage and a
-# full state disk; results in bench/results/soak.json, plots in docs/soak/ (root for the tmpfs).
+# reloads, certificate rotation, a CA rollover, a SIGKILLed sidecar, a git server outage, a
+# full state disk, and a Kubernetes target whose API server is SIGKILLed mid-apply (the tests'
+# real kube-apiserver, `make kube`); results in bench/results/soak.json, plots in docs/soak/
+# (root for the tmpfs).
 SOAK_MINUTES ?= 20
 .PHONY: soak
-soak: $(STAMP) system-tools
+soak: $(STAMP) system-tools kube
 	$(PY) bench/soak.py --minutes $(SOAK_MINUTES)
 
 # The edit-test loop: lint, typecheck and the tests marked `unit` — no Go build (kube-apiserver,

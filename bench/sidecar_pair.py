@@ -102,8 +102,10 @@ PROXIES = {
     "envoy-mirror-outlier": ("A", "B", "M"),
     "weft-baseline": ("A", "B"),
 }
-# What each scenario is compared with: (scenario, the same proxy without the features)
+# What each scenario is compared with, per round: the same proxy without the features; for the
+# baseline build, the current one (the figures are current minus baseline: what this build adds)
 PLAIN = {"weft-mirror-outlier": "weft", "envoy-mirror-outlier": "envoy", "weft-baseline": "weft"}
+SIGN = {"weft-baseline": -1}
 TARGETS_MB = {"idle": 30.0, "loaded": 50.0}  # issue 3, Weft sidecar RSS
 CLIENT_CPU, PROXY_CPU = 0, 1
 INSTALL = {
@@ -757,6 +759,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if name in PLAIN:
             # what the features (or the newer build) add over the same proxy without them, per
             # round: this scenario's figure minus the plain one's of the same round
+            sign = SIGN.get(name, 1)
             plain = [r for r in runs if r["scenario"] == PLAIN[name]]
             plain = [r for r in plain if r.get("clean", True)] or plain
             by_round = {r["round"]: r for r in plain}
@@ -764,15 +767,30 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             if paired:
                 s["over_plain"] = {
                     "p50_ms": _summary(
-                        [r["latency_ms"]["p50"] - q["latency_ms"]["p50"] for r, q in paired]
+                        [
+                            sign * (r["latency_ms"]["p50"] - q["latency_ms"]["p50"])
+                            for r, q in paired
+                        ]
                     ),
                     "p99_ms": _summary(
-                        [r["latency_ms"]["p99"] - q["latency_ms"]["p99"] for r, q in paired]
+                        [
+                            sign * (r["latency_ms"]["p99"] - q["latency_ms"]["p99"])
+                            for r, q in paired
+                        ]
                     ),
                     "cpu_us_per_request": _summary(
                         [
-                            sum(r["cpu_us_per_request"].values())
-                            - sum(q["cpu_us_per_request"].values())
+                            sign
+                            * (
+                                sum(r["cpu_us_per_request"].values())
+                                - sum(q["cpu_us_per_request"].values())
+                            )
+                            for r, q in paired
+                        ]
+                    ),
+                    "A_cpu_us_per_request": _summary(
+                        [
+                            sign * (r["cpu_us_per_request"]["A"] - q["cpu_us_per_request"]["A"])
                             for r, q in paired
                         ]
                     ),
@@ -805,9 +823,10 @@ def markdown(summary: dict[str, Any]) -> str:
     if any(PROXIES[name] for name in summary):
         lines += [
             "",
-            "| | CPU µs/request, all proxies | over the plain pair: p50 ms | p99 ms "
-            "| CPU µs/request | mirror share |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| | CPU µs/request, all proxies | added over the plain pair (baseline: this build "
+            "over the baseline), same round: p50 ms | p99 ms | CPU µs/request | A's CPU µs/request "
+            "| mirror share |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for name, s in summary.items():
             if not PROXIES[name]:
@@ -819,6 +838,7 @@ def markdown(summary: dict[str, Any]) -> str:
                 f"| {fmt(over['p50_ms']) if over else '—'} "
                 f"| {fmt(over['p99_ms']) if over else '—'} "
                 f"| {fmt(over['cpu_us_per_request'], 1) if over else '—'} "
+                f"| {fmt(over['A_cpu_us_per_request'], 1) if over else '—'} "
                 f"| {fmt(share, 4) if share else '—'} |"
             )
     lines += [
@@ -984,8 +1004,19 @@ def main() -> int:
         "work on a shared machine gets less of their cores; needs root, else left as it is",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--from-json", type=Path, help="re-summarise a saved run (its runs) and print the tables"
+    )
     parser.add_argument("--keep", action="store_true", help="keep configs, certs and logs")
     args = parser.parse_args()
+    if args.from_json is not None:
+        saved = json.loads(args.from_json.read_text())
+        saved["summary"] = summarise(saved["runs"])
+        saved["targets"] = targets(saved["summary"])
+        args.from_json.write_text(json.dumps(saved, indent=2) + "\n")
+        print(markdown(saved["summary"]))
+        print(json.dumps(saved["targets"], indent=2))
+        return 0
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:

@@ -61,7 +61,7 @@ def discover(issuer: str) -> str:
     the issuer exactly (Discovery 1.0 §4.3): one that names another would have the mesh trust
     keys published for someone else."""
     url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-    document = json.loads(_fetch_uri(url))
+    document = _loads(_fetch_uri(url), f"{url}: not a discovery document")
     if not isinstance(document, dict):
         raise ValueError(f"{url}: not a discovery document")
     if document.get("issuer") != issuer:
@@ -70,6 +70,15 @@ def discover(issuer: str) -> str:
     if not isinstance(jwks_uri, str) or not _https_or_loopback(jwks_uri):
         raise ValueError(f"{url}: jwks_uri {jwks_uri!r} is not an https URL")
     return jwks_uri
+
+
+def _loads(raw: bytes, what: str) -> Any:
+    """JSON from an IdP. Nesting too deep for the decoder raises RecursionError, which the
+    refresh loop (it expects OSError or ValueError) would not catch: refused as a ValueError."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError(f"{what}: JSON nested too deeply") from None
 
 
 def _fetch_uri(uri: str) -> bytes:
@@ -91,7 +100,13 @@ def read(source: str) -> dict[str, Any]:
         raw = _fetch_uri(discover(where))
     else:
         raw = _fetch_uri(where) if kind == "uri" else Path(where).read_bytes()
-    document = json.loads(raw)
+    return parse(raw)
+
+
+def parse(raw: bytes) -> dict[str, Any]:
+    """A fetched or read JWKS document, checked the way fastpath will read it; ValueError (with
+    the reason) for anything else."""
+    document = _loads(raw, "not a JWKS document")
     if not isinstance(document, dict):
         raise ValueError("not a JWKS document")
     _native.check_jwks(json.dumps(document))

@@ -4,19 +4,24 @@
 
 Seeds are real inputs: every intent file of the template and of the broken-intent corpus, SPIFFE
 IDs good and nearly good, certificates made with `cryptography` (a CA, a leaf with a SPIFFE ID,
-an expired one, DER and PEM), and webhook requests as GitHub sends them. `ensure()` writes them
+an expired one, DER and PEM), webhook requests as GitHub sends them, and JWKS documents with
+public keys made with `cryptography` (the Rust property harness, fastpath/core/tests/
+fuzz_parsers.rs, starts from the same `jwks` folder). `ensure()` writes them
 only where a target's folder is missing.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from tests.fuzz import targets
@@ -116,11 +121,54 @@ def webhook_seeds() -> list[bytes]:
     ]  # fmt: skip
 
 
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _int(n: int) -> str:
+    return _b64(n.to_bytes((n.bit_length() + 7) // 8, "big"))
+
+
+def jwks_seeds() -> list[bytes]:
+    """JWKS documents as identity providers publish them (public keys only), and the ones
+    fastpath must refuse: a symmetric key, an unsupported curve, an `alg` that does not fit."""
+    rsa_numbers = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    n, e = rsa_numbers.public_numbers().n, rsa_numbers.public_numbers().e
+    rsa_jwk = {"kty": "RSA", "kid": "r1", "use": "sig", "alg": "RS256", "n": _int(n), "e": _int(e)}
+    ec_jwks = []
+    for kid, curve, crv, size in (
+        ("e1", ec.SECP256R1(), "P-256", 32),
+        ("e2", ec.SECP384R1(), "P-384", 48),
+    ):
+        numbers = ec.generate_private_key(curve).public_key().public_numbers()
+        ec_jwks.append({"kty": "EC", "kid": kid, "crv": crv,
+                        "x": _b64(numbers.x.to_bytes(size, "big")),
+                        "y": _b64(numbers.y.to_bytes(size, "big"))})  # fmt: skip
+    ed = ed25519.Ed25519PrivateKey.generate().public_key()
+    raw = ed.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    ed_jwk = {"kty": "OKP", "crv": "Ed25519", "kid": "d1", "x": _b64(raw)}
+    enc = {**rsa_jwk, "kid": "enc", "use": "enc", "alg": "RSA-OAEP"}
+    docs: list[Any] = [
+        {"keys": [rsa_jwk, *ec_jwks, ed_jwk]},
+        {"keys": [rsa_jwk, enc]},
+        {"keys": [ec_jwks[0]]},
+        {"keys": [ed_jwk]},
+        {"keys": [{"kty": "oct", "kid": "s", "k": _b64(b"a shared secret")}]},
+        {"keys": [{**ec_jwks[0], "crv": "P-521"}]},
+        {"keys": [{**ec_jwks[0], "alg": "RS256"}]},
+        {"keys": [{**rsa_jwk, "alg": "HS256"}]},
+        {"keys": []},
+        {"keys": [{"kty": "RSA", "n": "", "e": ""}]},
+    ]
+    return [json.dumps(d).encode() for d in docs] + [b"[]", b'{"keys": {}}']
+
+
 SEEDS = {
     "intent": intent_seeds,
     "spiffe": spiffe_seeds,
     "certificate": certificate_seeds,
     "webhook": webhook_seeds,
+    "jwks": jwks_seeds,
 }
 
 

@@ -13,6 +13,9 @@ found becomes a regression test by dropping its input in `tests/fuzz/crashes/<ta
   An `Authority` or a `RefusedCAError` with a message.
 - `webhook`: the webhook's HTTP handler and HMAC check, over a real socket pair. An HTTP answer
   (or a close); `on_push` only for a correct signature, answered 202.
+- `jwks`: a JWKS document as the sidecar agent takes it from an issuer's `jwksUri` or
+  `jwksFile` (`reconciler.sidecar.jwks.parse`, which runs fastpath's own JWKS parser). A
+  document fastpath accepts, or a `ValueError` saying why.
 """
 
 from __future__ import annotations
@@ -20,18 +23,20 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import json
 import socket
 import threading
 from collections.abc import Callable
 
 from cryptography import x509
 
-from reconciler import intent
+from reconciler import _native, intent
 from reconciler.gitsource import webhook
 from reconciler.gitsource.credentials import Secret
 from reconciler.identity import spiffe, user_ca, workload
 from reconciler.identity.errors import IdentityError
 from reconciler.intent.files import IntentFile, Snapshot
+from reconciler.sidecar import jwks
 
 Target = Callable[[bytes], None]
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.UTC)
@@ -167,9 +172,21 @@ def _handle(receiver: webhook.WebhookReceiver, conn: socket.socket) -> None:
         conn.close()  # what the server's shutdown_request does: the client sees the end
 
 
+def jwks_document(data: bytes) -> None:
+    try:
+        document = jwks.parse(data)
+    except ValueError as e:
+        refusal = str(e)
+        assert refusal, "a refusal says why"
+        return
+    # What the agent accepted goes into the ProxyConfig: fastpath must take it, with a key.
+    assert _native.check_jwks(json.dumps(document)) >= 1
+
+
 TARGETS: dict[str, Target] = {
     "intent": intent_loader,
     "spiffe": spiffe_id,
     "certificate": certificate,
     "webhook": webhook_request,
+    "jwks": jwks_document,
 }

@@ -1,7 +1,7 @@
 //! Property-based fuzzing (proptest, on stable Rust) of everything fastpath parses from outside:
 //! ProxyConfig JSON, Route regexes, certificates and SPIFFE IDs, request paths (normalization
-//! is idempotent), TLS ClientHellos (SNI), and HTTP/1.1 and HTTP/2 bytes sent to a running
-//! sidecar.
+//! is idempotent), TLS ClientHellos (SNI), JWKS documents and JWTs (`jwt.rs`), and HTTP/1.1
+//! and HTTP/2 bytes sent to a running sidecar.
 //!
 //! Each property feeds generated input (random, or a valid input mutated) and asserts what must
 //! hold whatever the bytes: no panic; a refused config leaves the running one in force; a
@@ -20,6 +20,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use fastpath::config::ProxyConfig;
+use fastpath::jwt::{self, Authentication};
 use fastpath::route_regex;
 use fastpath::tls::{self, Material};
 use fastpath::Proxy;
@@ -143,62 +144,74 @@ fn any_json() -> impl Strategy<Value = Value> {
 
 /// A seed config with up to three of its values replaced, or a key removed or added.
 fn mutated_config() -> impl Strategy<Value = String> {
-    (
-        0..seeds().len(),
-        prop::collection::vec((any::<prop::sample::Index>(), 0..3u8, any_json()), 1..4),
-    )
-        .prop_map(|(seed, edits)| {
-            let mut v: Value = serde_json::from_str(&seeds()[seed]).expect("seed is JSON");
-            for (index, op, replacement) in edits {
-                let mut all = Vec::new();
-                paths(&v, &mut Vec::new(), &mut all);
-                let path = index.get(&all).clone();
-                match op {
-                    0 => {
-                        if let Some(slot) = at(&mut v, &path) {
-                            *slot = replacement;
+    (0..seeds().len(), edits()).prop_map(|(seed, edits)| {
+        let mut v: Value = serde_json::from_str(&seeds()[seed]).expect("seed is JSON");
+        mutate(&mut v, edits);
+        v.to_string()
+    })
+}
+
+type Edit = (prop::sample::Index, u8, Value);
+
+fn edits() -> impl Strategy<Value = Vec<Edit>> {
+    prop::collection::vec((any::<prop::sample::Index>(), 0..3u8, any_json()), 1..4)
+}
+
+/// Applies `edits` to `v`: a value replaced, a key or item removed, an array's first item
+/// repeated.
+fn mutate(v: &mut Value, edits: Vec<Edit>) {
+    for (index, op, replacement) in edits {
+        let mut all = Vec::new();
+        paths(v, &mut Vec::new(), &mut all);
+        let path = index.get(&all).clone();
+        match op {
+            0 => {
+                if let Some(slot) = at(v, &path) {
+                    *slot = replacement;
+                }
+            }
+            1 => {
+                if let Some((last, parent)) = path.split_last() {
+                    match at(v, parent) {
+                        Some(Value::Object(map)) => {
+                            map.remove(last);
                         }
-                    }
-                    1 => {
-                        if let Some((last, parent)) = path.split_last() {
-                            match at(&mut v, parent) {
-                                Some(Value::Object(map)) => {
-                                    map.remove(last);
+                        Some(Value::Array(items)) => {
+                            if let Ok(i) = last.parse::<usize>() {
+                                if i < items.len() {
+                                    items.remove(i);
                                 }
-                                Some(Value::Array(items)) => {
-                                    if let Ok(i) = last.parse::<usize>() {
-                                        if i < items.len() {
-                                            items.remove(i);
-                                        }
-                                    }
-                                }
-                                _ => {}
                             }
                         }
-                    }
-                    _ => {
-                        if let Some(Value::Array(items)) = at(&mut v, &path) {
-                            if let Some(first) = items.first().cloned() {
-                                items.push(first); // a duplicate: names must stay unique
-                            }
-                        }
+                        _ => {}
                     }
                 }
             }
-            v.to_string()
-        })
+            _ => {
+                if let Some(Value::Array(items)) = at(v, &path) {
+                    if let Some(first) = items.first().cloned() {
+                        items.push(first); // a duplicate: names must stay unique
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Byte-level damage to a seed: truncation, a flipped byte, an inserted run.
 fn damaged_config() -> impl Strategy<Value = String> {
+    damaged(seeds())
+}
+
+fn damaged(seeds: &'static [String]) -> impl Strategy<Value = String> {
     (
-        0..seeds().len(),
+        0..seeds.len(),
         any::<prop::sample::Index>(),
         any::<u8>(),
         0..3u8,
     )
-        .prop_map(|(seed, index, byte, op)| {
-            let mut bytes = seeds()[seed].clone().into_bytes();
+        .prop_map(move |(seed, index, byte, op)| {
+            let mut bytes = seeds[seed].clone().into_bytes();
             let i = index.index(bytes.len().max(1));
             match op {
                 0 => bytes.truncate(i),
@@ -600,4 +613,304 @@ fn client_hello() -> &'static [u8] {
         conn.write_tls(&mut out).expect("hello");
         out
     })
+}
+
+// ------------------------------------------------------------------ JWKS documents and JWTs
+
+const ISS: &str = "https://idp.fuzz";
+
+/// Keys made at test time and tokens signed with them, and the JWKS documents to start from:
+/// the keys' own set and the seed corpus the atheris target shares
+/// (`tests/fuzz/corpus/jwks/`, made by `tests/fuzz/seeds.py`: RSA, P-256, P-384 and Ed25519
+/// keys, encryption keys, refused symmetric and unknown-curve keys).
+struct JwtSeeds {
+    jwks: Vec<String>,
+    authn: Authentication,
+    /// Tokens the issuer must accept, and tokens signed by its keys it must refuse (expired,
+    /// not yet valid, another audience or issuer, no `exp`).
+    good: Vec<String>,
+    bad: Vec<String>,
+}
+
+fn jwt_seeds() -> &'static JwtSeeds {
+    use base64::Engine;
+    use jsonwebtoken::{encode, get_current_timestamp, jwk::Jwk, Algorithm, EncodingKey, Header};
+
+    static SEEDS: OnceLock<JwtSeeds> = OnceLock::new();
+    SEEDS.get_or_init(|| {
+        let mut signers: Vec<(Algorithm, EncodingKey, Value)> = Vec::new();
+        for (alg, kind) in [
+            (Algorithm::ES256, &rcgen::PKCS_ECDSA_P256_SHA256),
+            (Algorithm::ES384, &rcgen::PKCS_ECDSA_P384_SHA384),
+        ] {
+            let pair = rcgen::KeyPair::generate_for(kind).expect("an EC key");
+            let key = EncodingKey::from_ec_der(&pair.serialize_der());
+            let jwk = serde_json::to_value(Jwk::from_encoding_key(&key, alg).expect("a JWK"))
+                .expect("JSON");
+            signers.push((alg, key, jwk));
+        }
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("an Ed25519 key");
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key_raw());
+        signers.push((
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_der(&pair.serialize_der()),
+            json!({"kty": "OKP", "crv": "Ed25519", "x": x}),
+        ));
+        for (i, (_, _, jwk)) in signers.iter_mut().enumerate() {
+            jwk["kid"] = json!(format!("k{i}"));
+        }
+        let set = json!({"keys": signers.iter().map(|s| s.2.clone()).collect::<Vec<_>>()});
+        let authn: Authentication = serde_json::from_value(json!({
+            "policy": "b/fuzz",
+            "required": true,
+            "issuers": [{
+                "issuer": ISS,
+                "audiences": ["orders"],
+                "jwks": set,
+                "fromHeaders": [{"name": "authorization", "prefix": "Bearer "}],
+                "fromCookies": ["session"],
+                "fromParams": ["access_token"],
+                "forwardClaims": [{"claim": "groups", "header": "x-user-groups"}],
+            }],
+        }))
+        .expect("the fuzz issuer parses");
+        let now = get_current_timestamp();
+        let sign = |i: usize, kid: bool, claims: Value| {
+            let (alg, key, jwk) = &signers[i];
+            let mut header = Header::new(*alg);
+            if kid {
+                header.kid = jwk["kid"].as_str().map(String::from);
+            }
+            encode(&header, &claims, key).expect("signs")
+        };
+        let ok = json!({"iss": ISS, "sub": "alice", "aud": "orders", "exp": now + 86_400,
+                        "groups": ["a", "b"]});
+        let mut good = Vec::new();
+        for i in 0..signers.len() {
+            good.push(sign(i, true, ok.clone()));
+            good.push(sign(i, false, ok.clone())); // no kid: every key of the alg is tried
+        }
+        let refused = [
+            json!({"iss": ISS, "sub": "alice", "aud": "orders", "exp": now - 3_600}),
+            json!({"iss": ISS, "sub": "alice", "aud": "orders", "exp": now + 3_600,
+                   "nbf": now + 3_600}),
+            json!({"iss": ISS, "sub": "alice", "aud": "billing", "exp": now + 3_600}),
+            json!({"iss": "https://other.fuzz", "sub": "alice", "aud": "orders",
+                   "exp": now + 3_600}),
+            json!({"iss": ISS, "sub": "alice", "aud": "orders"}),
+        ];
+        let bad = refused
+            .iter()
+            .enumerate()
+            .map(|(n, c)| sign(n % signers.len(), true, c.clone()))
+            .collect();
+        let mut jwks = vec![set.to_string()];
+        let corpus =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fuzz/corpus/jwks");
+        let mut files: Vec<_> = std::fs::read_dir(&corpus)
+            .expect("the JWKS seed corpus (python -m tests.fuzz.seeds)")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for path in files {
+            jwks.push(String::from_utf8_lossy(&std::fs::read(path).expect("a seed")).into_owned());
+        }
+        JwtSeeds {
+            jwks,
+            authn,
+            good,
+            bad,
+        }
+    })
+}
+
+fn jwks_seeds() -> &'static [String] {
+    &jwt_seeds().jwks
+}
+
+/// A seed JWKS with some of its values replaced or removed.
+fn mutated_jwks() -> impl Strategy<Value = String> {
+    (0..jwks_seeds().len(), edits()).prop_map(|(seed, edits)| {
+        match serde_json::from_str::<Value>(&jwks_seeds()[seed]) {
+            Ok(mut v) => {
+                mutate(&mut v, edits);
+                v.to_string()
+            }
+            Err(_) => jwks_seeds()[seed].clone(), // a corpus file that is not JSON on purpose
+        }
+    })
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Tokens: random text; three segments of base64url JSON with every `alg` (HMAC and `none`
+/// among them) and kids; signed tokens cut, with a character changed, with segments swapped
+/// between tokens, or re-headed with another `alg` over the same signature.
+fn tokens() -> impl Strategy<Value = String> {
+    let seeds = || {
+        let s = jwt_seeds();
+        s.good.iter().chain(&s.bad).cloned().collect::<Vec<_>>()
+    };
+    prop_oneof![
+        ".{0,160}",
+        (
+            token_header(),
+            any_json(),
+            prop::collection::vec(any::<u8>(), 0..96)
+        )
+            .prop_map(|(h, claims, sig): (String, Value, Vec<u8>)| {
+                let claims = claims.to_string();
+                format!(
+                    "{}.{}.{}",
+                    b64(h.as_bytes()),
+                    b64(claims.as_bytes()),
+                    b64(&sig)
+                )
+            }),
+        (
+            prop::sample::select(seeds()),
+            any::<prop::sample::Index>(),
+            any::<char>(),
+            0..3u8
+        )
+            .prop_map(|(t, index, c, op)| {
+                let mut chars: Vec<char> = t.chars().collect();
+                let i = index.index(chars.len());
+                match op {
+                    0 => chars.truncate(i),
+                    1 => chars[i] = c,
+                    _ => chars.insert(i, c),
+                }
+                chars.into_iter().collect()
+            }),
+        (
+            prop::sample::select(seeds()),
+            prop::sample::select(seeds()),
+            0..3usize
+        )
+            .prop_map(|(a, b, keep)| {
+                let a: Vec<&str> = a.split('.').collect();
+                let b: Vec<&str> = b.split('.').collect();
+                (0..3)
+                    .map(|i| if i == keep { a[i] } else { b[i] })
+                    .collect::<Vec<_>>()
+                    .join(".")
+            }),
+        (prop::sample::select(seeds()), token_header()).prop_map(|(t, h)| {
+            let rest = t.split_once('.').map_or("", |(_, r)| r);
+            format!("{}.{rest}", b64(h.as_bytes()))
+        }),
+    ]
+}
+
+/// A JOSE header with any `alg` (HMAC and `none` among them), a kid or none, and noise.
+fn token_header() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(vec![
+            "ES256", "ES384", "EdDSA", "RS256", "PS256", "HS256", "none", "None", "", "ES512",
+        ]),
+        prop::option::of(prop::sample::select(vec!["k0", "k1", "k2", "k9", ""])),
+        any_json(),
+    )
+        .prop_map(|(alg, kid, extra)| {
+            let mut h = json!({"alg": alg, "typ": "JWT", "x": extra});
+            if let Some(kid) = kid {
+                h["kid"] = json!(kid);
+            }
+            h.to_string()
+        })
+}
+
+/// The request a token arrives on: the Authorization header, the session cookie, or the
+/// access_token parameter (when the token can be put there at all).
+fn request_with(token: &str, place: u8) -> Option<(http::HeaderMap, http::Uri)> {
+    let mut headers = http::HeaderMap::new();
+    let mut uri: http::Uri = "/orders".parse().expect("a path");
+    match place {
+        0 => {
+            let v = http::HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+            headers.insert(http::header::AUTHORIZATION, v);
+        }
+        1 => {
+            let v = http::HeaderValue::from_str(&format!("theme=dark; session={token}")).ok()?;
+            headers.insert(http::header::COOKIE, v);
+        }
+        _ => uri = format!("/orders?x=1&access_token={token}").parse().ok()?,
+    }
+    Some((headers, uri))
+}
+
+#[test]
+fn every_good_seed_token_is_accepted_and_every_bad_one_refused() {
+    let s = jwt_seeds();
+    for t in &s.good {
+        let (headers, uri) = request_with(t, 0).expect("a token fits a header");
+        let p = s.authn.authenticate(&headers, &uri).expect("a good token");
+        assert_eq!(p.expect("a principal").principal, format!("{ISS}/alice"));
+    }
+    for t in &s.bad {
+        let (headers, uri) = request_with(t, 0).expect("a token fits a header");
+        assert!(s.authn.authenticate(&headers, &uri).is_err(), "{t}");
+    }
+    for doc in &s.jwks {
+        let _ = jwt::check_jwks(doc);
+    }
+    assert!(
+        jwt::check_jwks(&s.jwks[0]).is_ok(),
+        "the keys' own set parses"
+    );
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// A JWKS document is parsed or refused with a reason, never a panic; one `check_jwks`
+    /// (what `weft validate` and the agent run) accepts, fastpath's config accepts too.
+    #[test]
+    fn jwks_parsing_refuses_and_never_panics(text in prop_oneof![
+        ".{0,256}",
+        mutated_jwks(),
+        damaged(jwks_seeds()),
+    ]) {
+        let checked = jwt::check_jwks(&text);
+        if let Err(reason) = &checked {
+            prop_assert!(!reason.is_empty(), "a refusal says why");
+        }
+        if let Ok(set) = serde_json::from_str::<Value>(&text) {
+            let parsed = serde_json::from_value::<Authentication>(json!({
+                "policy": "b/fuzz",
+                "required": false,
+                "issuers": [{"issuer": ISS, "jwks": set}],
+            }));
+            if checked.is_ok() {
+                prop_assert!(parsed.is_ok(), "check_jwks accepted what the config refuses: {:?}", parsed.err());
+            }
+        }
+    }
+
+    /// Whatever the token and wherever it arrives, verification answers a principal or a
+    /// refusal, never a panic, and only the good tokens themselves are accepted.
+    #[test]
+    fn token_verification_refuses_and_never_panics(token in tokens(), place in 0..3u8) {
+        let s = jwt_seeds();
+        if let Some((mut headers, uri)) = request_with(&token, place) {
+            let outcome = s.authn.authenticate(&headers, &uri);
+            match &outcome {
+                Ok(principal) => {
+                    let principal = principal.as_ref().expect("required: a principal or a refusal");
+                    prop_assert!(
+                        s.good.iter().any(|g| g == token.trim()),
+                        "accepted a token never signed as good: {}", token
+                    );
+                    prop_assert_eq!(&principal.principal, &format!("{ISS}/alice"));
+                }
+                Err(refusal) => prop_assert!(!refusal.reason().is_empty()),
+            }
+            s.authn.prepare_upstream(outcome.ok().flatten().as_ref(), &mut headers);
+        }
+    }
 }
