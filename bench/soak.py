@@ -582,7 +582,9 @@ class KubeHalf:
         self.cp.start_apiserver()
         r["ready_again_at"] = round(time.time() - start, 1)
         self.api = self.cp.admin()
-        # what of the new Services' objects the interrupted apply had written (of `extra` each)
+        # what of the new Services' objects the interrupted apply had written (of `extra` each),
+        # read as soon as the API server is back: an upper bound, since the reconciler's retry
+        # may already have written more (at least one ConfigMap was there at the kill)
         r["written_before_the_kill"] = self._extras_present(extra)
 
     def check(self, head: str) -> dict[str, Any]:
@@ -824,7 +826,13 @@ def _run(args: argparse.Namespace, tmp: Path, processes: Processes) -> dict[str,
                     except subprocess.CalledProcessError as e:
                         event(f"kube commit failed: {e.stderr.strip()[:60]}")
                 next_commit += 10
-            if kube is not None and not kube_restarted and elapsed >= kube_restart_at:
+            # not while the git server is away: the commit to interrupt could not be fetched
+            if (
+                kube is not None
+                and not kube_restarted
+                and elapsed >= kube_restart_at
+                and outage_step != 1
+            ):
                 event("kube-apiserver stopped mid-apply")
                 kube.restart_apiserver_mid_apply(start)
                 kube_pushed.append(kube.apiserver_restart["commit"])
@@ -903,6 +911,9 @@ def _run(args: argparse.Namespace, tmp: Path, processes: Processes) -> dict[str,
         if disk is not None:
             disk.close()
         load.close()
+    if outage_step == 1:  # a short run can end inside the outage: converging needs the server
+        control.daemon.start()
+        event("git server back (end of run)")
     # Converged: the reconciler applies the head within a few polls once nothing is failing.
     head = pushed[-1] if pushed else ""
     deadline = time.time() + 120
