@@ -34,9 +34,10 @@ the machine is quieter; the last attempt is kept either way and marked `clean: f
 
     .venv/bin/python bench/edge.py [--parts ingress,jwt] [--runs 3] [--rate 1000]
         [--seconds 10] [--warmup 3] [--wrk-seconds 6] [--max-load 0.5] [--max-wait 120]
-        [--max-other 10] [--retries 1] [--keep] [--out FILE]
+        [--max-other 10] [--retries 1] [--keep] [--out FILE] [--from-json FILE]
 
-Raw results: bench/results/edge.json.
+Raw results: bench/results/edge.json; the plot: docs/bench/edge.png (matplotlib, when
+installed). `--from-json` re-summarises and re-plots a saved run.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ from tests import jwts, sidecars  # noqa: E402
 from tests.pki import CA  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "edge.json"
+PLOT = REPO / "docs" / "bench" / "edge.png"
 EDGE_HOST = "shop.example.com"
 MESH_HOST = sp.HOST
 BODY = sp.BODY
@@ -744,6 +746,49 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot(summary: dict[str, Any], path: Path) -> Path:
+    """Bars, median of the runs with min-max whiskers: the ingress maximum and CPU per request,
+    and sidecar B's CPU per request with and without JWT."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    def bars(ax: Any, names: list[str], stats: list[dict[str, float]], title: str) -> None:
+        ys = [s["median"] for s in stats]
+        err = [[y - s["min"] for y, s in zip(ys, stats, strict=True)]]
+        err.append([s["max"] - y for y, s in zip(ys, stats, strict=True)])
+        ax.bar(names, ys, yerr=err, capsize=4, color="#4c72b0")
+        ax.set_title(title)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.tick_params(axis="x", rotation=30)
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    ing = {k: v for k, v in summary.get("ingress", {}).items() if k != "direct-tls"}
+    names = [n for n in ing if "max_rps" in ing[n]]
+    bars(axes[0], names, [ing[n]["max_rps"] for n in names], "HTTPS ingress: max requests/s")
+    names = [n for n in ing if "total_cpu_us_per_request" in ing[n]]
+    bars(
+        axes[1],
+        names,
+        [ing[n]["total_cpu_us_per_request"] for n in names],
+        "HTTPS ingress at 1,000/s: CPU µs/request (all proxies)",
+    )
+    jwt = summary.get("jwt", {})
+    names = [n for n in jwt if "cpu_us_per_request" in jwt[n]]
+    bars(
+        axes[2],
+        names,
+        [jwt[n]["cpu_us_per_request"]["B"] for n in names],
+        "Sidecar B at 1,000/s: CPU µs/request, JWT or none",
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -786,6 +831,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--nice", type=int, default=-10, help="niceness when root")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep configs, certs and logs")
+    parser.add_argument("--plot", type=Path, default=PLOT, help="where the PNG goes")
+    parser.add_argument("--from-json", type=Path, help="re-summarise and re-plot a saved run")
     args = parser.parse_args()
     args.parts = [p for p in args.parts.split(",") if p]
     if set(args.parts) - set(PARTS):
@@ -794,8 +841,24 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def report(result: dict[str, Any], plot_path: Path) -> None:
+    print()
+    print(markdown(result["summary"]))
+    print(json.dumps(result["ratios"], indent=2))
+    try:
+        print(f"plot: {plot(result['summary'], plot_path)}")
+    except ImportError:
+        print(f"no plot: matplotlib missing ({REPO / '.venv/bin/pip'} install matplotlib)")
+
+
 def main() -> int:
     args = parse_args()
+    if args.from_json is not None:
+        saved = json.loads(args.from_json.read_text())
+        saved["summary"] = summarise(saved["runs"])
+        saved["ratios"] = ratios(saved["summary"])
+        report(saved, args.plot)
+        return 0
     tools = find_tools()
     found_versions = sp.versions(tools)
     if args.nice != os.getpriority(os.PRIO_PROCESS, 0) and os.geteuid() == 0:
@@ -818,7 +881,7 @@ def main() -> int:
             "settings": {
                 k: (str(v) if isinstance(v, Path) else v)
                 for k, v in vars(args).items()
-                if k not in ("keep",)
+                if k not in ("keep", "from_json")
             },
             "load": quiet,
             "complete": complete,
@@ -881,9 +944,7 @@ def main() -> int:
             ctx.processes.stop()
             loop.close()
     result = save(True)
-    print()
-    print(markdown(result["summary"]))
-    print(json.dumps(result["ratios"], indent=2))
+    report(result, args.plot)
     print(f"raw results: {args.out}")
     return 0
 
