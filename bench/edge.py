@@ -661,6 +661,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 s["max_other_cpu_percent"] = _stat(
                     [r["wrk_max"]["other_cpu_percent"] for r in rows]
                 )
+                if rows[0]["cpu_us_per_request"]:  # batched under saturation: far less noisy
+                    s["max_cpu_us_per_request"] = {
+                        side: _stat([r["wrk_max"]["cpu_us_per_request"][side] for r in rows])
+                        for side in rows[0]["cpu_us_per_request"]
+                    }
             summary[name] = s
         if summary:
             out[part] = summary
@@ -716,6 +721,18 @@ def ratios(summary: dict[str, Any]) -> dict[str, Any]:
             "envoy_us": round(ecost, 1),
             "ratio": round(wcost / ecost, 2) if ecost > 0 else None,
         }
+        if "max_cpu_us_per_request" in w and "max_cpu_us_per_request" in e:
+            at_max = {
+                name: s["max_cpu_us_per_request"]["B"]["median"]
+                for name, s in (("w", w), ("e", e), ("w0", w0), ("e0", e0))
+            }
+            found[f"jwt_{alg}_B_cpu_per_request_at_max_weft_over_envoy"] = {
+                "weft_us": round(at_max["w"], 1),
+                "envoy_us": round(at_max["e"], 1),
+                "ratio": round(at_max["w"] / at_max["e"], 2),
+                "verification_cost_weft_us": round(at_max["w"] - at_max["w0"], 1),
+                "verification_cost_envoy_us": round(at_max["e"] - at_max["e0"], 1),
+            }
     return found
 
 
