@@ -15,12 +15,10 @@ rotate the provider's keys and stop it.
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import json
 import os
 import secrets
-import socket
 import ssl
 import subprocess
 import time
@@ -33,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from tests import harness
 from tests.pki import CA
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,33 +160,12 @@ def kid(token: str) -> str:
 
 def binary() -> Path:
     """Build Hydra if it is not cached yet; its path."""
-    done = subprocess.run(
-        [str(BUILD)], capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False
-    )
-    if done.returncode != 0:
-        pytest.fail(f"building Hydra failed ({BUILD}):\n{done.stderr[-4000:]}", pytrace=False)
-    return Path(done.stdout.strip().splitlines()[-1])
-
-
-def _free_ports(n: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return int(resp.status) == 200
-    except (OSError, urllib.error.URLError):
-        return False
+    return harness.build(BUILD, "Hydra", BUILD_TIMEOUT)
 
 
 def start(exe: Path, workdir: Path) -> Hydra:
     """Hydra on fresh loopback ports, once its admin API says it is ready."""
-    public, admin = _free_ports(2)
+    public, admin = harness.free_ports(2)
     ca = CA.create("test OIDC provider CA")
     site = ca.issue_server("localhost")
     (workdir / "tls.crt").write_bytes(site.chain)
@@ -218,7 +196,7 @@ def start(exe: Path, workdir: Path) -> Hydra:
         )
     hydra = Hydra(issuer, f"http://127.0.0.1:{admin}", trust, log, proc)
     deadline = time.monotonic() + START_TIMEOUT
-    while not _ready(f"{hydra.admin}/health/ready"):
+    while not harness.http_ok(f"{hydra.admin}/health/ready"):
         if proc.poll() is not None or time.monotonic() > deadline:
             hydra.stop()
             tail = log.read_text(errors="replace")[-4000:]

@@ -11,10 +11,8 @@ Every listener (OTLP gRPC and HTTP, the query API and its gRPC twin, the health 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import socket
 import subprocess
 import time
 import urllib.error
@@ -25,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests import harness
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "tools" / "jaeger" / "build.sh"
@@ -122,33 +122,12 @@ class Jaeger:
 
 def binary() -> Path:
     """Build Jaeger if it is not cached yet; its path."""
-    done = subprocess.run(
-        [str(BUILD)], capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False
-    )
-    if done.returncode != 0:
-        pytest.fail(f"building Jaeger failed ({BUILD}):\n{done.stderr[-4000:]}", pytrace=False)
-    return Path(done.stdout.strip().splitlines()[-1])
-
-
-def _free_ports(n: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return int(resp.status) == 200
-    except (OSError, urllib.error.URLError):
-        return False
+    return harness.build(BUILD, "Jaeger", BUILD_TIMEOUT)
 
 
 def start(exe: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], Jaeger]:
     """Jaeger on fresh loopback ports, once it is ready."""
-    query, query_grpc, health, otlp_grpc, otlp_http = _free_ports(5)
+    query, query_grpc, health, otlp_grpc, otlp_http = harness.free_ports(5)
     config = workdir / "jaeger.yaml"
     config.write_text(
         CONFIG.format(
@@ -176,7 +155,8 @@ def start(exe: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], Jaeger]:
     )
     deadline = time.monotonic() + START_TIMEOUT
     while not (
-        _ready(f"http://127.0.0.1:{health}/status") and _ready(f"{jaeger.query}/api/services")
+        harness.http_ok(f"http://127.0.0.1:{health}/status")
+        and harness.http_ok(f"{jaeger.query}/api/services")
     ):
         if proc.poll() is not None or time.monotonic() > deadline:
             stop(proc)

@@ -24,7 +24,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from reconciler.targets.kubernetes.api import Api, ApiError
+from tests import harness
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "tools" / "kube" / "build.sh"
@@ -58,20 +58,7 @@ NODE_CONTROLLERS = (
 
 def binaries() -> Path:
     """The directory with kube-apiserver, kube-controller-manager and etcd; built if missing."""
-    done = subprocess.run(
-        [str(BUILD)], capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False
-    )
-    if done.returncode != 0:
-        pytest.fail(f"building the Kubernetes control plane failed:\n{done.stderr[-4000:]}")
-    return Path(done.stdout.strip())
-
-
-def _free_ports(n: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
+    return harness.build(BUILD, "the Kubernetes control plane", BUILD_TIMEOUT)
 
 
 def _write(path: Path, data: bytes | str, mode: int = 0o600) -> Path:
@@ -258,7 +245,7 @@ def start(bin_dir: Path, work: Path, nodes: tuple[str, ...] = ()) -> ControlPlan
     for the pods' ServiceAccount token volumes. Their kubeconfigs are `<name>.kubeconfig` in
     `work`."""
     cp = ControlPlane(bin_dir, work)
-    etcd_client, etcd_peer, secure = _free_ports(3)
+    etcd_client, etcd_peer, secure = harness.free_ports(3)
     pki = work / "pki"
     pki.mkdir(mode=0o700)
     ca, cert, key = _serving_pki(pki)

@@ -28,8 +28,8 @@ from reconciler.targets.kubernetes.objects import (
     CONFIG_VOLUME,
     MANAGED_BY,
     PART,
-    SIDECAR_UID,
     Object,
+    sidecar_security,
 )
 
 CONTAINER = "weft-gateway"
@@ -92,15 +92,7 @@ def objects(config: pc.ProxyConfig, run: GatewayRun, image: str) -> list[Object]
         "readinessProbe": probe,
         "livenessProbe": {"httpGet": {"path": "/live", "port": ADMIN_PORT}, "periodSeconds": 10},
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
-        "securityContext": {
-            "runAsUser": SIDECAR_UID,
-            "runAsGroup": SIDECAR_UID,
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": sidecar_security(),
         "volumeMounts": [
             {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": CERTS_VOLUME, "mountPath": CERTS_DIR, "readOnly": True},

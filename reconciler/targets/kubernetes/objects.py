@@ -40,6 +40,22 @@ CONFIG_VOLUME, CERTS_VOLUME = "weft-config", "weft-certs"
 VOLUMES = (CONFIG_VOLUME, CERTS_VOLUME)
 CONFIG_DIR, CERTS_DIR = "/etc/weft/config", "/etc/weft/certs"
 SIDECAR_UID = capture.PROXY_UID
+
+
+def sidecar_security() -> dict[str, Any]:
+    """How Weft's own proxy containers (sidecars and gateways) run: unprivileged, read-only,
+    no capabilities, the runtime's default seccomp profile."""
+    return {
+        "runAsUser": SIDECAR_UID,
+        "runAsGroup": SIDECAR_UID,
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 ADMIN_PORT = 15020
 CAPTURE_PORT = capture.CAPTURE_PORT
 OUTBOUND_HTTP_PORT = 15080
@@ -204,15 +220,7 @@ def injection(
         "readinessProbe": probe,
         "livenessProbe": {"httpGet": {"path": "/live", "port": ADMIN_PORT}, "periodSeconds": 10},
         "resources": {"requests": {"cpu": "10m", "memory": "40Mi"}},
-        "securityContext": {
-            "runAsUser": SIDECAR_UID,
-            "runAsGroup": SIDECAR_UID,
-            "runAsNonRoot": True,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": sidecar_security(),
         "volumeMounts": [
             {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
             # Only the sidecar mounts the certificates: the app never sees the key.
