@@ -132,6 +132,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # refusal; found by fuzzing (tests/fuzz/crashes/webhook/). Every answer has a status.
     default_request_version = "HTTP/1.0"
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server records an explicit `HTTP/0.9` before it finds the rest of the line bad,
+        # and then answers that refusal too as a bare body (found by fuzzing): a status line.
+        if not self.request_version.startswith("HTTP/1."):
+            self.request_version = "HTTP/1.0"
+            self.close_connection = True
+        super().send_error(code, message, explain)
+
     def parse_request(self) -> bool:
         if not super().parse_request():
             return False
@@ -149,7 +157,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._answer(404, "not found")
             return
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        # `isdigit` alone admits digits `int` refuses ("9¹"; found by fuzzing): ASCII only.
+        if length is None or not (length.isascii() and length.isdigit()):
             self._answer(411, "Content-Length required")
             return
         if int(length) > self.receiver.max_body:

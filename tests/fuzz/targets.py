@@ -135,13 +135,17 @@ def webhook_request(data: bytes) -> None:
         theirs.settimeout(5)
         ours.sendall(data)
         ours.shutdown(socket.SHUT_WR)
-        handler = threading.Thread(target=_handle, args=(receiver, theirs))
+        raised: list[BaseException] = []
+        handler = threading.Thread(target=_handle, args=(receiver, theirs, raised))
         handler.start()
         answer = b""
         while chunk := ours.recv(65536):
             answer += chunk
         handler.join(10)
         assert not handler.is_alive(), "the handler hung"
+    # An exception in the handler's thread is a crash even though the client saw only a close.
+    if raised:
+        raise raised[0]
     if answer:
         assert answer.startswith(b"HTTP/1."), answer[:80]
     status = answer[9:12]
@@ -164,10 +168,14 @@ def _shared_receiver() -> webhook.WebhookReceiver:
     return webhook.WebhookReceiver(Secret(WEBHOOK_SECRET.decode()), lambda: None)
 
 
-def _handle(receiver: webhook.WebhookReceiver, conn: socket.socket) -> None:
+def _handle(
+    receiver: webhook.WebhookReceiver, conn: socket.socket, raised: list[BaseException]
+) -> None:
     handler_class = receiver._server.RequestHandlerClass
     try:
         handler_class(conn, ("127.0.0.1", 1), receiver._server)
+    except BaseException as e:  # handed to the fuzzed thread, which fails on it
+        raised.append(e)
     finally:
         conn.close()  # what the server's shutdown_request does: the client sees the end
 
