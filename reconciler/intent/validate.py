@@ -528,23 +528,29 @@ def _route_rules(intent: Intent, route: model.Route, svc: model.Service) -> Iter
         if not rule.matches and catch_all is None:
             catch_all = r
         yield from _backends(route, svc, rule, at)
-        retries = rule.retries
-        if (
-            retries
-            and retries.attempts
-            and retries.per_try_timeout
-            and rule.timeout
-            and retries.per_try_timeout >= rule.timeout
-        ):
-            yield _error(
-                route,
-                (*at, "retries", "perTryTimeout"),
-                "perTryTimeout is not shorter than the rule's timeout: a retry can never happen",
-            )
+        yield from _per_try_timeout(route, at, rule.retries, rule.timeout, "the rule's")
         if rule.mirror is not None:
             yield from _mirror(intent, route, svc, rule, (*at, "mirror"))
         if rule.fault is not None:
             yield from _fault(intent, route, svc, rule.fault, (*at, "fault"))
+
+
+def _per_try_timeout(
+    owner: model.Document, at: Loc, retries: model.Retries | None, timeout: int | None, whose: str
+) -> Iterator[Diagnostic]:
+    """Retries whose per-try timeout is not shorter than the whole request's can never retry."""
+    if (
+        retries
+        and retries.attempts
+        and retries.per_try_timeout
+        and timeout
+        and retries.per_try_timeout >= timeout
+    ):
+        yield _error(
+            owner,
+            (*at, "retries", "perTryTimeout"),
+            f"perTryTimeout is not shorter than {whose} timeout: a retry can never happen",
+        )
 
 
 def _mirror(
@@ -670,20 +676,9 @@ def externals(intent: Intent, broken: Broken) -> Iterator[Diagnostic]:
                     f"{spec.host}:{port.port} is already declared by ExternalService "
                     f"{other.ref} ({position_of(other)})",
                 )
-            retries = port.retries
-            if (
-                retries
-                and retries.attempts
-                and retries.per_try_timeout
-                and port.timeout
-                and retries.per_try_timeout >= port.timeout
-            ):
-                yield _error(
-                    ext,
-                    ("spec", "ports", i, "retries", "perTryTimeout"),
-                    "perTryTimeout is not shorter than the port's timeout: a retry can never "
-                    "happen",
-                )
+            yield from _per_try_timeout(
+                ext, ("spec", "ports", i), port.retries, port.timeout, "the port's"
+            )
         yield from sources(intent, ext, spec.allowed_from, "allowedFrom", broken)
         yield from _egress_gateway(intent, ext, broken, egress_ports)
         if not spec.allowed_from:
