@@ -40,6 +40,8 @@ class Proxy:
         """The upstreams in force: endpoints, ejections, circuit breakers and mirrors, as JSON."""
     def drain_spans(self, max: int = 1024) -> str:
         """Up to `max` finished spans, oldest first, as a JSON list."""
+    def record_spans(self, on: bool) -> None:
+        """Keep finished spans for `drain_spans` (the default) or not."""
     def drain_access_log(self, max: int = 4096) -> str:
         """Up to `max` access log entries, oldest first, as a JSON list."""
     def drain_access_log_lines(self, max: int = 4096) -> str:

@@ -364,3 +364,51 @@ def test_resilience_shows_in_metrics_access_log_and_clusters(sidecar: Sidecar) -
     ]
     assert cluster["outlier_detection"] == {"ejected_now": 0, "ejections_total": []}
     assert sidecar.app.hits == 0, "the abort never reached the app"
+
+
+def test_an_agent_without_a_span_exporter_keeps_no_spans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sampled requests still carry the sampled flag on, but the agent that exports nowhere has
+    fastpath keep none of its own spans: an unread ring only grew the sidecar's memory."""
+    from reconciler.sidecar.agent import Agent  # noqa: PLC0415
+
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    s = Sidecar(tmp_path)
+    with sidecars.serving(s.app):
+        s.api = sidecars.start(
+            s.api_config,
+            sidecars.identity(s.ca, TD, "b", "api"),
+            {"inbound": {"http": "127.0.0.1:0"}, "app": {"http": s.app.addr}},
+        )
+        s.api_addr = s.api.bound()["inbound:http"]
+        s.write_config("main@sha1:" + "a" * 40)
+        web = sidecars.identity(s.ca, TD, "a", "web")
+        s.write_certs(web.chain, web.key, web.bundle)
+        listeners = s.files / "listeners.json"
+        listeners.write_text(json.dumps({"outboundHttp": "127.0.0.1:0"}))
+        agent = Agent(s.config_path, s.files / "certs", listeners)
+        agent.start()
+        assert agent.proxy is not None
+        assert agent.spans is None
+        try:
+            trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+            for _ in range(20):
+                req = urllib.request.Request(
+                    f"http://{agent.proxy.bound()['outbound:http']}/hello",
+                    headers={
+                        "Host": "api.b:8080",
+                        "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01",
+                    },
+                )
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    assert resp.status == 200
+            assert json.loads(agent.proxy.drain_spans()) == []
+            # The next hop, whose spans are read, got the trace sampled and kept its spans.
+            spans = json.loads(s.api.drain_spans())
+            assert len(spans) == 20
+            assert {sp["trace_id"] for sp in spans} == {trace_id}
+        finally:
+            agent.proxy.shutdown(0.1)
+            s.api.shutdown(0.1)

@@ -155,6 +155,10 @@ class Agent:
         if self.spans is not None:
             self.spans.start()
             log.info("exporting spans over OTLP", extra={"event": "span-export"})
+        else:
+            # Nothing drains spans: fastpath keeps none (sampling still propagates downstream),
+            # rather than holding a ring of them that only grows the sidecar's memory.
+            self.proxy.record_spans(False)
         log.info(
             "started",
             extra={

@@ -160,7 +160,8 @@ impl Hop {
     }
 
     pub fn finish(self, telemetry: &Telemetry, name: String, attributes: Vec<(String, String)>) {
-        if self.ctx.sampled {
+        // Checked here too so an unread span is never built (its strings are the cost).
+        if self.ctx.sampled && telemetry.records_spans() {
             telemetry.record_span(Span {
                 trace_id: self.ctx.trace_id,
                 span_id: self.span_id,

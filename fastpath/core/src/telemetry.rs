@@ -2,9 +2,12 @@
 //! source, destination, port, response code), TCP byte counts, and a bounded ring of finished spans.
 //!
 //! The agent drains these in batches over the binding; nothing here calls into Python, and a
-//! full span ring drops the oldest span rather than block a request.
+//! full span ring drops the oldest span rather than block a request. Spans are recorded only
+//! while something drains them (`record_spans`): a sidecar with no exporter keeps none, so its
+//! memory does not grow by a ring of spans nobody reads.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -127,6 +130,9 @@ pub struct Telemetry {
     sizes: Mutex<HashMap<RequestKey, SizeStats>>,
     tcp: Mutex<HashMap<TcpKey, TcpStats>>,
     spans: Mutex<Ring<Span>>,
+    // Off when no one drains spans: sampling still propagates in `traceparent`, but this hop
+    // builds and keeps no span.
+    spans_on: AtomicBool,
     access: Mutex<Ring<AccessLog>>,
 }
 
@@ -180,6 +186,7 @@ impl Telemetry {
             sizes: Mutex::default(),
             tcp: Mutex::default(),
             spans: Mutex::new(Ring::new(ring_capacity)),
+            spans_on: AtomicBool::new(true),
             access: Mutex::new(Ring::new(ring_capacity)),
         }
     }
@@ -222,7 +229,25 @@ impl Telemetry {
     }
 
     pub fn record_span(&self, span: Span) {
-        lock(&self.spans).push(span);
+        if self.records_spans() {
+            lock(&self.spans).push(span);
+        }
+    }
+
+    /// Whether finished spans are kept for a reader to drain (on by default).
+    pub fn records_spans(&self) -> bool {
+        self.spans_on.load(Ordering::Relaxed)
+    }
+
+    /// Turns span recording on or off; turning it off also empties the ring, so the spans
+    /// already kept are freed rather than held for a reader that will not come.
+    pub fn record_spans(&self, on: bool) {
+        self.spans_on.store(on, Ordering::Relaxed);
+        if !on {
+            let mut ring = lock(&self.spans);
+            ring.items.clear();
+            ring.items.shrink_to_fit();
+        }
     }
 
     /// Queues an access log entry; when the agent falls behind, the oldest entries are dropped
@@ -389,6 +414,30 @@ mod tests {
             ["1", "2"]
         );
         assert!(t.snapshot_json().contains("\"spans_dropped\":1"));
+    }
+
+    #[test]
+    fn spans_are_not_kept_while_recording_is_off() {
+        let t = Telemetry::new(8);
+        let span = |id: &str| Span {
+            trace_id: "t".into(),
+            span_id: id.into(),
+            parent_span_id: None,
+            name: "n".into(),
+            start_unix_nano: 0,
+            end_unix_nano: 0,
+            attributes: vec![],
+        };
+        t.record_span(span("kept-then-freed"));
+        t.record_spans(false);
+        assert!(!t.records_spans());
+        t.record_span(span("never-kept"));
+        assert!(t.drain_spans(10).is_empty());
+        t.record_spans(true);
+        t.record_span(span("kept"));
+        let ids: Vec<_> = t.drain_spans(10).into_iter().map(|s| s.span_id).collect();
+        assert_eq!(ids, ["kept"]);
+        assert!(t.snapshot_json().contains("\"spans_dropped\":0"));
     }
 
     #[test]

@@ -212,6 +212,12 @@ impl PyProxy {
         })
     }
 
+    /// Keep finished spans for `drain_spans` (the default) or not: a sidecar with no span
+    /// exporter turns this off, so no ring of unread spans grows in its memory.
+    fn record_spans(&self, on: bool) {
+        self.observer.telemetry().record_spans(on);
+    }
+
     /// Up to `max` access log entries, oldest first, as a JSON list.
     #[pyo3(signature = (max = 4096))]
     fn drain_access_log(&self, py: Python<'_>, max: usize) -> PyResult<String> {
