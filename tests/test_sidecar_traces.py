@@ -333,3 +333,24 @@ def test_the_meshs_otlp_endpoint_is_used_when_the_environment_names_none(jaeger:
     assert export.export_once() == 1
     found = jaeger.trace("meshdefault.b", trace_id, spans=1)
     assert found["traceID"] == trace_id
+
+
+def test_digits_int_refuses_are_kept_as_text() -> None:
+    """`str.isdigit` accepts "²" and other non-ASCII digits that `int` refuses: an attribute or
+    a batch setting made of them is text or the default, never an exception in the exporter."""
+    res = otlp.resource({"service": "api", "namespace": "b"}, "rev")
+    readable = otlp.to_readable(span("inbound b/api:8080 GET", code="²"), res)
+    assert readable.attributes is not None
+    assert readable.attributes["http.status_code"] == "²"
+
+    def drain(_max: int) -> str:
+        return "[]"
+
+    odd = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+        "OTEL_BSP_SCHEDULE_DELAY": "٣",  # an Arabic-Indic three
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "²",
+    }
+    export = otlp.from_environment(drain, dict, odd)
+    assert export is not None
+    assert (export.interval, export.batch) == (otlp.INTERVAL_SECONDS, otlp.BATCH)

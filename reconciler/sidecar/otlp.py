@@ -37,6 +37,11 @@ INTERVAL_SECONDS = 1.0
 INT_ATTRIBUTES = frozenset({"http.status_code", "weft.tries"})
 
 
+def _decimal(text: str) -> bool:
+    """Only ASCII digits: `str.isdigit` also accepts "²" and other digits `int` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def enabled(environ: Mapping[str, str] = os.environ) -> bool:
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
@@ -87,7 +92,7 @@ def to_readable(span: Mapping[str, Any], res: Resource) -> ReadableSpan:
         )
     attributes: dict[str, str | int] = {}
     for key, value in span.get("attributes", []):
-        attributes[key] = int(value) if key in INT_ATTRIBUTES and value.isdigit() else value
+        attributes[key] = int(value) if key in INT_ATTRIBUTES and _decimal(value) else value
     kind = _kind(span["name"])
     return ReadableSpan(
         name=span["name"],
@@ -225,9 +230,9 @@ def from_environment(
     if protocol != "http/protobuf":
         log.warning(f"OTLP protocol {protocol!r} is not supported; exporting with http/protobuf")
     delay_ms = environ.get("OTEL_BSP_SCHEDULE_DELAY", "")
-    interval = int(delay_ms) / 1000 if delay_ms.isdigit() else INTERVAL_SECONDS
+    interval = int(delay_ms) / 1000 if _decimal(delay_ms) else INTERVAL_SECONDS
     size = environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "")
-    batch = int(size) if size.isdigit() and int(size) > 0 else BATCH
+    batch = int(size) if _decimal(size) and int(size) > 0 else BATCH
     base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or str(mesh_endpoint)
     endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
         base.rstrip("/") + "/v1/traces"
