@@ -3,7 +3,10 @@
 Two halves run side by side for `--minutes` (the issue asks 20; `make soak` runs 20):
 
 **Data plane**: a load generator -> sidecar A (`weft sidecar`, outbound) -> mTLS -> sidecar B
-(inbound) -> a backend, all on loopback, the same pair as bench/sidecar_pair.py. Meanwhile:
+or B2 (inbound, b/api's two endpoints) -> a backend, all on loopback, the pair of
+bench/sidecar_pair.py with b/api's Route retrying (`attempts: 2` on connect-failure, reset and
+gateway-error) and ejecting an endpoint after one failed connect, as a production mesh runs a
+service with two replicas. Meanwhile:
 
 - every 10 s both sidecars' ProxyConfig files are rewritten (a new revision): a reload;
 - every 30 s both get new certificates from the current CA (a rotation), swapped in as a
@@ -12,9 +15,10 @@ Two halves run side by side for `--minutes` (the issue asks 20; `make soak` runs
 - at 40 % of the run a full CA rollover starts: the new root is trusted beside the old one
   (bundle = both), 30 s later certificates are issued by the new CA, 60 s after that the old
   root leaves the bundle;
-- at 70 % sidecar B is SIGKILLed and restarted 2 s later. Requests that fail between the kill
-  and B's readiness (plus one second) are counted apart: they are the killed sidecar's own
-  connections. Every other failed request is a finding.
+- at 70 % sidecar B is SIGKILLed and restarted 2 s later. A retries what B's connections
+  lose on B2; a request that still fails between the kill and B's readiness (plus one second)
+  is counted apart, as the killed sidecar's own, with its cause from A's access log (status
+  and response flags). Every other failed request is a finding.
 
 **Control plane**: `weft run --target local` follows a real `git daemon`, with its state
 directory on a tmpfs of `--state-mib` MiB (root: a real mount; otherwise a plain folder and
@@ -39,7 +43,7 @@ election: if it exits because it lost its Lease, it is started again as its Depl
 must be empty, and every injected workload must have its sidecar ConfigMap and identity
 Secret.
 
-Sampled every second: RSS (VmRSS) and open fds of A, B and the reconciler, requests ok and
+Sampled every second: RSS (VmRSS) and open fds of A, B, B2 and the reconciler, requests ok and
 failed. Results: `bench/results/soak.json` and SVG plots in `docs/soak/`; the slopes of RSS and
 fds (least squares over the second half, per minute) are what "flat" is judged by.
 
@@ -79,7 +83,8 @@ from peers.pki import TRUST_DOMAIN  # noqa: E402
 
 from reconciler.identity import authority, workload  # noqa: E402
 from reconciler.identity.spiffe import SpiffeId  # noqa: E402
-from reconciler.targets.local.binding import to_json  # noqa: E402
+from reconciler.targets.local.binding import bind_endpoints, to_json  # noqa: E402
+from tests import sidecars  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "soak.json"
 PLOTS = REPO / "docs" / "soak"
@@ -87,6 +92,36 @@ HOST = "api.b:8080"
 BODY = b"weft soak: a small fixed body from the backend.\n"
 WEFT = REPO / ".venv" / "bin" / "weft"
 IDS = {"web": ("a", "web"), "api": ("b", "api")}
+SIDES = ("A", "B", "B2")  # A calls b/api; B and B2 are its two endpoints
+# b/api as a service with two replicas is run: retries move what one endpoint loses to the
+# other, and a failed connect ejects the endpoint (for 30 s, doubling) so new requests skip it.
+SOAK_INTENT = {
+    "mesh.yaml": weft.INTENT["mesh.yaml"],
+    "services.yaml": f"""\
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {{name: web, namespace: a}}
+spec: {{ports: [{{name: http, port: 8080}}]}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {{name: api, namespace: b}}
+spec:
+  ports: [{{name: http, port: 8080}}]
+  outlierDetection: {{consecutiveConnectFailures: 1, baseEjectionTime: 30s}}
+---
+{sidecars.ALLOW_A_TO_B}""",
+    "routes.yaml": """\
+apiVersion: weft.dev/v1alpha1
+kind: Route
+metadata: {name: api, namespace: b}
+spec:
+  host: api.b
+  rules:
+    - backends: [{}]
+      retries: {attempts: 2, retryOn: [connect-failure, reset, gateway-error]}
+""",
+}
 
 
 # ------------------------------------------------------------------ the backend
@@ -240,28 +275,36 @@ class Certs:
 
 
 class Pair:
+    """Sidecar A (a/web) and b/api's two endpoints B and B2, each a `weft sidecar`."""
+
     def __init__(self, root: Path, processes: Processes, backend_port: int) -> None:
         self.root, self.processes = root, processes
-        self.configs = weft.compile_intent(root / "intent")
+        self.configs = weft.compile_intent(root / "intent", files=SOAK_INTENT)
         self.certs = Certs(root / "certs")
         self.certs.write()
-        self.a_port, self.b_port = host.free_port(), host.free_port()
-        self.admin = {"A": host.free_port(), "B": host.free_port()}
+        self.a_port = host.free_port()
+        self.inbound = {"B": host.free_port(), "B2": host.free_port()}
+        self.admin = {side: host.free_port() for side in SIDES}
         self.backend_port = backend_port
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
         self.reloads = 0
         self.write_configs()
-        for side in ("A", "B"):
+        for side in SIDES:
             self.start(side)
 
     def write_configs(self) -> None:
         self.reloads += 1
         revision = f"soak@sha1:{self.reloads:040x}"
-        a = weft.caller(self.configs, self.b_port)
+        endpoints = [f"127.0.0.1:{port}" for port in self.inbound.values()]
+        a = bind_endpoints(self.configs[("a", "web")], {"b/api": endpoints})
         b = dict(self.configs[("b", "api")])
         for side, base, listeners in (
             ("A", a, weft.outbound_listeners(self.a_port)),
-            ("B", b, weft.inbound_listeners(self.b_port, self.backend_port)),
+            *(
+                (side, b, weft.inbound_listeners(port, self.backend_port))
+                for side, port in self.inbound.items()
+            ),
         ):
             path = self.root / f"{side}.json"
             tmp = path.with_suffix(".tmp")
@@ -280,6 +323,7 @@ class Pair:
             "--workers", "1", "--drain-timeout", "1",
         ]  # fmt: skip
         self.procs[side] = self.processes.start(f"sidecar-{side}", argv, None)
+        self.logs[side] = self.processes.logs / f"sidecar-{side}.log"
         url = f"http://127.0.0.1:{self.admin[side]}/ready"
         host.wait_until(f"sidecar {side}", lambda: host.http_get(url)[0] == 200, [self.procs[side]])
 
@@ -287,6 +331,32 @@ class Pair:
         proc = self.procs[side]
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+
+    def not_ok(self, side: str) -> list[dict[str, Any]]:
+        """`side`'s access log entries that were not answered 2xx (its log is JSON lines)."""
+        entries = []
+        with contextlib.suppress(OSError), self.logs[side].open() as log:
+            for line in log:
+                if '"event":"access"' not in line.replace(" ", ""):
+                    continue
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    if not 200 <= int(entry.get("status", 0)) < 300:
+                        entries.append(entry)
+        return entries
+
+    def ejections(self) -> int:
+        """How many times A ejected one of b/api's endpoints (its /clusters)."""
+        try:
+            _, text = host.http_get(f"http://127.0.0.1:{self.admin['A']}/clusters")
+            report = json.loads(text)
+        except (OSError, ValueError):
+            return -1
+        return sum(
+            int(total.get("count", 0))
+            for cluster in report.get("clusters", [])
+            for total in (cluster.get("outlier_detection") or {}).get("ejections_total", [])
+        )
 
     def counters(self, side: str) -> dict[str, Any]:
         try:
@@ -650,6 +720,22 @@ def _announce(port: int, secret: str) -> bool:
 # ------------------------------------------------------------------ sampling and plots
 
 
+def failure_causes(
+    entries: list[dict[str, Any]], start: float, kill_window: tuple[float, float] | None
+) -> dict[str, dict[str, int]]:
+    """Sidecar A's non-2xx answers counted by cause (status and response flags), apart for the
+    window of B's kill and for the rest of the run: what a failed request was, not only when."""
+    causes: dict[str, dict[str, int]] = {"during_sidecar_kill": {}, "otherwise": {}}
+    for entry in entries:
+        at = int(entry.get("start_unix_ms", 0)) / 1000
+        window = "otherwise"
+        if kill_window and kill_window[0] <= at <= kill_window[1]:
+            window = "during_sidecar_kill"
+        cause = f"{entry.get('status')} {entry.get('response_flags') or '-'}"
+        causes[window][cause] = causes[window].get(cause, 0) + 1
+    return causes
+
+
 def fds(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -787,6 +873,7 @@ def _run(args: argparse.Namespace, tmp: Path, processes: Processes) -> dict[str,
     events: list[tuple[float, str]] = []
     samples: list[dict[str, Any]] = []
     kill_window: tuple[float, float] | None = None
+    kill_ejections = -1
     git_outage: dict[str, Any] = {}
     enospc: dict[str, Any] = {"note": control.enospc_note}
     pushed: list[str] = []
@@ -862,7 +949,9 @@ def _run(args: argparse.Namespace, tmp: Path, processes: Processes) -> dict[str,
                 time.sleep(2)
                 pair.start("B")
                 kill_window = (t0, time.time() + 1)
-                event("sidecar B restarted and ready")
+                # read now: a reload (every 10 s) may start A's outlier counts afresh
+                kill_ejections = pair.ejections()
+                event(f"sidecar B restarted and ready (A ejected an endpoint {kill_ejections}x)")
                 killed = True
             if outage_step == 0 and elapsed >= outage_at:
                 control.daemon.stop()
@@ -895,10 +984,8 @@ def _run(args: argparse.Namespace, tmp: Path, processes: Processes) -> dict[str,
                     "t": round(elapsed, 1),
                     "ok": load.ok,
                     "failed": len(load.failures),
-                    "A_rss_mib": rss_mib(pair.procs["A"].pid),
-                    "B_rss_mib": rss_mib(pair.procs["B"].pid),
-                    "A_fds": fds(pair.procs["A"].pid),
-                    "B_fds": fds(pair.procs["B"].pid),
+                    **{f"{side}_rss_mib": rss_mib(pair.procs[side].pid) for side in SIDES},
+                    **{f"{side}_fds": fds(pair.procs[side].pid) for side in SIDES},
                     "reconciler_rss_mib": rss_mib(rec),
                     "reconciler_fds": fds(rec),
                     "reconciler_tree_procs": len(tree),
@@ -925,7 +1012,7 @@ def _run(args: argparse.Namespace, tmp: Path, processes: Processes) -> dict[str,
         time.sleep(1)
     final = control.status()
     half = control.half_written()
-    counters = {side: pair.counters(side) for side in ("A", "B")}
+    counters = {side: pair.counters(side) for side in SIDES}
     kube_result: dict[str, Any] = {"skipped": "--no-kube"}
     if kube is not None:
         kube_head = kube_pushed[-1] if kube_pushed else ""
@@ -947,6 +1034,7 @@ def _run(args: argparse.Namespace, tmp: Path, processes: Processes) -> dict[str,
     processes.stop()
     in_kill = [f for f in load.failures if kill_window and kill_window[0] <= f[0] <= kill_window[1]]
     other = [f for f in load.failures if f not in in_kill]
+    causes = failure_causes(pair.not_ok("A"), start, kill_window)
     half_point = len(samples) // 2
     late = samples[half_point:]
     ts = [s["t"] for s in late]
@@ -962,6 +1050,8 @@ def _run(args: argparse.Namespace, tmp: Path, processes: Processes) -> dict[str,
         "failed_otherwise_kinds": sorted({k for _, k in other}),
         "failed_otherwise_at": [round(t - start, 1) for t, _ in other[:50]],
         "kill_window_seconds": round(kill_window[1] - kill_window[0], 1) if kill_window else None,
+        "not_ok_at_A_by_cause": causes,
+        "b_api_ejections_by_A_after_kill": kill_ejections,
         "config_reloads_written": pair.reloads,
         "cert_generations_written": pair.certs.generation,
         "sidecar_counters_at_end": counters,
@@ -978,10 +1068,8 @@ def _run(args: argparse.Namespace, tmp: Path, processes: Processes) -> dict[str,
         "slopes_second_half_per_minute": {
             k: round(slope_per_minute(ts, [s[k] for s in late]), 4)
             for k in (
-                "A_rss_mib",
-                "B_rss_mib",
-                "A_fds",
-                "B_fds",
+                *(f"{side}_rss_mib" for side in SIDES),
+                *(f"{side}_fds" for side in SIDES),
                 "reconciler_rss_mib",
                 "reconciler_fds",
                 "kube_reconciler_rss_mib",
@@ -1001,8 +1089,8 @@ def plots(result: dict[str, Any]) -> None:
     def series(*keys: str) -> dict[str, list[tuple[float, float]]]:
         return {k: [(s["t"], float(s[k])) for s in samples] for k in keys}
 
-    rss = ["A_rss_mib", "B_rss_mib", "reconciler_rss_mib", "kube_reconciler_rss_mib"]
-    fd = ["A_fds", "B_fds", "reconciler_fds", "kube_reconciler_fds"]
+    rss = [*(f"{side}_rss_mib" for side in SIDES), "reconciler_rss_mib", "kube_reconciler_rss_mib"]
+    fd = [*(f"{side}_fds" for side in SIDES), "reconciler_fds", "kube_reconciler_fds"]
     have = samples[0].keys() if samples else set()
     (PLOTS / "rss.svg").write_text(
         svg("RSS (MiB)", series(*[k for k in rss if k in have]), "MiB", events)

@@ -63,10 +63,12 @@ RESILIENT_INTENT = {
 }
 
 
-def compile_intent(root: Path, resilient: bool = False) -> dict[tuple[str, str], dict[str, Any]]:
+def compile_intent(
+    root: Path, resilient: bool = False, files: dict[str, str] | None = None
+) -> dict[tuple[str, str], dict[str, Any]]:
     """ProxyConfig dicts by (namespace, service); `resilient` compiles the mirror + outlier
-    detection variant."""
-    for rel, text in (RESILIENT_INTENT if resilient else INTENT).items():
+    detection variant, `files` an intent of the caller's own."""
+    for rel, text in (files or (RESILIENT_INTENT if resilient else INTENT)).items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(textwrap.dedent(text))
     desired = compiler.compile(intent.load(intent.files.from_directory(root)))
