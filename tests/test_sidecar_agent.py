@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -409,6 +410,26 @@ def test_an_agent_without_a_span_exporter_keeps_no_spans(
             spans = json.loads(s.api.drain_spans())
             assert len(spans) == 20
             assert {sp["trace_id"] for sp in spans} == {trace_id}
+
+            # A reload whose Mesh names a collector starts export and recording: the spans are
+            # drained and sent (here to a closed port, so they count as failed).
+            with socket.socket() as closed:
+                closed.bind(("127.0.0.1", 0))
+                dead = closed.getsockname()[1]
+            config = json.loads(s.config_text("main@sha1:" + "b" * 40))
+            config["telemetry"] = {
+                **config.get("telemetry", {}),
+                "samplingPercent": 100,
+                "otlpEndpoint": f"http://127.0.0.1:{dead}",
+            }
+            s.replace_config(json.dumps(config))
+            agent.poll()
+            assert agent.spans is not None
+            url = f"http://{agent.proxy.bound()['outbound:http']}/hello"
+            assert sidecars.http_get(url, "api.b:8080")[0] == 200
+            wait_until(lambda: agent.spans is not None and agent.spans.failed >= 1, timeout=30)
         finally:
+            if agent.spans is not None:
+                agent.spans.stop()
             agent.proxy.shutdown(0.1)
             s.api.shutdown(0.1)

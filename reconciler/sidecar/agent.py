@@ -147,15 +147,8 @@ class Agent:
         self.config = json.loads(text)
         self._config_digest = _digest(text.encode(), *_edge_files(self.config))
         self._certs_digest = _digest(chain, key, bundle)
-        if _exports_spans(self.config):
-            # OpenTelemetry costs a sidecar ~10 MB: load it only when spans go somewhere.
-            from reconciler.sidecar import otlp  # noqa: PLC0415
-
-            self.spans = otlp.from_environment(self.proxy.drain_spans, lambda: self.config)
-        if self.spans is not None:
-            self.spans.start()
-            log.info("exporting spans over OTLP", extra={"event": "span-export"})
-        else:
+        self._start_span_export()
+        if self.spans is None:
             # Nothing drains spans: fastpath keeps none (sampling still propagates downstream),
             # rather than holding a ring of them that only grows the sidecar's memory.
             self.proxy.record_spans(False)
@@ -167,6 +160,21 @@ class Agent:
                 "bound": self.proxy.bound(),
             },
         )
+
+    def _start_span_export(self) -> None:
+        """Export spans once the environment or the config in force names a collector: at
+        start, or at the first reload whose Mesh gains an `otlpEndpoint`."""
+        assert self.proxy is not None
+        if self.spans is not None or not _exports_spans(self.config):
+            return
+        # OpenTelemetry costs a sidecar ~10 MB: load it only when spans go somewhere.
+        from reconciler.sidecar import otlp  # noqa: PLC0415
+
+        self.spans = otlp.from_environment(self.proxy.drain_spans, lambda: self.config)
+        if self.spans is not None:
+            self.proxy.record_spans(True)
+            self.spans.start()
+            log.info("exporting spans over OTLP", extra={"event": "span-export"})
 
     @property
     def ready(self) -> bool:
@@ -197,6 +205,7 @@ class Agent:
                 except _native.ConfigError as e:
                     return self._rejected("reloads", f"config refused, previous one stays: {e}")
                 self.config = json.loads(text)
+                self._start_span_export()
                 self.counters.reloads["applied"] += 1
                 log.info("config reloaded", extra={"event": "reloaded", "revision": revision})
             try:
