@@ -96,6 +96,9 @@ class _Sidecar:
     def clusters(self) -> dict[str, list[str]]:
         return {"clusters": [], "mirrors": []}
 
+    def app_health(self, key: str) -> tuple[bool, str] | None:
+        return None
+
 
 def test_the_admin_port_listens_on_an_ipv6_loopback() -> None:
     server = admin.serve(hostport.parse("[::1]:0"), _Sidecar())

@@ -176,6 +176,9 @@ class Rig:
         report: dict[str, Any] = json.loads(self.web.clusters())
         return report
 
+    def app_health(self, key: str) -> tuple[bool, str] | None:
+        return None
+
     def cluster(self, name: str) -> dict[str, Any]:
         found: dict[str, Any] = next(c for c in self.clusters()["clusters"] if c["name"] == name)
         return found

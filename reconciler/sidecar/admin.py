@@ -1,4 +1,5 @@
-"""The sidecar's admin port: /ready, /live, /metrics, /config_dump and /clusters.
+"""The sidecar's admin port: /ready, /live, /metrics, /config_dump, /clusters and the app's own
+probes (/app-health/<container>/<kind>, see `probes`).
 
 `/ready` answers 200 only once every listener is bound and certificates are loaded (and 503 again
 while draining), so a pod can hold its app until the proxy is ready.
@@ -12,6 +13,8 @@ import threading
 from typing import Any, Protocol
 
 from reconciler import hostport
+
+APP_HEALTH = "/app-health/"
 
 
 class Admin(Protocol):
@@ -34,6 +37,9 @@ class Admin(Protocol):
     def clusters(self) -> dict[str, Any]:
         """The JSON of /clusters: the upstreams in force, as fastpath reports them."""
 
+    def app_health(self, key: str) -> tuple[bool, str] | None:
+        """Runs the app's probe `<container>/<kind>`; None when there is no such probe."""
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
@@ -47,6 +53,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif path == "/ready":
             ok = sidecar.ready
             self._send(200 if ok else 503, "text/plain", b"ready\n" if ok else b"not ready\n")
+        elif path.startswith(APP_HEALTH):
+            result = sidecar.app_health(path[len(APP_HEALTH) :])
+            if result is None:
+                self._send(404, "text/plain", b"no such probe\n")
+            else:
+                passed, detail = result
+                self._send(200 if passed else 503, "text/plain", f"{detail}\n".encode())
         elif path == "/metrics" and sidecar.serving:
             self._send(200, "text/plain; version=0.0.4", sidecar.metrics().encode())
         elif path == "/clusters" and sidecar.serving:

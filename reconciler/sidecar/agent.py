@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from reconciler import _native, hostport
-from reconciler.sidecar import admin, jwks, metrics, watch
+from reconciler.sidecar import admin, jwks, metrics, probes, watch
 
 if TYPE_CHECKING:
     from reconciler.sidecar import otlp
@@ -110,6 +110,7 @@ class Agent:
         self._config_digest = self._certs_digest = ""
         self._lock = threading.Lock()
         self.spans: otlp.SpanExport | None = None  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
+        self.app_probes = probes.from_environment()  # the app's probes the kubelet asks us to run
 
     def _certs(self) -> tuple[bytes, bytes, bytes]:
         """The three files as one consistent set. Stores that publish Kubernetes-style (a
@@ -272,6 +273,10 @@ class Agent:
         assert self.proxy is not None
         report: dict[str, Any] = json.loads(self.proxy.clusters())
         return report
+
+    def app_health(self, key: str) -> tuple[bool, str] | None:
+        probe = self.app_probes.get(key)
+        return None if probe is None else probes.run(probe)
 
     def config_dump(self) -> dict[str, Any]:
         assert self.proxy is not None

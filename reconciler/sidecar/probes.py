@@ -1,0 +1,158 @@
+"""The app's own kubelet probes, run by the sidecar: what `/app-health/<container>/<kind>` asks.
+
+Inbound capture sends every connection to a meshed pod port to the sidecar's mTLS listener,
+which refuses the kubelet's plaintext probe. The cure, as in Istio, is a probe rewritten to
+`GET /app-health/<container>/<kind>` on the sidecar's admin port, with the sidecar given the
+originals (env `WEFT_APP_PROBES`: JSON by `<container>/<kind>`, each `{"probe": <the app's
+probe>, "port": <its port as a number>}`). The sidecar runs the original from inside the pod, to
+127.0.0.1: its own traffic is never captured, so the probe reaches the app directly, and the
+answer (200 or 503) is the kubelet's verdict. Success is the kubelet's: an HTTP status from
+200 to 399, a TCP connection made, a gRPC health check answered SERVING.
+
+This is the sidecar's half. The Kubernetes target does not rewrite probes yet: rewriting the
+workload's template breaks the app team's next client-side `kubectl apply` (see
+docs/kubernetes.md, *Probes*); the rewrite belongs at pod admission.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+ENV = "WEFT_APP_PROBES"
+PATH = "/app-health/"
+DEFAULT_TIMEOUT = 1.0  # the kubelet's default timeoutSeconds
+HOST = "127.0.0.1"
+
+
+def from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, dict[str, Any]]:
+    """The probes the target recorded; a value that is not a JSON object of objects is none
+    (the target writes it, so that would be a bug, not something to run)."""
+    try:
+        probes = json.loads(environ.get(ENV) or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(probes, dict):
+        return {}
+    return {
+        k: v
+        for k, v in probes.items()
+        if isinstance(v, dict)
+        and isinstance(v.get("probe"), dict)
+        and isinstance(v.get("port"), int)
+    }
+
+
+def _timeout(probe: Mapping[str, Any]) -> float:
+    seconds = probe.get("timeoutSeconds")
+    return float(seconds) if isinstance(seconds, int) and seconds > 0 else DEFAULT_TIMEOUT
+
+
+def run(entry: Mapping[str, Any], host: str = HOST) -> tuple[bool, str]:
+    """Runs one recorded probe against the app; (passed, what happened) for the admin answer."""
+    probe, port = entry["probe"], int(entry["port"])
+    timeout = _timeout(probe)
+    try:
+        if "httpGet" in probe:
+            return _http(probe["httpGet"], host, port, timeout)
+        if "tcpSocket" in probe:
+            with socket.create_connection((host, port), timeout=timeout):
+                return True, f"tcp {port}: connected"
+        if "grpc" in probe:
+            return _grpc(probe["grpc"], host, port, timeout)
+    except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException) as e:
+        return False, f"{type(e).__name__}: {e}"
+    return False, "no httpGet, tcpSocket or grpc check in the probe"
+
+
+def _http(get: Mapping[str, Any], host: str, port: int, timeout: float) -> tuple[bool, str]:
+    path = str(get.get("path") or "/")
+    conn: http.client.HTTPConnection
+    if str(get.get("scheme", "HTTP")).upper() == "HTTPS":
+        # The kubelet does not verify an HTTPS probe's certificate either.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    headers = {"User-Agent": "kube-probe/weft", "Accept": "*/*"}
+    for header in get.get("httpHeaders") or ():
+        headers[str(header["name"])] = str(header.get("value", ""))
+    try:
+        conn.request("GET", path, headers=headers)
+        status = conn.getresponse().status
+    finally:
+        conn.close()
+    return 200 <= status < 400, f"GET :{port}{path}: {status}"
+
+
+# grpc.health.v1.HealthCheckResponse.ServingStatus.SERVING
+_SERVING = 1
+
+
+def _grpc(check: Mapping[str, Any], host: str, port: int, timeout: float) -> tuple[bool, str]:
+    try:
+        # Only a pod with a gRPC probe pays for grpcio (untyped).
+        import grpc  # type: ignore[import-untyped]  # noqa: PLC0415
+    except ImportError:
+        return False, "a gRPC probe needs grpcio in the sidecar's image (pip install weft[probes])"
+
+    service = str(check.get("service") or "").encode()
+    # HealthCheckRequest{service = 1}: one length-delimited field, written by hand so the
+    # sidecar needs no generated stubs.
+    request = b"\x0a" + _varint(len(service)) + service if service else b""
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        call = channel.unary_unary("/grpc.health.v1.Health/Check")
+        try:
+            reply: bytes = call(request, timeout=timeout)
+        except grpc.RpcError as e:
+            return False, f"grpc :{port}: {e.code().name}"
+    status = _status_field(reply)
+    return status == _SERVING, f"grpc :{port}: status {status}"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _status_field(message: bytes) -> int:
+    """Field 1 (varint) of a HealthCheckResponse; 0 (UNKNOWN) when absent."""
+    i = 0
+    while i < len(message):
+        tag = message[i]
+        i += 1
+        value = shift = 0
+        if tag & 0x07 == 0:  # varint
+            while i < len(message):
+                b = message[i]
+                i += 1
+                value |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            if tag >> 3 == 1:
+                return value
+        elif tag & 0x07 == 2:  # length-delimited: skip it
+            length = 0
+            while i < len(message):
+                b = message[i]
+                i += 1
+                length |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            i += length
+        else:
+            return 0
+    return 0

@@ -1,0 +1,197 @@
+"""The app's kubelet probes run by a real `weft sidecar` process: what `/app-health/` answers.
+
+A rewritten probe asks the sidecar's admin port, which runs the original recorded in its env
+(`WEFT_APP_PROBES`); here the env is written as `reconciler.sidecar.probes` documents it, and
+real HTTP, TCP and gRPC servers on loopback play the app.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import socket
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from reconciler.sidecar import probes
+from tests import sidecars
+from tests.pki import CA
+
+TD = "probes.local"
+INTENT = {
+    "mesh.yaml": sidecars.mesh_yaml(TD),
+    "services.yaml": sidecars.WEB_AND_API,
+    "policies.yaml": sidecars.ALLOW_A_TO_B,
+}
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    """/healthz is 200 only with the header the probe declares; /moved 302; anything else 500."""
+
+    def do_GET(self) -> None:  # http.server's name
+        self.server.paths.append(self.path)  # type: ignore[attr-defined]
+        if self.path == "/healthz":
+            status = 200 if self.headers.get("X-Probe") == "kubelet" else 401
+        elif self.path == "/moved":
+            status = 302
+        else:
+            status = 500
+        self.send_response(status)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port  # nothing listens once the socket is closed
+
+
+class _Grpc:
+    """A gRPC server whose health service answers per service name, as grpc-health does."""
+
+    def __init__(self, statuses: dict[bytes, int]) -> None:
+        self.statuses = statuses
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        handler = grpc.unary_unary_rpc_method_handler(self._check)
+        self.server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": handler})]
+        )
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+    def _check(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        service = request[2:] if request[:1] == b"\x0a" else b""
+        if service not in self.statuses:
+            context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        return b"\x08" + bytes([self.statuses[service]])
+
+
+@pytest.fixture
+def apps() -> Iterator[dict[str, int]]:
+    http_app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    http_app.paths = []  # type: ignore[attr-defined]
+    tcp_app = socket.create_server(("127.0.0.1", 0))
+    grpc_app = _Grpc({b"": 1, b"orders": 1, b"payments": 2})
+    grpc_app.server.start()
+    with sidecars.serving(http_app):
+        try:
+            yield {
+                "http": http_app.server_address[1],
+                "tcp": tcp_app.getsockname()[1],
+                "grpc": grpc_app.port,
+                "closed": _closed_port(),
+            }
+        finally:
+            grpc_app.server.stop(0)
+            tcp_app.close()
+
+
+def _recorded(ports: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """What the target records: each probe as the app team wrote it, and its port."""
+
+    def entry(probe: dict[str, Any], port: int) -> dict[str, Any]:
+        return {"probe": {**probe, "timeoutSeconds": 2}, "port": port}
+
+    header = {"name": "X-Probe", "value": "kubelet"}
+    get = {"path": "/healthz", "port": "http", "httpHeaders": [header]}
+    return {
+        "app/livenessProbe": entry({"httpGet": get}, ports["http"]),
+        "app/readinessProbe": entry({"tcpSocket": {"port": "http"}}, ports["tcp"]),
+        "app/startupProbe": entry({"grpc": {"port": ports["grpc"]}}, ports["grpc"]),
+        "moved/livenessProbe": entry({"httpGet": {"path": "/moved", "port": 1}}, ports["http"]),
+        "sick/livenessProbe": entry({"httpGet": {"path": "/sick", "port": 1}}, ports["http"]),
+        "down/readinessProbe": entry({"tcpSocket": {"port": 1}}, ports["closed"]),
+        "orders/readinessProbe": entry({"grpc": {"port": 1, "service": "orders"}}, ports["grpc"]),
+        "payments/readinessProbe": entry(
+            {"grpc": {"port": 1, "service": "payments"}}, ports["grpc"]
+        ),
+        "nope/readinessProbe": entry({"grpc": {"port": 1, "service": "nope"}}, ports["grpc"]),
+    }
+
+
+@pytest.fixture
+def agent(tmp_path: Path, apps: dict[str, int]) -> Iterator[sidecars.AgentProcess]:
+    ca = CA.create()
+    configs = sidecars.compiled(tmp_path / "intent", INTENT, "main@sha1:" + "a" * 40)
+    files = tmp_path / "sidecar"
+    (files / "certs").mkdir(parents=True)
+    config = files / "config.json"
+    config.write_text(
+        sidecars.to_json(sidecars.bind_endpoints(configs[("a", "web")], {"b/api": []}))
+    )
+    web = sidecars.identity(ca, TD, "a", "web")
+    for name, data in (("tls.crt", web.chain), ("tls.key", web.key), ("ca.crt", web.bundle)):
+        (files / "certs" / name).write_bytes(data)
+    env = {**os.environ, probes.ENV: json.dumps(_recorded(apps))}
+    process = sidecars.AgentProcess(
+        config, files / "certs", {"outboundHttp": "127.0.0.1:0"}, env=env
+    ).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def _ask(agent: sidecars.AgentProcess, key: str) -> tuple[int, str]:
+    return sidecars.http_get(f"{agent.admin}/app-health/{key}")
+
+
+def test_each_kind_of_probe_passes_against_a_healthy_app(agent: sidecars.AgentProcess) -> None:
+    status, body = _ask(agent, "app/livenessProbe")
+    assert status == 200, body
+    assert "/healthz: 200" in body, "the declared header reached the app"
+    assert _ask(agent, "app/readinessProbe")[0] == 200
+    status, body = _ask(agent, "app/startupProbe")
+    assert (status, body.strip().endswith("status 1")) == (200, True)
+    assert _ask(agent, "orders/readinessProbe")[0] == 200
+    assert _ask(agent, "moved/livenessProbe")[0] == 200, "3xx passes, as for the kubelet"
+
+
+def test_failures_answer_503_with_what_happened(agent: sidecars.AgentProcess) -> None:
+    assert _ask(agent, "sick/livenessProbe") == (503, f"GET :{_port(agent, 'sick')}/sick: 500\n")
+    status, body = _ask(agent, "down/readinessProbe")
+    assert status == 503
+    assert "ConnectionRefusedError" in body
+    assert _ask(agent, "payments/readinessProbe") == (
+        503,
+        f"grpc :{_port(agent, 'payments')}: status 2\n",
+    ), "NOT_SERVING fails"
+    status, body = _ask(agent, "nope/readinessProbe")
+    assert (status, body) == (503, f"grpc :{_port(agent, 'nope')}: NOT_FOUND\n")
+
+
+def test_a_probe_never_recorded_is_404_and_not_run(agent: sidecars.AgentProcess) -> None:
+    assert _ask(agent, "app/unknownProbe") == (404, "no such probe\n")
+    assert _ask(agent, "../ready")[0] == 404
+
+
+def _port(agent: sidecars.AgentProcess, container: str) -> int:
+    recorded = json.loads(agent.env[probes.ENV]) if agent.env else {}
+    key = next(k for k in recorded if k.startswith(container + "/"))
+    port: int = recorded[key]["port"]
+    return port
+
+
+def test_a_recorded_value_that_is_not_probes_is_none() -> None:
+    assert probes.from_environment({probes.ENV: "not json"}) == {}
+    assert probes.from_environment({probes.ENV: "[1, 2]"}) == {}
+    bad = {"a/livenessProbe": {"probe": {}, "port": "80"}, "b/readinessProbe": 3}
+    assert probes.from_environment({probes.ENV: json.dumps(bad)}) == {}
+
+
+def test_protobuf_fields_are_read_past_others() -> None:
+    # A reply with an unknown length-delimited field before status = SERVING.
+    assert probes._status_field(b"\x12\x03abc\x08\x01") == 1
+    assert probes._status_field(b"") == 0
+    assert probes._varint(300) == b"\xac\x02"
