@@ -9,9 +9,8 @@ probe>, "port": <its port as a number>}`). The sidecar runs the original from in
 answer (200 or 503) is the kubelet's verdict. Success is the kubelet's: an HTTP status from
 200 to 399, a TCP connection made, a gRPC health check answered SERVING.
 
-This is the sidecar's half. The Kubernetes target does not rewrite probes yet: rewriting the
-workload's template breaks the app team's next client-side `kubectl apply` (see
-docs/kubernetes.md, *Probes*); the rewrite belongs at pod admission.
+On Kubernetes the target records the originals and annotates the pod template; the admission
+policy in deploy/30-probes.yaml rewrites the pods' probes (docs/kubernetes.md, *Probes*).
 """
 
 from __future__ import annotations

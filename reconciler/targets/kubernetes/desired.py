@@ -62,13 +62,6 @@ def build(
             if unsafe:
                 problems += unsafe
                 continue
-            for probe in objects.probes_on_ports(live, target_ports):
-                log.warning(
-                    "%s: %s goes through inbound capture to the mTLS listener, which refuses"
-                    " the kubelet's plaintext probe; probe another port or use exec",
-                    ref,
-                    probe,
-                )
             wanted[ref] = objects.injection(
                 live["kind"],
                 ns,
@@ -78,6 +71,7 @@ def build(
                 image=image,
                 inbound=inbound,
                 exclude_cidrs=exclude,
+                probes=objects.app_probes(live, target_ports),
             )
     for obj in [*desired.discovery_services, *desired.network_policies]:
         wanted[ref_of(obj)] = obj

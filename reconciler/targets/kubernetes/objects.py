@@ -193,12 +193,16 @@ def injection(
     image: str,
     inbound: Mapping[str, int] | None = None,
     exclude_cidrs: Sequence[str] = (),
+    probes: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Object:
     """The fields Weft applies to one workload, and nothing more: server-side apply gives Weft
-    ownership of exactly these, and the application team keeps every other field."""
+    ownership of exactly these, and the application team keeps every other field. `probes`
+    (from `app_probes`) are the app's probes on meshed ports: the sidecar gets them to run,
+    and the pods an annotation naming them, which deploy/30-probes.yaml's admission policy
+    reads to point them at the sidecar. The app's containers are never touched."""
     service_account = config.workload.service_account
-    probe = {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 2}
-    sidecar = {
+    probe: Object = {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 2}
+    sidecar: Object = {
         "name": SIDECAR,
         "image": image,
         # A native sidecar (an init container that keeps running): the app's containers start
@@ -216,6 +220,12 @@ def injection(
             f"0.0.0.0:{ADMIN_PORT}",
         ],
         "ports": [{"name": "weft-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
+        # Only when there are probes: a field in every injection would roll every pod once.
+        **(
+            {"env": [{"name": APP_PROBES_ENV, "value": json.dumps(dict(probes), sort_keys=True)}]}
+            if probes
+            else {}
+        ),
         "startupProbe": {**probe, "failureThreshold": 60},
         "readinessProbe": probe,
         "livenessProbe": {"httpGet": {"path": "/live", "port": ADMIN_PORT}, "periodSeconds": 10},
@@ -251,6 +261,11 @@ def injection(
         "metadata": {"name": name, "namespace": namespace, "annotations": {INJECTED: service}},
         "spec": {
             "template": {
+                **(
+                    {"metadata": {"annotations": {REWRITE_PROBES: ",".join(sorted(probes))}}}
+                    if probes
+                    else {}
+                ),
                 "spec": {
                     "initContainers": [capture, sidecar],
                     "volumes": [
@@ -266,7 +281,7 @@ def injection(
                             },
                         },
                     ],
-                }
+                },
             }
         },
     }
@@ -339,15 +354,40 @@ def injection_problems(
     return found
 
 
-def probes_on_ports(workload: Mapping[str, Any], ports: Sequence[int]) -> list[str]:
-    """Containers whose HTTP or TCP probes target a meshed pod port. Inbound capture sends the
-    kubelet's plaintext probe to the mTLS listener, which refuses it."""
+PROBE_KINDS = ("livenessProbe", "readinessProbe", "startupProbe")
+PROBE_HANDLERS = ("httpGet", "tcpSocket", "grpc")
+APP_PROBES_ENV = "WEFT_APP_PROBES"  # the sidecar's env: the app's own probes, as JSON
+# On a pod template: the probes (`<container>/<kind>`, comma-separated) the admission policy
+# in deploy/30-probes.yaml rewrites, in each pod as it is created, to ask the sidecar.
+REWRITE_PROBES = "weft.dev/rewrite-probes"
+
+
+def _probe_port(container: Mapping[str, Any], port: Any) -> int | None:
+    """A probe's port as a number: named ports are the container's own `ports[].name`."""
+    if isinstance(port, int):
+        return port
+    for p in container.get("ports") or ():
+        if p.get("name") == port and isinstance(p.get("containerPort"), int):
+            return int(p["containerPort"])
+    return None
+
+
+def app_probes(workload: Mapping[str, Any], ports: Sequence[int]) -> dict[str, Object]:
+    """The app's HTTP, TCP and gRPC probes on meshed pod ports, by `<container>/<kind>`: each
+    `{"probe": <as the app team wrote it>, "port": <its port as a number>}` (the sidecar
+    cannot resolve a named port). Inbound capture would hand the kubelet's plaintext probe to
+    the mTLS listener, which refuses it; these are the probes the sidecar runs instead."""
     pod = workload.get("spec", {}).get("template", {}).get("spec", {})
-    found = []
-    for container in pod.get("containers", []):
-        for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
+    found: dict[str, Object] = {}
+    for container in pod.get("containers") or ():
+        for kind in PROBE_KINDS:
             probe = container.get(kind) or {}
-            target = (probe.get("httpGet") or probe.get("tcpSocket") or {}).get("port")
-            if isinstance(target, int) and target in ports:
-                found.append(f"{container['name']} {kind} on port {target}")
+            handler = next((h for h in PROBE_HANDLERS if h in probe), None)
+            if handler is None:
+                continue  # exec (or none): runs in the container, no network, nothing to do
+            if probe[handler].get("host"):
+                continue  # probes another host, not this pod: capture never sees it
+            port = _probe_port(container, probe[handler].get("port"))
+            if port is not None and port in ports:
+                found[f"{container['name']}/{kind}"] = {"probe": dict(probe), "port": port}
     return found
