@@ -86,10 +86,11 @@ def delete_namespaces(api: Api, names: tuple[str, ...], timeout: float = 90.0) -
 
 @pytest.fixture
 def template_cluster(kube: ControlPlane) -> Iterator[ControlPlane]:
-    """deploy/ applied with kubectl, the template's namespaces and its workloads."""
+    """deploy/ applied as the docs say (`kubectl apply -k deploy/`), the template's namespaces
+    and its workloads."""
     api = kube.admin()
     delete_namespaces(api, (*TEMPLATE_NAMESPACES, "weft-system"))  # a failed test's leftovers
-    kube.kubectl("apply", "-f", str(DEPLOY))
+    kube.kubectl("apply", "-k", str(DEPLOY))
     for ns in TEMPLATE_NAMESPACES:
         create_namespace(api, ns)
     for kind, ns, name, labels, sa in WORKLOADS:
