@@ -116,10 +116,12 @@ def deployed(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
             else:
                 obj["spec"]["replicas"] = 0
             api.apply(obj, manager="app-team")
-        # The namespace and RBAC as they are; the Deployment with WEFT_REPO set, as its
-        # comment says to.
+        # The namespace, RBAC and probes policy as they are; the Deployment with WEFT_REPO
+        # set, as its comment says to.
         node.cp.kubectl(
-            "apply", "-f", str(DEPLOY / "00-namespace.yaml"), "-f", str(DEPLOY / "10-rbac.yaml")
+            "apply",
+            *("-f", str(DEPLOY / "00-namespace.yaml"), "-f", str(DEPLOY / "10-rbac.yaml")),
+            *("-f", str(DEPLOY / "30-probes.yaml")),
         )
         manifest = (DEPLOY / "20-reconciler.yaml").read_text()
         assert SAMPLE_REPO in manifest
