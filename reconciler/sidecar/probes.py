@@ -125,33 +125,29 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+def _read_varint(message: bytes, i: int) -> tuple[int, int]:
+    """The varint at `i`, and where the next field starts."""
+    value = shift = 0
+    while i < len(message):
+        b = message[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    return value, i
+
+
 def _status_field(message: bytes) -> int:
     """Field 1 (varint) of a HealthCheckResponse; 0 (UNKNOWN) when absent."""
     i = 0
     while i < len(message):
         tag = message[i]
-        i += 1
-        value = shift = 0
-        if tag & 0x07 == 0:  # varint
-            while i < len(message):
-                b = message[i]
-                i += 1
-                value |= (b & 0x7F) << shift
-                shift += 7
-                if not b & 0x80:
-                    break
-            if tag >> 3 == 1:
-                return value
-        elif tag & 0x07 == 2:  # length-delimited: skip it
-            length = 0
-            while i < len(message):
-                b = message[i]
-                i += 1
-                length |= (b & 0x7F) << shift
-                shift += 7
-                if not b & 0x80:
-                    break
-            i += length
-        else:
-            return 0
+        value, i = _read_varint(message, i + 1)
+        if tag & 0x07 == 0 and tag >> 3 == 1:
+            return value
+        if tag & 0x07 == 2:  # length-delimited (value is its length): skip it
+            i += value
+        elif tag & 0x07 != 0:
+            return 0  # a wire type a HealthCheckResponse never holds
     return 0
