@@ -48,15 +48,19 @@ def test_only_the_gateway_may_leave_the_cluster(
     tmp_path: Path, kube: ControlPlane, namespace: str
 ) -> None:
     """On Kubernetes: a/web, whose one ExternalService leaves through the gateway, gets an
-    egress NetworkPolicy that admits only pods of the cluster; b/api (no ExternalService) and
-    the gateway get none, so the gateway alone may leave. The real API server takes it."""
+    egress NetworkPolicy that admits only pods of the cluster; b/api (no ExternalService) gets
+    none; the gateway's own lets it beyond the cluster on the port TLS is originated to, so the
+    gateway alone may leave. The real API server takes it."""
     desired = compiler.compile(load(write_repo(tmp_path / "repo", INTENT)))
     egress = [p for p in desired.network_policies if "Egress" in p["spec"]["policyTypes"]]
     assert [(p["metadata"]["namespace"], p["metadata"]["name"]) for p in egress] == [
-        ("a", "web-weft-egress")
+        ("a", "web-weft-egress"),
+        ("a", "egress-weft"),
     ]
-    (policy,) = egress
+    policy, gateway = egress
     assert policy["spec"]["egress"] == [{"to": [{"namespaceSelector": {}}]}]
+    beyond = [p for r in gateway["spec"]["egress"] if "to" not in r for p in r["ports"]]
+    assert {"protocol": "TCP", "port": 443} in beyond
     policy = {**policy, "metadata": {**policy["metadata"], "namespace": namespace}}
     kube.admin().create(policy)
     live = kube.admin().get("NetworkPolicy", namespace, "web-weft-egress")

@@ -59,9 +59,9 @@ spec: {to: {services: [api]}, from: [{gateways: [public]}]}
 """
 
 
-def start_gateway(api: Api, pod: Pod) -> None:
-    """The gateway Deployment's container, its three volumes mounted as the kubelet would."""
-    deploy = api.get("Deployment", "b", name_of("public"))
+def start_gateway(api: Api, pod: Pod, gateway: str = "public") -> None:
+    """Gateway b/<gateway>'s Deployment's container, its volumes mounted as the kubelet would."""
+    deploy = api.get("Deployment", "b", name_of(gateway))
     assert deploy is not None
     spec = deploy["spec"]["template"]["spec"]
     (container,) = spec["containers"]

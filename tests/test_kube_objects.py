@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from reconciler import capture
-from reconciler.targets.kubernetes import compare, objects
+from reconciler import capture, compiler
+from reconciler.targets.kubernetes import compare, gateways, objects
+from tests.conftest import load, write_repo
 from tests.kubeapps import desired_template
+from tests.test_egress_gateway import INTENT as EGRESS_INTENT
 
 
 def test_subset_holds_despite_server_defaults_and_other_managers() -> None:
@@ -95,3 +98,44 @@ def test_the_applied_digest_changes_with_what_is_applied() -> None:
     changed = objects.stamped({**body, "spec": {"selector": {"app": "x"}}})
     digest = objects.APPLIED
     assert changed["metadata"]["annotations"][digest] != first["metadata"]["annotations"][digest]
+
+
+def test_ports_of_two_protocols_on_one_number_are_two_items() -> None:
+    dns = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    assert compare.differences({"ports": dns}, {"ports": list(reversed(dns))}) == []
+    assert compare.differences({"ports": dns}, {"ports": dns[:1]}) == [".ports[53/TCP]"]
+
+
+def test_an_egress_gateway_is_a_workload_whose_port_names_the_compilers_objects_use(
+    tmp_path: Path,
+) -> None:
+    desired = compiler.compile(load(write_repo(tmp_path / "repo", EGRESS_INTENT)))
+    config = desired.gateway_configs[("a", "egress")]
+    built = gateways.objects(config, desired.gateway_runs[("a", "egress")], "i")
+    assert [(o["kind"], o["metadata"]["name"]) for o in built] == [
+        ("ServiceAccount", "egress"),
+        ("ConfigMap", "egress-weft-gateway"),
+        ("Deployment", "egress-weft-gateway"),
+    ], "no Service or NetworkPolicy of its own: nothing outside reaches it"
+    deploy = built[-1]
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert container["securityContext"] == objects.sidecar_security()
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert named["egress-80"] == objects.INBOUND_BASE
+    listeners = json.loads(built[1]["data"]["listeners.json"])
+    assert listeners["inbound"] == {"egress-80": f"0.0.0.0:{objects.INBOUND_BASE}"}
+    assert listeners["app"] == {"egress-80": listeners["outboundHttp"]}
+
+    # The compiler's ClusterIP Service and NetworkPolicy select these pods and name these ports.
+    pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+    (svc,) = [s for s in desired.discovery_services if s["metadata"]["name"] == "egress-weft"]
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["selector"] == pod_labels
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} <= named.keys()
+    (policy,) = [p for p in desired.network_policies if p["metadata"]["name"] == "egress-weft"]
+    assert policy["spec"]["podSelector"] == {"matchLabels": pod_labels}
+    assert {p["port"] for r in policy["spec"]["ingress"] for p in r["ports"]} == {"egress-80"}
+    assert all(r["from"] for r in policy["spec"]["ingress"]), "an empty from admits everyone"
+    outside = [p for r in policy["spec"]["egress"] if "to" not in r for p in r["ports"]]
+    assert {"protocol": "TCP", "port": 443} in outside
+    assert {"protocol": "TCP", "port": 80} not in outside, "TLS is originated: 443 only"

@@ -75,6 +75,29 @@ def test_discovery_service_names_must_not_collide(tmp_path: Path) -> None:
     ]
 
 
+def test_an_egress_gateway_must_not_take_a_discovery_services_name(tmp_path: Path) -> None:
+    """Callers address egress Gateway x/api as Service x/api-weft, Service x/api's own."""
+    egress = """\
+apiVersion: weft.dev/v1alpha1
+kind: Gateway
+metadata: {name: api, namespace: x}
+spec: {}
+---
+apiVersion: weft.dev/v1alpha1
+kind: ExternalService
+metadata: {name: e, namespace: x}
+spec:
+  host: api.example
+  ports: [{port: 80, protocol: http}]
+  allowedFrom: [{namespaces: [x]}]
+  egressGateway: api
+"""
+    assert diagnose(tmp_path, a=service("api"), g=egress) == [
+        "g.yaml:3:18: error: Service x/api-weft, which callers of egress Gateway x/api "
+        "address, is also the discovery Service of x/api (a.yaml:1:1) (hint: rename the gateway)",
+    ]
+
+
 def test_a_port_listed_twice_in_one_external_service(tmp_path: Path) -> None:
     ext = """\
 apiVersion: weft.dev/v1alpha1

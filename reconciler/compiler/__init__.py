@@ -66,13 +66,16 @@ class DesiredState:
     revision: str
     proxy_configs: dict[tuple[str, str], pc.ProxyConfig]
     identities: list[identities.Identity]
+    # Headless per Service (and subset); a ClusterIP per egress gateway, which callers address.
     discovery_services: list[dict[str, Any]]
+    # Per Service (and the egress of those confined to the cluster); per egress gateway.
     network_policies: list[dict[str, Any]]
     edges: list[policy.Edge]
     workloads: dict[tuple[str, str], WorkloadSpec]
     trust_domain: str
     certificate_lifetime_ms: int
-    # Ingress gateways' ProxyConfigs, by (namespace, name): workloads with no app of their own.
+    # Gateways' ProxyConfigs, by (namespace, name): workloads with no app of their own (an
+    # egress gateway's inbound ports hand requests to its own outbound side).
     gateway_configs: dict[tuple[str, str], pc.ProxyConfig] = dataclasses.field(default_factory=dict)
     gateway_runs: dict[tuple[str, str], GatewayRun] = dataclasses.field(default_factory=dict)
 
@@ -149,6 +152,9 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
         for key, gw in sorted(mesh.gateways.items())
     }
     permissive = mesh.spec.mtls == "PERMISSIVE"
+    egress_gateways = [
+        gw for _, gw in sorted(mesh.gateways.items()) if egress.leaving_through(mesh, gw)
+    ]
     # The gateways each service port admits: its NetworkPolicy lets their pods in.
     gateway_callers = kubernetes.gateway_callers(reach.entries(mesh, selection))
     return DesiredState(
@@ -157,7 +163,8 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
         identities=identities.required(mesh),
         discovery_services=[
             obj for svc in mesh.services.values() for obj in kubernetes.discovery_services(svc)
-        ],
+        ]
+        + [kubernetes.egress_gateway_service(mesh, gw) for gw in egress_gateways],
         network_policies=[
             kubernetes.network_policy(
                 mesh,
@@ -168,7 +175,8 @@ def compile(mesh: Intent) -> DesiredState:  # the domain's word for it
             )
             for key, svc in mesh.services.items()
         ]
-        + [kubernetes.egress_within_cluster(svc) for svc in egress.confined(mesh)],
+        + [kubernetes.egress_within_cluster(svc) for svc in egress.confined(mesh)]
+        + [kubernetes.egress_gateway_policy(mesh, gw) for gw in egress_gateways],
         edges=[e for key in sorted(edges_by_source) for e in edges_by_source[key]],
         workloads={
             key: WorkloadSpec(

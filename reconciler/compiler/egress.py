@@ -45,6 +45,34 @@ def cluster_name(gw: model.Gateway, port: int) -> str:
     return f"{gw.ref}:{port}"
 
 
+def service_name(gw: model.Gateway) -> str:
+    """The name callers' clusters address the gateway by (`<name>.<ns>.svc.<clusterDomain>`)."""
+    return f"{gw.metadata.name}-weft"
+
+
+def port_name(port: int) -> str:
+    """The name of the gateway's mesh-facing port for an ExternalService port: its inbound
+    port in the ProxyConfig, and on Kubernetes its container port, which the gateway's Service
+    and NetworkPolicy name (fits a container port name's 15 characters)."""
+    return f"egress-{port}"
+
+
+def connect_ports(ext: model.ExternalService) -> list[int]:
+    """The ports the gateway opens connections to outside: where TLS is originated, or the
+    ExternalService's port itself."""
+    return sorted({p.tls_origination.port if p.tls_origination else p.port for p in ext.spec.ports})
+
+
+def callers(mesh: Intent, ext: model.ExternalService) -> set[tuple[str, str]]:
+    """The mesh services an ExternalService's `allowedFrom` admits."""
+    peers = mesh.peers(ext.spec.allowed_from, ext.metadata.namespace)
+    return {
+        s.key
+        for s in mesh.services.values()
+        if peers.admits(mesh.identity_of(s), s.metadata.namespace)
+    }
+
+
 def via_gateway(
     mesh: Intent, ext: model.ExternalService, gw: model.Gateway
 ) -> tuple[list[pc.HttpHost], list[pc.Cluster]]:
@@ -74,7 +102,7 @@ def via_gateway(
                 protocol="http",
                 load_balancer="LEAST_REQUEST",
                 endpoints=pc.Endpoints(
-                    dns=f"{gw.metadata.name}-weft.{gw.metadata.namespace}.svc."
+                    dns=f"{service_name(gw)}.{gw.metadata.namespace}.svc."
                     f"{mesh.spec.cluster_domain}",
                     port=p.port,
                 ),
@@ -96,7 +124,7 @@ def gateway_inbound(mesh: Intent, gw: model.Gateway) -> list[pc.InboundPort]:
         for p in ext.spec.ports:
             ports.append(
                 pc.InboundPort(
-                    name=f"egress-{p.port}",
+                    name=port_name(p.port),
                     port=p.port,
                     target_port=p.port,  # the gateway's own outbound side, bound by the runtime
                     protocol="http",
@@ -131,11 +159,5 @@ def confined(mesh: Intent) -> list[model.Service]:
     through: set[tuple[str, str]] = set()
     direct: set[tuple[str, str]] = set()
     for ext in mesh.externals:
-        peers = mesh.peers(ext.spec.allowed_from, ext.metadata.namespace)
-        callers = {
-            s.key
-            for s in mesh.services.values()
-            if peers.admits(mesh.identity_of(s), s.metadata.namespace)
-        }
-        (through if gateway_of(mesh, ext) is not None else direct).update(callers)
+        (through if gateway_of(mesh, ext) is not None else direct).update(callers(mesh, ext))
     return [mesh.services[key] for key in sorted(through - direct)]

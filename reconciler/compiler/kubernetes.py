@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
+from reconciler.compiler import egress
 from reconciler.compiler.outbound import discovery_name
 from reconciler.compiler.policy import Edge
 from reconciler.compiler.reach import Entry
@@ -160,7 +161,7 @@ def _peer_selectors(mesh: Intent, callers: tuple[Any, ...]) -> list[Object]:
 def egress_within_cluster(service: model.Service) -> Object:
     """Egress policy for the pods of a service whose only way out is an egress gateway: any
     pod of the cluster (the gateway, kube-dns and every mesh peer among them), nothing beyond.
-    The gateway's own pods are selected by no egress policy, so they may leave."""
+    The gateway's own pods may leave (`egress_gateway_policy`)."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -173,5 +174,96 @@ def egress_within_cluster(service: model.Service) -> Object:
             "podSelector": {"matchLabels": dict(sorted(service.pod_selector.items()))},
             "policyTypes": ["Egress"],
             "egress": [{"to": [{"namespaceSelector": {}}]}],
+        },
+    }
+
+
+def _gateway_labels(gateway: model.Gateway) -> dict[str, str]:
+    return {**MANAGED_BY, "weft.dev/gateway-name": gateway.metadata.name}
+
+
+def _mesh_ports(mesh: Intent, gateway: model.Gateway) -> list[int]:
+    return sorted({p.port for ext in egress.leaving_through(mesh, gateway) for p in ext.spec.ports})
+
+
+def egress_gateway_service(mesh: Intent, gateway: model.Gateway) -> Object:
+    """The ClusterIP Service callers' clusters address an egress gateway by: each
+    ExternalService port, onto the gateway's container port named for it.
+
+    A ClusterIP, not headless like a service's discovery Service: callers connect to the
+    ExternalService's port (often 80) and kube-proxy maps it to the unprivileged port the
+    gateway listens on, where a meshed pod's capture would map it with iptables (a gateway has
+    no capture). Nothing outside the cluster reaches a ClusterIP."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": egress.service_name(gateway),
+            "namespace": gateway.metadata.namespace,
+            "labels": _gateway_labels(gateway),
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": gateway_pod_labels(gateway),
+            "ports": [
+                {
+                    "name": egress.port_name(port),
+                    "port": port,
+                    "targetPort": egress.port_name(port),
+                    "protocol": "TCP",
+                }
+                for port in _mesh_ports(mesh, gateway)
+            ],
+        },
+    }
+
+
+DNS_PORT = 53
+
+
+def egress_gateway_policy(mesh: Intent, gateway: model.Gateway) -> Object:
+    """Ingress and egress policy for an egress gateway's pods.
+
+    In: only the pods of the services its ExternalServices admit, on the mesh-facing ports
+    (named, as the gateway's pods name their container ports). Out: any pod of the cluster (a
+    resolver, a span collector), DNS wherever the resolver is, and beyond the cluster only the
+    ports its ExternalServices are reached on: a NetworkPolicy names addresses, not host names,
+    so which host is the sidecar's to decide (it has an egress destination for no other)."""
+    by_callers: dict[tuple[tuple[str, str], ...], set[int]] = collections.defaultdict(set)
+    out: set[int] = set()
+    for ext in egress.leaving_through(mesh, gateway):
+        callers = tuple(sorted(egress.callers(mesh, ext)))
+        if callers:  # an empty `from` would admit everyone: an unused port gets no rule
+            by_callers[callers] |= {p.port for p in ext.spec.ports}
+        out |= set(egress.connect_ports(ext))
+    ingress = [
+        {
+            "ports": [{"protocol": "TCP", "port": egress.port_name(p)} for p in sorted(ports)],
+            "from": _peer_selectors(mesh, callers),
+        }
+        for callers, ports in sorted(by_callers.items(), key=lambda kv: sorted(kv[1]))
+    ]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": egress.service_name(gateway),
+            "namespace": gateway.metadata.namespace,
+            "labels": _gateway_labels(gateway),
+        },
+        "spec": {
+            "podSelector": {"matchLabels": gateway_pod_labels(gateway)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": ingress,
+            "egress": [
+                {"to": [{"namespaceSelector": {}}]},
+                {
+                    "ports": [
+                        {"protocol": "UDP", "port": DNS_PORT},
+                        {"protocol": "TCP", "port": DNS_PORT},
+                    ]
+                },
+                {"ports": [{"protocol": "TCP", "port": p} for p in sorted(out)]},
+            ],
         },
     }

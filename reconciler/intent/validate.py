@@ -179,7 +179,8 @@ def _refused_in(broken: Broken, ns: str | None = None) -> bool:
 
 
 def discovery_names(intent: Intent) -> Iterator[Diagnostic]:
-    """Two Services must not need the same discovery Service (`api` + subset `v1` vs `api-v1`)."""
+    """Two Services must not need the same discovery Service (`api` + subset `v1` vs `api-v1`),
+    nor a Service and an egress Gateway (Gateway `api` is addressed as `api-weft`)."""
     owners: dict[tuple[str, str], tuple[model.Service, Loc]] = {}
     for svc in intent.services.values():
         names: list[tuple[str, Loc]] = [(svc.metadata.name + HEADLESS_SUFFIX, ("metadata", "name"))]
@@ -197,6 +198,32 @@ def discovery_names(intent: Intent) -> Iterator[Diagnostic]:
                     f"{first.ref} ({position_of(first)})",
                     "rename the service or the subset",
                 )
+    # An egress gateway is addressed by callers as `<name>-weft` too (a ClusterIP Service).
+    for gw in intent.gateways.values():
+        if not any(
+            e.spec.egress_gateway
+            and intent.gateway(e.spec.egress_gateway, e.metadata.namespace) is gw
+            for e in intent.externals
+        ):
+            continue
+        name = gw.metadata.name + HEADLESS_SUFFIX
+        if len(name) > 63:
+            yield _error(
+                gw,
+                ("metadata", "name"),
+                f"gateway name {gw.metadata.name!r} is too long: the Service its callers "
+                f"address, {name}, must fit in 63 characters",
+            )
+        other = owners.get((gw.metadata.namespace, name))
+        if other is not None:
+            yield _error(
+                gw,
+                ("metadata", "name"),
+                f"Service {gw.metadata.namespace}/{name}, which callers of egress Gateway "
+                f"{gw.ref} address, is also the discovery Service of {other[0].ref} "
+                f"({position_of(other[0])})",
+                "rename the gateway",
+            )
 
 
 def sources(

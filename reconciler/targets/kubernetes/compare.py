@@ -3,8 +3,8 @@
 Server-side apply only sets the fields it is given, and the API server adds defaults and other
 managers' fields around them, so "in sync" means every field of the applied body is present in
 the live object with the same value. Lists of objects are matched by their merge key (`name` for
-containers, volumes, env and ports that have one; the port number otherwise), as the API merges
-them, not by position.
+containers, volumes, env and ports that have one; otherwise the port number, with its protocol
+where one is given, since UDP and TCP 53 are two items), as the API merges them, not by position.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ def differences(desired: Any, live: Any, path: str = "") -> list[str]:
             for i, (d, lv) in enumerate(zip(desired, live, strict=True)):
                 found += differences(d, lv, f"{path}[{i}]")
             return found
-        by_key = {item.get(key): item for item in live if isinstance(item, Mapping)}
+        by_key = {_key_of(item, key): item for item in live if isinstance(item, Mapping)}
         found = []
         for item in desired:
-            name = item[key]
+            name = _key_of(item, key)
             if name not in by_key:
                 found.append(f"{path}[{name}]")
             else:
@@ -62,6 +62,14 @@ def _merge_key(items: Sequence[Any]) -> str | None:
         if all(key in i for i in items):
             return key
     return None
+
+
+def _key_of(item: Mapping[str, Any], key: str) -> Any:
+    """An item's merge key as a path shows it: `http`, `8080`, or `53/UDP` for a port with
+    a protocol and no name."""
+    if key == "port" and "protocol" in item:
+        return f"{item['port']}/{item['protocol']}"
+    return item.get(key)
 
 
 def _same_scalar(desired: Any, live: Any) -> bool:

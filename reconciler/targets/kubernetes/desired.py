@@ -1,9 +1,9 @@
 """The objects a DesiredState calls for in this cluster, from what was observed: a sidecar
 ConfigMap per Service, an injection into each workload the Service selects, the discovery
-Services and NetworkPolicies, each Gateway's objects (`gateways`); and the problems that keep
-a revision from being applied (a workload two Services claim, a service account that is not
-the Service's identity, a namespace that does not exist, a Gateway's missing or broken
-certificate Secret)."""
+Services and NetworkPolicies (an egress gateway's ClusterIP Service and policy among them),
+each Gateway's workload (`gateways`); and the problems that keep a revision from being applied
+(a workload two Services claim, a service account that is not the Service's identity, a
+namespace that does not exist, a Gateway's missing or broken certificate Secret)."""
 
 from __future__ import annotations
 
@@ -76,11 +76,6 @@ def build(
     for obj in [*desired.discovery_services, *desired.network_policies]:
         wanted[ref_of(obj)] = obj
     for key, config in sorted(desired.gateway_configs.items()):
-        if config.inbound:
-            # An egress gateway (mesh-facing ports): its callers' NetworkPolicies are applied,
-            # its own workload is not built on Kubernetes yet.
-            log.warning("egress Gateway %s/%s is not run on Kubernetes yet", *key)
-            continue
         problems += gateways.secret_problems(config, observed.secrets)
         for obj in gateways.objects(config, desired.gateway_runs[key], image):
             wanted[ref_of(obj)] = obj

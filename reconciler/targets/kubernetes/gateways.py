@@ -1,12 +1,20 @@
-"""The Kubernetes objects of one ingress Gateway: pure data, no I/O.
+"""The Kubernetes objects of one Gateway, ingress or egress: pure data, no I/O.
 
 A Gateway is a workload Weft owns whole (unlike a Service's pods, which are their team's): a
-ServiceAccount (its SPIFFE identity), a ConfigMap with its ProxyConfig and listeners, a
-Deployment running `weft sidecar` in gateway mode from the sidecars' image, a Service of type
-LoadBalancer (or NodePort) in front of it, and a NetworkPolicy that lets the outside reach its
-listeners and nothing else. Certificates named by Secret are mounted where the ProxyConfig
-reads them (`proxyconfig.GATEWAY_SECRETS_DIR`); their content never passes through Weft, which
-only checks them (`secret_problems`) so a missing or broken Secret fails the plan by name.
+ServiceAccount (its SPIFFE identity), a ConfigMap with its ProxyConfig and listeners, and a
+Deployment running `weft sidecar` in gateway mode from the sidecars' image.
+
+An ingress gateway also gets a Service of type LoadBalancer (or NodePort) in front of it and a
+NetworkPolicy that lets the outside reach its listeners and nothing else. Certificates named by
+Secret are mounted where the ProxyConfig reads them (`proxyconfig.GATEWAY_SECRETS_DIR`); their
+content never passes through Weft, which only checks them (`secret_problems`) so a missing or
+broken Secret fails the plan by name.
+
+An egress gateway listens on a mesh-facing mTLS port per ExternalService port, each handed to
+its own outbound side (`listeners`), which leaves the cluster. Its ClusterIP Service and its
+NetworkPolicy are the compiler's (what callers address, and who may, and where it may go), as
+a service's discovery Service and NetworkPolicy are: they name its container ports by the
+inbound ports' names, which the Deployment gives them.
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ from reconciler.targets.kubernetes.objects import (
     CERTS_VOLUME,
     CONFIG_DIR,
     CONFIG_VOLUME,
+    INBOUND_BASE,
     MANAGED_BY,
+    OUTBOUND_HTTP_PORT,
     PART,
     Object,
     sidecar_security,
@@ -51,8 +61,34 @@ def is_gateway(obj: Mapping[str, Any]) -> bool:
     return bool(found.get(PART) == GATEWAY_PART and MANAGED_BY.items() <= found.items())
 
 
+def is_egress(config: pc.ProxyConfig) -> bool:
+    """An egress gateway's config has mesh-facing (inbound) ports and no listeners."""
+    return bool(config.inbound)
+
+
 def _container_ports(config: pc.ProxyConfig) -> list[tuple[pc.GatewayListener, int]]:
     return [(gl, LISTENER_BASE + i) for i, gl in enumerate(config.gateway or ())]
+
+
+def _mesh_ports(config: pc.ProxyConfig) -> list[tuple[pc.InboundPort, int]]:
+    """An egress gateway's mTLS listener in the pod per inbound port, numbered as a sidecar's."""
+    return [(p, INBOUND_BASE + i) for i, p in enumerate(config.inbound)]
+
+
+def listeners(config: pc.ProxyConfig) -> dict[str, Any]:
+    """Where the gateway listens in its pod (the `Listeners` of docs/proxyconfig.md). An egress
+    gateway's mesh-facing ports hand each admitted request to its own outbound listener as its
+    "app", where the ExternalService is an egress destination."""
+    found: dict[str, Any] = {
+        "gateway": {gl.name: f"0.0.0.0:{port}" for gl, port in _container_ports(config)}
+    }
+    if is_egress(config):
+        outbound = f"127.0.0.1:{OUTBOUND_HTTP_PORT}"
+        mesh = _mesh_ports(config)
+        found["inbound"] = {p.name: f"0.0.0.0:{port}" for p, port in mesh}
+        found["app"] = {p.name: outbound for p, _ in mesh}
+        found["outboundHttp"] = outbound
+    return found
 
 
 def objects(config: pc.ProxyConfig, run: GatewayRun, image: str) -> list[Object]:
@@ -65,7 +101,6 @@ def objects(config: pc.ProxyConfig, run: GatewayRun, image: str) -> list[Object]
 
     ports = _container_ports(config)
     pod_labels = dict(run.pod_labels)
-    listeners = {"gateway": {gl.name: f"0.0.0.0:{port}" for gl, port in ports}}
     secrets = gateways.secrets(config)
     probe = {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 2}
     container = {
@@ -86,6 +121,11 @@ def objects(config: pc.ProxyConfig, run: GatewayRun, image: str) -> list[Object]
             *(
                 {"name": f"l-{gl.name}"[:15], "containerPort": port, "protocol": "TCP"}
                 for gl, port in ports
+            ),
+            # Named as the inbound port: the compiler's Service and NetworkPolicy say these names.
+            *(
+                {"name": p.name, "containerPort": port, "protocol": "TCP"}
+                for p, port in _mesh_ports(config)
             ),
             {"name": "weft-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
         ],
@@ -118,22 +158,7 @@ def objects(config: pc.ProxyConfig, run: GatewayRun, image: str) -> list[Object]
             for i, ref in enumerate(secrets)
         ),
     ]
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": account, "namespace": ns, "labels": labels(name)},
-            "automountServiceAccountToken": False,
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": meta(),
-            "data": {
-                "proxyconfig.json": config.to_json(),
-                "listeners.json": json.dumps(listeners, indent=2, sort_keys=True) + "\n",
-            },
-        },
+    edge: list[Object] = [
         {
             "apiVersion": "v1",
             "kind": "Service",
@@ -158,6 +183,26 @@ def objects(config: pc.ProxyConfig, run: GatewayRun, image: str) -> list[Object]
                 "ingress": [{"ports": [{"protocol": "TCP", "port": port} for _, port in ports]}],
             },
         },
+    ]
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": account, "namespace": ns, "labels": labels(name)},
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": meta(),
+            "data": {
+                "proxyconfig.json": config.to_json(),
+                "listeners.json": json.dumps(listeners(config), indent=2, sort_keys=True) + "\n",
+            },
+        },
+        # An egress gateway is reached through the compiler's ClusterIP Service, never from
+        # outside: no Service of its own, no NetworkPolicy opening it to anyone.
+        *([] if is_egress(config) else edge),
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
