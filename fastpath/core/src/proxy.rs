@@ -260,14 +260,7 @@ async fn refresh_dns(shared: Arc<Shared>) {
     loop {
         let active = shared.active.load_full();
         for up in active.clusters.values() {
-            if let Some((name, port)) = &up.dns {
-                if let Ok(addrs) = tokio::net::lookup_host((name.as_str(), *port)).await {
-                    let mut found: Vec<String> = addrs.map(|a| a.to_string()).collect();
-                    found.sort();
-                    found.dedup();
-                    up.set_endpoints(found);
-                }
-            }
+            up.resolve().await;
         }
         tokio::select! {
             _ = tokio::time::sleep(DNS_REFRESH) => {}

@@ -304,6 +304,7 @@ pub async fn attempt(
         .breaker
         .admit(Limit::Requests)
         .map_err(|_| Outcome::Overflow)?;
+    upstream.resolve_if_empty().await;
     let endpoint = upstream.pick_keyed(key).ok_or(Outcome::ConnectFailure)?;
     let in_flight = endpoint.start_request();
     let sent = Instant::now();

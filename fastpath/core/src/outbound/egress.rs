@@ -95,6 +95,7 @@ pub async fn tcp(
         &active.config.revision,
     );
     conn.server_name = server_name;
+    upstream.resolve_if_empty().await;
     let Some(endpoint) = upstream.pick() else {
         return conn.connect_failed(&shared.telemetry);
     };

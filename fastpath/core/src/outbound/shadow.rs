@@ -75,6 +75,7 @@ pub fn send(
         let tls = ArcSwap::new(tls);
         let copy = async {
             use http_body_util::BodyExt;
+            upstream.resolve_if_empty().await;
             let endpoint = upstream.pick().ok_or(())?;
             let connection = upstream.connection(&endpoint, &tls).await.map_err(|_| ())?;
             let req = http::Request::from_parts(parts, full(body));

@@ -75,6 +75,7 @@ async fn tcp_or_tls(
         port: target.port,
     };
     let conn = Conn::new(stats, target.cluster.clone(), &active.config.revision);
+    upstream.resolve_if_empty().await;
     // Try each endpoint at most once: a refused connection should not fail the client if
     // another pod can take it.
     let tries = upstream.endpoints.load().len().max(1);

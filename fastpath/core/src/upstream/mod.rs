@@ -121,6 +121,30 @@ impl Upstream {
         self.endpoints.store(Arc::new(new));
     }
 
+    /// Resolves a cluster named by DNS again and takes what it finds (nothing, if the lookup
+    /// fails: the endpoints in force stay). A cluster of addresses is left as it is.
+    pub async fn resolve(&self) {
+        let Some((name, port)) = &self.dns else {
+            return;
+        };
+        if let Ok(addrs) = tokio::net::lookup_host((name.as_str(), *port)).await {
+            let mut found: Vec<String> = addrs.map(|a| a.to_string()).collect();
+            found.sort();
+            found.dedup();
+            self.set_endpoints(found);
+        }
+    }
+
+    /// A cluster named by DNS that has no endpoints yet (just started, or new in a reload) is
+    /// resolved now rather than failing the request: the refresh loop resolves it in the
+    /// background, and a request sent right after start would otherwise race it and get a
+    /// connect failure. Resolved clusters cost one atomic load here.
+    pub async fn resolve_if_empty(&self) {
+        if self.dns.is_some() && self.endpoints.load().is_empty() {
+            self.resolve().await;
+        }
+    }
+
     /// Round robin, or the power of two choices by fewest requests in flight (least-request) or
     /// by latency × load (peak-EWMA), over healthy endpoints not ejected.
     pub fn pick(&self) -> Option<Arc<Endpoint>> {
@@ -194,5 +218,45 @@ impl Upstream {
             .as_ref()
             .map(|(_, t)| t.clone())
             .unwrap_or_else(|| Arc::new(Maglev::single()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn by_name(name: &str) -> Upstream {
+        let mut up = Upstream::new(
+            "ext".into(),
+            LoadBalancer::RoundRobin,
+            Transport::Mesh {
+                expected_id: String::new(),
+            },
+            vec![],
+        );
+        up.dns = Some((name.into(), 8443));
+        up
+    }
+
+    #[tokio::test]
+    async fn a_dns_cluster_with_no_endpoints_yet_is_resolved_before_a_pick() {
+        let up = by_name("localhost");
+        assert!(up.pick().is_none(), "nothing until resolved");
+        up.resolve_if_empty().await;
+        let picked = up.pick().expect("resolved on demand");
+        assert!(picked.addr.ends_with(":8443"), "{}", picked.addr);
+    }
+
+    #[tokio::test]
+    async fn resolved_endpoints_are_not_looked_up_again_on_the_request_path() {
+        let up = by_name("localhost");
+        up.set_endpoints(vec!["192.0.2.7:8443".into()]);
+        up.resolve_if_empty().await;
+        let addrs: Vec<String> = up.endpoints.load().iter().map(|e| e.addr.clone()).collect();
+        assert_eq!(
+            addrs,
+            ["192.0.2.7:8443"],
+            "the refresh loop's job, not the request's"
+        );
     }
 }
