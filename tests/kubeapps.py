@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,3 +116,29 @@ def resource_versions(api: Api, namespaces: tuple[str, ...]) -> dict[str, str]:
             for obj in api.list(kind, namespace=ns):
                 found[f"{kind}/{ns}/{obj['metadata']['name']}"] = obj["metadata"]["resourceVersion"]
     return found
+
+
+def diff_creates_then_nothing(
+    cluster: ControlPlane, target: Any, root: Path, image: str, refs: Any
+) -> None:
+    """`weft diff` of the intent in `root`: exit 1 listing a create of each of `refs`, then,
+    once `target` reconciled it, exit 0 and "no changes"."""
+
+    def diff() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "reconciler.cli", "diff", "--target", "kubernetes",
+             "--kubeconfig", str(cluster.admin_kubeconfig), "--image", image, str(root)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    before = diff()
+    assert before.returncode == 1, before.stderr
+    for ref in refs:
+        assert f"create  {ref}" in before.stdout, before.stdout
+    plan = target.plan(compiler.compile(intent.load(intent.files.from_directory(root))),
+                       target.observe())  # fmt: skip
+    target.apply(plan)
+    target.prune(plan)
+    after = diff()
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "no changes" in after.stdout

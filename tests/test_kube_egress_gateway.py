@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from reconciler.targets.kubernetes import KubernetesTarget
 from reconciler.targets.kubernetes import objects as kobjects
 from tests.conftest import TEMPLATE, load, write_repo
 from tests.kube import ControlPlane
+from tests.kubeapps import diff_creates_then_nothing
 
 IMAGE = "registry.example/weft:test"
 
@@ -174,18 +173,4 @@ def test_weft_diff_shows_the_egress_gateways_objects(
 ) -> None:
     root = intent_with_egress_gateway(tmp_path)
 
-    def diff() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "reconciler.cli", "diff", "--target", "kubernetes",
-             "--kubeconfig", str(template_cluster.admin_kubeconfig), "--image", IMAGE, str(root)],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-
-    before = diff()
-    assert before.returncode == 1, before.stderr
-    for ref in OBJECTS:
-        assert f"create  {ref}" in before.stdout, before.stdout
-    reconcile(target, compiler.compile(load(root)))
-    after = diff()
-    assert after.returncode == 0, after.stdout + after.stderr
-    assert "no changes" in after.stdout
+    diff_creates_then_nothing(template_cluster, target, root, IMAGE, OBJECTS)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from reconciler.identity.secretstore import workload_secret_name
 from reconciler.targets.kubernetes import ConflictError, KubernetesTarget
 from tests.conftest import TEMPLATE, load, write_repo
 from tests.kube import ControlPlane
+from tests.kubeapps import diff_creates_then_nothing
 from tests.pki import CA
 
 IMAGE = "registry.example/weft:test"
@@ -224,21 +223,7 @@ def test_weft_diff_shows_the_gateways_objects(
     template_cluster.admin().create(tls_secret(*site))
     root = intent_with_gateway(tmp_path)
 
-    def diff() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "reconciler.cli", "diff", "--target", "kubernetes",
-             "--kubeconfig", str(template_cluster.admin_kubeconfig), "--image", IMAGE, str(root)],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-
-    before = diff()
-    assert before.returncode == 1, before.stderr
-    for ref in OBJECTS:
-        assert f"create  {ref}" in before.stdout, before.stdout
-    reconcile(target, compiler.compile(load(root)))
-    after = diff()
-    assert after.returncode == 0, after.stdout + after.stderr
-    assert "no changes" in after.stdout
+    diff_creates_then_nothing(template_cluster, target, root, IMAGE, OBJECTS)
 
 
 def test_the_status_names_the_gateway_and_secret_until_the_secret_is_right(
