@@ -178,6 +178,15 @@ def _refused_in(broken: Broken, ns: str | None = None) -> bool:
     return UNREAD in broken or any(k == "Service" and ns in (None, n) for k, n, _ in broken)
 
 
+def _for_egress(intent: Intent, gw: model.Gateway) -> bool:
+    """Whether some ExternalService leaves through this Gateway."""
+    return any(
+        intent.gateway(e.spec.egress_gateway, e.metadata.namespace) is gw
+        for e in intent.externals
+        if e.spec.egress_gateway
+    )
+
+
 def discovery_names(intent: Intent) -> Iterator[Diagnostic]:
     """Two Services must not need the same discovery Service (`api` + subset `v1` vs `api-v1`),
     nor a Service and an egress Gateway (Gateway `api` is addressed as `api-weft`)."""
@@ -200,11 +209,7 @@ def discovery_names(intent: Intent) -> Iterator[Diagnostic]:
                 )
     # An egress gateway is addressed by callers as `<name>-weft` too (a ClusterIP Service).
     for gw in intent.gateways.values():
-        if not any(
-            e.spec.egress_gateway
-            and intent.gateway(e.spec.egress_gateway, e.metadata.namespace) is gw
-            for e in intent.externals
-        ):
+        if not _for_egress(intent, gw):
             continue
         name = gw.metadata.name + HEADLESS_SUFFIX
         if len(name) > 63:
@@ -894,11 +899,7 @@ def gateways(intent: Intent) -> Iterator[Diagnostic]:
     """Gateways: listener names and ports unique; no two gateways answering one host:port."""
     claimed: dict[tuple[int, str], model.Gateway] = {}
     for gw in intent.gateways.values():
-        egress = any(
-            intent.gateway(e.spec.egress_gateway, e.metadata.namespace) is gw
-            for e in intent.externals
-            if e.spec.egress_gateway
-        )
+        egress = _for_egress(intent, gw)
         if gw.spec.listeners and egress:
             # Its egress callers could name an ingress Route's host and reach the mesh as it.
             yield _error(

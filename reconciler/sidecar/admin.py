@@ -13,8 +13,7 @@ import threading
 from typing import Any, Protocol
 
 from reconciler import hostport
-
-APP_HEALTH = "/app-health/"
+from reconciler.sidecar.probes import PATH as APP_HEALTH
 
 
 class Admin(Protocol):

@@ -14,6 +14,11 @@ pub const DEFAULT_WORKERS: usize = 1;
 /// How often DNS endpoint names (ExternalService-style clusters) are resolved again.
 pub const DNS_REFRESH: Duration = Duration::from_secs(5);
 
+/// How long a request waits, at least, before looking up a DNS cluster that has no endpoints
+/// again after a lookup found none: a name that does not resolve must not turn every request
+/// into a DNS query.
+pub const DNS_ON_DEMAND_RETRY: Duration = Duration::from_secs(1);
+
 /// How long an accept loop pauses after accept() fails (out of descriptors), instead of
 /// spinning on the error.
 pub const ACCEPT_BACK_OFF: Duration = Duration::from_millis(50);

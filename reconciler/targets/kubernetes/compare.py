@@ -3,8 +3,8 @@
 Server-side apply only sets the fields it is given, and the API server adds defaults and other
 managers' fields around them, so "in sync" means every field of the applied body is present in
 the live object with the same value. Lists of objects are matched by their merge key (`name` for
-containers, volumes, env and ports that have one; otherwise the port number, with its protocol
-where one is given, since UDP and TCP 53 are two items), as the API merges them, not by position.
+containers, volumes, env and ports that have one; otherwise the port number and its protocol,
+TCP unless given, since UDP and TCP 53 are two items), as the API merges them, not by position.
 """
 
 from __future__ import annotations
@@ -65,10 +65,10 @@ def _merge_key(items: Sequence[Any]) -> str | None:
 
 
 def _key_of(item: Mapping[str, Any], key: str) -> Any:
-    """An item's merge key as a path shows it: `http`, `8080`, or `53/UDP` for a port with
-    a protocol and no name."""
-    if key == "port" and "protocol" in item:
-        return f"{item['port']}/{item['protocol']}"
+    """An item's merge key as a path shows it: `http` by name, or a port with its protocol,
+    `53/UDP` (TCP where none is given, as the API server defaults it)."""
+    if key == "port":
+        return f"{item['port']}/{item.get('protocol', 'TCP')}"
     return item.get(key)
 
 

@@ -23,6 +23,7 @@ use crate::ewma;
 use crate::hash::Maglev;
 use crate::outlier::Detector;
 use crate::protocol::HttpVersion;
+use crate::tunables::DNS_ON_DEMAND_RETRY;
 
 pub use connect::{connect, connect_stream, Stream, Transport, UpstreamError};
 pub use endpoint::{Endpoint, InFlight};
@@ -37,6 +38,9 @@ pub struct Upstream {
     pub version: HttpVersion,
     pub endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     pub dns: Option<(String, u16)>,
+    /// When a request last looked `dns` up because there were no endpoints: one lookup at a
+    /// time, and not again within `DNS_ON_DEMAND_RETRY` (`resolve_if_empty`).
+    on_demand: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     next: AtomicUsize,
     /// Limits on what this sidecar has outstanding here; unconfigured, it only counts.
     pub breaker: Arc<Breaker>,
@@ -89,6 +93,7 @@ impl Upstream {
                     .collect(),
             ),
             dns: None,
+            on_demand: tokio::sync::Mutex::new(None),
             next: AtomicUsize::new(0),
             breaker: Arc::new(Breaker::new(None)),
             outlier: None,
@@ -138,9 +143,18 @@ impl Upstream {
     /// A cluster named by DNS that has no endpoints yet (just started, or new in a reload) is
     /// resolved now rather than failing the request: the refresh loop resolves it in the
     /// background, and a request sent right after start would otherwise race it and get a
-    /// connect failure. Resolved clusters cost one atomic load here.
+    /// connect failure. Requests that arrive meanwhile wait for that one lookup; after one
+    /// that found nothing, they fail at once for `DNS_ON_DEMAND_RETRY`. Resolved clusters
+    /// cost one atomic load here.
     pub async fn resolve_if_empty(&self) {
-        if self.dns.is_some() && self.endpoints.load().is_empty() {
+        if self.dns.is_none() || !self.endpoints.load().is_empty() {
+            return;
+        }
+        let mut last = self.on_demand.lock().await;
+        let now = tokio::time::Instant::now();
+        let recent = last.is_some_and(|t| now.duration_since(t) < DNS_ON_DEMAND_RETRY);
+        if self.endpoints.load().is_empty() && !recent {
+            *last = Some(now);
             self.resolve().await;
         }
     }
@@ -245,6 +259,24 @@ mod tests {
         up.resolve_if_empty().await;
         let picked = up.pick().expect("resolved on demand");
         assert!(picked.addr.ends_with(":8443"), "{}", picked.addr);
+    }
+
+    #[tokio::test]
+    async fn after_a_lookup_that_found_nothing_requests_do_not_look_again_for_a_while() {
+        let up = by_name("localhost");
+        let now = tokio::time::Instant::now();
+        *up.on_demand.lock().await = Some(now); // as a lookup that just found nothing leaves it
+        up.resolve_if_empty().await;
+        assert!(
+            up.pick().is_none(),
+            "no second lookup within DNS_ON_DEMAND_RETRY"
+        );
+        *up.on_demand.lock().await = now.checked_sub(DNS_ON_DEMAND_RETRY * 2);
+        up.resolve_if_empty().await;
+        assert!(
+            up.pick().is_some(),
+            "looked up again once the retry has passed"
+        );
     }
 
     #[tokio::test]
