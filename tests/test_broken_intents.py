@@ -517,6 +517,25 @@ CASES = [
         error(
             "gateway.yaml:23:32",
             "shop.example.com:443 is already served by Gateway shop/public (gateway.yaml:2:1)",
+            "give each host:port to one Gateway",
+        ),
+    ),
+    case(
+        "gateway-wildcard-overlap",
+        error(
+            "gateway.yaml:23:34",
+            "*.example.com:443 covers shop.example.com, which Gateway shop/public already "
+            "serves on this port (gateway.yaml:2:1)",
+            "give each host:port to one Gateway",
+        ),
+    ),
+    case(
+        "egress-gateway-service-type",
+        error(
+            "egress.yaml:6:29",
+            "Gateway shop/egress is an egress gateway: its Service is always a ClusterIP, "
+            "reached only by the mesh's sidecars",
+            "remove serviceType; it is for an ingress gateway's listeners",
         ),
     ),
     case(

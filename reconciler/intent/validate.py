@@ -896,10 +896,23 @@ def _unopened(
 
 
 def gateways(intent: Intent) -> Iterator[Diagnostic]:
-    """Gateways: listener names and ports unique; no two gateways answering one host:port."""
-    claimed: dict[tuple[int, str], model.Gateway] = {}
+    """Gateways: listener names and ports unique; no two gateways answering one host:port,
+    whether they name it or a wildcard of theirs covers it."""
+    claimed: dict[int, list[tuple[str, model.Gateway]]] = {}
     for gw in intent.gateways.values():
         egress = _for_egress(intent, gw)
+        if (
+            egress
+            and not gw.spec.listeners
+            and "service_type" in gw.spec.kubernetes.model_fields_set
+        ):
+            yield _error(
+                gw,
+                ("spec", "kubernetes", "serviceType"),
+                f"Gateway {gw.ref} is an egress gateway: its Service is always a ClusterIP, "
+                "reached only by the mesh's sidecars",
+                "remove serviceType; it is for an ingress gateway's listeners",
+            )
         if gw.spec.listeners and egress:
             # Its egress callers could name an ingress Route's host and reach the mesh as it.
             yield _error(
@@ -928,15 +941,31 @@ def gateways(intent: Intent) -> Iterator[Diagnostic]:
                 yield _error(gw, (*at, "port"), f"port {listener.port} is used twice")
             names.add(listener.name)
             ports.add(listener.port)
+            on_port = claimed.setdefault(listener.port, [])
             for j, host in enumerate(listener.hosts):
-                other = claimed.setdefault((listener.port, host), gw)
-                if other is not gw:
+                for theirs, other in on_port:
+                    if not (model.covers(theirs, host) or model.covers(host, theirs)):
+                        continue
+                    if theirs == host:
+                        what = f"{host}:{listener.port} is already served by Gateway {other.ref}"
+                    elif model.covers(theirs, host):
+                        what = (
+                            f"{host}:{listener.port} is already served by Gateway {other.ref} "
+                            f"through its {theirs}"
+                        )
+                    else:
+                        what = (
+                            f"{host}:{listener.port} covers {theirs}, which Gateway {other.ref} "
+                            "already serves on this port"
+                        )
                     yield _error(
                         gw,
                         (*at, "hosts", j),
-                        f"{host}:{listener.port} is already served by Gateway {other.ref} "
-                        f"({position_of(other)})",
+                        f"{what} ({position_of(other)})",
+                        "give each host:port to one Gateway",
                     )
+                    break
+            on_port.extend((host, gw) for host in listener.hosts)
 
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
