@@ -8,6 +8,12 @@
 
 mod args;
 
+/// mimalloc for every allocation the data plane makes: a request allocates and frees many small
+/// objects (header maps, strings, boxed futures), and glibc malloc/free was about 9 % of a
+/// proxy's samples under load (docs/benchmarks.md, "Where the time goes").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
