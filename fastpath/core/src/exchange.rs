@@ -78,13 +78,14 @@ impl Exchange {
 
     /// Ends the exchange with `response`, which `decided_by` (a policy, a route, or the step
     /// that answered locally) decided. A gRPC caller is given the sidecar's own replies as
-    /// gRPC statuses. `attributes` are the direction's own span attributes.
+    /// gRPC statuses. `attributes` gives the direction's own span attributes from the exchange;
+    /// it is called only for a span that is kept, so an unsampled request builds none of them.
     pub fn finish(
         self,
         telemetry: &Arc<Telemetry>,
         decided_by: &str,
         response: Response<Body>,
-        attributes: Vec<(String, String)>,
+        attributes: impl FnOnce(&Exchange) -> Vec<(String, String)>,
     ) -> Response<Body> {
         let response = if self.protocol == "grpc" {
             grpc::local_reply(response)
@@ -92,6 +93,7 @@ impl Exchange {
             response
         };
         let code = response.status().as_u16();
+        let decided_by = decided_by.to_owned();
         let response = grpc::record(
             telemetry,
             RequestKey {
@@ -100,7 +102,7 @@ impl Exchange {
                 destination: self.destination.clone(),
                 port: self.port,
                 code,
-                policy: decided_by.to_owned(),
+                policy: decided_by.clone(),
                 protocol: self.protocol,
                 grpc_status: None,
                 response_flags: self.response_flags,
@@ -109,36 +111,44 @@ impl Exchange {
             self.request_bytes.clone(),
             response,
         );
+        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let start_unix_ms = self.hop.start_unix_ms();
+        let destination = format!("{}:{}", self.destination, self.port);
+        // The span's strings first, and only when it is kept; the access log then takes the
+        // exchange's own strings rather than copies.
+        let trace_id = if self.hop.records(telemetry) {
+            let trace_id = self.hop.trace_id();
+            let mut span = vec![
+                ("http.method".into(), self.method.to_string()),
+                ("http.target".into(), self.path.clone()),
+                ("http.status_code".into(), code.to_string()),
+            ];
+            span.extend(attributes(&self));
+            span.push(("weft.revision".into(), self.revision.clone()));
+            let name = format!(
+                "{} {}:{} {}",
+                self.direction, self.destination, self.port, self.method
+            );
+            self.hop.finish(telemetry, name, span);
+            trace_id
+        } else {
+            self.hop.ctx.trace_id
+        };
         telemetry.log_access(AccessLog {
-            start_unix_ms: self.hop.start_unix_ms(),
+            start_unix_ms,
             direction: self.direction,
-            source: self.source.clone(),
-            destination: format!("{}:{}", self.destination, self.port),
+            source: self.source,
+            destination,
             method: self.method.to_string(),
-            path: self.path.clone(),
+            path: self.path,
             status: code,
-            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
-            decided_by: decided_by.to_owned(),
-            trace_id: self.hop.trace_id(),
-            revision: self.revision.clone(),
+            duration_ms,
+            decided_by,
+            trace_id,
+            revision: self.revision,
             tcp: None,
             response_flags: self.response_flags,
         });
-        let mut span = vec![
-            ("http.method".into(), self.method.to_string()),
-            ("http.target".into(), self.path),
-            ("http.status_code".into(), code.to_string()),
-        ];
-        span.extend(attributes);
-        span.push(("weft.revision".into(), self.revision));
-        self.hop.finish(
-            telemetry,
-            format!(
-                "{} {}:{} {}",
-                self.direction, self.destination, self.port, self.method
-            ),
-            span,
-        );
         response
     }
 }

@@ -123,7 +123,7 @@ pub fn record(
         pending = false;
     }
     if !pending {
-        telemetry.record_request(key.clone(), started.elapsed());
+        telemetry.record_request(&key, started.elapsed());
     }
     let telemetry = telemetry.clone();
     resp.map(|body| {
@@ -133,10 +133,10 @@ pub fn record(
             report: Some(move |code, response_bytes| {
                 if pending {
                     key.grpc_status = code;
-                    telemetry.record_request(key.clone(), started.elapsed());
+                    telemetry.record_request(&key, started.elapsed());
                 }
                 let sent = request_bytes.load(Ordering::Relaxed);
-                telemetry.record_sizes(key, sent, response_bytes);
+                telemetry.record_sizes(&key, sent, response_bytes);
             }),
         };
         http_body_util::BodyExt::boxed(observed)

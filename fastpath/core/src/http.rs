@@ -159,9 +159,14 @@ impl Hop {
         unix_nanos(self.started) / 1_000_000
     }
 
+    /// Whether this hop's span will be kept: sampled, and something drains spans. Callers
+    /// build a span's strings only when it is, since on an unsampled request they are the cost.
+    pub fn records(&self, telemetry: &Telemetry) -> bool {
+        self.ctx.sampled && telemetry.records_spans()
+    }
+
     pub fn finish(self, telemetry: &Telemetry, name: String, attributes: Vec<(String, String)>) {
-        // Checked here too so an unread span is never built (its strings are the cost).
-        if self.ctx.sampled && telemetry.records_spans() {
+        if self.records(telemetry) {
             telemetry.record_span(Span {
                 trace_id: self.ctx.trace_id,
                 span_id: self.span_id,

@@ -130,7 +130,7 @@ async fn request(
             &config.revision,
             format!("port {port_name} is gone"),
         );
-        return ex.finish(&shared.telemetry, "no-port", reply, vec![]);
+        return ex.finish(&shared.telemetry, "no-port", reply, |_| Vec::new());
     };
     ex.port = port.port;
     let (source, destination, method) = (&ex.source, &ex.destination, &ex.method);
@@ -205,10 +205,12 @@ async fn request(
             }
         }
     };
-    let attributes = vec![
-        ("weft.source".into(), ex.source.clone()),
-        ("weft.policy".into(), policy.clone()),
-    ];
+    let attributes = |ex: &Exchange| {
+        vec![
+            ("weft.source".into(), ex.source.clone()),
+            ("weft.policy".into(), policy.clone()),
+        ]
+    };
     ex.finish(&shared.telemetry, &policy, response, attributes)
 }
 

@@ -191,37 +191,52 @@ impl Telemetry {
         }
     }
 
-    pub fn record_request(&self, key: RequestKey, elapsed: Duration) {
+    /// One finished request's duration. The key is copied only the first time it is seen;
+    /// every later request with it is one lookup, and allocates nothing.
+    pub fn record_request(&self, key: &RequestKey, elapsed: Duration) {
         let ms = elapsed.as_secs_f64() * 1000.0;
+        let count = |stats: &mut RequestStats| {
+            stats.count += 1;
+            stats.sum_ms += ms;
+            for (bound, n) in BUCKETS_MS.iter().zip(stats.buckets.iter_mut()) {
+                *n += u64::from(ms <= *bound);
+            }
+        };
         let mut map = lock(&self.requests);
-        let stats = map.entry(key).or_insert_with(|| RequestStats {
+        if let Some(stats) = map.get_mut(key) {
+            return count(stats);
+        }
+        let mut fresh = RequestStats {
             buckets: vec![0; BUCKETS_MS.len()],
             ..Default::default()
-        });
-        stats.count += 1;
-        stats.sum_ms += ms;
-        for (bound, n) in BUCKETS_MS.iter().zip(stats.buckets.iter_mut()) {
-            if ms <= *bound {
-                *n += 1;
-            }
-        }
+        };
+        count(&mut fresh);
+        map.insert(key.clone(), fresh);
     }
 
-    /// One finished exchange's body sizes: what the caller sent, what it was answered.
-    pub fn record_sizes(&self, key: RequestKey, request: u64, response: u64) {
+    /// One finished exchange's body sizes: what the caller sent, what it was answered. The key
+    /// is copied only the first time, as in `record_request`.
+    pub fn record_sizes(&self, key: &RequestKey, request: u64, response: u64) {
+        let count = |stats: &mut SizeStats| {
+            stats.count += 1;
+            stats.request_sum += request;
+            stats.response_sum += response;
+            for (i, bound) in BUCKETS_BYTES.iter().enumerate() {
+                stats.request_buckets[i] += u64::from(request as f64 <= *bound);
+                stats.response_buckets[i] += u64::from(response as f64 <= *bound);
+            }
+        };
         let mut map = lock(&self.sizes);
-        let stats = map.entry(key).or_insert_with(|| SizeStats {
+        if let Some(stats) = map.get_mut(key) {
+            return count(stats);
+        }
+        let mut fresh = SizeStats {
             request_buckets: vec![0; BUCKETS_BYTES.len()],
             response_buckets: vec![0; BUCKETS_BYTES.len()],
             ..Default::default()
-        });
-        stats.count += 1;
-        stats.request_sum += request;
-        stats.response_sum += response;
-        for (i, bound) in BUCKETS_BYTES.iter().enumerate() {
-            stats.request_buckets[i] += u64::from(request as f64 <= *bound);
-            stats.response_buckets[i] += u64::from(response as f64 <= *bound);
-        }
+        };
+        count(&mut fresh);
+        map.insert(key.clone(), fresh);
     }
 
     pub fn record_tcp(&self, key: TcpKey, update: impl FnOnce(&mut TcpStats)) {
@@ -362,8 +377,8 @@ mod tests {
             grpc_status: None,
             response_flags: "",
         };
-        t.record_request(key.clone(), Duration::from_micros(1500));
-        t.record_request(key.clone(), Duration::from_millis(30));
+        t.record_request(&key, Duration::from_micros(1500));
+        t.record_request(&key, Duration::from_millis(30));
         let map = lock(&t.requests);
         let s = &map[&key];
         assert_eq!(s.count, 2);
@@ -384,8 +399,8 @@ mod tests {
             grpc_status: None,
             response_flags: "",
         };
-        t.record_sizes(key.clone(), 10_000, 0);
-        t.record_sizes(key.clone(), 10_001, 5);
+        t.record_sizes(&key, 10_000, 0);
+        t.record_sizes(&key, 10_001, 5);
         let map = lock(&t.sizes);
         let s = &map[&key];
         assert_eq!((s.count, s.request_sum, s.response_sum), (2, 20_001, 5));

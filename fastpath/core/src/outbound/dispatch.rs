@@ -107,6 +107,7 @@ pub async fn send(
         super::shadow::copy(shared, active, m, &parts, &body, deadline);
     }
     let max_tries = 1 + retries.map_or(0, |r| r.attempts);
+    let mut head = Head(Some(parts));
     let mut tries = 0;
     // A retry holds a maxRetries slot until the next try is done.
     let mut retry_slot = None;
@@ -136,7 +137,8 @@ pub async fn send(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let outcome = attempt(shared, upstream, key, &parts, &mut body, limit).await;
+        let again = tries < max_tries;
+        let outcome = attempt(shared, upstream, key, &mut head, again, &mut body, limit).await;
         let can_retry = tries < max_tries
             && body.can_send_again()
             && retries.is_some_and(|r| {
@@ -234,7 +236,8 @@ pub async fn upgrade(
     };
     let limit = route.config.timeout_ms.map(Duration::from_millis);
     let mut body = RequestBody::Stream(Some(body));
-    let outcome = attempt(shared, upstream, None, &parts, &mut body, limit).await;
+    let mut head = Head(Some(parts));
+    let outcome = attempt(shared, upstream, None, &mut head, false, &mut body, limit).await;
     let overflowed = matches!(outcome, Err(Outcome::Overflow));
     let timed_out = matches!(outcome, Err(Outcome::Timeout));
     let mut response = match outcome {
@@ -289,14 +292,31 @@ impl RequestBody {
     }
 }
 
-/// One try against one endpoint of an upstream, bounded by `limit`. The body is taken only
+/// A request's head across tries: copied for a try another may follow, moved into the last, so
+/// the common request with no retries never copies its header map.
+pub struct Head(Option<http::request::Parts>);
+
+impl Head {
+    /// `None` only after the last try took it, and no try follows the last.
+    fn for_try(&mut self, again: bool) -> Option<http::request::Parts> {
+        if again {
+            self.0.clone()
+        } else {
+            self.0.take()
+        }
+    }
+}
+
+/// One try against one endpoint of an upstream, bounded by `limit`; `again` says whether
+/// another try may follow this one. The body is taken only
 /// once a connection is up: a try that cannot connect has sent nothing, and leaves a streamed
 /// body for the next try.
 pub async fn attempt(
     shared: &Shared,
     upstream: &Upstream,
     key: Option<u64>,
-    parts: &http::request::Parts,
+    head: &mut Head,
+    again: bool,
     body: &mut RequestBody,
     limit: Option<Duration>,
 ) -> Result<http::Response<Body>, Outcome> {
@@ -306,11 +326,12 @@ pub async fn attempt(
         .map_err(|_| Outcome::Overflow)?;
     upstream.resolve_if_empty().await;
     let endpoint = upstream.pick_keyed(key).ok_or(Outcome::ConnectFailure)?;
+    let parts = head.for_try(again).ok_or(Outcome::Reset)?;
     let in_flight = endpoint.start_request();
     let sent = Instant::now();
     let send = async {
         let connection = upstream.connection(&endpoint, &shared.tls).await?;
-        let req = http::Request::from_parts(parts.clone(), body.take());
+        let req = http::Request::from_parts(parts, body.take());
         connection.send(req).await
     };
     let result = match limit {

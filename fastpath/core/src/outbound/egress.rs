@@ -61,11 +61,14 @@ pub async fn http(
         (false, true) => "UT",
         (false, false) => "",
     };
-    let attributes = vec![
-        ("weft.route".into(), route.config.name.clone()),
-        ("weft.cluster".into(), sent.cluster),
-        ("weft.tries".into(), sent.tries.to_string()),
-    ];
+    let (cluster, tries) = (sent.cluster, sent.tries);
+    let attributes = |_: &Exchange| {
+        vec![
+            ("weft.route".into(), route.config.name.clone()),
+            ("weft.cluster".into(), cluster),
+            ("weft.tries".into(), tries.to_string()),
+        ]
+    };
     ex.finish(
         &shared.telemetry,
         &route.config.name,

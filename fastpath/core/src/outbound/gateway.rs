@@ -115,7 +115,7 @@ async fn authenticated(
                         .headers_mut()
                         .insert(http::header::WWW_AUTHENTICATE, v);
                 }
-                return ex.finish(&shared.telemetry, &policy, reply, vec![]);
+                return ex.finish(&shared.telemetry, &policy, reply, |_| Vec::new());
             }
         }
     }

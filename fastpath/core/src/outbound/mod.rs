@@ -133,7 +133,9 @@ pub(crate) async fn request(
                 config.revision
             ),
         );
-        return ex.finish(&shared.telemetry, "outbound: no route", reply, vec![]);
+        return ex.finish(&shared.telemetry, "outbound: no route", reply, |_| {
+            Vec::new()
+        });
     };
     ex.destination = host.service.clone();
     ex.port = host.port;
@@ -165,7 +167,7 @@ async fn mesh(
                 host.service
             ),
         );
-        return ex.finish(&shared.telemetry, BAD_PATH, reply, vec![]);
+        return ex.finish(&shared.telemetry, BAD_PATH, reply, |_| Vec::new());
     }
     ex.path = req
         .uri()
@@ -183,7 +185,9 @@ async fn mesh(
                 host.service, ex.method, ex.path
             ),
         );
-        return ex.finish(&shared.telemetry, "outbound: no route", reply, vec![]);
+        return ex.finish(&shared.telemetry, "outbound: no route", reply, |_| {
+            Vec::new()
+        });
     };
     let tunnel = req.extensions().get::<upgrade::Tunnel>().is_some();
     let (mut parts, body, client_upgrade) = upgrade::split_request(req);
@@ -200,7 +204,7 @@ async fn mesh(
     if let Some(abort) = fault.abort {
         ex.response_flags = fault.flags(false, false);
         let reply = crate::fault::reply(abort, ex.protocol == "grpc", &route.config.name, revision);
-        let attributes = vec![("weft.route".into(), route.config.name.clone())];
+        let attributes = |_: &Exchange| vec![("weft.route".into(), route.config.name.clone())];
         return ex.finish(&shared.telemetry, &route.config.name, reply, attributes);
     }
     let (key, set_cookie) = route
@@ -232,11 +236,14 @@ async fn mesh(
             .headers_mut()
             .append(http::header::SET_COOKIE, v);
     }
-    let attributes = vec![
-        ("weft.route".into(), route.config.name.clone()),
-        ("weft.cluster".into(), sent.cluster),
-        ("weft.tries".into(), sent.tries.to_string()),
-    ];
+    let (cluster, tries) = (sent.cluster, sent.tries);
+    let attributes = |_: &Exchange| {
+        vec![
+            ("weft.route".into(), route.config.name.clone()),
+            ("weft.cluster".into(), cluster),
+            ("weft.tries".into(), tries.to_string()),
+        ]
+    };
     ex.finish(
         &shared.telemetry,
         &route.config.name,
