@@ -25,7 +25,7 @@ use crate::{capture, inbound, outbound};
 
 pub struct Proxy {
     /// The runtime `start` made; `None` when the caller's runtime runs the tasks (`spawn_on`).
-    runtime: Option<tokio::runtime::Runtime>,
+    runtime: Option<Owned>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -34,21 +34,18 @@ pub struct Proxy {
 
 impl Proxy {
     /// Starts on a runtime of its own with `workers` threads: what the binding and the
-    /// binary use, so the proxy never competes with its host for a runtime.
+    /// binary use, so the proxy never competes with its host for a runtime. One worker is a
+    /// current-thread runtime driven by a thread of its own: the same single thread, without
+    /// the work-stealing scheduler's bookkeeping on every wake-up (nothing to steal from).
     pub fn start(
         config_json: &str,
         material: Material,
         listeners: Listeners,
         workers: usize,
     ) -> Result<Proxy, ProxyError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers.max(1))
-            .thread_name("fastpath")
-            .enable_all()
-            .build()
-            .map_err(ProxyError::Runtime)?;
-        let mut proxy = Proxy::spawn_on(runtime.handle(), config_json, material, listeners)?;
-        proxy.runtime = Some(runtime);
+        let owned = Owned::new(workers)?;
+        let mut proxy = Proxy::spawn_on(owned.handle(), config_json, material, listeners)?;
+        proxy.runtime = Some(owned);
         Ok(proxy)
     }
 
@@ -194,7 +191,7 @@ impl Proxy {
         let _ = self.shutdown.send(true);
         if let Some(runtime) = self.runtime.take() {
             runtime.block_on(self.drain(drain));
-            runtime.shutdown_timeout(Duration::from_millis(100));
+            runtime.stop();
         }
     }
 
@@ -234,6 +231,87 @@ impl Observer {
     /// ejections, circuit breakers and mirrors.
     pub fn clusters_json(&self) -> String {
         crate::clusters::report_json(&self.0.active.load())
+    }
+}
+
+/// The runtime `Proxy::start` made, and for one worker the thread that drives it.
+enum Owned {
+    MultiThread(tokio::runtime::Runtime),
+    CurrentThread {
+        runtime: Arc<tokio::runtime::Runtime>,
+        stop: tokio::sync::oneshot::Sender<()>,
+        driver: std::thread::JoinHandle<()>,
+    },
+}
+
+impl Owned {
+    fn new(workers: usize) -> Result<Owned, ProxyError> {
+        if workers > 1 {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .thread_name("fastpath")
+                .enable_all()
+                .build()
+                .map_err(ProxyError::Runtime)?;
+            return Ok(Owned::MultiThread(runtime));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .thread_name("fastpath")
+            .enable_all()
+            .build()
+            .map_err(ProxyError::Runtime)?;
+        let runtime = Arc::new(runtime);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let driving = runtime.clone();
+        // The one thread that runs every task; `block_on` here is what drives the scheduler
+        // and the I/O and timer drivers until `stop`.
+        let driver = std::thread::Builder::new()
+            .name("fastpath".into())
+            .spawn(move || {
+                driving.block_on(async {
+                    let _ = stopped.await;
+                })
+            })
+            .map_err(ProxyError::Runtime)?;
+        Ok(Owned::CurrentThread {
+            runtime,
+            stop,
+            driver,
+        })
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        match self {
+            Owned::MultiThread(runtime) => runtime.handle(),
+            Owned::CurrentThread { runtime, .. } => runtime.handle(),
+        }
+    }
+
+    /// Runs `future` to completion from the calling thread. On the current-thread runtime the
+    /// driver thread keeps running the tasks; this thread only waits for `future`.
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        match self {
+            Owned::MultiThread(runtime) => runtime.block_on(future),
+            Owned::CurrentThread { runtime, .. } => runtime.block_on(future),
+        }
+    }
+
+    /// Stops every task still running (after the drain) and the threads.
+    fn stop(self) {
+        match self {
+            Owned::MultiThread(runtime) => runtime.shutdown_timeout(Duration::from_millis(100)),
+            Owned::CurrentThread {
+                runtime,
+                stop,
+                driver,
+            } => {
+                let _ = stop.send(());
+                let _ = driver.join();
+                if let Ok(runtime) = Arc::try_unwrap(runtime) {
+                    runtime.shutdown_timeout(Duration::from_millis(100));
+                }
+            }
+        }
     }
 }
 
