@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -20,7 +19,6 @@ from typing import Any
 import pytest
 
 from reconciler.identity import atomic
-from reconciler.sidecar import agent as agent_module
 from tests import sidecars
 from tests.pki import CA
 
@@ -171,35 +169,6 @@ def test_every_request_gets_a_json_access_log_line(sidecar: Sidecar) -> None:
     assert entry["decided_by"] == "default"
     assert len(entry["trace_id"]) == 32
     assert entry["revision"] == "main@sha1:" + "a" * 40
-
-
-def _threads(pid: int) -> dict[int, tuple[str, int]]:
-    """Each thread of `pid`: its name and its nice (field 19 of /proc/<pid>/task/<tid>/stat)."""
-    found = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):  # a thread that ended meanwhile
-            name = (task / "comm").read_text().strip()
-            stat = (task / "stat").read_text()
-            found[int(task.name)] = (name, int(stat[stat.rindex(")") + 2 :].split()[16]))
-    return found
-
-
-def test_the_agent_runs_nicer_than_fastpath_so_requests_never_wait_for_it(
-    sidecar: Sidecar,
-) -> None:
-    # An admin request starts a handler thread, and a request runs fastpath's worker: both
-    # exist when the threads are read.
-    assert get(f"{sidecar.admin}/metrics")[0] == 200
-    assert sidecar.request() == 200
-    base = os.getpriority(os.PRIO_PROCESS, 0)
-    threads = _threads(sidecar.proc.pid)
-    proxy = {tid: nice for tid, (name, nice) in threads.items() if name.startswith("fastpath")}
-    agent = {tid: nice for tid, (name, nice) in threads.items() if tid not in proxy}
-    assert proxy, threads
-    assert agent, threads
-    assert set(proxy.values()) == {base}, threads
-    assert set(agent.values()) == {min(19, base + agent_module.AGENT_NICE)}, threads
-    assert sidecar.proc.pid in agent  # the main thread, which writes the access log
 
 
 def test_a_bad_config_is_refused_and_a_good_one_applied(sidecar: Sidecar) -> None:

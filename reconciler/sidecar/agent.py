@@ -44,31 +44,6 @@ SETTLE_SECONDS = 0.02
 # Access logs are written this often, so a line appears within a fraction of a second.
 ACCESS_LOG_SECONDS = 0.2
 CERT_FILES = ("tls.crt", "tls.key", "ca.crt")
-# The agent's threads run this much nicer than fastpath's, so on a shared core a request never
-# waits behind the agent's periodic work (writing the access log, polling, admin): the kernel
-# lets a waking fastpath thread preempt them at once. +10 still leaves the agent about a tenth
-# of a saturated core, several times what writing the access log needs.
-AGENT_NICE = 10
-PROXY_THREADS = "fastpath"  # what fastpath names its threads (runtime workers, blocking pool)
-
-
-def yield_to_proxy(nice: int = AGENT_NICE) -> list[int]:
-    """Renice every thread of this process that is not fastpath's by `nice`, and return their
-    ids. Threads started later inherit the nice of the thread that starts them, so the agent's
-    later threads (admin handlers, span export after a reload) follow; fastpath's blocking pool
-    is started from its own threads and does not."""
-    reniced = []
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            name = (task / "comm").read_text().strip()
-            tid = int(task.name)
-            if name.startswith(PROXY_THREADS):
-                continue
-            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
-        except (OSError, ValueError):
-            continue  # a thread that ended meanwhile, or a platform without per-thread nice
-        reniced.append(tid)
-    return reniced
 
 
 def _exports_spans(config: dict[str, Any]) -> bool:
@@ -396,7 +371,6 @@ def run(
         if changes is not None:
             changes.close()
         return 1
-    yield_to_proxy()
     follower = None
     if changes is not None:
         follower = threading.Thread(target=_follow, args=(changes, wake, stop), daemon=True)
