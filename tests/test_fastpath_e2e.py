@@ -7,6 +7,7 @@ binding, each on its own tokio threads, on loopback ports the kernel picks.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.client
 import json
@@ -500,3 +501,39 @@ def test_a_100_mb_upload_streams_through_without_being_buffered(mesh: Mesh) -> N
     assert json.loads(out)["received"] == size
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 50, f"peak RSS grew {grown_mb:.0f} MB while 100 MB passed through"
+
+
+def _fastpath_threads() -> int:
+    """fastpath's threads in this process (it names them all `fastpath`)."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            names.append((task / "comm").read_text().strip())
+    return sum(name.startswith("fastpath") for name in names)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_runtime_serves_then_stops_every_thread_it_started(mesh: Mesh, workers: int) -> None:
+    # One worker is a current-thread runtime on a thread of its own; more is tokio's
+    # multi-thread runtime. Both must serve, and a shutdown must leave no thread behind.
+    before = _fastpath_threads()
+    bound = sidecars.bind_endpoints(mesh.configs[("a", "web")], mesh.web_endpoints())
+    web = mesh.ids["web"]
+    listeners = json.dumps({"outboundHttp": "127.0.0.1:0"})
+    proxy = _native.start(
+        sidecars.to_json(bound), web.chain, web.key, web.bundle, listeners, workers=workers
+    )
+    try:
+        # A new thread takes its name when it first runs, so wait for it to show.
+        sidecars.wait_until(lambda: _fastpath_threads() >= before + workers)
+        outbound = proxy.bound()["outbound:http"]
+        codes = [
+            curl("-H", "Host: api.b:8080", f"http://{outbound}/api/items?n={i}")[0]
+            for i in range(4)
+        ]
+        assert codes == [200, 200, 200, 200]
+    finally:
+        proxy.shutdown(0.5)
+    # A blocking-pool thread the runtime could not stop at once ends when idle (tokio keeps
+    # one 10 s), so allow for that.
+    sidecars.wait_until(lambda: _fastpath_threads() == before, timeout=15.0)

@@ -76,6 +76,25 @@ def all_cpu_seconds() -> float:
     return total / TICKS
 
 
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave to other guests while this VM wanted it (`steal` in
+    /proc/stat), summed over CPUs: noise no process on this machine shows."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / TICKS if len(fields) > 8 else 0.0
+
+
+def wait_for_low_steal(max_steal: float, max_wait: float, window: float = 5.0) -> float:
+    """Wait (up to `max_wait`) for a `window` in which the hypervisor took at most `max_steal`
+    % of one core; return the last window's figure."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        before = steal_seconds()
+        time.sleep(window)
+        stolen = (steal_seconds() - before) / window * 100
+        if stolen <= max_steal or time.monotonic() >= deadline:
+            return stolen
+
+
 def loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
