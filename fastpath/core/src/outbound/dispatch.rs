@@ -3,6 +3,7 @@
 //! per-try and overall deadlines and its retry budget. A body small enough to replay is buffered
 //! so a retry can resend it; a larger one streams once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,13 +15,14 @@ use tokio::time::Instant;
 
 use crate::body::{full, incoming, Body};
 use crate::breaker::{self, Limit};
+use crate::exchange::Exchange;
 use crate::hash;
 use crate::http::local_reply;
 use crate::retry::{back_off, retryable, Outcome};
 use crate::routing::{Host, Route};
 use crate::state::{Active, Shared};
 use crate::tcp::Conn;
-use crate::telemetry::TcpKey;
+use crate::telemetry::{TcpKey, Telemetry};
 use crate::tunables::MAX_REPLAY_BODY;
 use crate::upgrade;
 use crate::upstream::{Upstream, UpstreamError};
@@ -43,6 +45,27 @@ pub struct Target<'a> {
     pub service: &'a str,
     /// The answer when no try got one: 503 in the mesh, as Envoy's; 502 for an outside server.
     pub unavailable: StatusCode,
+}
+
+impl Sent {
+    /// Ends `ex` with this response, as `route` decided it; its span names the route, the last
+    /// try's cluster and how many tries it took.
+    pub fn finish(
+        self,
+        ex: Exchange,
+        telemetry: &Arc<Telemetry>,
+        route: &Route,
+    ) -> http::Response<Body> {
+        let (cluster, tries) = (self.cluster, self.tries);
+        let attributes = |_: &Exchange| {
+            vec![
+                ("weft.route".into(), route.config.name.clone()),
+                ("weft.cluster".into(), cluster),
+                ("weft.tries".into(), tries.to_string()),
+            ]
+        };
+        ex.finish(telemetry, &route.config.name, self.response, attributes)
+    }
 }
 
 impl<'a> Target<'a> {

@@ -61,20 +61,7 @@ pub async fn http(
         (false, true) => "UT",
         (false, false) => "",
     };
-    let (cluster, tries) = (sent.cluster, sent.tries);
-    let attributes = |_: &Exchange| {
-        vec![
-            ("weft.route".into(), route.config.name.clone()),
-            ("weft.cluster".into(), cluster),
-            ("weft.tries".into(), tries.to_string()),
-        ]
-    };
-    ex.finish(
-        &shared.telemetry,
-        &route.config.name,
-        sent.response,
-        attributes,
-    )
+    sent.finish(ex, &shared.telemetry, route)
 }
 
 /// Opaque TCP (or TLS the app speaks itself) to a destination outside the mesh.

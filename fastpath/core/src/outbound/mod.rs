@@ -236,18 +236,5 @@ async fn mesh(
             .headers_mut()
             .append(http::header::SET_COOKIE, v);
     }
-    let (cluster, tries) = (sent.cluster, sent.tries);
-    let attributes = |_: &Exchange| {
-        vec![
-            ("weft.route".into(), route.config.name.clone()),
-            ("weft.cluster".into(), cluster),
-            ("weft.tries".into(), tries.to_string()),
-        ]
-    };
-    ex.finish(
-        &shared.telemetry,
-        &route.config.name,
-        sent.response,
-        attributes,
-    )
+    sent.finish(ex, &shared.telemetry, route)
 }
