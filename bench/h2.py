@@ -1,27 +1,32 @@
-"""HTTP/2 through the sidecar pair: Weft against Envoy, side by side (issue 15).
+"""HTTP/2 and gRPC through the sidecar pair: Weft against Envoy, side by side (issue 15).
 
-    h2load -> proxy A (h2c, prior knowledge) -> h2 over mTLS (TLS 1.3, ALPN h2) -> proxy B
-           -> backend (nginx, h2c)
+    h2load | ghz -> proxy A (h2c, prior knowledge) -> h2 over mTLS (TLS 1.3, ALPN h2)
+                 -> proxy B -> backend (h2c: nginx for HTTP/2, a grpc-go server for gRPC)
 
-b/api's port is declared `protocol: http2`, so Weft's sidecars speak h2 to each other and h2c to
-the app; Envoy is configured the same way (codec AUTO downstream, HTTP/2 upstream on both hops,
-ALPN h2 between A and B). Same certificates and pinning as `bench/proxies.py`: h2load and the
-backend on CPU 0, every proxy on CPU 1, one worker each, every request access-logged.
+b/api's port is declared `protocol: http2` (HTTP/2) or `protocol: grpc` (gRPC), so Weft's
+sidecars speak h2 to each other and h2c to the app; Envoy is configured the same way (codec
+AUTO downstream, HTTP/2 upstream on both hops, ALPN h2 between A and B). Same certificates and
+pinning as `bench/proxies.py`: the client and the backend on CPU 0, every proxy on CPU 1, one
+worker each, every request access-logged. The gRPC call is `grpc.health.v1.Health/Check`, which
+ghz finds by server reflection through the pair; ghz and the backend are built by
+tools/grpcbench.
 
-Per peer and round (rounds interleaved, peer order rotating, fresh proxies each round):
+Per protocol, peer and round (rounds interleaved, peer order rotating, fresh proxies each):
 
-- **maximum throughput**: h2load, 4 connections x 8 concurrent streams, for `--seconds`;
-- **latency at a rate**: h2load `--rps` over 16 connections (one stream each) at 1,000/s and at
-  half the slowest peer's maximum. h2load times each request from when it was *sent*, not when
-  it was due, so a stall hides the requests it delayed (coordinated omission): read these as
-  the proxies' latency under steady load, not as an open-loop tail. Percentiles come from
-  h2load's per-request log;
-- **CPU per request** at 1,000/s: utime + stime of A and B over the run, per request done.
+- **maximum throughput**: h2load 4 connections x 8 concurrent streams, or ghz 32 workers over
+  4 connections, for `--seconds`;
+- **latency at a rate**: 16 connections with one request in flight each, at 1,000/s and at half
+  the slowest peer's maximum. Both clients time a request from when it was *sent*, not when it
+  was due, so a stall hides the requests it delayed (coordinated omission): read these as the
+  proxies' latency under steady load, not as an open-loop tail;
+- **CPU per request** at 1,000/s: utime + stime of A and B over the run, per request done, and
+  the hypervisor's steal over the same run.
 
-*direct* is h2load against the backend itself. Added latency is a peer's percentile minus
+*direct* is the client against the backend itself. Added latency is a peer's percentile minus
 direct's in the same round.
 
-    .venv/bin/python bench/h2.py [--runs 3] [--seconds 8] [--peers direct,weft,fastpath,envoy]
+    .venv/bin/python bench/h2.py [--runs 3] [--seconds 8] [--protocols h2,grpc]
+        [--peers direct,weft,fastpath,envoy]
 
 Raw results: `bench/results/h2.json`.
 """
