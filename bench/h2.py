@@ -34,7 +34,6 @@ Raw results: `bench/results/h2.json`.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import re
@@ -477,14 +476,7 @@ def main() -> int:
     versions = {**proxies.versions(tools), "h2load": host.command_output(["h2load", "--version"])}
     if args.ghz is not None:
         versions["ghz"] = host.command_output([str(args.ghz), "--version"])
-    result: dict[str, Any] = {
-        "benchmark": "h2",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": host.machine(),
-        "versions": versions,
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "protocols": {},
-    }
+    result: dict[str, Any] = {**proxies.run_header("h2", versions, args), "protocols": {}}
     try:
         for protocol in protocols:
             with tempfile.TemporaryDirectory(prefix=f"weft-{protocol}-") as tmp:

@@ -129,6 +129,17 @@ def ensure_tools(install: bool) -> Tools:
     )
 
 
+def run_header(benchmark: str, found: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    """What every raw result file opens with: which benchmark, when, where, what ran, how."""
+    return {
+        "benchmark": benchmark,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": host.machine(),
+        "versions": found,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
+
+
 def _envoy_binary() -> Path | None:
     import importlib.util  # noqa: PLC0415
 
@@ -827,11 +838,7 @@ def main() -> int:
         )
         ctx.backend_pid = backend.pid
         result: dict[str, Any] = {
-            "benchmark": "proxies",
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "machine": host.machine(),
-            "versions": found_versions,
-            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            **run_header("proxies", found_versions, args),
             "pinned": {"loadgen_and_backend": ctx.client_cpu, "proxies": ctx.proxy_cpu},
             "runs": [],
             "discarded_runs": [],

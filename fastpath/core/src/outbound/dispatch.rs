@@ -39,14 +39,6 @@ pub struct Sent {
     pub timed_out: bool,
 }
 
-/// What a dispatch is for, as the sidecar's own replies name it.
-pub struct Target<'a> {
-    /// "b/api", or "external service b/payments (api.payments.example:80)".
-    pub service: &'a str,
-    /// The answer when no try got one: 503 in the mesh, as Envoy's; 502 for an outside server.
-    pub unavailable: StatusCode,
-}
-
 impl Sent {
     /// Ends `ex` with this response, as `route` decided it; its span names the route, the last
     /// try's cluster and how many tries it took.
@@ -66,6 +58,14 @@ impl Sent {
         };
         ex.finish(telemetry, &route.config.name, self.response, attributes)
     }
+}
+
+/// What a dispatch is for, as the sidecar's own replies name it.
+pub struct Target<'a> {
+    /// "b/api", or "external service b/payments (api.payments.example:80)".
+    pub service: &'a str,
+    /// The answer when no try got one: 503 in the mesh, as Envoy's; 502 for an outside server.
+    pub unavailable: StatusCode,
 }
 
 impl<'a> Target<'a> {
@@ -331,9 +331,8 @@ impl Head {
 }
 
 /// One try against one endpoint of an upstream, bounded by `limit`; `again` says whether
-/// another try may follow this one. The body is taken only
-/// once a connection is up: a try that cannot connect has sent nothing, and leaves a streamed
-/// body for the next try.
+/// another try may follow this one. The body is taken only once a connection is up: a try that
+/// cannot connect has sent nothing, and leaves a streamed body for the next try.
 pub async fn attempt(
     shared: &Shared,
     upstream: &Upstream,
