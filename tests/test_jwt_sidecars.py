@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ def intent(jwks_uri: str) -> dict[str, str]:
                   audiences: [orders]
                   jwksUri: {jwks_uri}
                   forwardClaims: [{{claim: groups, header: x-user-groups}}]
+                  clockSkew: 1s  # so a token kept in the cache can be seen to expire
             """,
         "policy.yaml": """\
             apiVersion: weft.dev/v1alpha1
@@ -190,11 +192,14 @@ def test_a_rotated_key_is_picked_up_and_cached_keys_outlive_the_idp(
     assert status == 401
     assert "unknown signing key" in headers["www-authenticate"]
 
+    kept = old.sign(buyer)
+    assert pair.curl(kept)[0] == 200  # verified, so now in the sidecar's token cache
     idp.keys[:] = [new]  # the IdP rotates: the old key is withdrawn
     sidecars.wait_until(lambda: pair.curl(new.sign(buyer))[0] == 200)
-    status, headers, _ = pair.curl(old.sign(buyer))
-    assert status == 401
-    assert "unknown signing key" in headers["www-authenticate"]
+    for token in (kept, old.sign(buyer)):
+        status, headers, _ = pair.curl(token)
+        assert status == 401, "a token verified by a withdrawn key is not kept past the reload"
+        assert "unknown signing key" in headers["www-authenticate"]
 
     idp.stop()
     sidecars.wait_until(lambda: all(s["stale"] for s in pair.api.dump()["jwks"].values()))
@@ -202,3 +207,17 @@ def test_a_rotated_key_is_picked_up_and_cached_keys_outlive_the_idp(
     assert status == 200, "keys already fetched keep working while the IdP is away"
     metrics = sidecars.http_get(f"{pair.api.admin}/metrics")[1]
     assert f'weft_sidecar_jwks_stale{{source="uri:{idp.uri}"}} 1' in metrics
+
+
+def test_a_cached_token_is_refused_once_it_expires(
+    rig: tuple[Pair, jwts.JwksServer, list[jwts.SigningKey]],
+) -> None:
+    pair, _idp, (rsa_key, _ec) = rig
+    exp = int(time.time()) + 2
+    token = rsa_key.sign(jwts.claims(ISSUER, groups=["buyers"], exp=exp))
+    assert pair.curl(token)[0] == 200
+    assert pair.curl(token)[0] == 200  # the second answered from the cache
+    time.sleep(max(0.0, exp + 2.2 - time.time()))  # past `exp` and the 1 s of clock skew
+    status, headers, _ = pair.curl(token)
+    assert status == 401
+    assert "token expired" in headers["www-authenticate"]

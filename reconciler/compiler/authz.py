@@ -59,6 +59,7 @@ def authentication(ra: model.RequestAuthentication) -> pc.Authentication:
                 ],
                 forward_token=i.forward_token,
                 leeway_seconds=i.clock_skew // 1000,
+                token_cache_size=i.token_cache_size,
             )
             for i in ra.spec.issuers
         ],

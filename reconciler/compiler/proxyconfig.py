@@ -121,6 +121,7 @@ class JwtIssuer:
     forward_claims: list[ClaimHeader] = dataclasses.field(default_factory=list)
     forward_token: bool = False
     leeway_seconds: int = 60
+    token_cache_size: int = 100
 
 
 @contract

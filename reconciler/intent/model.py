@@ -420,6 +420,9 @@ class JwtIssuer(Model):
     forward_claims: list[ClaimToHeader] = []
     forward_token: bool = False
     clock_skew: Duration = 60_000
+    # Verified tokens each sidecar keeps until their `exp` (a repeated token skips the
+    # signature check); 0 checks every request.
+    token_cache_size: Annotated[int, Field(ge=0, le=100_000)] = 100
 
     @model_validator(mode="after")
     def _one_key_source(self) -> JwtIssuer:

@@ -5,9 +5,12 @@
 //! there by the agent that fetched the issuer's JWKS (so key rotation is a config reload and
 //! the request path never does I/O). Signatures are checked by `jsonwebtoken` on aws-lc-rs;
 //! HMAC and `alg: none` are refused, so a key in the config can only ever verify, never sign.
+//! Each issuer keeps the tokens it verified until they expire, so a user's repeated token
+//! costs a lookup, not a signature check (Envoy's `jwt_cache_config`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use http::{HeaderMap, HeaderValue, Uri};
 use jsonwebtoken::errors::ErrorKind;
@@ -18,6 +21,9 @@ use serde_json::{Map, Value};
 
 /// Clock skew tolerated on `exp` and `nbf` unless the intent says otherwise.
 pub const DEFAULT_LEEWAY_SECONDS: u64 = 60;
+
+/// Verified tokens an issuer keeps unless the intent says otherwise (Envoy's default size).
+pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 100;
 
 /// A port's end-user authentication.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -62,10 +68,85 @@ pub struct Issuer {
     pub forward_token: bool,
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
+    /// How many verified tokens to keep; 0 checks every request's signature.
+    #[serde(default = "default_token_cache_size")]
+    pub token_cache_size: usize,
+    #[serde(skip)]
+    cache: TokenCache,
 }
 
 fn default_leeway() -> u64 {
     DEFAULT_LEEWAY_SECONDS
+}
+
+fn default_token_cache_size() -> usize {
+    DEFAULT_TOKEN_CACHE_SIZE
+}
+
+/// Tokens an issuer verified, by their text, with their claims and `exp`. Only a token whose
+/// signature, issuer and audience checked out goes in, and a hit is refused once past its
+/// `exp`, as a fresh check would be. The cache lives in the issuer of one config: new keys
+/// (rotation, a key withdrawn) are a new config, so nothing verified by an old key outlives it.
+/// A clone of the config shares it: the worker threads of one proxy see one cache.
+#[derive(Clone, Default)]
+struct TokenCache(Arc<Mutex<HashMap<Box<str>, Verified>>>);
+
+struct Verified {
+    claims: Arc<Map<String, Value>>,
+    exp: u64,
+}
+
+impl TokenCache {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Verified>> {
+        // A panic elsewhere while holding the lock leaves a map that is still whole.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The claims of `token` if it was verified and has not expired (`exp` + leeway).
+    fn get(&self, token: &str, now: u64, leeway: u64) -> Option<Arc<Map<String, Value>>> {
+        let mut entries = self.entries();
+        let hit = entries.get(token)?;
+        if hit.exp.saturating_add(leeway) >= now {
+            return Some(Arc::clone(&hit.claims));
+        }
+        entries.remove(token); // expired: the full check below says why it is refused
+        None
+    }
+
+    /// Keeps a verified token. When full, expired tokens go first, then an arbitrary one:
+    /// only tokens the issuer signed can enter, so churn needs the issuer's help.
+    fn put(&self, token: &str, claims: &Arc<Map<String, Value>>, capacity: usize, now: u64) {
+        let Some(exp) = claims.get("exp").and_then(Value::as_u64) else {
+            return;
+        };
+        let mut entries = self.entries();
+        if entries.len() >= capacity {
+            entries.retain(|_, v| v.exp >= now);
+        }
+        if entries.len() >= capacity {
+            if let Some(victim) = entries.keys().next().cloned() {
+                entries.remove(&victim);
+            }
+        }
+        let claims = Arc::clone(claims);
+        entries.insert(token.into(), Verified { claims, exp });
+    }
+
+    fn len(&self) -> usize {
+        self.entries().len()
+    }
+}
+
+impl PartialEq for TokenCache {
+    fn eq(&self, _: &TokenCache) -> bool {
+        true // what was verified is state, not configuration
+    }
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenCache({} tokens)", self.len())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -276,7 +357,8 @@ enum Location {
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub principal: String,
-    pub claims: Map<String, Value>,
+    /// Shared with the issuer's cache of verified tokens.
+    pub claims: Arc<Map<String, Value>>,
     issuer: usize,
     location: Location,
 }
@@ -416,7 +498,21 @@ impl Issuer {
         None
     }
 
-    fn verify(&self, token: &str) -> Result<Map<String, Value>, Refusal> {
+    fn verify(&self, token: &str) -> Result<Arc<Map<String, Value>>, Refusal> {
+        if self.token_cache_size == 0 {
+            return self.check(token).map(Arc::new);
+        }
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(claims) = self.cache.get(token, now, self.leeway_seconds) {
+            return Ok(claims);
+        }
+        let claims = Arc::new(self.check(token)?);
+        self.cache.put(token, &claims, self.token_cache_size, now);
+        Ok(claims)
+    }
+
+    /// The full check: header, key, signature and claims.
+    fn check(&self, token: &str) -> Result<Map<String, Value>, Refusal> {
         // An unknown `alg` (such as "none") fails to parse here: malformed, never accepted.
         let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Malformed)?;
         if header.alg.family() == AlgorithmFamily::Hmac {

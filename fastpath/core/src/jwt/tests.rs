@@ -271,3 +271,87 @@ fn issuers_without_keys_yet_refuse_every_token() {
         Refusal::NoKeys
     );
 }
+
+fn cached(a: &Authentication) -> usize {
+    a.issuers[0].cache.len()
+}
+
+#[test]
+fn a_verified_token_is_kept_and_a_refused_one_never_is() {
+    let s = es256("k1");
+    let a = authn(&[&s], true);
+    let token = s.sign(&claims(json!({"groups": ["buyers"]})));
+    let first = check(&a, &token).unwrap().unwrap();
+    assert_eq!(cached(&a), 1);
+    let again = check(&a, &token).unwrap().unwrap();
+    assert!(
+        Arc::ptr_eq(&first.claims, &again.claims),
+        "the second came from the cache"
+    );
+    assert_eq!(again.principal, "https://idp.test/alice");
+    // A forged copy differs in its bytes, so it is a miss, and checked, and refused.
+    let forged = es256("k1").sign(&claims(json!({"groups": ["buyers"]})));
+    assert_eq!(check(&a, &forged).unwrap_err(), Refusal::BadSignature);
+    let late = s.sign(&claims(json!({"exp": now() - 3600})));
+    assert_eq!(check(&a, &late).unwrap_err(), Refusal::Expired);
+    assert_eq!(check(&a, &late).unwrap_err(), Refusal::Expired);
+    assert_eq!(cached(&a), 1, "only the verified token is kept");
+}
+
+#[test]
+fn a_kept_token_is_refused_once_it_expires() {
+    let cache = TokenCache::default();
+    let claims: Arc<Map<String, Value>> =
+        Arc::new(serde_json::from_value(json!({"exp": 1_000})).unwrap());
+    cache.put("t", &claims, 10, 900);
+    assert!(
+        cache.get("t", 1_000, 0).is_some(),
+        "valid through its exp second"
+    );
+    assert!(
+        cache.get("t", 1_030, 60).is_some(),
+        "and through the leeway"
+    );
+    assert!(cache.get("t", 1_061, 60).is_none(), "then refused");
+    assert_eq!(cache.len(), 0, "and dropped");
+}
+
+#[test]
+fn the_cache_holds_at_most_its_size_expired_tokens_leaving_first() {
+    let cache = TokenCache::default();
+    let exp = |e: u64| Arc::new(serde_json::from_value(json!({"exp": e})).unwrap());
+    cache.put("old", &exp(100), 2, 50);
+    cache.put("live", &exp(10_000), 2, 50);
+    cache.put("new", &exp(10_000), 2, 500); // full: "old" has expired by now, so it goes
+    assert_eq!(cache.len(), 2);
+    assert!(cache.get("old", 500, 0).is_none());
+    assert!(cache.get("live", 500, 0).is_some() && cache.get("new", 500, 0).is_some());
+    cache.put("newer", &exp(10_000), 2, 500); // full of live tokens: one makes room
+    assert_eq!(cache.len(), 2);
+    assert!(cache.get("newer", 500, 0).is_some());
+}
+
+#[test]
+fn a_cache_size_of_zero_checks_every_request() {
+    let s = es256("k1");
+    let mut a = authn(&[&s], true);
+    a.issuers[0].token_cache_size = 0;
+    let token = s.sign(&claims(json!({})));
+    let first = check(&a, &token).unwrap().unwrap();
+    let again = check(&a, &token).unwrap().unwrap();
+    assert!(!Arc::ptr_eq(&first.claims, &again.claims));
+    assert_eq!(cached(&a), 0);
+}
+
+#[test]
+fn new_keys_start_an_empty_cache_so_a_withdrawn_key_verifies_nothing() {
+    let (old, new) = (es256("k1"), es256("k2"));
+    let before = authn(&[&old], true);
+    let token = old.sign(&claims(json!({})));
+    assert!(check(&before, &token).is_ok());
+    assert_eq!(cached(&before), 1);
+    // The agent's reload after rotation: the config read again, with only the new key.
+    let after = authn(&[&new], true);
+    assert_eq!(check(&after, &token).unwrap_err(), Refusal::UnknownKid);
+    assert_eq!(cached(&after), 0);
+}
