@@ -19,8 +19,11 @@ for `shop.example.com` from its own CA, verified by the client):
 requiring a JWT (`Authorization: Bearer`), from an inline JWKS, one issuer and audience: Weft
 with a RequestAuthentication, Envoy with `jwt_authn`. Keys are made and tokens signed at bench
 time (tests/jwts.py), ES256 (P-256) and RS256 (2048-bit); every request carries the same
-token. `direct`, `weft` and `envoy` without JWT are in the same run, so the cost of
-verification is the difference.
+token. Each is run twice: with the cache of verified tokens both offer (Weft's
+`tokenCacheSize`, on by default; Envoy's `jwt_cache_config`, off by default, set here to the
+same 100), where a repeated token costs a lookup, and with it off (`-nocache`), where every
+request is a signature check. `direct`, `weft` and `envoy` without JWT are in the same run, so
+the cost of verification is the difference.
 
 Latency is open loop at `--rate` (default 1,000/s), from each request's scheduled send time
 (bench/sidecar_pair.py's generator, here over TLS for the ingress); the maximum is `wrk -t1
@@ -89,8 +92,21 @@ GATEWAY = ("edge", "public")
 GATEWAY_ID = f"spiffe://{TRUST_DOMAIN}/ns/edge/sa/public"
 PARTS = {
     "ingress": ("direct-tls", "weft", "envoy", "nginx"),
-    "jwt": ("direct", "weft", "weft-es256", "weft-rs256", "envoy", "envoy-es256", "envoy-rs256"),
+    "jwt": (
+        "direct",
+        "weft",
+        "envoy",
+        *(
+            f"{peer}-{alg}{cache}"
+            for alg in ("es256", "rs256")
+            for cache in ("", "-nocache")
+            for peer in ("weft", "envoy")
+        ),
+    ),
 }
+# Verified tokens kept: Weft's default `tokenCacheSize`, and Envoy's `jwt_cache_size` set to
+# the same (Envoy's cache is off unless configured). The `-nocache` rows turn both off.
+TOKEN_CACHE = 100
 BASELINE = {"ingress": "direct-tls", "jwt": "direct"}
 TARGETS = {"ingress_max_rps": 1.2, "ingress_added_p99": 0.8, "jwt_cpu_per_request": 0.8}
 
@@ -131,7 +147,7 @@ def gateway_intent(site: Path) -> str:
     )
 
 
-def jwt_intent(jwk: dict[str, Any]) -> str:
+def jwt_intent(jwk: dict[str, Any], cache_size: int) -> str:
     """b/api requires a token from ISSUER for AUDIENCE, its key given inline."""
     return textwrap.dedent(
         f"""\
@@ -143,6 +159,7 @@ def jwt_intent(jwk: dict[str, Any]) -> str:
             - issuer: {ISSUER}
               audiences: [{AUDIENCE}]
               jwks: {json.dumps({"keys": [jwk]})}
+              tokenCacheSize: {cache_size}
         """
     )
 
@@ -461,13 +478,14 @@ class Bench:
             for alg, key in self.keys.items()
         }
         self.jwt_configs = {
-            alg: {
+            (alg, size): {
                 k: c.as_dict()
                 for k, c in compile_files(
-                    tmp / f"intent-{alg}", mesh_files(jwt_intent(key.jwk))
+                    tmp / f"intent-{alg}-{size}", mesh_files(jwt_intent(key.jwk, size))
                 ).proxy_configs.items()
             }
             for alg, key in self.keys.items()
+            for size in (TOKEN_CACHE, 0)
         }
 
     # -- helpers that build one proxy process
@@ -556,13 +574,13 @@ class Bench:
 
             return build
 
-        def envoy_pair(alg: str | None) -> Callable[..., list[Proc]]:
+        def envoy_pair(alg: str | None, cache: int = 0) -> Callable[..., list[Proc]]:
             def b_config(a: int, b_port: int) -> dict[str, Any]:
                 config = envoy.envoy_b(a, b_port, app, api)
                 if alg is None:
                     return config
                 jwks = {"keys": [self.keys[alg].jwk]}
-                return envoy_edge.with_jwt(config, ISSUER, AUDIENCE, jwks)
+                return envoy_edge.with_jwt(config, ISSUER, AUDIENCE, jwks, cache)
 
             def build(root: Path, port: int) -> list[Proc]:
                 b_port = host.free_port()
@@ -580,10 +598,13 @@ class Bench:
         ]
         for alg in ("ES256", "RS256"):
             bearer = {"Authorization": f"Bearer {self.tokens[alg]}"}
-            found += [
-                Scenario(f"weft-{alg.lower()}", weft_pair(self.jwt_configs[alg]), False, bearer),
-                Scenario(f"envoy-{alg.lower()}", envoy_pair(alg), False, bearer),
-            ]
+            for size, suffix in ((TOKEN_CACHE, ""), (0, "-nocache")):
+                name = f"{alg.lower()}{suffix}"
+                weft_b = weft_pair(self.jwt_configs[(alg, size)])
+                found += [
+                    Scenario(f"weft-{name}", weft_b, False, bearer),
+                    Scenario(f"envoy-{name}", envoy_pair(alg, size), False, bearer),
+                ]
         return found
 
 
@@ -701,11 +722,12 @@ def ratios(summary: dict[str, Any]) -> dict[str, Any]:
             )
         }
     jwt = summary.get("jwt", {})
-    for alg in ("es256", "rs256"):
+    for alg in (f"{a}{c}" for a in ("es256", "rs256") for c in ("", "-nocache")):
         w, e = jwt.get(f"weft-{alg}"), jwt.get(f"envoy-{alg}")
         w0, e0 = jwt.get("weft"), jwt.get("envoy")
         if not (w and e and w0 and e0):
             continue
+        alg = alg.replace("-", "_")  # noqa: PLW2901 (the key's spelling)
         wb, eb = w["cpu_us_per_request"]["B"]["median"], e["cpu_us_per_request"]["B"]["median"]
         wcost = wb - w0["cpu_us_per_request"]["B"]["median"]
         ecost = eb - e0["cpu_us_per_request"]["B"]["median"]
@@ -883,7 +905,7 @@ def main() -> int:
         report(saved, args.plot)
         return 0
     tools = find_tools()
-    found_versions = sp.versions(tools)
+    found_versions = sp.versions(tools, None)
     if args.nice != os.getpriority(os.PRIO_PROCESS, 0) and os.geteuid() == 0:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -180,7 +180,8 @@ class Context:
     backend_port: int
     backend_pid: int = 0
     client_cpu: int | None = CLIENT_CPU
-    proxy_cpu: int | None = PROXY_CPU
+    proxy_cpu: int | str | None = PROXY_CPU  # a CPU, or a taskset list ("0,1")
+    workers: int = 1  # worker threads (processes for nginx) of each proxy
 
 
 @dataclass
@@ -257,9 +258,9 @@ def _weft(ctx: Context, run: Running, s: Side) -> None:
         certs = ctx.certs["api"]
     path = weft.write(root, side, config, listeners)
     if peer == "weft":
-        argv = weft.sidecar_argv(ctx.tools.weft, path, certs, host.free_port())
+        argv = weft.sidecar_argv(ctx.tools.weft, path, certs, host.free_port(), ctx.workers)
     else:
-        argv = weft.fastpath_argv(ctx.tools.fastpath, path, certs)
+        argv = weft.fastpath_argv(ctx.tools.fastpath, path, certs, ctx.workers)
     _launch(ctx, run, peer, side, argv)
 
 
@@ -274,18 +275,18 @@ def _envoy(ctx: Context, run: Running, s: Side) -> None:
         config = envoy.envoy_b(admin, port, up, ctx.certs["api"])
     path = root / f"envoy-{side}.json"  # JSON is YAML: Envoy reads either
     path.write_text(json.dumps(config, indent=2))
-    _launch(ctx, run, peer, side, envoy.argv(ctx.tools.envoy, path))
+    _launch(ctx, run, peer, side, envoy.argv(ctx.tools.envoy, path, ctx.workers))
 
 
 def _haproxy(ctx: Context, run: Running, s: Side) -> None:
     peer, root, side, port, up = s.peer, s.root, s.name, s.port, s.upstream
     folder = root / side
     if side == "P":
-        conf = haproxy.reverse_proxy(folder, port, up)
+        conf = haproxy.reverse_proxy(folder, port, up, ctx.workers)
     elif side == "A":
-        conf = haproxy.pair_a(folder, port, up, ctx.certs["web"])
+        conf = haproxy.pair_a(folder, port, up, ctx.certs["web"], ctx.workers)
     else:
-        conf = haproxy.pair_b(folder, port, up, ctx.certs["api"])
+        conf = haproxy.pair_b(folder, port, up, ctx.certs["api"], ctx.workers)
     _launch(ctx, run, peer, side, [ctx.tools.haproxy, "-db", "-f", str(conf)])
 
 
@@ -293,11 +294,11 @@ def _nginx(ctx: Context, run: Running, s: Side) -> None:
     peer, root, side, port, up = s.peer, s.root, s.name, s.port, s.upstream
     folder = root / side
     if side == "P":
-        conf = nginx.reverse_proxy(folder, port, up)
+        conf = nginx.reverse_proxy(folder, port, up, ctx.workers)
     elif side == "A":
-        conf = nginx.pair_a(folder, port, up, ctx.certs["web"])
+        conf = nginx.pair_a(folder, port, up, ctx.certs["web"], ctx.workers)
     else:
-        conf = nginx.pair_b(folder, port, up, ctx.certs["api"])
+        conf = nginx.pair_b(folder, port, up, ctx.certs["api"], ctx.workers)
     _launch(ctx, run, peer, side, [ctx.tools.nginx, "-p", str(folder), "-c", str(conf)])
 
 
@@ -332,7 +333,8 @@ class Window:
         self.result: dict[str, Any] = {}
 
     def _cpu(self) -> dict[str, float]:
-        cpu = {side: host.cpu_seconds(pid) for side, pid in self.pids.items()}
+        # with its live children: nginx's workers, when it runs several
+        cpu = {side: host.tree_cpu_seconds(pid) for side, pid in self.pids.items()}
         cpu["_backend"] = host.cpu_seconds(self.backend)
         cpu["_loadgen"] = host.cpu_seconds(self.loadgen)
         cpu["_self"] = host.cpu_seconds()
@@ -462,12 +464,12 @@ def measure(ctx: Context, peer: str, topology: str, rates: list[float]) -> dict[
 
 def steal(run: dict[str, Any]) -> float:
     """The most CPU the hypervisor took in any latency window of a run (% of one core)."""
-    return max(x["window"].get("steal_percent", 0.0) for x in run["rate"].values())
+    return float(max(x["window"].get("steal_percent", 0.0) for x in run["rate"].values()))
 
 
 def other_cpu(run: dict[str, Any]) -> float:
     """The most CPU other processes used in any latency window of a run (% of one core)."""
-    return max(x["window"]["other_cpu_percent"] for x in run["rate"].values())
+    return float(max(x["window"]["other_cpu_percent"] for x in run["rate"].values()))
 
 
 def calibrate(ctx: Context, topology: str, peers: list[str]) -> dict[str, float]:
@@ -804,9 +806,9 @@ def report(result: dict[str, Any], plots: Path) -> None:
 def main() -> int:
     args = parse_args()
     if args.from_json:
-        result = json.loads(args.from_json.read_text())
-        report(result, args.plots)
-        args.from_json.write_text(json.dumps(result, indent=2) + "\n")
+        saved: dict[str, Any] = json.loads(args.from_json.read_text())
+        report(saved, args.plots)
+        args.from_json.write_text(json.dumps(saved, indent=2) + "\n")
         return 0
     tools = ensure_tools(args.install)
     found_versions = versions(tools)

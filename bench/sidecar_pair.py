@@ -115,6 +115,11 @@ INSTALL = {
 }
 
 
+def _ready(url: str) -> Callable[[], bool]:
+    """A readiness check: the admin endpoint at `url` answers 200."""
+    return lambda: host.http_get(url)[0] == 200
+
+
 class Pair:
     """One scenario's proxies (none for direct): `start` returns the address the app calls."""
 
@@ -210,7 +215,7 @@ class Weft(Pair):
             self.pids[side] = proc.pid
         for side in sides:
             url = f"http://127.0.0.1:{self.admin[side]}/ready"
-            host.wait_until(f"weft {side}", lambda u=url: host.http_get(u)[0] == 200, self.procs)
+            host.wait_until(f"weft {side}", _ready(url), self.procs)
         return ports["A"]
 
     def verify(self) -> dict[str, Any]:
@@ -284,7 +289,7 @@ class Envoy(Pair):
             self.pids[side] = proc.pid
         for side in sides:
             url = f"http://127.0.0.1:{self.admin[side]}/ready"
-            host.wait_until(f"envoy {side}", lambda u=url: host.http_get(u)[0] == 200, self.procs)
+            host.wait_until(f"envoy {side}", _ready(url), self.procs)
         return ports["A"]
 
     def verify(self) -> dict[str, Any]:
@@ -1074,7 +1079,7 @@ def main() -> int:
         def save(complete: bool) -> dict[str, Any]:
             """Write what has been measured so far (a run cut short still leaves its figures)."""
             summary = summarise(runs)
-            result = {
+            result: dict[str, Any] = {
                 "benchmark": "sidecar-pair",
                 "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "machine": host.machine(),

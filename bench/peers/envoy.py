@@ -223,10 +223,10 @@ def reverse_proxy(admin: int, port: int, app: int) -> dict[str, Any]:
     }
 
 
-def argv(binary: Path, config: Path) -> list[str]:
-    """One worker thread (`--concurrency 1`)."""
+def argv(binary: Path, config: Path, concurrency: int = 1) -> list[str]:
+    """One worker thread (`--concurrency 1`) unless told otherwise."""
     return [
         str(binary),
-        *("-c", str(config), "--concurrency", "1"),
+        *("-c", str(config), "--concurrency", str(concurrency)),
         *("--disable-hot-restart", "--log-level", "warn"),
     ]

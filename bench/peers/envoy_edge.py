@@ -67,26 +67,32 @@ def sidecar_b(admin: int, port: int, app: int, certs: Path, peer_id: str) -> dic
 
 
 def with_jwt(
-    config: dict[str, Any], issuer: str, audience: str, jwks: dict[str, Any]
+    config: dict[str, Any],
+    issuer: str,
+    audience: str,
+    jwks: dict[str, Any],
+    cache_size: int = 0,
 ) -> dict[str, Any]:
     """`config` (a sidecar B) with `jwt_authn` before the router: a token from `issuer` for
     `audience`, verified against the inline `jwks`, required on every request and removed
-    before the app (`forward: false`, as Weft strips it by default). No JWT cache: Weft keeps
-    none either, so both verify a signature on every request."""
+    before the app (`forward: false`, as Weft strips it by default). `cache_size` > 0 turns on
+    Envoy's cache of verified tokens (`jwt_cache_config`, off by default), as Weft's
+    `tokenCacheSize` does; 0 verifies a signature on every request."""
     config = copy.deepcopy(config)
+    provider: dict[str, Any] = {
+        "issuer": issuer,
+        "audiences": [audience],
+        "local_jwks": {"inline_string": json.dumps(jwks)},
+        "forward": False,
+    }
+    if cache_size:
+        provider["jwt_cache_config"] = {"jwt_cache_size": cache_size}
     jwt_filter = {
         "name": "envoy.filters.http.jwt_authn",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3."
             "JwtAuthentication",
-            "providers": {
-                "bench": {
-                    "issuer": issuer,
-                    "audiences": [audience],
-                    "local_jwks": {"inline_string": json.dumps(jwks)},
-                    "forward": False,
-                }
-            },
+            "providers": {"bench": provider},
             "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}],
         },
     }

@@ -1,10 +1,10 @@
 """HAProxy configurations: one reverse proxy, and the sidecar pair.
 
-One thread (`nbthread 1`), one process. Upstream connections are kept alive and shared
-(`http-reuse always`). Each request is logged (`option httplog`) to stdout, as Weft's sidecar and
-Envoy log one line per request. TLS 1.3 only, X25519 and TLS_AES_128_GCM_SHA256 only. HAProxy
-2.6 cannot match a URI SAN without scripting, so both sides check only that the peer's chain
-leads to the mesh CA (`verify required`).
+One thread (`nbthread 1`; `threads` for bench/workers.py), one process. Upstream connections are
+kept alive and shared (`http-reuse always`). Each request is logged (`option httplog`) to
+stdout, as Weft's sidecar and Envoy log one line per request. TLS 1.3 only, X25519 and
+TLS_AES_128_GCM_SHA256 only. HAProxy 2.6 cannot match a URI SAN without scripting, so both sides
+check only that the peer's chain leads to the mesh CA (`verify required`).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ TLS = "ssl-min-ver TLSv1.3 ssl-max-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA2
 CURVES = "curves X25519"
 
 
-def _config(root: Path, body: str) -> Path:
+def _config(root: Path, body: str, threads: int = 1) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     conf = root / "haproxy.cfg"
     conf.write_text(
         textwrap.dedent(
             """\
             global
-                nbthread 1
+                nbthread {threads}
                 maxconn 8000
                 log stdout format raw local0
                 pidfile {root}/haproxy.pid
@@ -38,7 +38,7 @@ def _config(root: Path, body: str) -> Path:
                 timeout server 300s
                 timeout http-keep-alive 300s
             """
-        ).format(root=root)
+        ).format(root=root, threads=threads)
         + textwrap.dedent(body)
     )
     return conf
@@ -52,7 +52,7 @@ def combined_pem(certs: Path) -> Path:
     return pem
 
 
-def reverse_proxy(root: Path, port: int, app: int) -> Path:
+def reverse_proxy(root: Path, port: int, app: int, threads: int = 1) -> Path:
     return _config(
         root,
         f"""\
@@ -62,10 +62,11 @@ def reverse_proxy(root: Path, port: int, app: int) -> Path:
         backend app
             server app 127.0.0.1:{app}
         """,
+        threads,
     )
 
 
-def pair_a(root: Path, port: int, upstream: int, certs: Path) -> Path:
+def pair_a(root: Path, port: int, upstream: int, certs: Path, threads: int = 1) -> Path:
     return _config(
         root,
         f"""\
@@ -76,10 +77,11 @@ def pair_a(root: Path, port: int, upstream: int, certs: Path) -> Path:
             server b 127.0.0.1:{upstream} ssl crt {combined_pem(certs)} ca-file {certs}/ca.crt \
 verify required {TLS}
         """,
+        threads,
     )
 
 
-def pair_b(root: Path, port: int, app: int, certs: Path) -> Path:
+def pair_b(root: Path, port: int, app: int, certs: Path, threads: int = 1) -> Path:
     return _config(
         root,
         f"""\
@@ -90,4 +92,5 @@ verify required {TLS} {CURVES}
         backend app
             server app 127.0.0.1:{app}
         """,
+        threads,
     )

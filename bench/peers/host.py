@@ -25,7 +25,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pinned(cpu: int | None, argv: list[str]) -> list[str]:
+def pinned(cpu: int | str | None, argv: list[str]) -> list[str]:
     """`taskset` execs the command, so the pid we get is the pid of the program itself."""
     return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
 
@@ -49,6 +49,18 @@ def cpu_seconds(pid: int | str = "self") -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """cpu_seconds of a process and of its live children (one level: nginx's workers)."""
+    total = cpu_seconds(pid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            fields = text[text.rindex(")") + 2 :].split()
+            if int(fields[1]) == pid:
+                total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
@@ -170,7 +182,7 @@ def wait_until(what: str, check: Callable[[], bool], procs: list[subprocess.Pope
     while not check():
         for p in procs:
             if p.poll() is not None:
-                raise RuntimeError(f"{what}: {p.args} exited with {p.returncode}")
+                raise RuntimeError(f"{what}: {p.args!r} exited with {p.returncode}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what}: not ready after 30 s")
         time.sleep(0.05)
@@ -188,7 +200,7 @@ class Processes:
         self.logs = logs
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, argv: list[str], cpu: int | None) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: list[str], cpu: int | str | None) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         with (self.logs / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(

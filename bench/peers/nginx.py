@@ -1,12 +1,13 @@
 """nginx configurations: the benchmark's backend, the direct mTLS server of the handshake
 baseline, and nginx as the proxy peer (one reverse proxy; the sidecar pair).
 
-Every nginx here runs as one process (`master_process off`, one worker), so its pid is the
-process that does the work. As a proxy it writes an access log (buffered, as Envoy's is), keeps
-upstream connections alive (`keepalive` pool, HTTP/1.1, no `Connection` header passed on) and
-speaks TLS 1.3 with X25519 and TLS_AES_128_GCM_SHA256 only. nginx cannot match a URI SAN, so it
-checks only that the peer's chain leads to the mesh CA; as a client (A) it cannot check a chain
-without also checking a DNS name the SPIFFE certificates do not carry, so A does not verify B.
+Every nginx here runs as one process (`master_process off`, one worker), so its pid is the process
+that does the work; with `workers` > 1 (bench/workers.py) a master forks them. As a proxy it
+writes an access log (buffered, as Envoy's is), keeps upstream connections alive (`keepalive`
+pool, HTTP/1.1, no `Connection` header passed on) and speaks TLS 1.3 with X25519 and
+TLS_AES_128_GCM_SHA256 only. nginx cannot match a URI SAN, so it checks only that the peer's chain
+leads to the mesh CA; as a client (A) it cannot check a chain without also checking a DNS name the
+SPIFFE certificates do not carry, so A does not verify B.
 """
 
 from __future__ import annotations
@@ -20,13 +21,19 @@ TLS_SERVER = """\
         ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;"""
 
 
-def _main(root: Path, http: str) -> str:
+def _main(root: Path, http: str, workers: int = 1) -> str:
+    # Several workers need a master to fork them; it stays in the foreground (`daemon off`),
+    # so the pid started is still the one to stop and the workers are its children.
+    processes = (
+        "master_process off;\nworker_processes 1;"
+        if workers == 1
+        else f"master_process on;\nworker_processes {workers};"
+    )
     return (
         textwrap.dedent(
             f"""\
         daemon off;
-        master_process off;
-        worker_processes 1;
+        @PROCESSES@
         pid {root}/nginx.pid;
         error_log {root}/error.log warn;
         events {{ worker_connections 8192; }}
@@ -40,7 +47,7 @@ def _main(root: Path, http: str) -> str:
         )
         + textwrap.indent(textwrap.dedent(http), "    ")
         + "}\n"
-    )
+    ).replace("@PROCESSES@", processes)
 
 
 def _write(root: Path, text: str) -> Path:
@@ -127,7 +134,7 @@ _PASS = """\
         proxy_set_header Host $http_host;"""
 
 
-def reverse_proxy(root: Path, port: int, app: int) -> Path:
+def reverse_proxy(root: Path, port: int, app: int, workers: int = 1) -> Path:
     """One proxy: plaintext HTTP/1.1 in, keep-alive HTTP/1.1 to the app."""
     return _write(
         root,
@@ -144,11 +151,12 @@ def reverse_proxy(root: Path, port: int, app: int) -> Path:
                 }}
             }}
             """,
+            workers,
         ),
     )
 
 
-def pair_a(root: Path, port: int, upstream: int, certs: Path) -> Path:
+def pair_a(root: Path, port: int, upstream: int, certs: Path, workers: int = 1) -> Path:
     """Outbound: plaintext from the app, mTLS to B presenting a/web's certificate."""
     return _write(
         root,
@@ -171,11 +179,12 @@ def pair_a(root: Path, port: int, upstream: int, certs: Path) -> Path:
                 }}
             }}
             """,
+            workers,
         ),
     )
 
 
-def pair_b(root: Path, port: int, app: int, certs: Path) -> Path:
+def pair_b(root: Path, port: int, app: int, certs: Path, workers: int = 1) -> Path:
     """Inbound: mTLS with a client certificate from the mesh CA required, then the app."""
     return _write(
         root,
@@ -197,5 +206,6 @@ def pair_b(root: Path, port: int, app: int, certs: Path) -> Path:
                 }}
             }}
             """,
+            workers,
         ),
     )

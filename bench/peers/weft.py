@@ -109,23 +109,23 @@ def write(root: Path, name: str, config: dict[str, Any], listeners: dict[str, An
     return path
 
 
-def sidecar_argv(weft: Path, config: Path, certs: Path, admin: int) -> list[str]:
-    """`weft sidecar` as users run it, with one fastpath worker thread."""
+def sidecar_argv(weft: Path, config: Path, certs: Path, admin: int, workers: int = 1) -> list[str]:
+    """`weft sidecar` as users run it, with one fastpath worker thread unless told otherwise."""
     listeners = config.with_name(config.stem + "-listeners.json")
     return [
         str(weft),
         "sidecar",
         *("--config", str(config), "--certs", str(certs), "--listeners", str(listeners)),
-        *("--admin", f"127.0.0.1:{admin}", "--workers", "1", "--drain-timeout", "1"),
+        *("--admin", f"127.0.0.1:{admin}", "--workers", str(workers), "--drain-timeout", "1"),
     ]
 
 
-def fastpath_argv(binary: Path, config: Path, certs: Path) -> list[str]:
+def fastpath_argv(binary: Path, config: Path, certs: Path, workers: int = 1) -> list[str]:
     """The standalone `fastpath-proxy` on the same config, certificates and listeners."""
     listeners = config.with_name(config.stem + "-listeners.json")
     return [
         str(binary),
         *("--config", str(config), "--listeners", str(listeners)),
         *("--cert-chain", str(certs / "tls.crt"), "--key", str(certs / "tls.key")),
-        *("--bundle", str(certs / "ca.crt"), "--workers", "1", "--drain-timeout", "1"),
+        *("--bundle", str(certs / "ca.crt"), "--workers", str(workers), "--drain-timeout", "1"),
     ]
