@@ -146,6 +146,12 @@ bench: $(STAMP)
 bench-h2: $(STAMP)
 	$(PY) bench/h2.py
 
+# Every peer at 1 and 2 workers, as requests/s per core used (bench/workers.py, issue 15); about
+# 17 minutes.
+.PHONY: bench-workers
+bench-workers: $(STAMP)
+	$(PY) bench/workers.py
+
 .PHONY: bench-intent
 bench-intent: $(STAMP)
 	$(PY) bench/intent_scale.py

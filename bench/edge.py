@@ -803,27 +803,46 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
         ax.bar(names, ys, yerr=err, capsize=4, color="#4c72b0")
         ax.set_title(title)
         ax.grid(True, axis="y", alpha=0.3)
-        ax.tick_params(axis="x", rotation=30)
+        ax.tick_params(axis="x", rotation=40)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    panels: list[tuple[list[str], list[dict[str, float]], str]] = []
     ing = {k: v for k, v in summary.get("ingress", {}).items() if k != "direct-tls"}
-    names = [n for n in ing if "max_rps" in ing[n]]
-    bars(axes[0], names, [ing[n]["max_rps"] for n in names], "HTTPS ingress: max requests/s")
-    names = [n for n in ing if "total_cpu_us_per_request" in ing[n]]
-    bars(
-        axes[1],
-        names,
-        [ing[n]["total_cpu_us_per_request"] for n in names],
-        "HTTPS ingress at 1,000/s: CPU µs/request (all proxies)",
-    )
-    jwt = summary.get("jwt", {})
-    names = [n for n in jwt if "cpu_us_per_request" in jwt[n]]
-    bars(
-        axes[2],
-        names,
-        [jwt[n]["cpu_us_per_request"]["B"] for n in names],
-        "Sidecar B at 1,000/s: CPU µs/request, JWT or none",
-    )
+    if ing:
+        names = [n for n in ing if "max_rps" in ing[n]]
+        panels.append(
+            ([*names], [ing[n]["max_rps"] for n in names], "HTTPS ingress: max requests/s")
+        )
+        names = [n for n in ing if "total_cpu_us_per_request" in ing[n]]
+        panels.append(
+            (
+                names,
+                [ing[n]["total_cpu_us_per_request"] for n in names],
+                "HTTPS ingress at 1,000/s: CPU µs/request (all proxies)",
+            )
+        )
+    jwt = {k: v for k, v in summary.get("jwt", {}).items() if k != "direct"}
+    if jwt:
+        names = [n for n in jwt if "cpu_us_per_request" in jwt[n]]
+        panels.append(
+            (
+                names,
+                [jwt[n]["cpu_us_per_request"]["B"] for n in names],
+                "Sidecar B at 1,000/s: CPU µs/request, JWT or none",
+            )
+        )
+        names = [n for n in jwt if "max_rps" in jwt[n]]
+        panels.append(
+            (
+                names,
+                [jwt[n]["max_rps"] for n in names],
+                "Sidecar pair with JWT at B: max requests/s",
+            )
+        )
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.2), squeeze=False)
+    for ax, (names, stats, title) in zip(axes[0], panels, strict=True):
+        bars(ax, names, stats, title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -883,6 +902,7 @@ def parse_args() -> argparse.Namespace:
     if set(args.parts) - set(PARTS):
         parser.error(f"unknown parts: {sorted(set(args.parts) - set(PARTS))}")
     args.envoy_access_log = True  # sidecar_pair's Context reads it: Weft always logs
+    args.baseline = None  # and this: no second Weft build here
     return args
 
 
