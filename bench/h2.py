@@ -52,8 +52,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import proxies  # noqa: E402
-from peers import envoy, host, nginx, pki, weft  # noqa: E402
-from peers.host import Processes  # noqa: E402
+from peers import envoy, host, nginx, weft  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "h2.json"
 PEERS = ("direct", "weft", "fastpath", "envoy")
@@ -407,17 +406,7 @@ def one_protocol(
 ) -> dict[str, Any]:
     """Calibration and every round of one protocol, on a backend and configs of its own."""
     args.protocol = protocol
-    ctx = proxies.Context(
-        args=args,
-        tools=tools,
-        tmp=tmp,
-        processes=Processes(tmp),
-        certs=pki.write_certs(tmp),
-        configs=weft.compile_intent(tmp / "intent", files=intent(protocol)),
-        backend_port=host.free_port(),
-        client_cpu=proxies.CLIENT_CPU if args.pin else None,
-        proxy_cpu=proxies.PROXY_CPU if args.pin else None,
-    )
+    ctx = proxies.new_context(args, tools, tmp, args.pin, intent(protocol))
     declared = ctx.configs[("b", "api")]["inbound"][0]["protocol"]
     assert declared == {"h2": "http2", "grpc": "grpc"}[protocol], declared
     out: dict[str, Any] = {"runs": [], "discarded_runs": []}

@@ -184,6 +184,40 @@ class Context:
     workers: int = 1  # worker threads (processes for nginx) of each proxy
 
 
+def new_context(
+    args: argparse.Namespace,
+    tools: Tools,
+    tmp: Path,
+    pin: bool,
+    intent: dict[str, str] | None = None,
+) -> Context:
+    """A Context with fresh certificates and compiled configs under `tmp` (the benchmark's
+    own intent unless `intent` names files); `pin` puts the client and proxies on their CPUs."""
+    return Context(
+        args=args,
+        tools=tools,
+        tmp=tmp,
+        processes=Processes(tmp),
+        certs=pki.write_certs(tmp),
+        configs=weft.compile_intent(tmp / "intent", files=intent),
+        backend_port=host.free_port(),
+        client_cpu=CLIENT_CPU if pin else None,
+        proxy_cpu=PROXY_CPU if pin else None,
+    )
+
+
+def start_backend(ctx: Context, files: Path) -> None:
+    """The nginx app every scenario ends at (serving `files` too), on the client's CPU; returns
+    once it answers."""
+    root = ctx.tmp / "backend"
+    conf = nginx.backend(root, ctx.backend_port, BODY, files)
+    argv = [ctx.tools.nginx, "-p", str(root), "-c", str(conf)]
+    backend = ctx.processes.start("backend", argv, ctx.client_cpu)
+    ctx.backend_pid = backend.pid
+    url = f"http://127.0.0.1:{ctx.backend_port}/"
+    host.wait_until("backend", lambda: host.http_get(url)[0] == 200, [backend])
+
+
 @dataclass
 class Running:
     """A peer started in one topology: where the load goes, and which processes are it."""
@@ -817,28 +851,12 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what we started, then exit
     pin = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
     with workspace(args.keep) as tmp:
-        ctx = Context(
-            args=args,
-            tools=tools,
-            tmp=tmp,
-            processes=Processes(tmp),
-            certs=pki.write_certs(tmp),
-            configs=weft.compile_intent(tmp / "intent"),
-            backend_port=host.free_port(),
-            client_cpu=CLIENT_CPU if pin else None,
-            proxy_cpu=PROXY_CPU if pin else None,
-        )
+        ctx = new_context(args, tools, tmp, pin)
         if ctx.client_cpu is not None:
             os.sched_setaffinity(0, {ctx.client_cpu})
         files = tmp / "files"
         files.mkdir()
         (files / BULK).write_bytes(os.urandom(BULK_BYTES))
-        root = tmp / "backend"
-        conf = nginx.backend(root, ctx.backend_port, BODY, files)
-        backend = ctx.processes.start(
-            "backend", [tools.nginx, "-p", str(root), "-c", str(conf)], ctx.client_cpu
-        )
-        ctx.backend_pid = backend.pid
         result: dict[str, Any] = {
             **run_header("proxies", found_versions, args),
             "pinned": {"loadgen_and_backend": ctx.client_cpu, "proxies": ctx.proxy_cpu},
@@ -852,11 +870,7 @@ def main() -> int:
             args.out.write_text(json.dumps(result, indent=2) + "\n")
 
         try:
-            host.wait_until(
-                "backend",
-                lambda: host.http_get(f"http://127.0.0.1:{ctx.backend_port}/")[0] == 200,
-                [backend],
-            )
+            start_backend(ctx, files)
             print(f"== waiting for 1-min load average < {args.max_load}", flush=True)
             result["load"] = host.wait_for_quiet(args.max_load, args.max_wait)
             print(f"   load {result['load']['when_measuring_began']}", flush=True)

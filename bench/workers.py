@@ -38,8 +38,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
 import proxies  # noqa: E402
-from peers import host, nginx, pki, weft  # noqa: E402
-from peers.host import Processes  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "workers.json"
 PLOT = REPO / "docs" / "bench" / "workers.png"
@@ -212,23 +210,9 @@ def main() -> int:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with proxies.workspace(args.keep) as tmp:
-        ctx = proxies.Context(
-            args=args,
-            tools=tools,
-            tmp=tmp,
-            processes=Processes(tmp),
-            certs=pki.write_certs(tmp),
-            configs=weft.compile_intent(tmp / "intent"),
-            backend_port=host.free_port(),
-        )
+        ctx = proxies.new_context(args, tools, tmp, pin=True)
         os.sched_setaffinity(0, {proxies.CLIENT_CPU})
-        root = tmp / "backend"
         (tmp / "files").mkdir()
-        conf = nginx.backend(root, ctx.backend_port, proxies.BODY, tmp / "files")
-        backend = ctx.processes.start(
-            "backend", [tools.nginx, "-p", str(root), "-c", str(conf)], proxies.CLIENT_CPU
-        )
-        ctx.backend_pid = backend.pid
         result: dict[str, Any] = {
             **proxies.run_header("workers", proxies.versions(tools), args),
             "pinned": {"loadgen_and_backend": proxies.CLIENT_CPU, "one_worker": 1, "two": "0,1"},
@@ -236,11 +220,7 @@ def main() -> int:
             "repeated_runs": [],
         }
         try:
-            host.wait_until(
-                "backend",
-                lambda: host.http_get(f"http://127.0.0.1:{ctx.backend_port}/")[0] == 200,
-                [backend],
-            )
+            proxies.start_backend(ctx, tmp / "files")
             for n in range(args.runs):
                 order = args.peers[n % len(args.peers) :] + args.peers[: n % len(args.peers)]
                 for topology in args.topologies:
