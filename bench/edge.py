@@ -27,13 +27,15 @@ the cost of verification is the difference.
 
 Latency is open loop at `--rate` (default 1,000/s), from each request's scheduled send time
 (bench/sidecar_pair.py's generator, here over TLS for the ingress); the maximum is `wrk -t1
--c16` (closed loop, `https://` for the ingress). Load generator and backend are pinned to CPU
-0, every proxy to CPU 1. CPU per request is utime + stime of each proxy process over the
-measured phase. The load average (`uptime`) and the CPU every other process used
-(`other_cpu_percent`, % of one core) are recorded for every run: on a shared machine a busy
-neighbour moves tails far more than medians or CPU per request, so read CPU per request first
-when `other_cpu_percent` is high. A run over `--max-other` is repeated (up to `--retries`) once
-the machine is quieter; the last attempt is kept either way and marked `clean: false`.
+-c16` (closed loop, `https://` for the ingress), and at the ingress also over HTTP/2 from
+outside: h2load, 4 connections x 8 streams, ALPN h2 (every peer offers it), `--no-h2` skips it.
+Load generator and backend are pinned to CPU 0, every proxy to CPU 1. CPU per request is utime +
+stime of each proxy process over the measured phase. The load average (`uptime`) and the CPU
+every other process used (`other_cpu_percent`, % of one core) are recorded for every run: on a
+shared machine a busy neighbour moves tails far more than medians or CPU per request, so read
+CPU per request first when `other_cpu_percent` is high. A run over `--max-other` is repeated (up
+to `--retries`) once the machine is quieter; the last attempt is kept either way and marked
+`clean: false`.
 
     .venv/bin/python bench/edge.py [--parts ingress,jwt] [--scenarios a,b] [--runs 3] [--rate 1000]
         [--seconds 10] [--warmup 3] [--wrk-seconds 6] [--max-load 0.5] [--max-wait 120]
@@ -58,6 +60,7 @@ import signal
 import socket
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -305,6 +308,19 @@ class Client:
         gen.request = f"GET / HTTP/1.1\r\n{lines}User-Agent: weft-bench\r\n\r\n".encode()
         return gen
 
+    def h2load(self, port: int, seconds: float, cpu: int | None) -> dict[str, Any]:
+        """The maximum over HTTP/2 (ALPN h2, SNI and :authority the site's name): h2load, 4
+        connections x 8 concurrent streams, closed loop, as bench/h2.py runs it."""
+        argv = ["h2load", "-D", f"{seconds:g}", "-c", "4", "-m", "8"]
+        argv += [f"--connect-to=127.0.0.1:{port}", f"https://{EDGE_HOST}/"]
+        done = subprocess.run(
+            host.pinned(cpu, argv), capture_output=True, text=True, check=False, timeout=120
+        )
+        out = host.h2load_summary(done.stdout)
+        if done.returncode != 0 or out.get("protocol") != "h2" or not out.get("succeeded"):
+            raise RuntimeError(f"{self.scenario.name}: h2load: {done.stdout[-600:]}")
+        return out
+
     def wrk(self, port: int, seconds: float, cpu: int | None) -> dict[str, Any]:
         scheme = "https" if self.ssl is not None else "http"
         argv = ["wrk", "-t1", "-c16", f"-d{seconds:g}s"]
@@ -406,6 +422,11 @@ def measure(
             done = int((found["requests_per_s"] or 0) * args.wrk_seconds)
             found.update(window.close(done))
             result["wrk_max"] = found
+        if args.h2 and scenario.tls:
+            window = CpuWindow(pair.pids, ctx)
+            found = client.h2load(port, args.wrk_seconds, ctx.client_cpu)
+            found.update(window.close(found["succeeded"]))
+            result["h2_max"] = found
         result["loadavg_after"] = host.loadavg()
     finally:
         pair.stop()
@@ -620,7 +641,7 @@ def nginx_tls(root: Path, port: int, app: int | None, site: Path) -> str:
     server = textwrap.dedent(
         f"""\
         server {{
-            listen 127.0.0.1:{port} ssl backlog=4096;
+            listen 127.0.0.1:{port} ssl http2 backlog=4096;
             ssl_certificate {site}/tls.crt;
             ssl_certificate_key {site}/tls.key;
         """
@@ -677,6 +698,12 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 s["total_cpu_us_per_request"] = _stat(
                     [sum(r["cpu_us_per_request"].values()) for r in rows]
                 )
+            if all(r.get("h2_max", {}).get("req_per_s") for r in rows):
+                s["h2_max_rps"] = _stat([r["h2_max"]["req_per_s"] for r in rows])
+                if rows[0]["cpu_us_per_request"]:
+                    s["h2_max_cpu_us_per_request"] = _stat(
+                        [sum(r["h2_max"]["cpu_us_per_request"].values()) for r in rows]
+                    )
             if all(r.get("wrk_max", {}).get("requests_per_s") for r in rows):
                 s["max_rps"] = _stat([r["wrk_max"]["requests_per_s"] for r in rows])
                 s["max_other_cpu_percent"] = _stat(
@@ -716,6 +743,9 @@ def ratios(summary: dict[str, Any]) -> dict[str, Any]:
                 "target": f"<= {TARGETS['ingress_added_p99']}",
                 "met": we / ee <= TARGETS["ingress_added_p99"] if measurable else None,
             }
+        if "h2_max_rps" in w and "h2_max_rps" in e:
+            r = w["h2_max_rps"]["median"] / e["h2_max_rps"]["median"]
+            found["ingress_h2_max_rps_weft_over_envoy"] = {"ratio": round(r, 2)}
         found["ingress_cpu_per_request_weft_over_envoy"] = {
             "ratio": round(
                 w["total_cpu_us_per_request"]["median"] / e["total_cpu_us_per_request"]["median"], 2
@@ -769,8 +799,9 @@ def markdown(summary: dict[str, Any]) -> str:
             f"**{part}**",
             "",
             "| | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU µs/request (by process) "
-            "| CPU µs/request total | max requests/s (wrk) | other CPU % | load |",
-            "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+            "| CPU µs/request total | max requests/s (wrk) | max h2 requests/s (h2load) "
+            "| other CPU % | load |",
+            "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
         ]
         for name, s in rows.items():
             lat, added = s["latency_ms"], s.get("added_ms")
@@ -778,10 +809,11 @@ def markdown(summary: dict[str, Any]) -> str:
             by = ", ".join(f"{k} {v['median']:.1f}" for k, v in cpu.items()) or "—"
             total = fmt(s["total_cpu_us_per_request"], 1) if cpu else "—"
             mx = fmt(s["max_rps"], 0) if "max_rps" in s else "—"
+            h2 = fmt(s["h2_max_rps"], 0) if "h2_max_rps" in s else "—"
             lines.append(
                 f"| {name} | {fmt(lat['p50'])} | {fmt(lat['p99'])} "
                 f"| {fmt(added['p50']) if added else '—'} | {fmt(added['p99']) if added else '—'} "
-                f"| {by} | {total} | {mx} | {fmt(s['other_cpu_percent'], 0)} "
+                f"| {by} | {total} | {mx} | {h2} | {fmt(s['other_cpu_percent'], 0)} "
                 f"| {s['loadavg_1min']['median']:.2f} |"
             )
         lines.append("")
@@ -814,6 +846,11 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
         panels.append(
             ([*names], [ing[n]["max_rps"] for n in names], "HTTPS ingress: max requests/s")
         )
+        names = [n for n in ing if "h2_max_rps" in ing[n]]
+        if names:
+            panels.append(
+                (names, [ing[n]["h2_max_rps"] for n in names], "HTTPS ingress: max h2 requests/s")
+            )
         names = [n for n in ing if "total_cpu_us_per_request" in ing[n]]
         panels.append(
             (
@@ -882,6 +919,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=1.0, help="idle seconds before load")
     parser.add_argument("--wrk-seconds", type=float, default=6.0)
     parser.add_argument("--no-wrk", dest="wrk", action="store_false", help="skip the maximum")
+    parser.add_argument(
+        "--no-h2", dest="h2", action="store_false", help="skip the ingress's HTTP/2 maximum"
+    )
     parser.add_argument("--max-load", type=float, default=0.5, help="1-min load to wait for")
     parser.add_argument("--max-wait", type=float, default=120.0, help="seconds to wait for it")
     parser.add_argument(

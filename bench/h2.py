@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -151,10 +150,6 @@ def start(ctx: proxies.Context, peer: str) -> proxies.Running:
         time.sleep(0.2)
 
 
-SUMMARY = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded")
-FINISHED = re.compile(r"finished in ([0-9.]+)s, ([0-9.]+) req/s")
-
-
 def h2load(
     ctx: proxies.Context,
     run: proxies.Running,
@@ -169,13 +164,7 @@ def h2load(
     done = subprocess.run(
         host.pinned(ctx.client_cpu, argv), check=False, capture_output=True, text=True, timeout=120
     )
-    out: dict[str, Any] = {"argv": argv[:-1]}
-    if m := SUMMARY.search(done.stdout):
-        out.update(
-            zip(("total", "started", "done", "succeeded"), map(int, m.groups()), strict=True)
-        )
-    if m := FINISHED.search(done.stdout):
-        out["seconds"], out["req_per_s"] = float(m.group(1)), float(m.group(2))
+    out: dict[str, Any] = {"argv": argv[:-1], **host.h2load_summary(done.stdout)}
     if check and (done.returncode != 0 or out.get("succeeded", 0) == 0):
         raise RuntimeError(f"h2load failed: {done.stdout[-800:]} {done.stderr[-800:]}")
     return out

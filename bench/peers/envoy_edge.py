@@ -16,7 +16,8 @@ from peers.pki import API_ID
 
 def ingress(admin: int, port: int, upstream: int, site: Path, mesh: Path) -> dict[str, Any]:
     """HTTPS in with `site`'s certificate (no client certificate, TLS 1.2 or 1.3 as a public
-    listener allows), HTTP/1.1 over mTLS on to b/api presenting the gateway's `mesh` identity."""
+    listener allows, ALPN h2 or http/1.1), HTTP/1.1 over mTLS on to b/api presenting the
+    gateway's `mesh` identity."""
     manager = envoy._http_manager("ingress", "api")
     return {
         "admin": envoy._admin(admin),
@@ -33,7 +34,9 @@ def ingress(admin: int, port: int, upstream: int, site: Path, mesh: Path) -> dic
                                     "@type": "type.googleapis.com/envoy.extensions."
                                     "transport_sockets.tls.v3.DownstreamTlsContext",
                                     "common_tls_context": {
-                                        "alpn_protocols": ["http/1.1"],
+                                        # h2 too, as Weft's gateway offers: the
+                                        # manager's codec is AUTO, so ALPN decides
+                                        "alpn_protocols": ["h2", "http/1.1"],
                                         "tls_certificates": [
                                             {
                                                 "certificate_chain": {

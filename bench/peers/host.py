@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -61,6 +62,26 @@ def tree_cpu_seconds(pid: int) -> float:
             if int(fields[1]) == pid:
                 total += (int(fields[11]) + int(fields[12])) / TICKS
     return total
+
+
+H2LOAD_SUMMARY = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded")
+H2LOAD_FINISHED = re.compile(r"finished in ([0-9.]+)s, ([0-9.]+) req/s")
+H2LOAD_PROTOCOL = re.compile(r"Application protocol: (\S+)")
+
+
+def h2load_summary(stdout: str) -> dict[str, Any]:
+    """What h2load's report says: requests total/started/done/succeeded, seconds, req/s, and
+    the application protocol it negotiated."""
+    out: dict[str, Any] = {}
+    if m := H2LOAD_SUMMARY.search(stdout):
+        out.update(
+            zip(("total", "started", "done", "succeeded"), map(int, m.groups()), strict=True)
+        )
+    if m := H2LOAD_FINISHED.search(stdout):
+        out["seconds"], out["req_per_s"] = float(m.group(1)), float(m.group(2))
+    if m := H2LOAD_PROTOCOL.search(stdout):
+        out["protocol"] = m.group(1)
+    return out
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
