@@ -752,12 +752,12 @@ def ratios(summary: dict[str, Any]) -> dict[str, Any]:
             )
         }
     jwt = summary.get("jwt", {})
-    for alg in (f"{a}{c}" for a in ("es256", "rs256") for c in ("", "-nocache")):
-        w, e = jwt.get(f"weft-{alg}"), jwt.get(f"envoy-{alg}")
+    for variant in (f"{a}{c}" for a in ("es256", "rs256") for c in ("", "-nocache")):
+        w, e = jwt.get(f"weft-{variant}"), jwt.get(f"envoy-{variant}")
         w0, e0 = jwt.get("weft"), jwt.get("envoy")
         if not (w and e and w0 and e0):
             continue
-        alg = alg.replace("-", "_")  # noqa: PLW2901 (the key's spelling)
+        alg = variant.replace("-", "_")  # as a key: "es256_nocache"
         wb, eb = w["cpu_us_per_request"]["B"]["median"], e["cpu_us_per_request"]["B"]["median"]
         wcost = wb - w0["cpu_us_per_request"]["B"]["median"]
         ecost = eb - e0["cpu_us_per_request"]["B"]["median"]
@@ -843,9 +843,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     ing = {k: v for k, v in summary.get("ingress", {}).items() if k != "direct-tls"}
     if ing:
         names = [n for n in ing if "max_rps" in ing[n]]
-        panels.append(
-            ([*names], [ing[n]["max_rps"] for n in names], "HTTPS ingress: max requests/s")
-        )
+        panels.append((names, [ing[n]["max_rps"] for n in names], "HTTPS ingress: max requests/s"))
         names = [n for n in ing if "h2_max_rps" in ing[n]]
         if names:
             panels.append(
