@@ -503,13 +503,14 @@ def test_a_100_mb_upload_streams_through_without_being_buffered(mesh: Mesh) -> N
     assert grown_mb < 50, f"peak RSS grew {grown_mb:.0f} MB while 100 MB passed through"
 
 
-def _fastpath_threads() -> int:
-    """fastpath's threads in this process (it names them all `fastpath`)."""
-    names = []
+def _fastpath_threads() -> set[int]:
+    """The thread IDs of fastpath's threads in this process (it names them all `fastpath`)."""
+    found = set()
     for task in Path("/proc/self/task").iterdir():
         with contextlib.suppress(OSError):  # a thread that ended meanwhile
-            names.append((task / "comm").read_text().strip())
-    return sum(name.startswith("fastpath") for name in names)
+            if (task / "comm").read_text().startswith("fastpath"):
+                found.add(int(task.name))
+    return found
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -525,7 +526,7 @@ def test_each_runtime_serves_then_stops_every_thread_it_started(mesh: Mesh, work
     )
     try:
         # A new thread takes its name when it first runs, so wait for it to show.
-        sidecars.wait_until(lambda: _fastpath_threads() >= before + workers)
+        sidecars.wait_until(lambda: len(_fastpath_threads() - before) >= workers)
         outbound = proxy.bound()["outbound:http"]
         codes = [
             curl("-H", "Host: api.b:8080", f"http://{outbound}/api/items?n={i}")[0]
@@ -535,5 +536,6 @@ def test_each_runtime_serves_then_stops_every_thread_it_started(mesh: Mesh, work
     finally:
         proxy.shutdown(0.5)
     # A blocking-pool thread the runtime could not stop at once ends when idle (tokio keeps
-    # one 10 s), so allow for that.
-    sidecars.wait_until(lambda: _fastpath_threads() == before, timeout=15.0)
+    # one 10 s), so allow for that. Only this proxy's threads count: one an earlier test's
+    # proxy left may end meanwhile, which made a plain count fall below where it started.
+    sidecars.wait_until(lambda: not _fastpath_threads() - before, timeout=15.0)
