@@ -270,6 +270,13 @@ CASES = [
             "narrow spec.to.ports to HTTP ports",
         ),
     ),
+    case(
+        "external-address-not-an-ip",
+        error(
+            "external.yaml:7:27",
+            "spec.addresses[1]: 'api2.partner.example' is not an IPv4 or IPv6 address",
+        ),
+    ),
     # ------------------------------------------------------------ egress gateways
     case(
         "egress-gateway-unknown",

@@ -68,3 +68,33 @@ def test_only_the_gateway_may_leave_the_cluster(
     assert live["spec"]["policyTypes"] == ["Egress"]
     assert live["spec"]["egress"] == [{"to": [{"namespaceSelector": {}}]}]
     assert live["spec"]["podSelector"] == policy["spec"]["podSelector"]
+
+
+def test_an_external_service_with_addresses_is_reached_only_at_them(
+    tmp_path: Path, kube: ControlPlane, namespace: str
+) -> None:
+    """With `addresses`, the gateway dials them instead of resolving the host (its egress
+    destination lists them), and its NetworkPolicy lets it beyond the cluster on the TLS port
+    only to those addresses, not to any. The real API server takes the policy as written."""
+    pinned = INTENT["egress.yaml"].replace(
+        "  egressGateway: egress",
+        "  egressGateway: egress\n          addresses: [192.0.2.7, 2001:db8::7]",
+    )
+    repo = write_repo(tmp_path / "repo", {**INTENT, "egress.yaml": pinned})
+    desired = compiler.compile(load(repo))
+    (dest,) = desired.gateway_configs[("a", "egress")].as_dict()["outbound"]["egress"]
+    assert dest["addresses"] == ["192.0.2.7", "2001:db8::7"]
+    (gateway,) = [p for p in desired.network_policies if p["metadata"]["name"] == "egress-weft"]
+    beyond = [r for r in gateway["spec"]["egress"] if "namespaceSelector" not in str(r)]
+    assert beyond == [
+        {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+        {
+            "to": [{"ipBlock": {"cidr": "192.0.2.7/32"}}, {"ipBlock": {"cidr": "2001:db8::7/128"}}],
+            "ports": [{"protocol": "TCP", "port": 443}],
+        },
+    ]
+    gateway = {**gateway, "metadata": {**gateway["metadata"], "namespace": namespace}}
+    kube.admin().create(gateway)
+    live = kube.admin().get("NetworkPolicy", namespace, "egress-weft")
+    assert live is not None
+    assert live["spec"]["egress"][-1] == beyond[-1]

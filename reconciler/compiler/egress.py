@@ -36,6 +36,7 @@ def destinations(ext: model.ExternalService) -> list[pc.EgressDestination]:
             ),
             timeout_ms=p.timeout,
             retries=retry_policy(p.retries),
+            addresses=list(ext.spec.addresses) or None,
         )
         for p in ext.spec.ports
     ]

@@ -11,6 +11,7 @@ mode the sidecar still refuses them for want of a certificate.
 from __future__ import annotations
 
 import collections
+import ipaddress
 from typing import Any
 
 from reconciler.compiler import egress
@@ -228,14 +229,29 @@ def egress_gateway_policy(mesh: Intent, gateway: model.Gateway) -> Object:
     (named, as the gateway's pods name their container ports). Out: any pod of the cluster (a
     resolver, a span collector), DNS wherever the resolver is, and beyond the cluster only the
     ports its ExternalServices are reached on: a NetworkPolicy names addresses, not host names,
-    so which host is the sidecar's to decide (it has an egress destination for no other)."""
+    so which host is the sidecar's to decide (it has an egress destination for no other). An
+    ExternalService that lists its `addresses` is reached only at them."""
     by_callers: dict[tuple[tuple[str, str], ...], set[int]] = collections.defaultdict(set)
     out: set[int] = set()
+    pinned: dict[int, set[str]] = collections.defaultdict(set)  # port -> CIDRs
     for ext in egress.leaving_through(mesh, gateway):
         callers = tuple(sorted(egress.callers(mesh, ext)))
         if callers:  # an empty `from` would admit everyone: an unused port gets no rule
             by_callers[callers] |= {p.port for p in ext.spec.ports}
-        out |= set(egress.connect_ports(ext))
+        for port in egress.connect_ports(ext):
+            if ext.spec.addresses:
+                pinned[port] |= {str(ipaddress.ip_network(a)) for a in ext.spec.addresses}
+            else:
+                out.add(port)
+    beyond = [{"ports": [{"protocol": "TCP", "port": p} for p in sorted(out)]}] if out else []
+    beyond += [
+        {
+            "to": [{"ipBlock": {"cidr": c}} for c in sorted(cidrs)],
+            "ports": [{"protocol": "TCP", "port": port}],
+        }
+        for port, cidrs in sorted(pinned.items())
+        if port not in out  # already open to any address
+    ]
     ingress = [
         {
             "ports": [{"protocol": "TCP", "port": egress.port_name(p)} for p in sorted(ports)],
@@ -263,7 +279,7 @@ def egress_gateway_policy(mesh: Intent, gateway: model.Gateway) -> Object:
                         {"protocol": "TCP", "port": DNS_PORT},
                     ]
                 },
-                {"ports": [{"protocol": "TCP", "port": p} for p in sorted(out)]},
+                *beyond,
             ],
         },
     }

@@ -320,6 +320,8 @@ class EgressDestination:
     # HTTP only: the whole request's deadline and its retries, as a mesh route's.
     timeout_ms: int | None = None
     retries: RetryPolicy | None = None
+    # The host's IP addresses, connected to instead of resolving it; None: resolve the host.
+    addresses: list[str] | None = None
 
 
 @contract

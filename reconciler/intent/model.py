@@ -8,6 +8,7 @@ unknown fields are refused, and scalars are not coerced ("8080" is not a port).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
@@ -59,6 +60,21 @@ LabelMap = dict[
     Annotated[str, StringConstraints(pattern=LABEL_VALUE, max_length=63)],
 ]
 ServiceRef = Annotated[str, StringConstraints(pattern=SERVICE_REF)]
+
+
+def _ip_literal(value: str) -> str:
+    """An IPv4 or IPv6 address, written the canonical way (so equal addresses compare equal)."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+
+
+IpAddress = Annotated[
+    str,
+    AfterValidator(_ip_literal),
+    WithJsonSchema({"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}),
+]
 SpiffeId = Annotated[str, StringConstraints(pattern=SPIFFE_ID)]
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
 
@@ -656,6 +672,14 @@ class ExternalServiceSpec(Model):
     allowed_from: list[Source] = []
     # Calls leave through this Gateway (its name, or namespace/name), never from the caller.
     egress_gateway: ServiceRef | None = None
+    # The host's addresses, connected to instead of resolving it (Istio's STATIC resolution).
+    addresses: list[IpAddress] = []
+
+    @model_validator(mode="after")
+    def _addresses_once(self) -> ExternalServiceSpec:
+        if len(set(self.addresses)) != len(self.addresses):
+            raise ValueError("addresses: an address is listed twice")
+        return self
 
 
 class ExternalService(Document):

@@ -362,6 +362,10 @@ pub struct EgressDestination {
     pub timeout_ms: Option<u64>,
     /// HTTP only: retries as a mesh route's (`retry.rs` decides what is retryable).
     pub retries: Option<RetryPolicy>,
+    /// The host's IP addresses, connected to instead of resolving `host` (which stays the
+    /// name in `Host`, SNI and the certificate check). Empty: `host` is resolved.
+    #[serde(default)]
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 impl EgressDestination {

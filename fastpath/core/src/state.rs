@@ -198,7 +198,7 @@ fn egress_upstreams(
     let mut tls = None;
     let mut out = HashMap::new();
     for d in &config.outbound.egress {
-        let (transport, target) = match &d.tls_origination {
+        let (transport, port) = match &d.tls_origination {
             Some(o) => {
                 let tls = match &tls {
                     Some(t) => Arc::clone(t),
@@ -209,16 +209,26 @@ fn egress_upstreams(
                         sni: o.sni.clone(),
                         tls,
                     },
-                    format!("{}:{}", d.host, o.port),
+                    o.port,
                 )
             }
-            None => (Transport::Plain, format!("{}:{}", d.host, d.port)),
+            None => (Transport::Plain, d.port),
+        };
+        // Static addresses, when the intent gives them, stand for the host; else its name,
+        // resolved when connecting.
+        let targets = if d.addresses.is_empty() {
+            vec![format!("{}:{port}", d.host)]
+        } else {
+            d.addresses
+                .iter()
+                .map(|a| std::net::SocketAddr::new(*a, port).to_string())
+                .collect()
         };
         let up = Upstream::new(
             format!("egress:{}", d.name),
             LoadBalancer::RoundRobin,
             transport,
-            vec![target],
+            targets,
         );
         out.insert(format!("{}:{}", d.host, d.port), (d.clone(), Arc::new(up)));
     }
@@ -234,4 +244,58 @@ pub struct Shared {
     pub telemetry: Arc<Telemetry>,
     pub listeners: Listeners,
     pub shutdown: watch::Receiver<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(egress: serde_json::Value) -> Result<ProxyConfig, crate::config::ConfigError> {
+        ProxyConfig::parse(
+            &serde_json::json!({
+                "schemaVersion": crate::config::SCHEMA_VERSION,
+                "revision": "r1",
+                "trustDomain": "t.local",
+                "mtls": "STRICT",
+                "workload": {"namespace": "a", "service": "egress", "serviceAccount": "egress",
+                             "spiffeId": "spiffe://t.local/ns/a/sa/egress"},
+                "inbound": [],
+                "outbound": {"http": [], "tcp": [], "egress": egress, "clusters": []},
+                "telemetry": {"samplingPercent": 0.0},
+            })
+            .to_string(),
+        )
+    }
+
+    fn endpoints(config: &ProxyConfig) -> Vec<String> {
+        let upstreams = egress_upstreams(config).expect("upstreams");
+        let (_, up) = &upstreams["api.partner.test:80"];
+        up.endpoints.load().iter().map(|e| e.addr.clone()).collect()
+    }
+
+    #[test]
+    fn static_addresses_stand_for_the_host_on_the_port_connected_to() {
+        let named = config(serde_json::json!([
+            {"name": "a/partner", "host": "api.partner.test", "port": 80, "protocol": "http"}
+        ]))
+        .expect("valid");
+        assert_eq!(endpoints(&named), ["api.partner.test:80"]);
+        let fixed = config(serde_json::json!([
+            {"name": "a/partner", "host": "api.partner.test", "port": 80, "protocol": "http",
+             "tlsOrigination": {"port": 443, "sni": "api.partner.test"},
+             "addresses": ["192.0.2.7", "2001:db8::7"]}
+        ]))
+        .expect("valid");
+        assert_eq!(endpoints(&fixed), ["192.0.2.7:443", "[2001:db8::7]:443"]);
+    }
+
+    #[test]
+    fn an_address_that_is_not_an_ip_literal_is_refused() {
+        let err = config(serde_json::json!([
+            {"name": "a/partner", "host": "api.partner.test", "port": 80, "protocol": "http",
+             "addresses": ["partner.example"]}
+        ]))
+        .expect_err("a name is not an address");
+        assert!(err.to_string().contains("invalid IP address"), "{err}");
+    }
 }
