@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -23,6 +24,8 @@ import pytest
 from reconciler import status as status_
 from reconciler.targets.local import netns
 from tests import sidecars
+from tests.test_egress_gateway import INTENT as EGRESS_INTENT
+from tests.test_egress_gateway import OUTSIDE_SERVER
 
 pytestmark = [
     pytest.mark.netns,
@@ -37,7 +40,7 @@ CLEAN_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
 
 class Up:
-    def __init__(self, state: Path, log: IO[str]) -> None:
+    def __init__(self, state: Path, log: IO[str], env: dict[str, str] | None = None) -> None:
         self.state = state
         self.tag = netns.tag_for(state)
         self.proc = subprocess.Popen(
@@ -55,6 +58,7 @@ class Up:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=env,
         )
 
     def applied(self) -> bool:
@@ -64,6 +68,15 @@ class Up:
     def wait_applied(self) -> None:
         sidecars.wait_until(lambda: self.proc.poll() is not None or self.applied(), timeout=120)
         assert self.proc.poll() is None, "weft up exited"
+
+    def wait_revision(self, revision: str) -> None:
+        sidecars.wait_until(
+            lambda: (
+                (s := status_.read(self.state / "status.json")) is not None
+                and s.last_applied_revision == revision
+            ),
+            timeout=60,
+        )
 
     def namespace(self, ref: str) -> str:
         saved = json.loads((self.state / "local" / "netns.json").read_text())
@@ -100,6 +113,7 @@ def leftovers(tag: str) -> list[str]:
     found += [link for link in netns.ip("-o", "link", "show").split() if tag in link]
     if netns.NETNS_ETC.is_dir():
         found += [p.name for p in netns.NETNS_ETC.glob(f"weft-{tag}-*")]
+    found += [line for line in netns.iptables("-S").splitlines() if tag in line]
     return found
 
 
@@ -228,13 +242,7 @@ spec: {{to: {{services: [web]}}, from: [{{gateways: [public]}}]}}
         try:
             up.wait_applied()
             revision = _commit(state / "repo", "an ingress gateway", {"a/gateway.yaml": gateway})
-            sidecars.wait_until(
-                lambda: (
-                    (s := status_.read(state / "status.json")) is not None
-                    and s.last_applied_revision == revision
-                ),
-                timeout=60,
-            )
+            up.wait_revision(revision)
             ns = up.namespace("a/public/gateway")
             shown = netns.ip("-n", ns, "-4", "-o", "addr", "show")
             address = next(
@@ -255,6 +263,114 @@ spec: {{to: {{services: [web]}}, from: [{{gateways: [public]}}]}}
             sidecars.wait_until(lambda: curl("https://shop.example.com/").startswith("200"), 60)
             assert curl("--http1.1", "https://shop.example.com/") == "200 "
             assert curl("http://shop.example.com/x?y=1") == "301 https://shop.example.com/x?y=1"
+        finally:
+            up.stop()
+    assert up.proc.returncode == 0, (tmp_path / "up.log").read_text()
+    assert leftovers(up.tag) == []
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """An HTTPS server for api.partner.test in a network namespace of its own, joined to the
+    root namespace by a veth pair (its own /24, default route back through the root
+    namespace): the world beyond the mesh's bridge. Removed at the end, even on failure."""
+    from tests.pki import CA  # noqa: PLC0415
+
+    tag = os.urandom(3).hex()
+    subnet = netns.free_subnet(tag)
+    ns, root_if, out_if = f"weft-out{tag}", f"wo{tag}r", f"wo{tag}o"
+    net = {
+        "ns": ns,
+        "root_if": root_if,
+        "root": f"{netns.PREFIX}.{subnet}.1",
+        "address": f"{netns.PREFIX}.{subnet}.2",
+    }
+    ca = CA.create("partner CA")
+    cert = ca.issue_server("api.partner.test")
+    (tmp_path / "partner.crt").write_bytes(cert.chain)
+    (tmp_path / "partner.key").write_bytes(cert.key)
+    (tmp_path / "partner-ca.pem").write_bytes(ca.pem)
+    net["ca"] = str(tmp_path / "partner-ca.pem")
+    server = None
+    try:
+        netns.ip("netns", "add", ns)
+        netns.ip("link", "add", root_if, "type", "veth", "peer", "name", out_if)
+        netns.ip("link", "set", out_if, "netns", ns)
+        netns.ip("addr", "add", f"{net['root']}/24", "dev", root_if)
+        netns.ip("link", "set", root_if, "up")
+        netns.ip("-n", ns, "addr", "add", f"{net['address']}/24", "dev", out_if)
+        netns.ip("-n", ns, "link", "set", out_if, "up")
+        netns.ip("-n", ns, "link", "set", "lo", "up")
+        netns.ip("-n", ns, "route", "add", "default", "via", net["root"])
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", OUTSIDE_SERVER, net["address"],
+             str(tmp_path / "partner.crt"), str(tmp_path / "partner.key")],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "ready"
+        yield net
+    finally:
+        if server is not None:
+            server.kill()
+            server.communicate()
+        subprocess.run(["ip", "link", "del", root_if], check=False, capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+def _forwarding(device: str, on: bool) -> None:
+    Path(f"/proc/sys/net/ipv4/conf/{device}/forwarding").write_text("1" if on else "0")
+
+
+def test_an_egress_gateway_is_the_only_way_out_of_the_bridge(
+    state: Path, tmp_path: Path, outside: dict[str, str]
+) -> None:
+    """a/web's app calls http://api.partner.test/ with no proxy settings: captured by its
+    sidecar, sent over mesh mTLS to the egress Gateway a/egress (in the root namespace), which
+    originates verified TLS to the outside at the ExternalService's address. A process in
+    a/web's namespace that bypasses its sidecar (UID 1337, which capture lets out) cannot reach
+    the outside, even with forwarding on, until Weft's rule on the bridge is removed."""
+    # The egress gateway test's intent, with the outside's address pinned.
+    egress = textwrap.dedent(EGRESS_INTENT["egress.yaml"]).replace(
+        "  egressGateway: egress", f"  egressGateway: egress\n  addresses: [{outside['address']}]"
+    )
+    env = {**os.environ, "SSL_CERT_FILE": outside["ca"]}  # the gateway trusts the partner's CA
+    with (tmp_path / "up.log").open("w") as log:
+        up = Up(state, log, env=env)
+        try:
+            up.wait_applied()
+            revision = _commit(state / "repo", "an egress gateway", {"a/egress.yaml": egress})
+            up.wait_revision(revision)
+            web = "a/web/default"
+            sidecars.wait_until(lambda: up.curl(web, "http://api.partner.test/")[0] == 200, 30)
+            status, body = up.curl(web, "http://api.partner.test/")
+            seen = json.loads(body)
+            # It left from the root namespace (the gateway), not from a/web's address.
+            assert (seen["host"], seen["peer"]) == ("api.partner.test", outside["root"]), body
+            # b/api is not in allowedFrom: no route to the host at all from its sidecar.
+            status, body = up.curl("b/api/v1", "http://api.partner.test/")
+            assert status != 200, body
+
+            # The bypass: a process as the sidecar's UID skips capture. Forwarding on for the
+            # bridge and the outside's link, as on a machine that forwards (Docker turns it
+            # on), so only Weft's rule stands in the way.
+            bridge = f"wb{up.tag}"
+            _forwarding(bridge, True)
+            _forwarding(outside["root_if"], True)
+            direct = [
+                *("ip", "netns", "exec", up.namespace(web)),
+                *netns.unprivileged(1337),
+                # -k: UID 1337 cannot read the test's CA file, and only reaching it matters.
+                *("curl", "-sS", "-k", "-m", "5", "-o", "/dev/null"),
+                *("-w", "%{http_code}", "--resolve", f"api.partner.test:443:{outside['address']}"),
+                "https://api.partner.test/",
+            ]
+            refused = subprocess.run(direct, capture_output=True, text=True, check=False)
+            assert refused.returncode == 7, refused.stderr  # curl: couldn't connect
+            # The control: without the rule the same bypass gets through, so it was the rule.
+            netns.iptables("-D", "FORWARD", "-i", bridge, "-j", netns.chain_for(up.tag))
+            passed = subprocess.run(direct, capture_output=True, text=True, check=False)
+            assert passed.stdout == "200", passed.stderr
         finally:
             up.stop()
     assert up.proc.returncode == 0, (tmp_path / "up.log").read_text()

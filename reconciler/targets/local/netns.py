@@ -2,9 +2,13 @@
 
 Each namespace is joined to one Linux bridge in the root namespace by a veth pair and has an
 address in a private /24 of 10.253.0.0/16 (the bridge holds `.1`, so this machine reaches
-every sidecar's admin port). Every name a network makes carries its tag, derived from the
-state directory: a weft that crashed is followed by one with the same tag, which removes
-whatever is left (`remove_stale`) before it makes anything. Needs root and iproute2.
+every sidecar's admin port). With `confine`, nothing a namespace starts may leave the
+bridge: a filter chain in the root namespace rejects it before it is forwarded, so the way
+out of the mesh is an egress gateway, which runs in the root namespace at an address of its
+own on the bridge.
+Every name a network makes carries its tag, derived from the state directory: a weft that
+crashed is followed by one with the same tag, which removes whatever is left
+(`remove_stale`) before it makes anything. Needs root, iproute2 and iptables.
 """
 
 from __future__ import annotations
@@ -62,6 +66,34 @@ def free_subnet(tag: str) -> int:
     raise NetnsError(f"every {PREFIX}.x.0/24 network is in use")
 
 
+def iptables(*args: str) -> str:
+    """Runs `iptables -w` (filter table, root namespace) with `args`, as `ip` does."""
+    done = subprocess.run(["iptables", "-w", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise NetnsError(f"iptables {' '.join(args)}: {done.stderr.strip() or done.returncode}")
+    return done.stdout
+
+
+def chain_for(tag: str) -> str:
+    """The root namespace's filter chain that keeps one network's traffic on its bridge."""
+    return f"WEFT-{tag}"
+
+
+def unprivileged(uid: int, caps: Sequence[str] = (), pdeathsig: bool = False) -> list[str]:
+    """The command prefix that runs a program as user and group `uid`, keeping only the
+    capabilities `caps` (e.g. "dac_read_search")."""
+    cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    if caps:
+        # Ambient capabilities survive the change of user and the exec; the bounding set
+        # keeps anything else from coming back.
+        listed = ",".join(f"+{c}" for c in caps)
+        cmd += [f"--inh-caps={listed}", f"--ambient-caps={listed}"]
+        cmd += [f"--bounding-set=-all,{listed}"]
+    if pdeathsig:
+        cmd += ["--pdeathsig", "TERM"]
+    return [*cmd, "--"]
+
+
 @dataclasses.dataclass(frozen=True)
 class Host:
     """One namespace on the network."""
@@ -77,16 +109,7 @@ class Host:
         cmd = ["ip", "netns", "exec", self.netns]
         if uid is None:
             return cmd
-        cmd += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
-        if caps:
-            # Ambient capabilities survive the change of user and the exec; the bounding set
-            # keeps anything else from coming back.
-            listed = ",".join(f"+{c}" for c in caps)
-            cmd += [f"--inh-caps={listed}", f"--ambient-caps={listed}"]
-            cmd += [f"--bounding-set=-all,{listed}"]
-        if pdeathsig:
-            cmd += ["--pdeathsig", "TERM"]
-        return [*cmd, "--"]
+        return [*cmd, *unprivileged(uid, caps, pdeathsig)]
 
 
 @dataclasses.dataclass
@@ -123,6 +146,27 @@ class Network:
         ip("link", "add", self.bridge, "type", "bridge")
         ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
+
+    def confine(self) -> None:
+        """Nothing a namespace on the bridge starts may be forwarded off it (to this machine's
+        other networks or beyond): rejected at once, so the caller fails fast. It still
+        reaches the bridge's own addresses (the host, an egress gateway), which is delivery,
+        not forwarding, and replies to connections made from elsewhere still pass. Whether
+        the machine forwards at all (`net.ipv4.ip_forward`, Docker turns it on) does not
+        matter: the jump is first in FORWARD."""
+        chain = chain_for(self.tag)
+        iptables("-N", chain)
+        iptables("-A", chain, "-o", self.bridge, "-j", "RETURN")
+        iptables("-A", chain, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN")
+        iptables("-A", chain, "-j", "REJECT", "--reject-with", "icmp-admin-prohibited")
+        iptables("-I", "FORWARD", "1", "-i", self.bridge, "-j", chain)
+
+    def add_address(self, address: str) -> None:
+        """Gives the bridge (the root namespace's side) one more address of the /24, for a
+        process of the root namespace that namespaces call (an egress gateway)."""
+        shown = ip("-4", "-o", "addr", "show", "dev", self.bridge)
+        if f"inet {address}/" not in shown:
+            ip("addr", "add", f"{address}/32", "dev", self.bridge)
 
     def add(self, index: int, hosts: Mapping[str, str] | None = None) -> Host:
         """A namespace with address `address(index)`, its default route via the bridge, and,
@@ -177,6 +221,15 @@ def remove_stale(tag: str) -> list[str]:
     if NETNS_ETC.is_dir():
         for folder in NETNS_ETC.glob(f"{prefix}*"):
             shutil.rmtree(folder, ignore_errors=True)
+    chain = chain_for(tag)
+    jump = ("FORWARD", "-i", f"wb{tag}", "-j", chain)
+    with contextlib.suppress(NetnsError):
+        while True:  # every copy of the jump (iptables -C fails once none is left)
+            iptables("-C", *jump)
+            iptables("-D", *jump)
+    with contextlib.suppress(NetnsError):
+        iptables("-F", chain)
+        iptables("-X", chain)
     return removed
 
 

@@ -15,7 +15,9 @@ With `isolation="netns"` (root only) each instance gets its own network namespac
 (`netns`): the app runs there with no proxy settings, its sidecar as UID 1337 beside it, and
 `weft-capture.sh` sends the app's TCP through the sidecar. Each Service has a virtual address
 that every namespace's /etc/hosts names; the sidecars' `originalDestinations` map it (and each
-port) to the upstream, and clusters are bound to the instances' addresses.
+port) to the upstream, and clusters are bound to the instances' addresses. Nothing leaves the
+bridge (`netns`), so an egress gateway runs in the root namespace, at an address of its own on
+the bridge where callers' sidecars reach its mesh-facing ports.
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ class LocalTarget:
         self.network: netns.Network | None = None
         self._namespaces: dict[str, netns.Host] = {}  # made this run, by instance ref
         self._hosts_files: dict[str, dict[str, str]] = {}  # netns -> /etc/hosts names
+        self._egress_listeners: dict[str, str] = {}  # "<gateway ref>:<port name>" -> address
         if isolation == "netns":
             netns.check_tools()
             tag = netns.tag_for(state_dir)
@@ -116,6 +119,7 @@ class LocalTarget:
             self.addresses = netns.Addresses(self.root / "netns.json", tag)
             self.network = self.addresses.network()
             self.network.create()
+            self.network.confine()
         self.supervisor = Supervisor(self.root / "logs")
 
     # ------------------------------------------------------------------ observe / plan
@@ -151,6 +155,19 @@ class LocalTarget:
     def _units(self, desired: DesiredState) -> dict[str, Unit]:
         instances = self._instances(desired)
         configs = {key: c.as_dict() for key, c in desired.proxy_configs.items()}
+        gateways = {key: g.as_dict() for key, g in desired.gateway_configs.items()}
+        # Where each egress gateway's mesh-facing port listens, by "<gateway ref>:<port name>":
+        # callers' clusters are bound to it.
+        self._egress_listeners = {
+            f"{Instance(ns, name, 'gateway').ref}:{p['name']}": address
+            for (ns, name), config in gateways.items()
+            if config["inbound"]
+            for p, address in zip(
+                config["inbound"],
+                self._egress_inbound(Instance(ns, name, "gateway"), config).values(),
+                strict=True,
+            )
+        }
         units: dict[str, Unit] = {}
         self.listening = {}
         self._hosts_files = {}
@@ -219,13 +236,24 @@ class LocalTarget:
                     units[f"app/{inst.ref}"] = Unit(
                         f"app/{inst.ref}", "app", _digest(json.dumps(app, sort_keys=True)), app
                     )
-        for (ns, name), gateway in desired.gateway_configs.items():
+        for (ns, name), gateway in gateways.items():
             units.update(
-                self._gateway_units(
-                    Instance(ns, name, "gateway"), gateway.as_dict(), configs, instances
-                )
+                self._gateway_units(Instance(ns, name, "gateway"), gateway, configs, instances)
             )
         return units
+
+    def _egress_inbound(self, inst: Instance, config: dict[str, Any]) -> dict[str, str]:
+        """An egress gateway's mesh-facing listeners, by port name: on loopback, or under netns
+        isolation at the gateway's own address on the bridge (fixed ports, as in a namespace)."""
+        if self.network:
+            address = self._host(inst).address
+            return {
+                p["name"]: f"{address}:{INBOUND_FIRST_PORT + i}"
+                for i, p in enumerate(config["inbound"])
+            }
+        return {
+            p["name"]: self.ports.addr(f"inbound:{inst.ref}:{p['name']}") for p in config["inbound"]
+        }
 
     def _gateway_units(
         self,
@@ -237,7 +265,9 @@ class LocalTarget:
         """A gateway: fastpath with no app. An ingress gateway listens on the ports the intent
         names: on loopback (what a local user points curl at), or under netns isolation at its
         own namespace's address on the bridge (the host reaches it; nothing is captured). An
-        egress gateway's mesh-facing ports are on loopback (not yet under netns)."""
+        egress gateway's mesh-facing ports hand each request to its own outbound listener on
+        loopback; under netns isolation it runs in the root namespace, the one place traffic
+        may leave from, and its mesh-facing ports are at its address on the bridge."""
         secrets = [
             c["secret"]
             for g in config["gateway"]
@@ -253,23 +283,16 @@ class LocalTarget:
                 ", ".join(secrets),
             )
             return {}
-        if self.network and config["inbound"]:
-            log.warning(
-                "egress Gateway %s/%s is not run with --isolation netns yet",
-                inst.namespace,
-                inst.service,
-            )
-            return {}
+        egress = bool(config["inbound"])
         address = self._host(inst).address if self.network else "127.0.0.1"
         listeners: dict[str, Any] = {
             "gateway": {g["name"]: f"{address}:{g['port']}" for g in config["gateway"]}
         }
-        if config["inbound"]:  # an egress gateway: mesh-facing ports, each handed to its outbound
+        if egress:  # mesh-facing ports, each handed to its outbound listener
+            # On loopback even under netns: only its own mesh-facing side may reach it, never a
+            # namespace (that would skip the allowedFrom check).
             outbound = self.ports.addr(f"outbound:{inst.ref}")
-            listeners["inbound"] = {
-                p["name"]: self.ports.addr(f"inbound:{inst.ref}:{p['name']}")
-                for p in config["inbound"]
-            }
+            listeners["inbound"] = self._egress_inbound(inst, config)
             listeners["app"] = {p["name"]: outbound for p in config["inbound"]}
             listeners["outboundHttp"] = outbound
         text = to_json(bind_endpoints(config, self._endpoints(config, configs, instances)))
@@ -278,7 +301,9 @@ class LocalTarget:
         )
         admin = f"{address}:{ADMIN_PORT}" if self.network else self.ports.addr(f"admin:{inst.ref}")
         sidecar: dict[str, Any] = {"listeners": listeners, "certs": str(certs), "admin": admin}
-        if self.network:
+        if self.network and egress:
+            sidecar["bridgeAddress"] = address
+        elif self.network:
             host = self._host(inst)
             sidecar["netns"] = dataclasses.asdict(host)
             # Its own name only (the admin server looks it up): it calls endpoints by address.
@@ -287,7 +312,8 @@ class LocalTarget:
             }
         self.listening[inst.ref] = {
             "admin": admin,
-            **({"netns": sidecar["netns"]["netns"]} if self.network else {}),
+            **({"netns": sidecar["netns"]["netns"]} if "netns" in sidecar else {}),
+            **({"address (root namespace)": address} if "bridgeAddress" in sidecar else {}),
             **{f"gateway {n}": a for n, a in listeners["gateway"].items()},
             **{f"inbound {n}": a for n, a in listeners.get("inbound", {}).items()},
         }
@@ -405,10 +431,10 @@ class LocalTarget:
         for cluster in config["outbound"]["clusters"]:
             ns, svc = cluster["service"].split("/")
             if (ns, svc) not in configs:  # an egress gateway: its port for this destination port
-                if not self.network:
-                    gateway = Instance(ns, svc, "gateway").ref
-                    port_name = f"egress-{cluster['endpoints']['port']}"
-                    endpoints[cluster["name"]] = [self.ports.addr(f"inbound:{gateway}:{port_name}")]
+                gateway = Instance(ns, svc, "gateway").ref
+                port_name = f"egress-{cluster['endpoints']['port']}"
+                if listener := self._egress_listeners.get(f"{gateway}:{port_name}"):
+                    endpoints[cluster["name"]] = [listener]
                 continue
             dest = configs[(ns, svc)]
             port = next(
@@ -513,7 +539,11 @@ class LocalTarget:
         (folder / "listeners.json").write_text(json.dumps(unit.payload["listeners"], indent=2))
         self.supervisor.stop(unit.key)
         prefix: list[str] = []
-        if "netns" in unit.payload:
+        if "bridgeAddress" in unit.payload:  # an egress gateway, in the root namespace
+            assert self.network is not None
+            self.network.add_address(unit.payload["bridgeAddress"])
+            prefix = netns.unprivileged(capture.PROXY_UID, SIDECAR_CAPS, pdeathsig=True)
+        elif "netns" in unit.payload:
             host = self._namespace(unit.payload["netns"], f"{ns}/{svc}/{inst}")
             if "capture" in unit.payload:  # a gateway has no app whose traffic to capture
                 inbound = {int(k): v for k, v in unit.payload["capture"].items()}
