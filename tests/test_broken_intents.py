@@ -231,6 +231,16 @@ CASES = [
         ),
     ),
     case(
+        "job-selectors-overlap",
+        error(
+            "services.yaml:24:3",
+            "the pods of a Job may be selected by this Service and by Service shop/export "
+            "(services.yaml:2:1); a Job's pods can belong to one meshed Service only",
+            "give one podSelector a label the other has with another value, "
+            "or name each Service's Job (workload.name)",
+        ),
+    ),
+    case(
         "unknown-service-in-policy",
         error(
             "policies.yaml:11:18",

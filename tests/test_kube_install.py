@@ -31,7 +31,13 @@ from tests.kubeapps import delete_namespaces
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
-MANIFESTS = ("00-namespace.yaml", "10-rbac.yaml", "20-reconciler.yaml", "30-probes.yaml")
+MANIFESTS = (
+    "00-namespace.yaml",
+    "10-rbac.yaml",
+    "20-reconciler.yaml",
+    "30-probes.yaml",
+    "40-jobs.yaml",
+)
 KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or "kubectl"
 NAME = "weft-reconciler"
 RELEASED_IMAGE = "ghcr.io/weft-mesh/weft:0.1.0"
@@ -59,6 +65,8 @@ CLUSTER_WIDE: frozenset[Rule] = frozenset(
             for r in ("statefulsets", "daemonsets")
             for v in ("get", "list", "patch")
         ),
+        *(("batch", "cronjobs", v, "") for v in ("get", "list", "patch")),
+        *(("", "podtemplates", v, "") for v in _ALL),
         ("", "namespaces", "list", ""),
     }
 )
@@ -270,6 +278,8 @@ def uninstall(kube: ControlPlane, namespace: str) -> None:
         f"{rbac}/clusterroles/{NAME}",
         f"{admission}/mutatingadmissionpolicybindings/weft-probes",
         f"{admission}/mutatingadmissionpolicies/weft-probes",
+        f"{admission}/mutatingadmissionpolicybindings/weft-jobs",
+        f"{admission}/mutatingadmissionpolicies/weft-jobs",
     ):
         try:
             api.request("DELETE", path)
@@ -439,6 +449,12 @@ ACCESS = [
     pytest.param(Access("watch", "secrets", "a"), False, id="watch-secrets"),
     pytest.param(Access("update", "secrets", "a"), False, id="update-secrets"),
     pytest.param(Access("create", "statefulsets", "a", "apps"), False, id="create-statefulsets"),
+    pytest.param(Access("patch", "cronjobs", "a", "batch"), True, id="patch-cronjobs"),
+    pytest.param(Access("create", "cronjobs", "a", "batch"), False, id="create-cronjobs"),
+    pytest.param(Access("get", "jobs", "a", "batch"), False, id="get-jobs"),
+    pytest.param(Access("create", "podtemplates", "a"), True, id="create-job-injections"),
+    pytest.param(Access("update", "podtemplates", "a"), False, id="update-podtemplates"),
+    pytest.param(Access("watch", "podtemplates", "a"), False, id="watch-podtemplates"),
     pytest.param(Access("create", "pods", "a"), False, id="create-pods"),
     pytest.param(Access("create", "pods/exec", "a"), False, id="exec-pods"),
     pytest.param(Access("create", "serviceaccounts/token", "a"), False, id="mint-tokens"),

@@ -46,7 +46,7 @@ class WorkloadSpec:
     instances: tuple[str, ...]
     command: tuple[str, ...] | None
     env: tuple[tuple[str, str], ...]
-    kind: str = "Deployment"  # Deployment | StatefulSet | DaemonSet
+    kind: str = "Deployment"  # Deployment | StatefulSet | DaemonSet | CronJob | Job
     name: str | None = None  # set only when the intent names the workload explicitly
     pod_selector: tuple[tuple[str, str], ...] = ()
 

@@ -237,7 +237,7 @@ class ServicePort(Model):
 
 
 class Workload(Model):
-    kind: Literal["Deployment", "StatefulSet", "DaemonSet"] = "Deployment"
+    kind: Literal["Deployment", "StatefulSet", "DaemonSet", "CronJob", "Job"] = "Deployment"
     name: Name | None = None
     pod_selector: Annotated[LabelMap, Field(min_length=1)] | None = None
 

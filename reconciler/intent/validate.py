@@ -87,6 +87,7 @@ def meshes(found: list[model.Mesh], revision_root: str) -> Iterator[Diagnostic]:
 def services(intent: Intent) -> Iterator[Diagnostic]:
     workloads: dict[tuple[str, str, str], model.Service] = {}
     accounts: dict[tuple[str, str], model.Service] = {}
+    jobs: dict[str, list[model.Service]] = {}  # by namespace
     for svc in intent.services.values():
         name, ns = svc.metadata.name, svc.metadata.namespace
         if len(name) + len(HEADLESS_SUFFIX) > 63:
@@ -152,6 +153,24 @@ def services(intent: Intent) -> Iterator[Diagnostic]:
                 f"{svc.spec.workload.kind} {ns}/{svc.workload_name} is already meshed by "
                 f"Service {other.ref} ({position_of(other)})",
             )
+        elif svc.spec.workload.kind == "Job":
+            # Job pods are meshed as they are created, for the first Service that selects
+            # them: two that may select one pod would leave which one to chance.
+            found = jobs.setdefault(ns, [])
+            for other in found:
+                if _may_select_the_same_pods(svc, other):
+                    yield _error(
+                        svc,
+                        ("spec", "workload"),
+                        f"the pods of a Job may be selected by this Service and by Service "
+                        f"{other.ref} ({position_of(other)}); a Job's pods can belong to one "
+                        "meshed Service only",
+                        "give one podSelector a label the other has with another value, "
+                        "or name each Service's Job (workload.name)",
+                        key=True,
+                    )
+                    break
+            found.append(svc)
         owner = accounts.setdefault((ns, svc.service_account), svc)
         if owner is not svc:
             yield _warning(
@@ -161,6 +180,16 @@ def services(intent: Intent) -> Iterator[Diagnostic]:
                 f"{owner.ref}: both get one identity, and policies cannot tell them apart",
                 "give each Service its own serviceAccount",
             )
+
+
+def _may_select_the_same_pods(a: model.Service, b: model.Service) -> bool:
+    """Whether one Job's pods could carry both Services' podSelectors (no label both name with
+    different values) and be both's Job (by name, when both name theirs)."""
+    names = a.spec.workload.name, b.spec.workload.name
+    if None not in names and names[0] != names[1]:
+        return False
+    sa, sb = a.pod_selector, b.pod_selector
+    return all(sa[k] == sb[k] for k in sa.keys() & sb.keys())
 
 
 Broken = frozenset[tuple[str, str, str]]  # (kind, namespace, name) of documents refused by schema

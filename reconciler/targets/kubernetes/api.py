@@ -47,6 +47,7 @@ class Kind:
 KINDS: dict[str, Kind] = {
     "Namespace": Kind("v1", "namespaces", namespaced=False),
     "ConfigMap": Kind("v1", "configmaps"),
+    "PodTemplate": Kind("v1", "podtemplates"),
     "Secret": Kind("v1", "secrets"),
     "Service": Kind("v1", "services"),
     "ServiceAccount": Kind("v1", "serviceaccounts"),
@@ -55,6 +56,7 @@ KINDS: dict[str, Kind] = {
     "Deployment": Kind("apps/v1", "deployments"),
     "StatefulSet": Kind("apps/v1", "statefulsets"),
     "DaemonSet": Kind("apps/v1", "daemonsets"),
+    "CronJob": Kind("batch/v1", "cronjobs"),
     "Lease": Kind("coordination.k8s.io/v1", "leases"),
 }
 

@@ -1,7 +1,8 @@
 """Apply: server-side apply as field manager `weft`, in an order that never starts a pod whose
 sidecar config or certificate is missing — sidecar ConfigMaps → discovery Services →
-NetworkPolicies → workload injections (identities, the Secrets, come first of all: the
-target issues them before calling `apply`). The inventory is written before anything new.
+NetworkPolicies → injections, the PodTemplates of Jobs' first (identities, the Secrets, come
+first of all: the target issues them before calling `apply`). The inventory is written before
+anything new.
 
 Drift: a field Weft applied and someone then changed with an imperative update (`kubectl edit`,
 `patch`, `replace`) conflicts on the next apply; Weft takes it back (`force`) and logs it. A field
@@ -23,7 +24,15 @@ from reconciler.targets.kubernetes.workers import each
 
 log = logging.getLogger("weft.target.kubernetes")
 
-APPLY_ORDER = ("ConfigMap", "ServiceAccount", "Service", "NetworkPolicy", *objects.WORKLOAD_KINDS)
+# A Job's injection (its PodTemplate) goes with the workloads': after what its pods mount.
+APPLY_ORDER = (
+    "ConfigMap",
+    "ServiceAccount",
+    "Service",
+    "NetworkPolicy",
+    "PodTemplate",
+    *objects.WORKLOAD_KINDS,
+)
 _CONFLICT_WITH = re.compile(r'conflict with "([^"]+)"')
 
 

@@ -1,7 +1,8 @@
 """The objects a DesiredState calls for in this cluster, from what was observed: a sidecar
-ConfigMap per Service, an injection into each workload the Service selects, the discovery
-Services and NetworkPolicies (an egress gateway's ClusterIP Service and policy among them),
-each Gateway's workload (`gateways`); and the problems that keep a revision from being applied
+ConfigMap per Service, an injection into each workload the Service selects (for Jobs, the
+PodTemplate their pods are injected from at admission), the discovery Services and
+NetworkPolicies (an egress gateway's ClusterIP Service and policy among them), each Gateway's
+workload (`gateways`); and the problems that keep a revision from being applied
 (a workload two Services claim, a service account that is not the Service's identity, a
 namespace that does not exist, a Gateway's missing or broken certificate Secret)."""
 
@@ -38,6 +39,29 @@ def build(
         )
         wanted[cm_ref] = objects.sidecar_configmap(ns, svc, config, observed.cluster_ips, inbound)
         spec = desired.workloads[(ns, svc)]
+        if spec.kind == "Job":
+            # Jobs come and go, and their templates are immutable: their pods are meshed as
+            # they are created (deploy/40-jobs.yaml), from this PodTemplate.
+            ref = f"PodTemplate/{ns}/{objects.job_injection_name(svc)}"
+            unsafe = objects.namespace_problems(
+                f"the Jobs of Service {ns}/{svc}",
+                ns,
+                observed.namespaces.get(ns),
+                system_namespace,
+            )
+            if unsafe:
+                problems += unsafe
+                continue
+            wanted[ref] = objects.job_injection(
+                ns,
+                service=svc,
+                spec=spec,
+                config=config,
+                image=image,
+                inbound=inbound,
+                exclude_cidrs=exclude,
+            )
+            continue
         target_ports = [p.target_port for p in config.inbound]
         for ref, live in by_namespace.get(ns, []):
             if not objects.selects(spec, live):

@@ -63,7 +63,39 @@ INBOUND_BASE = 15100  # inbound port i of the service: 15100 + i
 TCP_BASE = 15200  # the i-th TCP upstream or egress, for apps that address the sidecar directly
 CAPTURE_SCRIPT = "/usr/local/lib/weft/weft-capture.sh"
 
-WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+# The workloads whose pod template Weft patches, with their API versions. A CronJob's template
+# is one level deeper (`spec.jobTemplate.spec.template`) and, unlike a Job's, mutable: each Job
+# it starts is made from the injected template. A Job's own template is immutable, so Jobs are
+# meshed at Pod admission instead (`job_injection`, deploy/40-jobs.yaml): not a kind here.
+WORKLOAD_API_VERSIONS = {
+    "Deployment": "apps/v1",
+    "StatefulSet": "apps/v1",
+    "DaemonSet": "apps/v1",
+    "CronJob": "batch/v1",
+}
+WORKLOAD_KINDS = tuple(WORKLOAD_API_VERSIONS)
+
+
+def template_path(kind: str) -> tuple[str, ...]:
+    """Where a workload of `kind` keeps its pod template."""
+    if kind == "CronJob":
+        return ("spec", "jobTemplate", "spec", "template")
+    return ("spec", "template")
+
+
+def pod_template(workload: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A live workload's pod template (empty when it has none)."""
+    found: Any = workload
+    for key in template_path(str(workload.get("kind", ""))):
+        found = (found.get(key) or {}) if isinstance(found, Mapping) else {}
+    return found if isinstance(found, Mapping) else {}
+
+
+def _at(path: Sequence[str], value: Object) -> Object:
+    """`value` nested under `path`: ("spec", "template") → {"spec": {"template": value}}."""
+    for key in reversed(path):
+        value = {key: value}
+    return value
 
 
 def sidecar_configmap_name(service: str) -> str:
@@ -200,6 +232,34 @@ def injection(
     (from `app_probes`) are the app's probes on meshed ports: the sidecar gets them to run,
     and the pods an annotation naming them, which deploy/30-probes.yaml's admission policy
     reads to point them at the sidecar. The app's containers are never touched."""
+    template = pod_injection(
+        service=service,
+        config=config,
+        image=image,
+        inbound=inbound,
+        exclude_cidrs=exclude_cidrs,
+        probes=probes,
+    )
+    return {
+        "apiVersion": WORKLOAD_API_VERSIONS[kind],
+        "kind": kind,
+        "metadata": {"name": name, "namespace": namespace, "annotations": {INJECTED: service}},
+        **_at(template_path(kind), template),
+    }
+
+
+def pod_injection(
+    *,
+    service: str,
+    config: pc.ProxyConfig,
+    image: str,
+    inbound: Mapping[str, int] | None = None,
+    exclude_cidrs: Sequence[str] = (),
+    probes: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Object:
+    """What the injection puts into a pod template (`injection`'s arguments): the capture init
+    container, the sidecar as a native sidecar, their two volumes, and with `probes` the
+    annotation naming them."""
     service_account = config.workload.service_account
     probe: Object = {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 2}
     sidecar: Object = {
@@ -256,33 +316,80 @@ def injection(
         },
     }
     return {
-        "apiVersion": "apps/v1",
-        "kind": kind,
-        "metadata": {"name": name, "namespace": namespace, "annotations": {INJECTED: service}},
+        **(
+            {"metadata": {"annotations": {REWRITE_PROBES: ",".join(sorted(probes))}}}
+            if probes
+            else {}
+        ),
         "spec": {
-            "template": {
-                **(
-                    {"metadata": {"annotations": {REWRITE_PROBES: ",".join(sorted(probes))}}}
-                    if probes
-                    else {}
-                ),
-                "spec": {
-                    "initContainers": [capture, sidecar],
-                    "volumes": [
-                        {
-                            "name": CONFIG_VOLUME,
-                            "configMap": {"name": sidecar_configmap_name(service)},
-                        },
-                        {
-                            "name": CERTS_VOLUME,
-                            "secret": {
-                                "secretName": workload_secret_name(service_account),
-                                "defaultMode": 0o444,  # the sidecar runs as 1337, not root
-                            },
-                        },
-                    ],
+            "initContainers": [capture, sidecar],
+            "volumes": [
+                {
+                    "name": CONFIG_VOLUME,
+                    "configMap": {"name": sidecar_configmap_name(service)},
                 },
-            }
+                {
+                    "name": CERTS_VOLUME,
+                    "secret": {
+                        "secretName": workload_secret_name(service_account),
+                        "defaultMode": 0o444,  # the sidecar runs as 1337, not root
+                    },
+                },
+            ],
+        },
+    }
+
+
+JOB_PART = "job-injection"  # weft.dev/part of the PodTemplates deploy/40-jobs.yaml reads
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # the job controller puts it on a Job's pods
+PLACEHOLDER = "weft-unused"
+
+
+def job_injection_name(service: str) -> str:
+    return f"{service}-weft-job"
+
+
+def job_injection(
+    namespace: str,
+    *,
+    service: str,
+    spec: WorkloadSpec,
+    config: pc.ProxyConfig,
+    image: str,
+    inbound: Mapping[str, int] | None = None,
+    exclude_cidrs: Sequence[str] = (),
+) -> Object:
+    """A Service's injection for Jobs: a PodTemplate that deploy/40-jobs.yaml's admission
+    policy reads as its parameter. A Job's pod template is immutable, so the policy adds
+    `pod_injection`'s init containers and volumes, and annotation `weft.dev/injected-for`,
+    to each Pod as the job controller creates it; the Job stays as its team wrote it.
+
+    Which pods: those owned by a Job whose labels hold every label of `template.metadata`
+    (the podSelector, and the job-name label when the intent names the Job), that run as
+    `template.spec.serviceAccountName` (the Service's identity: a pod running as another
+    account is left alone rather than handed this one's certificate), without hostNetwork and
+    not injected already. A PodTemplate needs a container; `weft-unused` is never copied."""
+    template = pod_injection(
+        service=service, config=config, image=image, inbound=inbound, exclude_cidrs=exclude_cidrs
+    )
+    pod_labels = dict(spec.pod_selector)
+    if spec.name is not None:
+        pod_labels[JOB_NAME_LABEL] = spec.name
+    return {
+        "apiVersion": "v1",
+        "kind": "PodTemplate",
+        "metadata": {
+            "name": job_injection_name(service),
+            "namespace": namespace,
+            "labels": labels(JOB_PART, service),
+        },
+        "template": {
+            "metadata": {"labels": pod_labels, "annotations": {INJECTED: service}},
+            "spec": {
+                "serviceAccountName": config.workload.service_account,
+                "containers": [{"name": PLACEHOLDER, "image": image}],
+                **template["spec"],
+            },
         },
     }
 
@@ -290,7 +397,7 @@ def injection(
 def release(kind: str, namespace: str, name: str) -> Object:
     """An apply of nothing: the server removes every field only Weft owned."""
     return {
-        "apiVersion": "apps/v1",
+        "apiVersion": WORKLOAD_API_VERSIONS[kind],
         "kind": kind,
         "metadata": {"name": name, "namespace": namespace},
     }
@@ -302,14 +409,12 @@ def selects(spec: WorkloadSpec, workload: Mapping[str, Any]) -> bool:
         return False
     if spec.name is not None and workload["metadata"]["name"] != spec.name:
         return False
-    pod_labels = (
-        workload.get("spec", {}).get("template", {}).get("metadata", {}).get("labels") or {}
-    )
+    pod_labels = pod_template(workload).get("metadata", {}).get("labels") or {}
     return bool(spec.pod_selector) and all(pod_labels.get(k) == v for k, v in spec.pod_selector)
 
 
 def service_account_of(workload: Mapping[str, Any]) -> str:
-    pod = workload.get("spec", {}).get("template", {}).get("spec", {})
+    pod = pod_template(workload).get("spec", {})
     return str(pod.get("serviceAccountName") or pod.get("serviceAccount") or "default")
 
 
@@ -336,18 +441,26 @@ def injection_problems(
     """Why injecting into this workload would break something; empty when it is safe."""
     meta = workload["metadata"]
     ref = f"{workload['kind']}/{meta['namespace']}/{meta['name']}"
-    pod = workload.get("spec", {}).get("template", {}).get("spec", {})
-    found = []
-    if meta["namespace"] in (*PROTECTED_NAMESPACES, system_namespace):
-        found.append(f"{ref}: Weft does not mesh workloads in {meta['namespace']}")
+    pod = pod_template(workload).get("spec", {})
+    found = namespace_problems(ref, meta["namespace"], namespace, system_namespace)
     if pod.get("hostNetwork"):
         found.append(
             f"{ref} uses hostNetwork: its capture rules would redirect the node's own traffic"
         )
+    return found
+
+
+def namespace_problems(
+    ref: str, name: str, namespace: Mapping[str, Any] | None, system_namespace: str
+) -> list[str]:
+    """Why pods in namespace `name` cannot be meshed (`ref` says whose, in the messages)."""
+    found = []
+    if name in (*PROTECTED_NAMESPACES, system_namespace):
+        found.append(f"{ref}: Weft does not mesh workloads in {name}")
     level = ((namespace or {}).get("metadata", {}).get("labels") or {}).get(PSA_ENFORCE)
     if level in ("baseline", "restricted"):
         found.append(
-            f"{ref}: namespace {meta['namespace']} enforces Pod Security '{level}', which "
+            f"{ref}: namespace {name} enforces Pod Security '{level}', which "
             "refuses the capture init container (NET_ADMIN, NET_RAW); label it "
             f"{PSA_ENFORCE}=privileged, or leave its workloads out of the mesh"
         )
@@ -377,7 +490,7 @@ def app_probes(workload: Mapping[str, Any], ports: Sequence[int]) -> dict[str, O
     `{"probe": <as the app team wrote it>, "port": <its port as a number>}` (the sidecar
     cannot resolve a named port). Inbound capture would hand the kubelet's plaintext probe to
     the mTLS listener, which refuses it; these are the probes the sidecar runs instead."""
-    pod = workload.get("spec", {}).get("template", {}).get("spec", {})
+    pod = pod_template(workload).get("spec", {})
     found: dict[str, Object] = {}
     for container in pod.get("containers") or ():
         for kind in PROBE_KINDS:

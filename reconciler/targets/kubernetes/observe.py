@@ -12,7 +12,7 @@ from reconciler.targets.kubernetes.api import Api, Object, ref_of
 @dataclasses.dataclass
 class Observed:
     owned: dict[str, Object]  # Weft-labelled objects of OWNED_KINDS, by ref
-    workloads: dict[str, Object]  # every Deployment/StatefulSet/DaemonSet, by ref
+    workloads: dict[str, Object]  # every object of objects.WORKLOAD_KINDS, by ref
     namespaces: dict[str, Object]  # by name
     inventory: set[str]
     cluster_ips: dict[tuple[str, str], str]  # (namespace, name) → ClusterIP of every Service
@@ -34,7 +34,7 @@ class Observed:
 
 def observe(api: Api, system_namespace: str) -> Observed:
     owned: dict[str, Object] = {}
-    for kind in ("ConfigMap", "NetworkPolicy", "ServiceAccount"):
+    for kind in ("ConfigMap", "NetworkPolicy", "ServiceAccount", "PodTemplate"):
         for obj in api.list(kind, selector=objects.MANAGED_SELECTOR):
             if obj["metadata"]["labels"].get(objects.PART) in ("inventory", "status"):
                 continue  # the target's own bookkeeping, not part of any desired state

@@ -18,8 +18,16 @@ from reconciler.targets.kubernetes.workers import each
 
 log = logging.getLogger("weft.target.kubernetes")
 
-# In apply order (prune deletes in reverse). Deployments are owned only as a Gateway's.
-OWNED_KINDS = ("ConfigMap", "ServiceAccount", "Service", "NetworkPolicy", "Deployment")
+# In apply order (prune deletes in reverse). Deployments are owned only as a Gateway's;
+# PodTemplates are the injections of Jobs, which deploy/40-jobs.yaml copies into their pods.
+OWNED_KINDS = (
+    "ConfigMap",
+    "ServiceAccount",
+    "Service",
+    "NetworkPolicy",
+    "PodTemplate",
+    "Deployment",
+)
 RELEASE = "release the sidecar injection"
 
 

@@ -51,14 +51,15 @@ def _remove_leftovers(api: Api, ref: str) -> None:
     live = api.get(kind, ns, name)
     if live is None:
         return
-    pod = live.get("spec", {}).get("template", {}).get("spec", {})
+    pod = objects.pod_template(live).get("spec", {})
+    template = "/".join(objects.template_path(kind))
     ops: list[Object] = []
     for field in ("initContainers", "volumes"):
         items = pod.get(field) or []
         for i in reversed(range(len(items))):
             item_name = items[i].get("name", "")
             if item_name in (objects.SIDECAR, objects.CAPTURE, *objects.VOLUMES):
-                path = f"/spec/template/spec/{field}/{i}"
+                path = f"/{template}/spec/{field}/{i}"
                 ops += [
                     {"op": "test", "path": f"{path}/name", "value": item_name},
                     {"op": "remove", "path": path},
