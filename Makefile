@@ -82,20 +82,22 @@ pytest: $(STAMP) jaeger hydra kube system-tools
 
 # A real single-node cluster (tests/node.py): kubelet and kube-scheduler built from tools/node,
 # CoreDNS from tools/dns, containerd, runc and the CNI plugins from Debian, images from
-# tools/node/images.sh and weft-image.sh (mmdebstrap + buildah, no Docker, no registry). Not part
-# of `make test` (nor .ci/run) yet: see docs/operations.md for what it needs and how long it takes.
-NODE_PACKAGES := containerd runc containernetworking-plugins mmdebstrap buildah iproute2 iptables
+# tools/node/images.sh and weft-image.sh (mmdebstrap + buildah, no Docker, no registry), and
+# kube-network-policies from tools/netpol. The last step of `make test` (so of .ci/run): about 3
+# minutes warm, some 10 minutes of builds cold; see docs/operations.md for what it needs.
+NODE_PACKAGES := containerd runc containernetworking-plugins mmdebstrap buildah iproute2 iptables util-linux
 .PHONY: test-node
 test-node: $(STAMP) kube system-tools
 	@missing=""; for p in $(NODE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
 	@echo "node: $$(tools/node/build.sh)"
 	@echo "dns: $$(tools/dns/build.sh)"
+	@echo "netpol: $$(tools/netpol/build.sh)"
 	@echo "images: $$(tools/node/images.sh)"
 	@echo "weft image: $$(tools/node/weft-image.sh)"
 	$(VENV)/bin/pytest -m node
 
-test: lint typecheck rust-check pytest fuzz-smoke
+test: lint typecheck rust-check pytest fuzz-smoke test-node
 
 # Fuzzing (tests/fuzz/, fastpath/core/tests/fuzz_parsers.rs). fuzz-smoke is the bounded run in
 # `make test` (about a minute): each atheris target for FUZZ_SMOKE_SECONDS; the Rust property

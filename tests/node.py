@@ -8,7 +8,10 @@ What runs, and where it comes from:
   loopback and portmap from Debian's `containernetworking-plugins` (installed when missing);
 - the images, from `tools/node/images.sh` (no Docker, no registry): imported into this
   containerd's `k8s.io` namespace before the kubelet starts, so pods use them with
-  `imagePullPolicy: Never` and the sandboxes use the pause image built there.
+  `imagePullPolicy: Never` and the sandboxes use the pause image built there;
+- kube-network-policies v0.8.0 from `tools/netpol`, the SIG Network agent that enforces
+  NetworkPolicy: the first packet of every pod connection is queued (NFQUEUE) to it, and it
+  accepts or drops the connection by the policies the API server holds (see `_start_netpol`).
 
 The machine mounts cgroup v1, which kubelet 1.35+ refuses by default: the kubelet runs with
 `failCgroupV1: false` and the `cgroupfs` driver (containerd 1.6 cannot tell the kubelet its
@@ -38,11 +41,12 @@ from typing import Any
 import pytest
 
 from reconciler.targets.local import netns
-from tests import kube
+from tests import harness, kube
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_BUILD = ROOT / "tools" / "node" / "build.sh"
 DNS_BUILD = ROOT / "tools" / "dns" / "build.sh"
+NETPOL_BUILD = ROOT / "tools" / "netpol" / "build.sh"
 IMAGES_BUILD = ROOT / "tools" / "node" / "images.sh"
 NODE_NAME = "weft-node"
 CNI_BIN = Path("/usr/lib/cni")
@@ -57,6 +61,7 @@ PACKAGES = {
     "ip": "iproute2",
     "mount": "mount",
     "iptables": "iptables",
+    "unshare": "util-linux",
 }
 READY_TIMEOUT = 120.0
 PAUSE = "localhost/weft/pause:v1.37.2"
@@ -66,6 +71,7 @@ WEFT_IMAGE_BUILD = ROOT / "tools" / "node" / "weft-image.sh"
 RELEASED_IMAGE = "ghcr.io/weft-mesh/weft:0.1.0"  # what deploy/ runs
 KUBERNETES_SERVICE_IP = "10.96.0.1"
 SERVICE_RANGE = "10.96.0.0/16"  # tests/kube.py's --service-cluster-ip-range
+BRIDGE_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
 
 
 def install_missing() -> None:
@@ -83,16 +89,11 @@ def install_missing() -> None:
 
 
 def _built(script: Path, what: str) -> Path:
-    done = subprocess.run(
-        [str(script)], capture_output=True, text=True, timeout=kube.BUILD_TIMEOUT, check=False
-    )
-    if done.returncode != 0:
-        pytest.fail(f"building {what} failed:\n{done.stderr[-4000:]}")
-    return Path(done.stdout.strip())
+    return harness.build(script, what, kube.BUILD_TIMEOUT)
 
 
 def _free_port() -> int:
-    return kube._free_ports(1)[0]
+    return harness.free_ports(1)[0]
 
 
 @dataclasses.dataclass
@@ -105,11 +106,16 @@ class Node:
     images: Path
     weft_image: Path
     dns_bin: Path
+    netpol_bin: Path
     subnet: int = 0
     bridge: str = ""
     procs: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
     _netns_before: set[str] = dataclasses.field(default_factory=set)
     _chain: str = ""
+    _netpol_chain: str = ""
+    _bridge_nf_was: str = ""
+    netpol_queue: int = 0
+    netpol_metrics: str = ""
 
     @property
     def socket(self) -> Path:
@@ -173,6 +179,7 @@ class Node:
         # The kubernetes Service, as a pod's in-cluster client dials it (no kube-proxy runs).
         self.expose(KUBERNETES_SERVICE_IP, 443, int(self.cp.server.rsplit(":", 1)[1]))
         self._start_dns()
+        self._start_netpol()
         self._start_kubelet()
         self._start_scheduler()
         self.wait_ready()
@@ -304,6 +311,146 @@ cluster.local:53 {{
         )
         self._spawn("coredns", [str(self.dns_bin / "coredns"), "-conf", str(corefile)])
 
+    def _start_netpol(self) -> None:
+        """kube-network-policies, the NetworkPolicy agent, as a process of this node (like
+        CoreDNS) with a ServiceAccount token of its own and its upstream RBAC (list and watch
+        pods, namespaces, networkpolicies).
+
+        The agent decides in user space: it reads each connection's first packet from an
+        NFQUEUE and accepts or drops it by the policies selecting its source and destination
+        pods (pods no policy selects are accepted). Upstream diverts those packets with an
+        nftables `queue` rule, which this machine's kernel cannot run (no CONFIG_NFT_QUEUE;
+        the agent logs the failed sync and goes on), so the same diversion is made here with
+        iptables' NFQUEUE target, in a mangle chain of this node's own in POSTROUTING, where
+        upstream puts it: bridged pod-to-pod packets pass it (br_netfilter), replies and the
+        node's root-owned traffic (the kubelet's probes) are left alone, as upstream does. No
+        `--queue-bypass`: with the agent gone, new pod connections fail closed.
+
+        It reads the API only by in-cluster config, so it runs in a mount namespace of its
+        own whose /run holds the token and CA where client-go looks for them, with
+        KUBERNETES_SERVICE_HOST and _PORT naming the API server on 127.0.0.1."""
+        api = self.cp.admin()
+        name = "kube-network-policies"
+        for path, body in (
+            (
+                "/api/v1/namespaces/kube-system/serviceaccounts",
+                {"metadata": {"name": name, "namespace": "kube-system"}},
+            ),
+            (
+                "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+                {
+                    "metadata": {"name": name},
+                    "rules": [
+                        {
+                            "apiGroups": [""],
+                            "resources": ["pods", "namespaces"],
+                            "verbs": ["list", "watch"],
+                        },
+                        {
+                            "apiGroups": ["networking.k8s.io"],
+                            "resources": ["networkpolicies"],
+                            "verbs": ["list", "watch"],
+                        },
+                    ],
+                },
+            ),
+            (
+                "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+                {
+                    "metadata": {"name": name},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": name,
+                    },
+                    "subjects": [
+                        {"kind": "ServiceAccount", "name": name, "namespace": "kube-system"}
+                    ],
+                },
+            ),
+        ):
+            api.request("POST", path, body=body)
+        secrets_dir = self.work / "netpol"
+        secrets_dir.mkdir(mode=0o700)
+        token = secrets_dir / "token"
+        token.write_text(self.cp.token_for("kube-system", name, seconds=24 * 3600))
+        token.chmod(0o600)
+        shutil.copy(self.cp.ca, secrets_dir / "ca.crt")
+
+        # A queue no other agent on this machine listens on.
+        taken = _bound_queues()
+        self.netpol_queue = next(q for q in range(100, 65535) if q not in taken)
+        self.netpol_metrics = f"127.0.0.1:{_free_port()}"
+        host, port = self.cp.server.removeprefix("https://").rsplit(":", 1)
+        mount = "/run/secrets/kubernetes.io/serviceaccount"
+        script = (
+            # Private mounts (unshare's default): nothing here is seen outside.
+            f"mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p {mount} && "
+            f'cp "$1"/token "$1"/ca.crt {mount}/ && shift && exec "$@"'
+        )
+        self._spawn(
+            "netpol",
+            [
+                "env", f"KUBERNETES_SERVICE_HOST={host}", f"KUBERNETES_SERVICE_PORT={port}",
+                "unshare", "--mount", "sh", "-ec", script, "sh", str(secrets_dir),
+                str(self.netpol_bin / name),
+                f"--hostname-override={NODE_NAME}",
+                f"--nfqueue-id={self.netpol_queue}",
+                f"--metrics-bind-address={self.netpol_metrics}",
+                # Pods come and go with the kubelet's own events; no NRI socket is served.
+                "--disable-nri",
+                # Pods' DNS is the node's own address (the INPUT path, never queued).
+                "--netfilter-bug-1766-fix=false",
+                "--v=2",
+            ],
+        )  # fmt: skip
+        # Bridged pod-to-pod packets reach iptables only with br_netfilter's switch on; it is
+        # put back as it was when the node closes.
+        if not BRIDGE_NF.exists():
+            raise RuntimeError(f"{BRIDGE_NF} is missing: the kernel needs br_netfilter")
+        if BRIDGE_NF.read_text().strip() != "1":
+            self._bridge_nf_was = BRIDGE_NF.read_text().strip()
+            BRIDGE_NF.write_text("1\n")
+        subnet = f"{netns.PREFIX}.{self.subnet}.0/24"
+        self._netpol_chain = f"WEFT-NP-{self.bridge.upper()}"
+        _iptables("-t", "mangle", "-N", self._netpol_chain)
+        for rule in (
+            ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"],
+            ["-m", "owner", "--uid-owner", "0", "-j", "RETURN"],
+            ["-j", "NFQUEUE", "--queue-num", str(self.netpol_queue)],
+        ):
+            _iptables("-t", "mangle", "-A", self._netpol_chain, *rule)
+        for side in ("-s", "-d"):
+            _iptables("-t", "mangle", "-A", "POSTROUTING", side, subnet, "-j", self._netpol_chain)
+        # Ready once it listens on its queue (after its informers have synced).
+        deadline = time.monotonic() + 60
+        while self.netpol_queue not in _bound_queues():
+            self._alive("netpol")
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{name} never listened on its queue:\n{self.log_tail('netpol')}"
+                )
+            time.sleep(0.2)
+
+    def _remove_netpol_rules(self) -> None:
+        if self._bridge_nf_was:
+            BRIDGE_NF.write_text(f"{self._bridge_nf_was}\n")
+        if not self._netpol_chain:
+            return
+        subnet = f"{netns.PREFIX}.{self.subnet}.0/24"
+        for side in ("-s", "-d"):
+            subprocess.run(
+                ["iptables", "-t", "mangle", "-D", "POSTROUTING", side, subnet,
+                 "-j", self._netpol_chain],
+                capture_output=True, check=False,
+            )  # fmt: skip
+        for op in ("-F", "-X"):
+            subprocess.run(
+                ["iptables", "-t", "mangle", op, self._netpol_chain],
+                capture_output=True,
+                check=False,
+            )
+
     def _start_kubelet(self) -> None:
         k = self.work / "kubelet"
         k.mkdir()
@@ -386,7 +533,7 @@ cluster.local:53 {{
         deadline = time.monotonic() + timeout
         last: Any = "no Node object yet"
         while time.monotonic() < deadline:
-            for name in ("containerd", "coredns", "kubelet", "kube-scheduler"):
+            for name in ("containerd", "coredns", "netpol", "kubelet", "kube-scheduler"):
                 self._alive(name)
             with contextlib.suppress(Exception):
                 node = api.request("GET", f"/api/v1/nodes/{NODE_NAME}")
@@ -458,6 +605,8 @@ cluster.local:53 {{
         if "kubelet" in self.procs and "containerd" in self.procs:
             self._drain()
         self._stop("kubelet")
+        self._remove_netpol_rules()
+        self._stop("netpol")
         if "containerd" in self.procs:
             self._remove_containers()
         self._stop("containerd")
@@ -539,6 +688,13 @@ def _iptables(*args: str) -> None:
         raise RuntimeError(f"iptables {' '.join(args)}: {done.stderr.strip()}")
 
 
+def _bound_queues() -> set[int]:
+    """The NFQUEUE numbers some process listens on (the file lists only those)."""
+    queues = Path("/proc/net/netfilter/nfnetlink_queue")
+    lines = queues.read_text().splitlines() if queues.exists() else []
+    return {int(line.split()[0]) for line in lines if line.strip()}
+
+
 def _remove_cgroups(name: str) -> None:
     """Removes the kubelet's (now empty) cgroup tree `name` from every cgroup v1 hierarchy,
     deepest first; a cgroup something still runs in stays (rmdir refuses it)."""
@@ -569,9 +725,10 @@ def running_node() -> Iterator[Node]:
     images = _built(IMAGES_BUILD, "the node test images")
     weft_image = _built(WEFT_IMAGE_BUILD, "Weft's image from deploy/Dockerfile") / "weft.tar"
     dns_bin = _built(DNS_BUILD, "CoreDNS")
+    netpol_bin = _built(NETPOL_BUILD, "kube-network-policies")
     work = Path(tempfile.mkdtemp(prefix="weft-node-"))
     cp = kube.start(kube_bin, work, nodes=(NODE_NAME,))
-    node = Node(cp, node_bin, work, images, weft_image, dns_bin)
+    node = Node(cp, node_bin, work, images, weft_image, dns_bin, netpol_bin)
     try:
         node.start()
         yield node
