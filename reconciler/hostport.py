@@ -10,10 +10,12 @@ only: the sidecar imports it too.
 from __future__ import annotations
 
 import argparse
-import http.server
 import ipaddress
 import socket
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    import http.server
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -73,6 +75,7 @@ def http_server(
     addr: HostPort, handler: type[http.server.BaseHTTPRequestHandler]
 ) -> http.server.ThreadingHTTPServer:
     """A threading HTTP server bound to `addr`; http.server binds IPv4 unless told otherwise."""
+    import http.server  # noqa: PLC0415  # not at import: the sidecar uses this module without it
 
     class Server(http.server.ThreadingHTTPServer):
         address_family = addr.family

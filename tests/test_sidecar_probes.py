@@ -11,6 +11,9 @@ import http.server
 import json
 import os
 import socket
+import ssl
+import tempfile
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -77,24 +80,60 @@ class _Grpc:
         return b"\x08" + bytes([self.statuses[service]])
 
 
+def _https_app() -> http.server.ThreadingHTTPServer:
+    """`_Health` over TLS, with a certificate no one would verify (nor does the kubelet)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    server.paths = []  # type: ignore[attr-defined]
+    site = CA.create("probe site CA").issue_server("app.local")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "chain.pem").write_bytes(site.chain)
+        (Path(tmp) / "key.pem").write_bytes(site.key)
+        context.load_cert_chain(Path(tmp) / "chain.pem", Path(tmp) / "key.pem")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    return server
+
+
+def _not_http() -> socket.socket:
+    """A server that answers every connection with a line that is not an HTTP status line."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    return listener
+
+
 @pytest.fixture
 def apps() -> Iterator[dict[str, int]]:
     http_app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
     http_app.paths = []  # type: ignore[attr-defined]
+    https_app = _https_app()
     tcp_app = socket.create_server(("127.0.0.1", 0))
+    other = _not_http()
     grpc_app = _Grpc({b"": 1, b"orders": 1, b"payments": 2})
     grpc_app.server.start()
-    with sidecars.serving(http_app):
+    with sidecars.serving(http_app), sidecars.serving(https_app):
         try:
             yield {
                 "http": http_app.server_address[1],
+                "https": https_app.server_address[1],
                 "tcp": tcp_app.getsockname()[1],
+                "other": other.getsockname()[1],
                 "grpc": grpc_app.port,
                 "closed": _closed_port(),
             }
         finally:
             grpc_app.server.stop(0)
             tcp_app.close()
+            other.close()
 
 
 def _recorded(ports: dict[str, int]) -> dict[str, dict[str, Any]]:
@@ -110,6 +149,8 @@ def _recorded(ports: dict[str, int]) -> dict[str, dict[str, Any]]:
         "app/readinessProbe": entry({"tcpSocket": {"port": "http"}}, ports["tcp"]),
         "app/startupProbe": entry({"grpc": {"port": ports["grpc"]}}, ports["grpc"]),
         "moved/livenessProbe": entry({"httpGet": {"path": "/moved", "port": 1}}, ports["http"]),
+        "tls/livenessProbe": entry({"httpGet": {**get, "scheme": "HTTPS"}}, ports["https"]),
+        "ssh/livenessProbe": entry({"httpGet": {"path": "/", "port": 1}}, ports["other"]),
         "sick/livenessProbe": entry({"httpGet": {"path": "/sick", "port": 1}}, ports["http"]),
         "down/readinessProbe": entry({"tcpSocket": {"port": 1}}, ports["closed"]),
         "orders/readinessProbe": entry({"grpc": {"port": 1, "service": "orders"}}, ports["grpc"]),
@@ -156,6 +197,8 @@ def test_each_kind_of_probe_passes_against_a_healthy_app(agent: sidecars.AgentPr
     assert (status, body.strip().endswith("status 1")) == (200, True)
     assert _ask(agent, "orders/readinessProbe")[0] == 200
     assert _ask(agent, "moved/livenessProbe")[0] == 200, "3xx passes, as for the kubelet"
+    status, body = _ask(agent, "tls/livenessProbe")
+    assert (status, body) == (200, f"GET :{_port(agent, 'tls')}/healthz: 200\n")
 
 
 def test_failures_answer_503_with_what_happened(agent: sidecars.AgentProcess) -> None:
@@ -169,6 +212,21 @@ def test_failures_answer_503_with_what_happened(agent: sidecars.AgentProcess) ->
     ), "NOT_SERVING fails"
     status, body = _ask(agent, "nope/readinessProbe")
     assert (status, body) == (503, f"grpc :{_port(agent, 'nope')}: NOT_FOUND\n")
+    status, body = _ask(agent, "ssh/livenessProbe")
+    assert status == 503
+    assert "not an HTTP/1 status line: b'SSH-2.0" in body, body
+
+
+def test_an_http_probe_with_a_control_character_is_refused_before_connecting() -> None:
+    closed = _closed_port()  # a connection attempt would say ConnectionRefusedError instead
+    for get in (
+        {"path": "/healthz\r\nX-Injected: 1"},
+        {"path": "/a b"},
+        {"path": "/", "httpHeaders": [{"name": "X-A", "value": "1\r\nX-Injected: 1"}]},
+    ):
+        passed, detail = probes.run({"probe": {"httpGet": get}, "port": closed})
+        assert not passed
+        assert detail.startswith("ValueError: a control character"), detail
 
 
 def test_a_probe_never_recorded_is_404_and_not_run(agent: sidecars.AgentProcess) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -76,11 +75,11 @@ def _edge_files(config: dict[str, Any]) -> list[bytes]:
     return marks
 
 
-def _digest(*contents: bytes) -> str:
-    h = hashlib.sha256()
-    for c in contents:
-        h.update(len(c).to_bytes(8, "big") + c)
-    return h.hexdigest()
+def _contents(*contents: bytes) -> tuple[bytes, ...]:
+    """What a change is judged by: the contents themselves (a few kB of config and PEM; the key
+    is in this process's memory anyway). Not a hash: hashlib loads OpenSSL's libcrypto, about
+    3.5 MB of RSS in every sidecar."""
+    return contents
 
 
 @dataclasses.dataclass
@@ -110,7 +109,8 @@ class Agent:
         self.config: dict[str, Any] = {}
         self.counters = Counters()
         self.draining = threading.Event()
-        self._config_digest = self._certs_digest = ""
+        self._config_seen: tuple[bytes, ...] = ()
+        self._certs_seen: tuple[bytes, ...] = ()
         self._lock = threading.Lock()
         self.spans: otlp.SpanExport | None = None  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
         self.app_probes = probes.from_environment()  # the app's probes the kubelet asks us to run
@@ -149,8 +149,8 @@ class Agent:
             text, chain, key, bundle, self.listeners_path.read_text(), workers=self.workers
         )
         self.config = json.loads(text)
-        self._config_digest = _digest(text.encode(), *_edge_files(self.config))
-        self._certs_digest = _digest(chain, key, bundle)
+        self._config_seen = _contents(text.encode(), *_edge_files(self.config))
+        self._certs_seen = _contents(chain, key, bundle)
         self._start_span_export()
         if self.spans is None:
             # Nothing drains spans: fastpath keeps none (sampling still propagates downstream),
@@ -201,9 +201,9 @@ class Agent:
                 # Not JSON: fastpath refuses it below, with its own message.
                 with contextlib.suppress(ValueError):
                     edge = _edge_files(json.loads(text))
-            digest = _digest(text.encode(), *edge)
-            if digest != self._config_digest:
-                self._config_digest = digest
+            seen = _contents(text.encode(), *edge)
+            if seen != self._config_seen:
+                self._config_seen = seen
                 try:
                     revision = self.proxy.reload(text)
                 except _native.ConfigError as e:
@@ -216,9 +216,9 @@ class Agent:
                 certs = self._certs()
             except OSError as e:
                 return self._rejected("rotations", f"cannot read certificates: {e}")
-            digest = _digest(*certs)
-            if digest != self._certs_digest:
-                self._certs_digest = digest
+            seen = _contents(*certs)
+            if seen != self._certs_seen:
+                self._certs_seen = seen
                 try:
                     self.proxy.rotate(*certs)
                 except _native.CertificateError as e:

@@ -163,12 +163,27 @@ def jwks_seeds() -> list[bytes]:
     return [json.dumps(d).encode() for d in docs] + [b"[]", b'{"keys": {}}']
 
 
+def admin_seeds() -> list[bytes]:
+    """What calls the admin port: the kubelet, Prometheus, curl; and what it refuses."""
+    return [
+        b"GET /ready HTTP/1.1\r\nHost: 10.0.0.7:15021\r\nUser-Agent: kube-probe/1.37\r\n"
+        b"Accept: */*\r\nConnection: close\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: a\r\nAccept: text/plain;version=0.0.4\r\n"
+        b"Accept-Encoding: gzip\r\n\r\nGET /metrics HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"HEAD /app-health/app/readinessProbe?x=1 HTTP/1.0\r\n\r\n",
+        b"POST /ready HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"\r\nGET / HTTP/1.1\nX-A: 1\n folded\n\n",
+    ]
+
+
 SEEDS = {
     "intent": intent_seeds,
     "spiffe": spiffe_seeds,
     "certificate": certificate_seeds,
     "webhook": webhook_seeds,
     "jwks": jwks_seeds,
+    "admin": admin_seeds,
 }
 
 

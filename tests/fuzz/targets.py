@@ -13,6 +13,9 @@ found becomes a regression test by dropping its input in `tests/fuzz/crashes/<ta
   An `Authority` or a `RefusedCAError` with a message.
 - `webhook`: the webhook's HTTP handler and HMAC check, over a real socket pair. An HTTP answer
   (or a close); `on_push` only for a correct signature, answered 202.
+- `admin`: a request head read by the sidecar's admin port (`reconciler.sidecar.admin`). A
+  GET or HEAD with an absolute path, None at the end, or a `BadRequestError` with a status
+  the port answers with.
 - `jwks`: a JWKS document as the sidecar agent takes it from an issuer's `jwksUri` or
   `jwksFile` (`reconciler.sidecar.jwks.parse`, which runs fastpath's own JWKS parser). A
   document fastpath accepts, or a `ValueError` saying why.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import io
 import json
 import socket
 import threading
@@ -36,7 +40,7 @@ from reconciler.gitsource.credentials import Secret
 from reconciler.identity import spiffe, user_ca, workload
 from reconciler.identity.errors import IdentityError
 from reconciler.intent.files import IntentFile, Snapshot
-from reconciler.sidecar import jwks
+from reconciler.sidecar import admin, jwks
 
 Target = Callable[[bytes], None]
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.UTC)
@@ -191,10 +195,29 @@ def jwks_document(data: bytes) -> None:
     assert _native.check_jwks(json.dumps(document)) >= 1
 
 
+def admin_request(data: bytes) -> None:
+    stream = io.BytesIO(data)
+    try:
+        request = admin.read_request(stream)
+    except admin.BadRequestError as e:
+        status, why = e.status, str(e)
+        assert status in admin.REASONS, f"{status} has no reason phrase"
+        assert why, "a refusal says why"
+        return
+    if request is None:
+        assert stream.read() == b"", "only the end of the stream reads as no request"
+        return
+    assert request.path.startswith("/")
+    assert "?" not in request.path
+    assert request.method.isascii()
+    assert " " not in request.method
+
+
 TARGETS: dict[str, Target] = {
     "intent": intent_loader,
     "spiffe": spiffe_id,
     "certificate": certificate,
     "webhook": webhook_request,
     "jwks": jwks_document,
+    "admin": admin_request,
 }
