@@ -100,8 +100,8 @@ test-node: $(STAMP) kube system-tools
 test: lint typecheck rust-check pytest fuzz-smoke test-node
 
 # Fuzzing (tests/fuzz/, fastpath/core/tests/fuzz_parsers.rs). fuzz-smoke is the bounded run in
-# `make test` (about a minute): each atheris target for FUZZ_SMOKE_SECONDS; the Rust property
-# harnesses run in rust-check's `cargo test` at 64 cases each (WEFT_FUZZ_CASES). `make fuzz` is
+# `make test` (about a minute and a half): each atheris target for FUZZ_SMOKE_SECONDS; the Rust
+# property harnesses run in rust-check's `cargo test` at 64 cases each (WEFT_FUZZ_CASES). `make fuzz` is
 # the long run: FUZZ_SECONDS per Python target, and 20,000 cases per Rust property. Crashes
 # land in tests/fuzz/crashes/ (Python) and fastpath/core/tests/fuzz_parsers.proptest-regressions
 # (Rust); commit them as regression tests.
