@@ -7,6 +7,7 @@ real HTTP, TCP and gRPC servers on loopback play the app.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -14,6 +15,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -253,3 +255,109 @@ def test_protobuf_fields_are_read_past_others() -> None:
     assert probes._status_field(b"\x12\x03abc\x08\x01") == 1
     assert probes._status_field(b"") == 0
     assert probes._varint(300) == b"\xac\x02"
+
+
+class _Scripted:
+    """A raw server that records each request head and answers `answer`, then holds the
+    connection open (a stalled response) until the test ends."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.heads: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.lock, self.closed = threading.Lock(), False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with self.lock:  # `close` closes every connection, even one accepted meanwhile
+                if self.closed:
+                    conn.close()
+                    return
+                self.held.append(conn)
+            conn.settimeout(5)
+            head = b""
+            with contextlib.suppress(OSError):
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(4096) or b"\r\n\r\n"
+                self.heads.append(head)
+                conn.sendall(self.answer)
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            self.listener.close()
+            for conn in self.held:
+                conn.close()
+
+
+def _probe(server: _Scripted, get: dict[str, Any], timeout: int = 1) -> tuple[bool, str]:
+    entry = {"probe": {"httpGet": {"port": 1, **get}, "timeoutSeconds": timeout}}
+    return probes.run({**entry, "port": server.port})
+
+
+def test_a_probes_own_headers_replace_ours_whatever_their_case() -> None:
+    server = _Scripted(b"HTTP/1.1 204 No Content\r\n\r\n")
+    try:
+        headers = [
+            {"name": "host", "value": "app.example"},
+            {"name": "USER-AGENT", "value": "probe/1"},
+            {"name": "X-Twice", "value": "a"},
+            {"name": "X-Twice", "value": "b"},
+        ]
+        assert _probe(server, {"path": "/h", "httpHeaders": headers}) == (
+            True,
+            f"GET :{server.port}/h: 204",
+        )
+        [head] = server.heads
+    finally:
+        server.close()
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "GET /h HTTP/1.1"
+    names = [line.split(":")[0].lower() for line in lines[1:] if line]
+    assert names.count("host") == 1
+    assert names.count("user-agent") == 1
+    assert "host: app.example" in lines
+    assert "USER-AGENT: probe/1" in lines
+    assert [x for x in lines if x.startswith("X-Twice")] == ["X-Twice: a", "X-Twice: b"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (b"HTTP/1.1 2000 OK\r\n\r\n", "not an HTTP/1 status line"),
+        (b"HTTP/1.1 20 OK\r\n\r\n", "not an HTTP/1 status line"),
+        (b"HTTP/2 200\r\n\r\n", "not an HTTP/1 status line"),
+        (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "a malformed response header"),
+        (b"HTTP/1.1 200 OK\r\nX-A : 1\r\n\r\n", "a malformed response header"),
+    ],
+)
+def test_a_response_head_go_would_refuse_fails_the_probe(answer: bytes, why: str) -> None:
+    server = _Scripted(answer)
+    try:
+        passed, detail = _probe(server, {"path": "/"})
+    finally:
+        server.close()
+    assert not passed
+    assert why in detail, detail
+
+
+def test_a_response_that_stalls_fails_within_the_probes_timeout() -> None:
+    """The timeout is the whole probe's: a status line and then nothing (or a byte now and
+    then) fails after timeoutSeconds, as the kubelet's does, not after each read's."""
+    server = _Scripted(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n")
+    try:
+        started = time.monotonic()
+        passed, detail = _probe(server, {"path": "/"}, timeout=1)
+        took = time.monotonic() - started
+    finally:
+        server.close()
+    assert not passed
+    assert "TimeoutError" in detail, detail
+    assert took < 3, took

@@ -76,9 +76,9 @@ def _edge_files(config: dict[str, Any]) -> list[bytes]:
 
 
 def _contents(*contents: bytes) -> tuple[bytes, ...]:
-    """What a change is judged by: the contents themselves (a few kB of config and PEM; the key
-    is in this process's memory anyway). Not a hash: hashlib loads OpenSSL's libcrypto, about
-    3.5 MB of RSS in every sidecar."""
+    """What a change is judged by: the contents themselves (a few kB of config and PEM; fastpath,
+    in this same process, holds the key too). Not a hash: hashlib loads OpenSSL's libcrypto,
+    about 3.5 MB of RSS in every sidecar."""
     return contents
 
 

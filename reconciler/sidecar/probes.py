@@ -18,8 +18,11 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from collections.abc import Mapping
 from typing import Any
+
+from reconciler.sidecar import wire
 
 ENV = "WEFT_APP_PROBES"
 PATH = "/app-health/"
@@ -67,28 +70,32 @@ def run(entry: Mapping[str, Any], host: str = HOST) -> tuple[bool, str]:
     return False, "no httpGet, tcpSocket or grpc check in the probe"
 
 
-MAX_STATUS_LINE = 1024
+MAX_LINE = 8 * 1024
+MAX_HEAD = 64 * 1024
 
 
 def _http(get: Mapping[str, Any], host: str, port: int, timeout: float) -> tuple[bool, str]:
-    """One GET, read to its status line, as the kubelet's probe does (it reads no further).
+    """One GET within `timeout` (connect, TLS, send and the response's head), passed on a status
+    from 200 to 399 as the kubelet's probe is. The head must be well-formed HTTP/1 to its empty
+    line, as Go's client insists; the body is not read.
 
     Written on a socket rather than with http.client, which imports `ssl` at import: OpenSSL's
     libraries would cost every probing sidecar ~4.5 MB of RSS. Only an HTTPS probe loads it."""
     path = str(get.get("path") or "/")
-    headers = {
-        "Host": f"{host}:{port}",
-        "User-Agent": "kube-probe/weft",
-        "Accept": "*/*",
-        "Connection": "close",
-    }
-    for header in get.get("httpHeaders") or ():
-        headers[str(header["name"])] = str(header.get("value", ""))  # the kubelet lets Host be set
-    fields = [*headers, *headers.values()]
+    # By lower-case name, spelled as given: a probe's own Host (any case) replaces ours, as
+    # the kubelet's does; a name the probe repeats is sent each time.
+    ours = {"host": ("Host", f"{host}:{port}"), "user-agent": ("User-Agent", "kube-probe/weft")}
+    ours |= {"accept": ("Accept", "*/*"), "connection": ("Connection", "close")}
+    theirs = [(str(h["name"]), str(h.get("value", ""))) for h in get.get("httpHeaders") or ()]
+    for name, _ in theirs:
+        ours.pop(name.lower(), None)
+    headers = [*ours.values(), *theirs]
+    fields = [f for pair in headers for f in pair]
     if any(c <= " " or c == "\x7f" for c in path) or any(set(f) & set("\r\n\0") for f in fields):
         raise ValueError("a control character or space in the probe's path or headers")
-    text = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    text = "".join(f"{k}: {v}\r\n" for k, v in headers)
     request = f"GET {path} HTTP/1.1\r\n{text}\r\n".encode()
+    deadline = time.monotonic() + timeout
     with socket.create_connection((host, port), timeout=timeout) as plain:
         conn = plain
         if str(get.get("scheme", "HTTP")).upper() == "HTTPS":
@@ -98,16 +105,32 @@ def _http(get: Mapping[str, Any], host: str, port: int, timeout: float) -> tuple
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
+            plain.settimeout(max(deadline - time.monotonic(), 0.001))
             conn = context.wrap_socket(plain)
-        with conn, conn.makefile("rb") as answer:
+        with conn:
+            conn.settimeout(max(deadline - time.monotonic(), 0.001))
             conn.sendall(request)
-            line = answer.readline(MAX_STATUS_LINE)
-    version, _, rest = line.partition(b" ")
-    code = rest[:3]
-    if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
-        raise ValueError(f"GET :{port}{path}: not an HTTP/1 status line: {line[:64]!r}")
-    status = int(code)
+            status = _status(wire.DeadlineReader(conn), deadline, f"GET :{port}{path}")
     return 200 <= status < 400, f"GET :{port}{path}: {status}"
+
+
+def _status(reader: wire.DeadlineReader, deadline: float, what: str) -> int:
+    """The status of the response head `reader` reads by `deadline`."""
+    reader.expect(deadline - time.monotonic())
+    line = reader.readline(MAX_LINE)
+    parts = line.rstrip(b"\r\n").split(b" ", 2)
+    version, code = parts[0], parts[1] if len(parts) > 1 else b""
+    well_formed = line.endswith(b"\n") and version.startswith(b"HTTP/1.")
+    if not well_formed or len(code) != 3 or not code.isdigit():
+        raise ValueError(f"{what}: not an HTTP/1 status line: {line[:64]!r}")
+    size = len(line)
+    while (field := reader.readline(MAX_LINE)) not in (b"\r\n", b"\n"):
+        size += len(field)
+        name, colon, _ = field.partition(b":")
+        bad = not field.endswith(b"\n") or not colon or not name or name != name.strip()
+        if bad or size > MAX_HEAD:
+            raise ValueError(f"{what}: a malformed response header: {field[:64]!r}")
+    return int(code)
 
 
 # grpc.health.v1.HealthCheckResponse.ServingStatus.SERVING
