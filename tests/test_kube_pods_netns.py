@@ -113,6 +113,11 @@ def start_pod(api: Any, pod: Pod, ns: str, workload: str, *, service: str, insta
             {**CLEAN_ENV, "WEFT_SERVICE": f"{ns}/{service}", "WEFT_INSTANCE": instance,
              "WEFT_PORTS": json.dumps(ports)},
         )  # fmt: skip
+        # What the app's own readiness probe would hold the pod for: the sidecar alone can be
+        # ready before the app listens, and would answer 502 until it does.
+        for spec in ports.values():
+            port = int(spec["addr"].rsplit(":", 1)[1])
+            wait_for(lambda p=port: _listening(pod, p), timeout=30)
     # The native sidecar, with its container's arguments and the volumes where they point.
     sidecar = init["weft-sidecar"]
     assert sidecar["securityContext"]["runAsUser"] == capture.PROXY_UID
@@ -127,6 +132,15 @@ def start_pod(api: Any, pod: Pod, ns: str, workload: str, *, service: str, insta
          "reconciler.sidecar", *args[1:]],
         {**CLEAN_ENV, "PYTHONDONTWRITEBYTECODE": "1"},
     )  # fmt: skip
+
+
+def _listening(pod: Pod, port: int) -> bool:
+    """Whether something listens on TCP `port` in the pod's network namespace."""
+    done = subprocess.run(
+        [*pod.host.exec_prefix(), "ss", "-Hltn", f"sport = :{port}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return bool(done.stdout.strip())
 
 
 def curl(pod: Pod, url: str) -> tuple[int, str]:

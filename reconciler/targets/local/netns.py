@@ -158,6 +158,10 @@ class Network:
         iptables("-N", chain)
         iptables("-A", chain, "-o", self.bridge, "-j", "RETURN")
         iptables("-A", chain, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN")
+        # TCP is reset rather than answered with ICMP: the kernel rate-limits its ICMP errors
+        # per destination, so once a namespace's blocked DNS lookups have spent them, a blocked
+        # connection would hang until its timeout instead of failing at once.
+        iptables("-A", chain, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset")
         iptables("-A", chain, "-j", "REJECT", "--reject-with", "icmp-admin-prohibited")
         iptables("-I", "FORWARD", "1", "-i", self.bridge, "-j", chain)
 
