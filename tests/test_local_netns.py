@@ -130,6 +130,13 @@ def running_from(state: Path) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:300]
+    except OSError:
+        return "(gone)"
+
+
 @pytest.fixture
 def state(tmp_path: Path) -> Iterator[Path]:
     state = tmp_path / "state"
@@ -169,11 +176,20 @@ def test_a_killed_run_leaves_nothing_after_the_next_one(state: Path, tmp_path: P
         first = Up(state, log)
         try:
             first.wait_applied()
+            # Killed once every process runs, not in the middle of starting one: a child whose
+            # parent dies before setpriv has set its parent-death signal never gets it.
+            sidecars.wait_until(
+                lambda: first.curl("a/web/default", "http://api.b:8080/")[0] == 200, timeout=120
+            )
         finally:
             first.stop(signal.SIGKILL)  # no cleanup at all
         # Its children die with it (parent-death signal, kept across the sidecar's UID
         # change); its namespaces cannot.
-        sidecars.wait_until(lambda: not running_from(state), timeout=15)
+        try:
+            sidecars.wait_until(lambda: not running_from(state), timeout=15)
+        except AssertionError:
+            left = {pid: _cmdline(pid) for pid in running_from(state)}
+            raise AssertionError(f"still running after the kill: {left}") from None
         assert leftovers(first.tag) != []
         second = Up(state, log)
         try:
