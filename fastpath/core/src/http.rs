@@ -5,6 +5,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use http::header::{
+    HeaderName, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -19,27 +23,50 @@ use crate::protocol::{HttpVersion, Serve};
 use crate::telemetry::{new_span_id, unix_nanos, Span, Telemetry, TraceContext};
 use crate::tunables::ACCEPT_BACK_OFF;
 
-/// Headers that describe one hop, not the message; never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
+const HOPS: usize = 8;
+
+/// Headers that describe one hop, not the message; never forwarded (RFC 9110 §7.6.1). Names,
+/// not strings: a `&str` is parsed and classified again on every lookup, twice a request for
+/// each of these.
+static HOP_BY_HOP: [HeaderName; HOPS] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    TE,
+    TRAILER,
+    UPGRADE,
 ];
+
+/// W3C trace context, read and written on every request.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Removes hop-by-hop headers, except `te: trailers`: the one TE value HTTP/2 allows
 /// (RFC 9113 §8.2.2), which gRPC clients send and gRPC servers require.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let trailers = headers
-        .get_all(http::header::TE)
-        .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    // One pass over the handful of names a message carries finds which of these it has; a
+    // hashed lookup for each of the nine that might be, on both the request and the response,
+    // cost more than the rest of this function.
+    let mut present = [false; HOPS];
+    let mut framing = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+        framing |= name == TRANSFER_ENCODING;
+    }
+    let has = |name: &HeaderName| HOP_BY_HOP.iter().zip(present).any(|(h, p)| p && h == name);
+    if !framing && !present.contains(&true) {
+        return;
+    }
+    let trailers = has(&TE)
+        && headers
+            .get_all(TE)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     if let Some(listed) = headers
-        .get(http::header::CONNECTION)
+        .get(CONNECTION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
     {
@@ -47,13 +74,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name.trim());
         }
     }
-    for name in HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
     // Framing is re-decided by hyper for each hop from the body it is given.
-    headers.remove(http::header::TRANSFER_ENCODING);
+    if framing {
+        headers.remove(TRANSFER_ENCODING);
+    }
     if trailers {
-        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -134,7 +163,7 @@ pub struct Hop {
 impl Hop {
     pub fn begin(headers: &HeaderMap, sampling_percent: f64) -> Hop {
         let ctx = headers
-            .get("traceparent")
+            .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(TraceContext::from_traceparent)
             .unwrap_or_else(|| TraceContext::new_root(sampling_percent));
@@ -147,7 +176,7 @@ impl Hop {
 
     pub fn propagate(&self, headers: &mut HeaderMap) {
         if let Ok(v) = HeaderValue::from_str(&self.ctx.traceparent(&self.span_id)) {
-            headers.insert("traceparent", v);
+            headers.insert(TRACEPARENT, v);
         }
     }
 
@@ -278,5 +307,70 @@ pub async fn serve_connection<S, F, Fut>(
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             drive!(builder.serve_connection_with_upgrades(io, service))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        n.sort_unstable();
+        n
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_lists_are_removed() {
+        let mut h = headers(&[
+            ("host", "api.b"),
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("proxy-connection", "close"),
+            ("proxy-authorization", "Basic x"),
+            ("upgrade", "h2c"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("x-end-to-end", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["host", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn te_trailers_is_kept_alone() {
+        let mut h = headers(&[
+            ("te", "gzip"),
+            ("te", "trailers"),
+            ("content-type", "application/grpc"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["content-type", "te"]);
+        assert_eq!(h.get_all(TE).iter().collect::<Vec<_>>(), ["trailers"]);
+    }
+
+    #[test]
+    fn a_message_with_none_is_left_as_it_came() {
+        let mut h = headers(&[
+            ("host", "api.b"),
+            ("accept", "*/*"),
+            ("accept", "text/plain"),
+        ]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        let mut only_framing = headers(&[("transfer-encoding", "chunked"), ("host", "api.b")]);
+        strip_hop_by_hop(&mut only_framing);
+        assert_eq!(names(&only_framing), ["host"]);
     }
 }

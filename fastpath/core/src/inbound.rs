@@ -117,7 +117,7 @@ async fn request(
         &config.revision,
     );
     let mut req = ex.count_request(req);
-    ex.destination = format!("{}/{}", config.workload.namespace, config.workload.service);
+    ex.destination.clone_from(&active.workload);
     ex.source = peer
         .as_ref()
         .as_ref()
@@ -216,7 +216,7 @@ async fn request(
 
 /// The header that tells the app who called it: the caller's verified SPIFFE ID, or "unknown"
 /// for plaintext in PERMISSIVE mode. Any value the caller sent is replaced, never passed on.
-pub const PEER_HEADER: &str = "x-weft-peer";
+pub const PEER_HEADER: http::HeaderName = http::HeaderName::from_static("x-weft-peer");
 
 async fn forward(
     shared: &Shared,
@@ -260,10 +260,7 @@ async fn forward(
                 let key = TcpKey {
                     direction: "inbound",
                     source: source.to_owned(),
-                    destination: format!(
-                        "{}/{}",
-                        active.config.workload.namespace, active.config.workload.service
-                    ),
+                    destination: active.workload.clone(),
                     port: active.inbound.get(port_name).map_or(0, |p| p.port),
                 };
                 let server = hyper::upgrade::on(&mut resp);
@@ -295,10 +292,7 @@ where
     let Some(port) = active.inbound.get(&port_name) else {
         return;
     };
-    let destination = format!(
-        "{}/{}",
-        active.config.workload.namespace, active.config.workload.service
-    );
+    let destination = active.workload.clone();
     let key = TcpKey {
         direction: "inbound",
         source: peer

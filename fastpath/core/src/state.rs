@@ -64,6 +64,8 @@ pub struct Active {
     pub egress_routes: HashMap<String, routing::Route>,
     /// A gateway's client-facing TLS, by listener name.
     pub gateway: crate::edge_tls::Acceptors,
+    /// "namespace/service" of this workload: every inbound request's destination.
+    pub workload: String,
 }
 
 impl Active {
@@ -167,7 +169,9 @@ impl Active {
         );
         let egress = egress_upstreams(&config)?;
         let gateway = crate::edge_tls::acceptors(&config.gateway)?;
+        let workload = format!("{}/{}", config.workload.namespace, config.workload.service);
         Ok(Active {
+            workload,
             config,
             routes,
             inbound,
