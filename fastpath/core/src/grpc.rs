@@ -122,21 +122,20 @@ pub fn record(
         key.grpc_status = Some(code);
         pending = false;
     }
-    if !pending {
-        telemetry.record_request(&key, started.elapsed());
-    }
+    // Counted now, the sizes later into the same slot; a pending call is counted at its end,
+    // under the status it ended with.
+    let counted = (!pending).then(|| telemetry.record_request(&key, started.elapsed()));
     let telemetry = telemetry.clone();
     resp.map(|body| {
         let observed = Observed {
             inner: body,
             response_bytes: 0,
             report: Some(move |code, response_bytes| {
-                if pending {
+                let slot = counted.unwrap_or_else(|| {
                     key.grpc_status = code;
-                    telemetry.record_request(&key, started.elapsed());
-                }
-                let sent = request_bytes.load(Ordering::Relaxed);
-                telemetry.record_sizes(&key, sent, response_bytes);
+                    telemetry.record_request(&key, started.elapsed())
+                });
+                slot.record_sizes(request_bytes.load(Ordering::Relaxed), response_bytes);
             }),
         };
         http_body_util::BodyExt::boxed(observed)

@@ -6,9 +6,10 @@
 //! while something drains them (`record_spans`): a sidecar with no exporter keeps none, so its
 //! memory does not grow by a ring of spans nobody reads.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -117,8 +118,8 @@ pub struct TcpOutcome {
 
 #[derive(Debug, Serialize)]
 struct Snapshot<'a> {
-    requests: Vec<(&'a RequestKey, &'a RequestStats)>,
-    sizes: Vec<(&'a RequestKey, &'a SizeStats)>,
+    requests: Vec<(&'a RequestKey, RequestStats)>,
+    sizes: Vec<(&'a RequestKey, SizeStats)>,
     tcp: Vec<(&'a TcpKey, &'a TcpStats)>,
     spans_dropped: u64,
     access_logs_dropped: u64,
@@ -126,14 +127,56 @@ struct Snapshot<'a> {
 
 #[derive(Debug)]
 pub struct Telemetry {
-    requests: Mutex<HashMap<RequestKey, RequestStats>>,
-    sizes: Mutex<HashMap<RequestKey, SizeStats>>,
+    /// One slot per request key, holding its duration and size counts: a request finds its
+    /// slot once, when its head is answered, and adds its sizes to that slot when its body
+    /// ends, instead of hashing the key a second time.
+    requests: Mutex<HashMap<RequestKey, Arc<Slot>>>,
+    owner: u64,
     tcp: Mutex<HashMap<TcpKey, TcpStats>>,
     spans: Mutex<Ring<Span>>,
     // Off when no one drains spans: sampling still propagates in `traceparent`, but this hop
     // builds and keeps no span.
     spans_on: AtomicBool,
     access: Mutex<Ring<AccessLog>>,
+}
+
+/// The counts of one request key.
+#[derive(Debug)]
+pub struct Slot {
+    /// Which Telemetry this slot is in, and for which key: what a thread's last slot is
+    /// checked against.
+    owner: u64,
+    key: RequestKey,
+    counts: Mutex<(RequestStats, SizeStats)>,
+}
+
+/// Each Telemetry's own number, so a thread's last slot is never taken for another's.
+static NEXT_OWNER: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The slot this thread counted a request in last. A worker's consecutive requests mostly
+    /// share their key (the same caller, port, policy and status), and comparing a key costs a
+    /// small part of hashing it: the map keeps std's SipHash, since a key holds what callers
+    /// send (an outbound authority).
+    static LAST: RefCell<Option<Arc<Slot>>> = const { RefCell::new(None) };
+}
+
+impl Slot {
+    /// One finished exchange's body sizes: what the caller sent, what it was answered.
+    pub fn record_sizes(&self, request: u64, response: u64) {
+        let stats = &mut lock(&self.counts).1;
+        if stats.count == 0 {
+            stats.request_buckets = vec![0; BUCKETS_BYTES.len()];
+            stats.response_buckets = vec![0; BUCKETS_BYTES.len()];
+        }
+        stats.count += 1;
+        stats.request_sum += request;
+        stats.response_sum += response;
+        for (i, bound) in BUCKETS_BYTES.iter().enumerate() {
+            stats.request_buckets[i] += u64::from(request as f64 <= *bound);
+            stats.response_buckets[i] += u64::from(response as f64 <= *bound);
+        }
+    }
 }
 
 /// A bounded queue that drops (and counts) its oldest entry when full, so a slow reader costs
@@ -183,7 +226,7 @@ impl Telemetry {
     pub fn new(ring_capacity: usize) -> Telemetry {
         Telemetry {
             requests: Mutex::default(),
-            sizes: Mutex::default(),
+            owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
             tcp: Mutex::default(),
             spans: Mutex::new(Ring::new(ring_capacity)),
             spans_on: AtomicBool::new(true),
@@ -191,52 +234,47 @@ impl Telemetry {
         }
     }
 
-    /// One finished request's duration. The key is copied only the first time it is seen;
-    /// every later request with it is one lookup, and allocates nothing.
-    pub fn record_request(&self, key: &RequestKey, elapsed: Duration) {
+    /// One finished request's duration, counted in its key's slot, which is returned for the
+    /// request's sizes. The key is copied only the first time it is seen; a later request with
+    /// it is a comparison (the same key as this thread's last) or one lookup, and allocates
+    /// nothing.
+    pub fn record_request(&self, key: &RequestKey, elapsed: Duration) -> Arc<Slot> {
         let ms = elapsed.as_secs_f64() * 1000.0;
-        let count = |stats: &mut RequestStats| {
+        let slot = LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            if let Some(slot) = last.as_ref() {
+                if slot.owner == self.owner && slot.key == *key {
+                    return slot.clone();
+                }
+            }
+            let mut map = lock(&self.requests);
+            let slot = match map.get(key) {
+                Some(slot) => slot.clone(),
+                None => {
+                    let slot = Arc::new(Slot {
+                        owner: self.owner,
+                        key: key.clone(),
+                        counts: Mutex::default(),
+                    });
+                    map.insert(key.clone(), slot.clone());
+                    slot
+                }
+            };
+            *last = Some(slot.clone());
+            slot
+        });
+        {
+            let stats = &mut lock(&slot.counts).0;
+            if stats.count == 0 {
+                stats.buckets = vec![0; BUCKETS_MS.len()];
+            }
             stats.count += 1;
             stats.sum_ms += ms;
             for (bound, n) in BUCKETS_MS.iter().zip(stats.buckets.iter_mut()) {
                 *n += u64::from(ms <= *bound);
             }
-        };
-        let mut map = lock(&self.requests);
-        if let Some(stats) = map.get_mut(key) {
-            return count(stats);
         }
-        let mut fresh = RequestStats {
-            buckets: vec![0; BUCKETS_MS.len()],
-            ..Default::default()
-        };
-        count(&mut fresh);
-        map.insert(key.clone(), fresh);
-    }
-
-    /// One finished exchange's body sizes: what the caller sent, what it was answered. The key
-    /// is copied only the first time, as in `record_request`.
-    pub fn record_sizes(&self, key: &RequestKey, request: u64, response: u64) {
-        let count = |stats: &mut SizeStats| {
-            stats.count += 1;
-            stats.request_sum += request;
-            stats.response_sum += response;
-            for (i, bound) in BUCKETS_BYTES.iter().enumerate() {
-                stats.request_buckets[i] += u64::from(request as f64 <= *bound);
-                stats.response_buckets[i] += u64::from(response as f64 <= *bound);
-            }
-        };
-        let mut map = lock(&self.sizes);
-        if let Some(stats) = map.get_mut(key) {
-            return count(stats);
-        }
-        let mut fresh = SizeStats {
-            request_buckets: vec![0; BUCKETS_BYTES.len()],
-            response_buckets: vec![0; BUCKETS_BYTES.len()],
-            ..Default::default()
-        };
-        count(&mut fresh);
-        map.insert(key.clone(), fresh);
+        slot
     }
 
     pub fn record_tcp(&self, key: TcpKey, update: impl FnOnce(&mut TcpStats)) {
@@ -278,13 +316,21 @@ impl Telemetry {
     /// Every counter as JSON (cumulative since start).
     pub fn snapshot_json(&self) -> String {
         let requests = lock(&self.requests);
-        let sizes = lock(&self.sizes);
+        let (mut counted, mut sized) = (Vec::new(), Vec::new());
+        for (key, slot) in requests.iter() {
+            let counts = lock(&slot.counts);
+            counted.push((key, counts.0.clone()));
+            // A key whose bodies have not ended yet has no sizes to report.
+            if counts.1.count > 0 {
+                sized.push((key, counts.1.clone()));
+            }
+        }
         let tcp = lock(&self.tcp);
         let dropped = lock(&self.spans).dropped;
         let access_dropped = lock(&self.access).dropped;
         let snap = Snapshot {
-            requests: requests.iter().collect(),
-            sizes: sizes.iter().collect(),
+            requests: counted,
+            sizes: sized,
             tcp: tcp.iter().collect(),
             spans_dropped: dropped,
             access_logs_dropped: access_dropped,
@@ -338,25 +384,43 @@ impl TraceContext {
         use rand::Rng;
         let mut rng = rand::rng();
         TraceContext {
-            trace_id: format!("{:032x}", rng.random::<u128>() | 1),
+            trace_id: hex_id(rng.random::<u128>() | 1, 32),
             parent_span_id: None,
             sampled: rng.random_range(0.0..100.0) < sampling_percent,
         }
     }
 
     pub fn traceparent(&self, span_id: &str) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            self.trace_id,
-            span_id,
-            u8::from(self.sampled)
-        )
+        // Written on every request: pieces pushed into one allocation, not `format!`.
+        let mut out = String::with_capacity(3 + self.trace_id.len() + 1 + span_id.len() + 3);
+        out.push_str("00-");
+        out.push_str(&self.trace_id);
+        out.push('-');
+        out.push_str(span_id);
+        out.push_str(if self.sampled { "-01" } else { "-00" });
+        out
     }
 }
 
 pub fn new_span_id() -> String {
     use rand::Rng;
-    format!("{:016x}", rand::rng().random::<u64>() | 1)
+    hex_id(u128::from(rand::rng().random::<u64>() | 1), 16)
+}
+
+/// The low `digits` hex digits of `value`, lower case and zero-padded, as W3C trace context
+/// writes IDs. Two IDs are made on every request, and `format!`'s machinery costs several
+/// times this loop.
+fn hex_id(value: u128, digits: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    let digits = digits.min(out.len());
+    for (i, d) in out[..digits].iter_mut().rev().enumerate() {
+        *d = HEX[((value >> (4 * i)) & 0xf) as usize];
+    }
+    // Only ASCII hex digits were written, so this never falls back.
+    std::str::from_utf8(&out[..digits])
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[cfg(test)]
@@ -377,12 +441,41 @@ mod tests {
             grpc_status: None,
             response_flags: "",
         };
-        t.record_request(&key, Duration::from_micros(1500));
-        t.record_request(&key, Duration::from_millis(30));
-        let map = lock(&t.requests);
-        let s = &map[&key];
+        let first = t.record_request(&key, Duration::from_micros(1500));
+        let second = t.record_request(&key, Duration::from_millis(30));
+        assert!(Arc::ptr_eq(&first, &second), "one slot per key");
+        let s = &lock(&second.counts).0;
         assert_eq!(s.count, 2);
         assert_eq!(&s.buckets[..6], &[0, 1, 1, 1, 1, 2]);
+    }
+
+    #[test]
+    fn each_key_and_each_telemetry_counts_in_its_own_slot() {
+        let key = |code| RequestKey {
+            direction: "inbound",
+            source: "s".into(),
+            destination: "d".into(),
+            port: 80,
+            code,
+            policy: "p".into(),
+            protocol: "http",
+            grpc_status: None,
+            response_flags: "",
+        };
+        let (t, other) = (Telemetry::default(), Telemetry::default());
+        // Alternating keys, and another Telemetry between two requests with the same key,
+        // so this thread's last slot is wrong each time it is checked.
+        for code in [200, 503, 200, 200, 503] {
+            t.record_request(&key(code), Duration::from_millis(1));
+            other.record_request(&key(200), Duration::from_millis(1));
+        }
+        let count = |t: &Telemetry, code| {
+            let map = lock(&t.requests);
+            map.get(&key(code)).map_or(0, |s| lock(&s.counts).0.count)
+        };
+        assert_eq!((count(&t, 200), count(&t, 503)), (3, 2));
+        assert_eq!((count(&other, 200), count(&other, 503)), (5, 0));
+        assert!(t.snapshot_json().contains("\"code\":503"));
     }
 
     #[test]
@@ -399,10 +492,10 @@ mod tests {
             grpc_status: None,
             response_flags: "",
         };
-        t.record_sizes(&key, 10_000, 0);
-        t.record_sizes(&key, 10_001, 5);
-        let map = lock(&t.sizes);
-        let s = &map[&key];
+        let slot = t.record_request(&key, Duration::from_millis(1));
+        slot.record_sizes(10_000, 0);
+        slot.record_sizes(10_001, 5);
+        let s = &lock(&slot.counts).1;
         assert_eq!((s.count, s.request_sum, s.response_sum), (2, 20_001, 5));
         // le=1e4 holds exactly 10,000 bytes, not 10,001
         assert_eq!(s.request_buckets, [0, 0, 0, 0, 1, 2, 2, 2]);
@@ -453,6 +546,24 @@ mod tests {
         let ids: Vec<_> = t.drain_spans(10).into_iter().map(|s| s.span_id).collect();
         assert_eq!(ids, ["kept"]);
         assert!(t.snapshot_json().contains("\"spans_dropped\":0"));
+    }
+
+    #[test]
+    fn ids_are_lower_hex_padded_to_their_width() {
+        assert_eq!(hex_id(0xabc, 16), "0000000000000abc");
+        assert_eq!(hex_id(u128::MAX, 32), "f".repeat(32));
+        assert_eq!(hex_id(0x1_0000_0000_0000_0001, 16), "0000000000000001");
+        let id = new_span_id();
+        assert_eq!(id.len(), 16);
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        let root = TraceContext::new_root(100.0);
+        assert_eq!(root.trace_id.len(), 32);
+        assert_eq!(
+            format!("{:032x}", u128::from_str_radix(&root.trace_id, 16).unwrap()),
+            root.trace_id
+        );
     }
 
     #[test]
