@@ -513,6 +513,17 @@ def _fastpath_threads() -> set[int]:
     return found
 
 
+def _thread_state(tid: int) -> str:
+    """A thread's state and the kernel function it waits in, from /proc."""
+    task = Path("/proc/self/task") / str(tid)
+    with contextlib.suppress(OSError):
+        state = next(
+            line for line in (task / "status").read_text().splitlines() if line.startswith("State")
+        )
+        return f"{state.split(':', 1)[1].strip()}, waiting in {(task / 'wchan').read_text()}"
+    return "ended"
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_each_runtime_serves_then_stops_every_thread_it_started(mesh: Mesh, workers: int) -> None:
     # One worker is a current-thread runtime on a thread of its own; more is tokio's
@@ -526,6 +537,7 @@ def test_each_runtime_serves_then_stops_every_thread_it_started(mesh: Mesh, work
     )
     try:
         # A new thread takes its name when it first runs, so wait for it to show.
+        started = time.monotonic()
         sidecars.wait_until(lambda: len(_fastpath_threads() - before) >= workers)
         outbound = proxy.bound()["outbound:http"]
         codes = [
@@ -538,4 +550,12 @@ def test_each_runtime_serves_then_stops_every_thread_it_started(mesh: Mesh, work
     # A blocking-pool thread the runtime could not stop at once ends when idle (tokio keeps
     # one 10 s), so allow for that. Only this proxy's threads count: one an earlier test's
     # proxy left may end meanwhile, which made a plain count fall below where it started.
-    sidecars.wait_until(lambda: not _fastpath_threads() - before, timeout=15.0)
+    try:
+        sidecars.wait_until(lambda: not _fastpath_threads() - before, timeout=15.0)
+    except AssertionError:
+        # Say which threads stayed and what each is doing, so a failure in CI can be read.
+        left = {t: _thread_state(t) for t in _fastpath_threads() - before}
+        raise AssertionError(
+            f"{len(left)} of this proxy's threads still run 15 s after shutdown "
+            f"({time.monotonic() - started:.1f} s after it started): {left}"
+        ) from None
