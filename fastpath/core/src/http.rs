@@ -56,15 +56,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         framing |= name == TRANSFER_ENCODING;
     }
-    let has = |name: &HeaderName| HOP_BY_HOP.iter().zip(present).any(|(h, p)| p && h == name);
     if !framing && !present.contains(&true) {
         return;
     }
-    let trailers = has(&TE)
-        && headers
-            .get_all(TE)
-            .iter()
-            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let trailers = headers
+        .get_all(TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     if let Some(listed) = headers
         .get(CONNECTION)
         .and_then(|v| v.to_str().ok())

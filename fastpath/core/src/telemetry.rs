@@ -162,13 +162,26 @@ thread_local! {
 }
 
 impl Slot {
+    fn new(owner: u64, key: RequestKey) -> Slot {
+        let requests = RequestStats {
+            buckets: vec![0; BUCKETS_MS.len()],
+            ..Default::default()
+        };
+        let sizes = SizeStats {
+            request_buckets: vec![0; BUCKETS_BYTES.len()],
+            response_buckets: vec![0; BUCKETS_BYTES.len()],
+            ..Default::default()
+        };
+        Slot {
+            owner,
+            key,
+            counts: Mutex::new((requests, sizes)),
+        }
+    }
+
     /// One finished exchange's body sizes: what the caller sent, what it was answered.
     pub fn record_sizes(&self, request: u64, response: u64) {
         let stats = &mut lock(&self.counts).1;
-        if stats.count == 0 {
-            stats.request_buckets = vec![0; BUCKETS_BYTES.len()];
-            stats.response_buckets = vec![0; BUCKETS_BYTES.len()];
-        }
         stats.count += 1;
         stats.request_sum += request;
         stats.response_sum += response;
@@ -251,11 +264,7 @@ impl Telemetry {
             let slot = match map.get(key) {
                 Some(slot) => slot.clone(),
                 None => {
-                    let slot = Arc::new(Slot {
-                        owner: self.owner,
-                        key: key.clone(),
-                        counts: Mutex::default(),
-                    });
+                    let slot = Arc::new(Slot::new(self.owner, key.clone()));
                     map.insert(key.clone(), slot.clone());
                     slot
                 }
@@ -265,9 +274,6 @@ impl Telemetry {
         });
         {
             let stats = &mut lock(&slot.counts).0;
-            if stats.count == 0 {
-                stats.buckets = vec![0; BUCKETS_MS.len()];
-            }
             stats.count += 1;
             stats.sum_ms += ms;
             for (bound, n) in BUCKETS_MS.iter().zip(stats.buckets.iter_mut()) {
