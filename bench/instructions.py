@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -73,7 +74,7 @@ def one_run(ctx: proxies.Context, peer: str, seconds: float, rate: float) -> tup
         # nginx writes its counts when its worker exits gracefully (SIGQUIT), not on SIGTERM.
         if peer == "nginx":
             for proc in run.procs:
-                proc.send_signal(3)
+                proc.send_signal(signal.SIGQUIT)
             for proc in run.procs:
                 proc.wait(timeout=60)
         proxies.stop(ctx, run)
@@ -98,6 +99,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=proxies.REPO / "bench/results/instructions.json")
     args = p.parse_args()
     if shutil.which("valgrind") is None:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", "valgrind"], check=True)
     tools = proxies.ensure_tools(install=True)
     out: dict[str, Any] = {
