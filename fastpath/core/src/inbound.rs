@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::authz::{self, Peer, Request};
-use crate::body::{incoming, Body};
+use crate::body::Body;
 use crate::config::MtlsMode;
 use crate::exchange::Exchange;
 use crate::http::{
@@ -269,7 +269,7 @@ async fn forward(
             }
             let (mut parts, body) = resp.into_parts();
             upgrade::strip_response(&mut parts);
-            let mut resp = http::Response::from_parts(parts, incoming(body));
+            let mut resp = http::Response::from_parts(parts, body);
             if tunnel {
                 upgrade::answer_tunnel(&mut resp);
             }

@@ -333,12 +333,18 @@ fn config_has_gateway_listener(shared: &Shared, name: &str) -> bool {
         .any(|l| l.name == name)
 }
 
+/// Every [`DNS_REFRESH`]: DNS clusters resolved again, and idle HTTP/1.1 connections the peer
+/// has closed meanwhile let go (nothing polls an idle connection, so without this a peer's
+/// close would hold a socket until the next request to that endpoint).
 async fn refresh_dns(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
     loop {
         let active = shared.active.load_full();
         for up in active.clusters.values() {
             up.resolve().await;
+        }
+        for up in active.clusters.values().chain(active.apps.values()) {
+            up.sweep_idle();
         }
         tokio::select! {
             _ = tokio::time::sleep(DNS_REFRESH) => {}

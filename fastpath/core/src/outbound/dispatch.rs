@@ -13,7 +13,7 @@ use rand::Rng;
 // Deadlines, back-off and budgets all read tokio's clock, so a paused-time test sees one clock.
 use tokio::time::Instant;
 
-use crate::body::{full, incoming, Body};
+use crate::body::{full, Body};
 use crate::breaker::{self, Limit};
 use crate::exchange::Exchange;
 use crate::hash;
@@ -369,7 +369,7 @@ pub async fn attempt(
             let (mut parts, body) = resp.into_parts();
             upgrade::strip_response(&mut parts);
             // The maxRequests slot is held until the answer's body is done.
-            let body = breaker::hold(incoming(body), slot);
+            let body = breaker::hold(body, slot);
             Ok(http::Response::from_parts(parts, body))
         }
         Ok(Err(UpstreamError::Overflow(_))) => Err(Outcome::Overflow),

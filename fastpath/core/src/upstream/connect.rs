@@ -29,6 +29,12 @@ pub enum UpstreamError {
     },
     #[error("upstream {addr}: {source}")]
     Http { addr: String, source: hyper::Error },
+    /// An HTTP/1.1 exchange on fastpath's own client connection (`h1.rs`) failed.
+    #[error("upstream {addr}: {source}")]
+    H1 {
+        addr: String,
+        source: super::h1::H1Error,
+    },
     /// The cluster's circuit breaker refused a new connection or a pending request.
     #[error("circuit breaker: {0:?} at limit")]
     Overflow(crate::breaker::Limit),
@@ -143,5 +149,7 @@ where
         })
 }
 
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+/// A connection's byte stream. `Sync` because a response body read straight from it
+/// (`h1.rs`) travels in the boxed body type, which is.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 
 use crate::body::Body;
 use crate::ewma::{self, PeakEwma};
@@ -17,7 +17,8 @@ pub struct Endpoint {
     pub in_flight: AtomicUsize,
     failures: AtomicU32,
     down_until: AtomicU64, // ms since `epoch`
-    pub(super) idle: Mutex<Vec<http1::SendRequest<Body>>>,
+    /// Idle HTTP/1.1 connections; a response body that ends cleanly returns its own here.
+    pub(super) idle: super::h1::Idle,
     /// The HTTP/2 connection every request to this endpoint shares, once one is up.
     pub(super) multiplexed: Mutex<Option<http2::SendRequest<Body>>>,
     /// Held while an HTTP/2 connection is being opened, so that a burst arriving before it is
@@ -48,7 +49,7 @@ impl Endpoint {
             in_flight: AtomicUsize::new(0),
             failures: AtomicU32::new(0),
             down_until: AtomicU64::new(0),
-            idle: Mutex::new(Vec::new()),
+            idle: super::h1::Idle::default(),
             multiplexed: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),
             http1_peer: AtomicBool::new(false),

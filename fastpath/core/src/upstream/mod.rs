@@ -9,6 +9,7 @@
 
 mod connect;
 mod endpoint;
+mod h1;
 mod pool;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +28,7 @@ use crate::tunables::DNS_ON_DEMAND_RETRY;
 
 pub use connect::{connect, connect_stream, Stream, Transport, UpstreamError};
 pub use endpoint::{Endpoint, InFlight};
+pub use h1::H1Error;
 pub use pool::Connection;
 
 #[derive(Debug)]

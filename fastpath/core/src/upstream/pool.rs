@@ -1,18 +1,18 @@
-//! The connection pool of each endpoint: HTTP/1.1 connections, one request at a time each,
-//! or one shared HTTP/2 connection that multiplexes every request to the endpoint; and sending
-//! one request over a pooled (or new) connection.
+//! The connection pool of each endpoint: HTTP/1.1 connections (fastpath's own client, `h1`),
+//! one request at a time each, or one shared HTTP/2 connection (hyper's) that multiplexes every
+//! request to the endpoint; and sending one request over a pooled (or new) connection.
 
 use crate::breaker::{Limit, Permit};
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::atomic::Ordering;
 
 use super::connect::{connect, Transport, UpstreamError};
 use super::endpoint::Endpoint;
+use super::h1::H1;
 use super::Upstream;
-use crate::body::Body;
+use crate::body::{incoming, Body};
 use crate::protocol::{shape_request, HttpVersion};
 use crate::tls::Material;
 use crate::upgrade;
@@ -29,10 +29,14 @@ impl Endpoint {
                 None => {}
             }
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|s| !s.is_closed());
-        let i = idle.iter().position(|s| s.is_ready())?;
-        Some(Sender::Http1(idle.swap_remove(i)))
+        // The most recently used first: the warmest, and the least likely to have been closed
+        // by the peer's idle timeout. One found closed is dropped here.
+        loop {
+            let mut conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            if conn.reusable() {
+                return Some(Sender::Http1(conn));
+            }
+        }
     }
 
     /// Shares a new HTTP/2 connection, unless a concurrent request already opened one: then
@@ -43,25 +47,23 @@ impl Endpoint {
             *shared = Some(sender.clone());
         }
     }
-
-    fn checkin(&self, sender: http1::SendRequest<Body>) {
-        if !sender.is_closed() {
-            self.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(sender);
-        }
-    }
 }
 
 impl Upstream {
+    /// Closes the idle HTTP/1.1 connections whose peer has closed or broken them.
+    pub fn sweep_idle(&self) {
+        for endpoint in self.endpoints.load().iter() {
+            super::h1::sweep(&endpoint.idle);
+        }
+    }
+
     /// Sends one request to one endpoint over a pooled (or new) connection.
     pub async fn send(
         &self,
         endpoint: &Endpoint,
         tls: &ArcSwap<Material>,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
+    ) -> Result<http::Response<Body>, UpstreamError> {
         // An app is asked to switch protocols in HTTP/1.1 whatever its port speaks: WebSocket
         // servers take the HTTP/1.1 Upgrade, and an upgraded connection is never pooled anyway.
         if self.version == HttpVersion::Http2
@@ -79,7 +81,7 @@ impl Upstream {
         endpoint: &Endpoint,
         tls: &ArcSwap<Material>,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
+    ) -> Result<http::Response<Body>, UpstreamError> {
         let http_error = |source| UpstreamError::Http {
             addr: endpoint.addr.clone(),
             source,
@@ -99,6 +101,7 @@ impl Upstream {
         sender
             .send_request(http::Request::from_parts(parts, body))
             .await
+            .map(|resp| resp.map(incoming))
             .map_err(http_error)
     }
 
@@ -182,16 +185,7 @@ impl Upstream {
                 if self.version == HttpVersion::Http2 {
                     endpoint.http1_peer.store(true, Ordering::Relaxed);
                 }
-                let (sender, conn) = http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(http_error)?;
-                // `with_upgrades`: after a 101 the connection is handed to the request's
-                // `OnUpgrade` (WebSocket) instead of being closed.
-                tokio::spawn(async move {
-                    let _ = conn.with_upgrades().await;
-                    drop::<Permit>(slot);
-                });
-                Sender::Http1(sender)
+                Sender::Http1(H1::new(stream, slot))
             }
             HttpVersion::Http2 => {
                 let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -223,8 +217,8 @@ impl Upstream {
 
 /// A pooled connection's request half.
 enum Sender {
-    /// One request at a time; back to the endpoint's idle list after each.
-    Http1(http1::SendRequest<Body>),
+    /// One request at a time; back to the endpoint's idle list when its response body ends.
+    Http1(H1),
     /// A handle on the endpoint's shared connection; requests multiplex as streams.
     Http2(http2::SendRequest<Body>),
 }
@@ -241,25 +235,39 @@ impl Connection<'_> {
     pub async fn send(
         self,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
+    ) -> Result<http::Response<Body>, UpstreamError> {
         let Connection {
             endpoint,
             sender,
             scheme,
         } = self;
+        let http_error = |source| UpstreamError::Http {
+            addr: endpoint.addr.clone(),
+            source,
+        };
         let (mut parts, body) = req.into_parts();
         let result = match sender {
-            Sender::Http1(mut sender) => {
+            Sender::Http1(conn) => {
                 shape_request(&mut parts, HttpVersion::Http1, scheme);
-                // Dropped mid-request (a timeout), `sender` closes the connection: its answer
-                // is unwanted.
-                let result = sender
-                    .send_request(http::Request::from_parts(parts, body))
-                    .await;
-                // Back in the pool at once: it reports ready again when this response's body
-                // is done.
-                endpoint.checkin(sender);
-                result
+                let req = http::Request::from_parts(parts, body);
+                // A switch of protocols (WebSocket) or a tunnel is hyper's to carry: the
+                // connection becomes the tunnel, never to come back to the pool.
+                if upgrade::requested(&req) || req.method() == http::Method::CONNECT {
+                    return conn
+                        .into_hyper(req)
+                        .await
+                        .map(|resp| resp.map(incoming))
+                        .map_err(http_error);
+                }
+                // Dropped mid-request (a timeout), the exchange closes the connection: its
+                // answer is unwanted.
+                return conn
+                    .send(req, endpoint.idle.clone())
+                    .await
+                    .map_err(|source| UpstreamError::H1 {
+                        addr: endpoint.addr.clone(),
+                        source,
+                    });
             }
             Sender::Http2(mut sender) => {
                 // A WebSocket handshake becomes an extended CONNECT stream (RFC 8441).
@@ -274,15 +282,12 @@ impl Connection<'_> {
                             if let Some(protocol) = tunnel {
                                 upgrade::tunnel_opened(protocol, &mut resp);
                             }
-                            resp
+                            resp.map(incoming)
                         }),
                     Err(e) => Err(e),
                 }
             }
         };
-        result.map_err(|source| UpstreamError::Http {
-            addr: endpoint.addr.clone(),
-            source,
-        })
+        result.map_err(http_error)
     }
 }
