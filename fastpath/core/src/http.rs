@@ -45,16 +45,18 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// Removes hop-by-hop headers, except `te: trailers`: the one TE value HTTP/2 allows
 /// (RFC 9113 §8.2.2), which gRPC clients send and gRPC servers require.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the handful of names a message carries finds which of these it has; a
-    // hashed lookup for each of the nine that might be, on both the request and the response,
-    // cost more than the rest of this function.
+    // One pass over the handful of names a message carries finds which of these it has. Names
+    // are told apart by their text (a length, then at most one comparison), not by comparing
+    // each against all nine: that cost more than the rest of this function.
     let mut present = [false; HOPS];
     let mut framing = false;
+    let mut close_field = false;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present[i] = true;
+        match hop_index(name.as_str()) {
+            Some(i) => present[i] = true,
+            None if name == TRANSFER_ENCODING => framing = true,
+            None => close_field |= name.as_str() == "close",
         }
-        framing |= name == TRANSFER_ENCODING;
     }
     if !framing && !present.contains(&true) {
         return;
@@ -63,14 +65,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .get_all(TE)
         .iter()
         .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if let Some(listed) = headers
-        .get(CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-    {
-        for name in listed.split(',') {
-            headers.remove(name.trim());
+    // The names `Connection` lists are removed too. Nearly always it lists only `keep-alive`,
+    // `close` or `upgrade`: names removed below anyway, or (`close`) removed if present, so
+    // nothing is copied or looked up for them.
+    let listed = headers.get(CONNECTION).and_then(|v| v.to_str().ok());
+    let others = listed.is_some_and(|v| {
+        v.split(',').map(str::trim).any(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(t))
+        })
+    });
+    if others {
+        if let Some(listed) = listed.map(str::to_owned) {
+            for name in listed.split(',') {
+                headers.remove(name.trim());
+            }
         }
+    }
+    if close_field {
+        headers.remove("close");
     }
     for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
@@ -82,6 +98,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// Where a lower-case header name stands in [`HOP_BY_HOP`], if it is one of them.
+fn hop_index(name: &str) -> Option<usize> {
+    let i = match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-authenticate" => 2,
+        "proxy-authorization" => 3,
+        "proxy-connection" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "upgrade" => 7,
+        _ => return None,
+    };
+    debug_assert_eq!(HOP_BY_HOP[i].as_str(), name);
+    Some(i)
 }
 
 /// Marks a response the sidecar made itself, with what it says, so a gRPC caller can be
@@ -343,6 +376,22 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h);
         assert_eq!(names(&h), ["host", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn the_usual_connection_tokens_and_a_close_field_are_handled_without_a_lookup_by_name() {
+        let mut h = headers(&[
+            ("connection", "Keep-Alive, Close, UPGRADE"),
+            ("keep-alive", "timeout=5"),
+            ("close", "reserved, but seen"),
+            ("x-end-to-end", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["x-end-to-end"]);
+        // A listed name in another case is still the header it names.
+        let mut h = headers(&[("connection", "close, X-Hop"), ("x-hop", "1"), ("a", "b")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["a"]);
     }
 
     #[test]
