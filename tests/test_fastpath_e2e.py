@@ -503,13 +503,15 @@ def test_a_100_mb_upload_streams_through_without_being_buffered(mesh: Mesh) -> N
     assert grown_mb < 50, f"peak RSS grew {grown_mb:.0f} MB while 100 MB passed through"
 
 
-def _fastpath_threads() -> set[int]:
-    """The thread IDs of fastpath's threads in this process (it names them all `fastpath`)."""
-    found = set()
+def _fastpath_threads() -> dict[int, str]:
+    """fastpath's threads in this process, by thread ID, with their names: `fastpath-N`, one N
+    per proxy runtime, so each proxy's threads can be told from another's."""
+    found = {}
     for task in Path("/proc/self/task").iterdir():
         with contextlib.suppress(OSError):  # a thread that ended meanwhile
-            if (task / "comm").read_text().startswith("fastpath"):
-                found.add(int(task.name))
+            name = (task / "comm").read_text().strip()
+            if name.startswith("fastpath"):
+                found[int(task.name)] = name
     return found
 
 
@@ -528,7 +530,13 @@ def _thread_state(tid: int) -> str:
 def test_each_runtime_serves_then_stops_every_thread_it_started(mesh: Mesh, workers: int) -> None:
     # One worker is a current-thread runtime on a thread of its own; more is tokio's
     # multi-thread runtime. Both must serve, and a shutdown must leave no thread behind.
-    before = _fastpath_threads()
+    # Other proxies in this process (the mesh's) keep running, and their blocking pools may
+    # start threads at any time: only threads of this proxy's runtime, by its name, count.
+    others = set(_fastpath_threads().values())
+
+    def mine() -> dict[int, str]:
+        return {t: n for t, n in _fastpath_threads().items() if n not in others}
+
     bound = sidecars.bind_endpoints(mesh.configs[("a", "web")], mesh.web_endpoints())
     web = mesh.ids["web"]
     listeners = json.dumps({"outboundHttp": "127.0.0.1:0"})
@@ -538,7 +546,9 @@ def test_each_runtime_serves_then_stops_every_thread_it_started(mesh: Mesh, work
     try:
         # A new thread takes its name when it first runs, so wait for it to show.
         started = time.monotonic()
-        sidecars.wait_until(lambda: len(_fastpath_threads() - before) >= workers)
+        sidecars.wait_until(lambda: len(mine()) >= workers)
+        names = set(mine().values())
+        assert len(names) == 1, f"one runtime's threads share one name: {mine()}"
         outbound = proxy.bound()["outbound:http"]
         codes = [
             curl("-H", "Host: api.b:8080", f"http://{outbound}/api/items?n={i}")[0]
@@ -547,15 +557,18 @@ def test_each_runtime_serves_then_stops_every_thread_it_started(mesh: Mesh, work
         assert codes == [200, 200, 200, 200]
     finally:
         proxy.shutdown(0.5)
+
+    def left() -> dict[int, str]:
+        return {t: n for t, n in _fastpath_threads().items() if n in names}
+
     # A blocking-pool thread the runtime could not stop at once ends when idle (tokio keeps
-    # one 10 s), so allow for that. Only this proxy's threads count: one an earlier test's
-    # proxy left may end meanwhile, which made a plain count fall below where it started.
+    # one 10 s), so allow for that.
     try:
-        sidecars.wait_until(lambda: not _fastpath_threads() - before, timeout=15.0)
+        sidecars.wait_until(lambda: not left(), timeout=15.0)
     except AssertionError:
         # Say which threads stayed and what each is doing, so a failure in CI can be read.
-        left = {t: _thread_state(t) for t in _fastpath_threads() - before}
+        stayed = {t: _thread_state(t) for t in left()}
         raise AssertionError(
-            f"{len(left)} of this proxy's threads still run 15 s after shutdown "
-            f"({time.monotonic() - started:.1f} s after it started): {left}"
+            f"{len(stayed)} of this proxy's threads still run 15 s after shutdown "
+            f"({time.monotonic() - started:.1f} s after it started): {stayed}"
         ) from None

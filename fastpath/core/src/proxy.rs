@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -244,19 +245,29 @@ enum Owned {
     },
 }
 
+/// Runtimes started in this process so far, to name each one's threads apart.
+static RUNTIMES: AtomicUsize = AtomicUsize::new(0);
+
 impl Owned {
     fn new(workers: usize) -> Result<Owned, ProxyError> {
+        // `fastpath-N`: every thread of one runtime (workers, the driver, the blocking pool)
+        // shares a name no other proxy in the process has, so a process hosting several can
+        // tell whose thread is whose (a thread name holds 15 bytes).
+        let name = format!(
+            "fastpath-{}",
+            RUNTIMES.fetch_add(1, Ordering::Relaxed) % 100_000
+        );
         if workers > 1 {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(workers)
-                .thread_name("fastpath")
+                .thread_name(name)
                 .enable_all()
                 .build()
                 .map_err(ProxyError::Runtime)?;
             return Ok(Owned::MultiThread(runtime));
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
-            .thread_name("fastpath")
+            .thread_name(name.clone())
             .enable_all()
             .build()
             .map_err(ProxyError::Runtime)?;
@@ -266,7 +277,7 @@ impl Owned {
         // The one thread that runs every task; `block_on` here is what drives the scheduler
         // and the I/O and timer drivers until `stop`.
         let driver = std::thread::Builder::new()
-            .name("fastpath".into())
+            .name(name)
             .spawn(move || {
                 driving.block_on(async {
                     let _ = stopped.await;
