@@ -5,7 +5,7 @@
 //! skipped any of them would be invisible exactly when something is wrong.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use http::Response;
 use tokio::time::Instant;
@@ -13,22 +13,26 @@ use tokio::time::Instant;
 use crate::body::{counted, incoming, Body};
 use crate::grpc;
 use crate::http::Hop;
-use crate::telemetry::{AccessLog, RequestKey, Telemetry};
+use crate::telemetry::{AccessLog, HostPort, RequestKey, Telemetry};
+
+/// What an exchange's source and destination are until its direction sets them.
+static EMPTY: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
 
 /// What is known about an exchange when it begins; `finish` adds how it ended.
 pub struct Exchange {
     pub direction: &'static str,
-    /// The caller's SPIFFE ID ("unknown" for plaintext in PERMISSIVE mode).
-    pub source: String,
+    /// The caller's SPIFFE ID ("unknown" for plaintext in PERMISSIVE mode), shared with the
+    /// connection or the config it came from.
+    pub source: Arc<str>,
     /// "ns/service" of the destination, or the authority asked for when it names none.
-    pub destination: String,
+    pub destination: Arc<str>,
     pub port: u16,
     pub method: http::Method,
     /// The path as forwarded (normalized), with its query.
     pub path: String,
     /// "http" or "grpc" (Istio's `request_protocol`).
     pub protocol: &'static str,
-    pub revision: String,
+    pub revision: Arc<str>,
     pub hop: Hop,
     pub started: Instant,
     /// Istio's response flags for what the sidecar did itself (`UO`, `FI`, `DI`); empty: none.
@@ -44,12 +48,12 @@ impl Exchange {
         direction: &'static str,
         req: &http::Request<B>,
         sampling_percent: f64,
-        revision: &str,
+        revision: &Arc<str>,
     ) -> Exchange {
         Exchange {
             direction,
-            source: String::new(),
-            destination: String::new(),
+            source: Arc::clone(&EMPTY),
+            destination: Arc::clone(&EMPTY),
             port: 0,
             method: req.method().clone(),
             path: req
@@ -62,7 +66,7 @@ impl Exchange {
             } else {
                 "http"
             },
-            revision: revision.to_owned(),
+            revision: Arc::clone(revision),
             hop: Hop::begin(req.headers(), sampling_percent),
             started: Instant::now(),
             response_flags: "",
@@ -93,7 +97,7 @@ impl Exchange {
             response
         };
         let code = response.status().as_u16();
-        let decided_by = decided_by.to_owned();
+        let decided_by: Arc<str> = Arc::from(decided_by);
         let response = grpc::record(
             telemetry,
             RequestKey {
@@ -113,7 +117,6 @@ impl Exchange {
         );
         let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let start_unix_ms = self.hop.start_unix_ms();
-        let destination = format!("{}:{}", self.destination, self.port);
         // The span's strings first, and only when it is kept; the access log then takes the
         // exchange's own strings rather than copies.
         let trace_id = if self.hop.records(telemetry) {
@@ -124,7 +127,7 @@ impl Exchange {
                 ("http.status_code".into(), code.to_string()),
             ];
             span.extend(attributes(&self));
-            span.push(("weft.revision".into(), self.revision.clone()));
+            span.push(("weft.revision".into(), self.revision.to_string()));
             let name = format!(
                 "{} {}:{} {}",
                 self.direction, self.destination, self.port, self.method
@@ -137,9 +140,9 @@ impl Exchange {
         telemetry.log_access(AccessLog {
             start_unix_ms,
             direction: self.direction,
+            destination: HostPort(self.destination, self.port),
             source: self.source,
-            destination,
-            method: self.method.to_string(),
+            method: self.method,
             path: self.path,
             status: code,
             duration_ms,

@@ -85,10 +85,18 @@ async fn serve_stream<S>(
         return;
     };
     if protocol.is_http() {
+        // The caller as every request's telemetry names it, made once per connection.
+        let source: Arc<str> = Arc::from(peer.as_ref().map_or("unknown", |p| p.spiffe_id.as_str()));
         let peer = Arc::new(peer);
         let shutdown = shared.shutdown.clone();
         serve_connection(stream, serve, shutdown, move |req| {
-            request(shared.clone(), port.clone(), peer.clone(), req)
+            request(
+                shared.clone(),
+                port.clone(),
+                peer.clone(),
+                source.clone(),
+                req,
+            )
         })
         .await;
     } else {
@@ -100,6 +108,7 @@ async fn request(
     shared: Arc<Shared>,
     port_name: String,
     peer: Arc<Option<Peer>>,
+    source: Arc<str>,
     mut req: http::Request<hyper::body::Incoming>,
 ) -> http::Response<Body> {
     let active = shared.active.load_full();
@@ -114,15 +123,11 @@ async fn request(
         "inbound",
         &req,
         config.telemetry.sampling_percent,
-        &config.revision,
+        &active.revision,
     );
     let mut req = ex.count_request(req);
-    ex.destination.clone_from(&active.workload);
-    ex.source = peer
-        .as_ref()
-        .as_ref()
-        .map_or("unknown", |p| p.spiffe_id.as_str())
-        .to_owned();
+    ex.destination = active.workload.clone();
+    ex.source = source;
     let Some(port) = active.inbound.get(&port_name) else {
         let reply = local_reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -207,7 +212,7 @@ async fn request(
     };
     let attributes = |ex: &Exchange| {
         vec![
-            ("weft.source".into(), ex.source.clone()),
+            ("weft.source".into(), ex.source.to_string()),
             ("weft.policy".into(), policy.clone()),
         ]
     };
@@ -260,7 +265,7 @@ async fn forward(
                 let key = TcpKey {
                     direction: "inbound",
                     source: source.to_owned(),
-                    destination: active.workload.clone(),
+                    destination: active.workload.to_string(),
                     port: active.inbound.get(port_name).map_or(0, |p| p.port),
                 };
                 let server = hyper::upgrade::on(&mut resp);
@@ -292,7 +297,7 @@ where
     let Some(port) = active.inbound.get(&port_name) else {
         return;
     };
-    let destination = active.workload.clone();
+    let destination = active.workload.to_string();
     let key = TcpKey {
         direction: "inbound",
         source: peer

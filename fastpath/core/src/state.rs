@@ -64,8 +64,13 @@ pub struct Active {
     pub egress_routes: HashMap<String, routing::Route>,
     /// A gateway's client-facing TLS, by listener name.
     pub gateway: crate::edge_tls::Acceptors,
-    /// "namespace/service" of this workload: every inbound request's destination.
-    pub workload: String,
+    /// "namespace/service" of this workload: every inbound request's destination. This and
+    /// the two below are shared by every request's telemetry rather than copied into it.
+    pub workload: Arc<str>,
+    /// The config's revision.
+    pub revision: Arc<str>,
+    /// This workload's SPIFFE ID: every outbound request's source.
+    pub spiffe_id: Arc<str>,
 }
 
 impl Active {
@@ -171,7 +176,9 @@ impl Active {
         let gateway = crate::edge_tls::acceptors(&config.gateway)?;
         let workload = format!("{}/{}", config.workload.namespace, config.workload.service);
         Ok(Active {
-            workload,
+            workload: Arc::from(workload),
+            revision: Arc::from(config.revision.as_str()),
+            spiffe_id: Arc::from(config.workload.spiffe_id.as_str()),
             config,
             routes,
             inbound,

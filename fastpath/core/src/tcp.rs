@@ -2,12 +2,13 @@
 //! once — in `istio_tcp_*` counters and as one access log line — whether it was piped,
 //! refused, or found no upstream.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use crate::telemetry::{unix_nanos, AccessLog, TcpKey, TcpOutcome, Telemetry};
+use crate::telemetry::{unix_nanos, AccessLog, HostPort, TcpKey, TcpOutcome, Telemetry};
 
 /// One TCP connection's accounting: who, to what, decided by what, at which revision.
 pub struct Conn {
@@ -34,20 +35,20 @@ impl Conn {
         telemetry.log_access(AccessLog {
             start_unix_ms: unix_nanos(self.started.0) / 1_000_000,
             direction: self.key.direction,
-            source: self.key.source.clone(),
-            destination: format!("{}:{}", self.key.destination, self.key.port),
-            method: if self.server_name.is_some() {
-                "TLS"
+            source: Arc::from(self.key.source.as_str()),
+            destination: HostPort(Arc::from(self.key.destination.as_str()), self.key.port),
+            method: http::Method::from_bytes(if self.server_name.is_some() {
+                b"TLS"
             } else {
-                "TCP"
-            }
-            .into(),
+                b"TCP"
+            })
+            .unwrap_or_default(),
             path: self.server_name.unwrap_or_default(),
             status: 0,
             duration_ms: self.started.1.elapsed().as_secs_f64() * 1000.0,
-            decided_by: self.decided_by,
+            decided_by: Arc::from(self.decided_by),
             trace_id: String::new(),
-            revision: self.revision,
+            revision: Arc::from(self.revision),
             response_flags: "",
             tcp: Some(TcpOutcome {
                 outcome,

@@ -23,14 +23,16 @@ pub const BUCKETS_MS: [f64; 14] = [
 pub const BUCKETS_BYTES: [f64; 8] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7];
 pub use crate::tunables::DEFAULT_SPAN_CAPACITY;
 
+/// The labels of one request's counters. The strings are shared (`Arc<str>`) with the exchange
+/// and its access log entry, so a request copies none of them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct RequestKey {
     pub direction: &'static str, // "inbound" | "outbound"
-    pub source: String,          // SPIFFE ID of the caller ("unknown" for plaintext)
-    pub destination: String,     // "ns/service"
+    pub source: Arc<str>,        // SPIFFE ID of the caller ("unknown" for plaintext)
+    pub destination: Arc<str>,   // "ns/service"
     pub port: u16,
     pub code: u16,
-    pub policy: String, // what decided: a route name outbound, a policy inbound
+    pub policy: Arc<str>, // what decided: a route name outbound, a policy inbound
     pub protocol: &'static str, // "http" | "grpc" (Istio's `request_protocol`)
     /// The call's `grpc-status`; none for plain HTTP, or a call that ended without one.
     pub grpc_status: Option<u16>,
@@ -86,24 +88,46 @@ pub struct Span {
 }
 
 /// One request as an access log line; the agent writes these as JSON lines.
+///
+/// The entry is made on the proxy's thread and freed on the one that drains it, where each
+/// string freed costs a cross-thread free in the allocator: so the strings a request shares
+/// with its connection or its config (source, destination, revision) are `Arc<str>`, and the
+/// method is `http::Method` (no allocation for the standard ones).
 #[derive(Debug, Clone, Serialize)]
 pub struct AccessLog {
     pub start_unix_ms: u128,
     pub direction: &'static str,
-    pub source: String,
-    pub destination: String,
-    pub method: String,
+    pub source: Arc<str>,
+    /// "ns/service:port".
+    pub destination: HostPort,
+    #[serde(serialize_with = "method_str")]
+    pub method: http::Method,
     pub path: String,
     pub status: u16,
     pub duration_ms: f64,
-    pub decided_by: String,
+    pub decided_by: Arc<str>,
     pub trace_id: String,
-    pub revision: String,
+    pub revision: Arc<str>,
     pub response_flags: &'static str,
     /// For a TCP connection (method `TCP`, or `TLS` with the server name as `path`): how it
     /// ended and the bytes each way. Absent for HTTP requests.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpOutcome>,
+}
+
+/// A destination and its port, written "ns/service:port" when the entry is serialized rather
+/// than formatted on the request path.
+#[derive(Debug, Clone)]
+pub struct HostPort(pub Arc<str>, pub u16);
+
+impl Serialize for HostPort {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}:{}", self.0, self.1))
+    }
+}
+
+fn method_str<S: serde::Serializer>(method: &http::Method, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(method.as_str())
 }
 
 /// How a TCP connection ended, for its access log line.
@@ -432,6 +456,32 @@ fn hex_id(value: u128, digits: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_access_log_line_spells_its_shared_strings_out() {
+        let entry = AccessLog {
+            start_unix_ms: 1,
+            direction: "inbound",
+            source: Arc::from("spiffe://t/ns/a/sa/web"),
+            destination: HostPort(Arc::from("b/api"), 8080),
+            method: http::Method::from_bytes(b"PURGE").unwrap(),
+            path: "/x?y=1".into(),
+            status: 200,
+            duration_ms: 0.5,
+            decided_by: Arc::from("allow-web"),
+            trace_id: "ab".into(),
+            revision: Arc::from("main@sha256:1"),
+            response_flags: "",
+            tcp: None,
+        };
+        let json: serde_json::Value = serde_json::to_value(&entry).unwrap();
+        assert_eq!(json["source"], "spiffe://t/ns/a/sa/web");
+        assert_eq!(json["destination"], "b/api:8080");
+        assert_eq!(json["method"], "PURGE");
+        assert_eq!(json["decided_by"], "allow-web");
+        assert_eq!(json["revision"], "main@sha256:1");
+        assert!(json.get("tcp").is_none());
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {

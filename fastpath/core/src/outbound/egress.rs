@@ -2,6 +2,8 @@
 //! as a mesh route's (the port's timeout and retries), over TLS verified against the system
 //! roots when the intent says to originate it; and opaque TCP (or TLS the app speaks itself).
 
+use std::sync::Arc;
+
 use http::StatusCode;
 use tokio::net::TcpStream;
 
@@ -38,7 +40,7 @@ pub async fn http(
     route: &Route,
     req: http::Request<Body>,
 ) -> http::Response<Body> {
-    ex.destination = dest.name.clone();
+    ex.destination = Arc::from(dest.name.as_str());
     ex.port = dest.port;
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);

@@ -98,10 +98,10 @@ async fn authenticated(
                     "outbound",
                     &req,
                     config.telemetry.sampling_percent,
-                    &config.revision,
+                    &active.revision,
                 );
-                ex.source = config.workload.spiffe_id.clone();
-                ex.destination = super::authority(&req);
+                ex.source = active.spiffe_id.clone();
+                ex.destination = Arc::from(super::authority(&req));
                 let policy = format!("{}: {}", auth.policy, refusal.reason());
                 let realm = format!("{}/{}", config.workload.namespace, config.workload.service);
                 let mut reply = local_reply(

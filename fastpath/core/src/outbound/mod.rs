@@ -107,9 +107,9 @@ pub(crate) async fn request(
         "outbound",
         &req,
         config.telemetry.sampling_percent,
-        &config.revision,
+        &active.revision,
     );
-    ex.source = config.workload.spiffe_id.clone();
+    ex.source = active.spiffe_id.clone();
     let req = ex.count_request(req);
     // 1. resolve
     let mut host = active.routes.host(&authority);
@@ -121,7 +121,7 @@ pub(crate) async fn request(
     }
     let Some(host) = host else {
         // REGISTRY_ONLY: only destinations the intent lets this workload call have a route.
-        ex.destination = authority.clone();
+        ex.destination = Arc::from(authority.as_str());
         let reply = local_reply(
             StatusCode::FORBIDDEN,
             "outbound: no route",
@@ -137,7 +137,7 @@ pub(crate) async fn request(
             Vec::new()
         });
     };
-    ex.destination = host.service.clone();
+    ex.destination = Arc::from(host.service.as_str());
     ex.port = host.port;
     mesh(&shared, &active, ex, host, &authority, req).await
 }
