@@ -40,6 +40,9 @@ pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 /// The longest chunk-size line, extensions included.
 const MAX_CHUNK_LINE: usize = 4096;
+/// Chunk-extension bytes allowed in one body (hyper's limit): many tiny chunks with long
+/// extensions are a way to make a proxy do work for nothing.
+const MAX_EXTENSIONS: usize = 16 * 1024;
 /// Read buffer growth per read: a typical response in one read, without a large idle buffer.
 const READ_CHUNK: usize = 8 * 1024;
 /// Request body bytes gathered before a write: small bodies leave with their head in one
@@ -167,13 +170,17 @@ impl H1 {
         })
         .await;
         let ((parts, framing, keep_alive), written) = head?;
+        // Not written, and nothing left to write: the write failed after an early answer. The
+        // peer may still be waiting for body bytes, so the connection must not be reused.
+        let aborted_write = !written && writing.is_none();
         let mut body = H1Body {
             conn: Some(self),
             framing,
             keep_alive,
             writing: if written { None } else { writing },
-            aborted_write: false,
+            aborted_write,
             idle,
+            extensions: 0,
         };
         if body.framing.ended() {
             body.done();
@@ -261,7 +268,7 @@ impl H1 {
                 .map_err(|_| H1Error::Framing("bad header value"))?;
             headers.append(name, value);
         }
-        let (framing, sound) = framing(status, head_request, &headers)?;
+        let (framing, sound) = framing(status, version, head_request, &headers)?;
         let keep_alive = sound && persistent(version, &headers);
         let mut response = http::Response::new(());
         *response.status_mut() = status;
@@ -313,6 +320,7 @@ impl Framing {
 /// The framing of a response, and whether it leaves the connection sound for reuse.
 fn framing(
     status: StatusCode,
+    version: Version,
     head_request: bool,
     headers: &HeaderMap,
 ) -> Result<(Framing, bool), H1Error> {
@@ -320,6 +328,11 @@ fn framing(
         return Ok((Framing::Length(0), true));
     }
     let length = content_length(headers)?;
+    // Transfer-Encoding in an HTTP/1.0 message is faulty framing (RFC 9112 §6.1): read to
+    // the close, as a 1.0 response without a length is.
+    if version == Version::HTTP_10 && headers.contains_key(TRANSFER_ENCODING) {
+        return Ok((Framing::Eof, false));
+    }
     if headers.contains_key(TRANSFER_ENCODING) {
         let chunked = headers
             .get_all(TRANSFER_ENCODING)
@@ -415,7 +428,16 @@ impl Writing {
                 }
             }
             Some(n) => Sending::Length(n),
-            None => Sending::Chunked,
+            // Unknown: a length the caller gave is kept (a body that breaks it fails the
+            // request); GET, HEAD and CONNECT send none rather than an empty chunked one, as
+            // hyper did (servers may refuse a body there, or read `0\r\n\r\n` as a request).
+            None => match content_length(&parts.headers) {
+                Ok(Some(n)) => Sending::Length(n),
+                _ if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) => {
+                    Sending::None
+                }
+                _ => Sending::Chunked,
+            },
         };
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -583,6 +605,50 @@ fn push_hex(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
+/// A parsed chunk-size line: bytes it took (its CRLF included), the size, its extensions' length.
+#[derive(Debug, PartialEq)]
+struct ChunkLine {
+    used: usize,
+    size: u64,
+    extensions: usize,
+}
+
+/// Parses `chunk-size [ chunk-ext ] CRLF` (RFC 9112 §7.1) from the front of `buf`: `None`
+/// while the line is incomplete. Stricter than httparse's: at least one hex digit, at most
+/// sixteen, and no bare CR or LF anywhere in the line.
+fn chunk_size(buf: &[u8]) -> Result<Option<ChunkLine>, H1Error> {
+    let window = &buf[..buf.len().min(MAX_CHUNK_LINE)];
+    let Some(lf) = window.iter().position(|b| *b == b'\n') else {
+        if buf.len() >= MAX_CHUNK_LINE {
+            return Err(H1Error::Framing("chunk size line too long"));
+        }
+        if window.iter().rev().skip(1).any(|b| *b == b'\r') {
+            return Err(H1Error::Framing("bad chunk extension"));
+        }
+        return Ok(None);
+    };
+    let Some(line) = window[..lf].strip_suffix(b"\r") else {
+        return Err(H1Error::Framing("chunk size line not ended by CRLF"));
+    };
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(H1Error::Framing("bad chunk size"));
+    }
+    let size = line[..digits].iter().fold(0u64, |n, d| {
+        n << 4 | u64::from((*d as char).to_digit(16).unwrap_or_default())
+    });
+    let rest = &line[digits..];
+    let ext = rest.trim_ascii_start();
+    if rest.contains(&b'\r') || (!ext.is_empty() && ext[0] != b';') {
+        return Err(H1Error::Framing("bad chunk extension"));
+    }
+    Ok(Some(ChunkLine {
+        used: lf + 1,
+        size,
+        extensions: rest.len(),
+    }))
+}
+
 /// A response body read straight from the connection by whoever polls it.
 struct H1Body {
     /// `None` once the body is done and the connection gone back to the pool (or closed).
@@ -594,6 +660,8 @@ struct H1Body {
     writing: Option<Writing>,
     aborted_write: bool,
     idle: Idle,
+    /// Chunk-extension bytes seen so far in this body, against [`MAX_EXTENSIONS`].
+    extensions: usize,
 }
 
 impl H1Body {
@@ -612,23 +680,31 @@ impl H1Body {
         }
     }
 
-    /// Advances an unfinished request body; a failure stops writing but not reading.
-    fn poll_writing(&mut self, cx: &mut Context<'_>) {
+    /// Advances an unfinished request body. The peer refusing more (a write error) stops the
+    /// writing but not the reading: its answer may be whole. The caller's body failing ends
+    /// the exchange: the peer may be waiting for the rest of it before it finishes answering.
+    fn poll_writing(&mut self, cx: &mut Context<'_>) -> Result<(), H1Error> {
         let (Some(w), Some(conn)) = (self.writing.as_mut(), self.conn.as_mut()) else {
-            return;
+            return Ok(());
         };
         match w.poll(&mut conn.io, cx) {
             Poll::Ready(Ok(())) => self.writing = None,
-            Poll::Ready(Err(_)) => {
+            Poll::Ready(Err(e)) => {
                 self.writing = None;
                 self.aborted_write = true;
+                if matches!(e, H1Error::Body(_)) {
+                    return Err(e);
+                }
             }
             Poll::Pending => {}
         }
+        Ok(())
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
-        self.poll_writing(cx);
+        if let Err(e) = self.poll_writing(cx) {
+            return Poll::Ready(Some(Err(e)));
+        }
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -663,26 +739,26 @@ impl H1Body {
                     let data = conn.buf.split().freeze();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&conn.buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        conn.buf.advance(used);
-                        self.framing = Framing::Chunked(if size == 0 {
-                            Chunk::Trailers
-                        } else {
-                            Chunk::Data(size)
-                        });
-                    }
-                    Ok(httparse::Status::Partial) => {
-                        if conn.buf.len() > MAX_CHUNK_LINE {
+                Framing::Chunked(Chunk::Size) => match chunk_size(&conn.buf)? {
+                    Some(line) => {
+                        self.extensions += line.extensions;
+                        if self.extensions > MAX_EXTENSIONS {
                             return Poll::Ready(Some(Err(H1Error::Framing(
-                                "chunk size line too long",
+                                "too many chunk extension bytes",
                             ))));
                         }
+                        conn.buf.advance(line.used);
+                        self.framing = Framing::Chunked(if line.size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(line.size)
+                        });
+                    }
+                    None => {
                         if ready!(conn.poll_fill(cx))? == 0 {
                             return Poll::Ready(Some(Err(H1Error::Truncated)));
                         }
                     }
-                    Err(_) => return Poll::Ready(Some(Err(H1Error::Framing("bad chunk size")))),
                 },
                 Framing::Chunked(Chunk::DataEnd) => {
                     if conn.buf.len() < 2 {

@@ -506,3 +506,203 @@ proptest! {
         prop_assert_eq!(got.1, 1);
     }
 }
+
+/// A body that says it has `declared` bytes, yields `sent`, waits a moment, then ends (or
+/// fails, with `fail`): a caller whose body breaks its own framing.
+struct Lying {
+    declared: u64,
+    sent: Option<Bytes>,
+    pause: Pin<Box<tokio::time::Sleep>>,
+    fail: bool,
+}
+
+impl Lying {
+    fn new(declared: u64, sent: &'static [u8], fail: bool) -> Lying {
+        Lying {
+            declared,
+            sent: Some(Bytes::from_static(sent)),
+            pause: Box::pin(tokio::time::sleep(std::time::Duration::from_millis(50))),
+            fail,
+        }
+    }
+}
+
+impl hyper::body::Body for Lying {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(data) = this.sent.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        ready!(std::future::Future::poll(this.pause.as_mut(), cx));
+        if this.fail {
+            return Poll::Ready(Some(Err("the caller went away".into())));
+        }
+        Poll::Ready(None)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.declared)
+    }
+}
+
+#[tokio::test]
+async fn an_early_answer_to_a_request_whose_body_broke_never_pools_the_connection() {
+    let (conn, mut server) = pair().await;
+    let idle = Idle::default();
+    let peer = tokio::spawn(async move {
+        read_head(&mut server).await;
+        server
+            .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        server
+    });
+    let body = Lying::new(10, b"abc", false);
+    let req = http::Request::post("/")
+        .header("host", "app")
+        .body(body.boxed())
+        .unwrap();
+    let resp = conn.send(req, idle.clone()).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let _ = resp.into_body().collect().await;
+    assert!(
+        idle.lock().unwrap().is_empty(),
+        "7 body bytes are still owed on it"
+    );
+    drop(peer.await.unwrap());
+}
+
+#[tokio::test]
+async fn a_caller_body_failing_after_an_early_answer_fails_the_answer() {
+    let (conn, mut server) = pair().await;
+    tokio::spawn(async move {
+        read_head(&mut server).await;
+        // Answers at once, but will only finish once it has the whole upload.
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhe")
+            .await
+            .unwrap();
+        let _ = server.read(&mut [0u8; 64]).await;
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    });
+    let body = Lying::new(10, b"abc", true);
+    let req = http::Request::post("/")
+        .header("host", "app")
+        .body(body.boxed())
+        .unwrap();
+    let resp = conn.send(req, Idle::default()).await.unwrap();
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        resp.into_body().collect(),
+    )
+    .await
+    .expect("the failed upload ends the exchange instead of waiting on the peer")
+    .unwrap_err();
+    assert!(err.to_string().contains("went away"), "{err}");
+}
+
+#[tokio::test]
+async fn a_get_with_a_body_of_unknown_length_sends_no_body() {
+    let (conn, mut server) = pair().await;
+    let peer = tokio::spawn(async move {
+        let head = read_head(&mut server).await;
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut more = [0u8; 16];
+        let extra = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            server.read(&mut more),
+        )
+        .await;
+        (head, extra.ok().map(|r| r.unwrap()))
+    });
+    let req = http::Request::get("/")
+        .header("host", "app")
+        .body(Frames(vec![].into(), false).boxed())
+        .unwrap();
+    assert_eq!(conn.send(req, Idle::default()).await.unwrap().status(), 200);
+    let (head, extra) = peer.await.unwrap();
+    assert!(
+        !head.contains("transfer-encoding") && !head.contains("content-length"),
+        "{head}"
+    );
+    assert!(
+        matches!(extra, None | Some(0)),
+        "nothing follows the head: {extra:?}"
+    );
+}
+
+#[tokio::test]
+async fn transfer_encoding_in_an_http_1_0_response_reads_to_the_close() {
+    let (conn, mut server) = pair().await;
+    let idle = Idle::default();
+    tokio::spawn(async move {
+        read_head(&mut server).await;
+        server
+            .write_all(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+            .await
+            .unwrap();
+    });
+    let resp = conn.send(get("/"), idle.clone()).await.unwrap();
+    assert_eq!(
+        body_of(resp).await.0,
+        "2\r\nok\r\n0\r\n\r\n",
+        "not decoded as chunks"
+    );
+    assert!(idle.lock().unwrap().is_empty());
+}
+
+#[test]
+fn chunk_size_lines_are_parsed_strictly() {
+    let ok = |line: &[u8], size: u64, used: usize| {
+        let parsed = chunk_size(line).unwrap().unwrap();
+        assert_eq!(
+            (parsed.size, parsed.used),
+            (size, used),
+            "{}",
+            String::from_utf8_lossy(line)
+        );
+    };
+    ok(b"5\r\nhello", 5, 3);
+    ok(b"1A;name=v\r\n", 26, 11);
+    ok(b"0 ;x\r\n", 0, 6);
+    ok(b"ffffffffffffffff\r\n", u64::MAX, 18);
+    for bad in [
+        &b"\r\n"[..],
+        b";x\r\n",
+        b"5;a\nb\r\nhello",
+        b"5\n",
+        b"5;a\rb\r\n",
+        b"5x\r\n",
+        b"10000000000000000\r\n",
+    ] {
+        assert!(chunk_size(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+    }
+    assert_eq!(chunk_size(b"5;ext").unwrap(), None, "incomplete");
+    assert!(chunk_size(&vec![b'1'; MAX_CHUNK_LINE + 1]).is_err());
+}
+
+#[tokio::test]
+async fn a_body_of_endless_chunk_extensions_is_cut_off() {
+    let (conn, mut server) = pair().await;
+    tokio::spawn(async move {
+        read_head(&mut server).await;
+        let mut wire = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..8 {
+            wire.extend_from_slice(format!("1;{}\r\nx\r\n", "e".repeat(3000)).as_bytes());
+        }
+        let _ = server.write_all(&wire).await;
+        let _ = server.read(&mut [0u8; 1]).await;
+    });
+    let resp = conn.send(get("/"), Idle::default()).await.unwrap();
+    let err = resp.into_body().collect().await.unwrap_err();
+    assert!(err.to_string().contains("extension"), "{err}");
+}
