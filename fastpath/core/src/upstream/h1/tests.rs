@@ -14,6 +14,29 @@ use super::*;
 use crate::body::full;
 use crate::breaker::{Breaker, Limit};
 
+/// What the scripted peer does once it has answered.
+enum Peer {
+    /// Keeps its end open until the test is done with it.
+    Stays,
+    /// Closes at once.
+    Closes,
+}
+
+/// A connection whose peer reads one request head and answers `wire`; the peer hands back the
+/// head it read and, if it stays, its end of the connection.
+async fn answering(
+    wire: &'static [u8],
+    then: Peer,
+) -> (H1, tokio::task::JoinHandle<(String, Option<TcpStream>)>) {
+    let (conn, mut server) = pair().await;
+    let peer = tokio::spawn(async move {
+        let head = read_head(&mut server).await;
+        server.write_all(wire).await.unwrap();
+        (head, matches!(then, Peer::Stays).then_some(server))
+    });
+    (conn, peer)
+}
+
 async fn pair() -> (H1, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let client = TcpStream::connect(listener.local_addr().unwrap())
@@ -125,15 +148,8 @@ async fn a_chunked_response_is_decoded_with_its_trailers() {
 
 #[tokio::test]
 async fn a_response_read_to_close_is_delivered_and_its_connection_not_kept() {
-    let (conn, mut server) = pair().await;
+    let (conn, _peer) = answering(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", Peer::Closes).await;
     let idle = Idle::default();
-    tokio::spawn(async move {
-        read_head(&mut server).await;
-        server
-            .write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
-            .await
-            .unwrap();
-    });
     let resp = conn.send(get("/"), idle.clone()).await.unwrap();
     assert_eq!(body_of(resp).await.0, "until the end");
     assert!(idle.lock().unwrap().is_empty());
@@ -150,13 +166,8 @@ async fn doubtful_responses_are_delivered_but_never_reused() {
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n",
     ];
     for wire in cases {
-        let (conn, mut server) = pair().await;
+        let (conn, peer) = answering(wire, Peer::Stays).await;
         let idle = Idle::default();
-        let peer = tokio::spawn(async move {
-            read_head(&mut server).await;
-            server.write_all(wire).await.unwrap();
-            server
-        });
         let resp = conn.send(get("/"), idle.clone()).await.unwrap();
         assert_eq!(
             body_of(resp).await.0,
@@ -175,16 +186,12 @@ async fn doubtful_responses_are_delivered_but_never_reused() {
 
 #[tokio::test]
 async fn a_keep_alive_http_1_0_response_is_reused() {
-    let (conn, mut server) = pair().await;
+    let (conn, peer) = answering(
+        b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 2\r\n\r\nok",
+        Peer::Stays,
+    )
+    .await;
     let idle = Idle::default();
-    let peer = tokio::spawn(async move {
-        read_head(&mut server).await;
-        server
-            .write_all(b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 2\r\n\r\nok")
-            .await
-            .unwrap();
-        server
-    });
     let resp = conn.send(get("/"), idle.clone()).await.unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_10);
     assert_eq!(body_of(resp).await.0, "ok");
@@ -230,30 +237,23 @@ async fn unframeable_responses_are_errors() {
 
 #[tokio::test]
 async fn agreeing_repeated_lengths_are_one_length() {
-    let (conn, mut server) = pair().await;
-    tokio::spawn(async move {
-        read_head(&mut server).await;
-        server
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2, 2\r\n\r\nok")
-            .await
-            .unwrap();
-    });
+    let (conn, _peer) = answering(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2, 2\r\n\r\nok",
+        Peer::Closes,
+    )
+    .await;
     let resp = conn.send(get("/"), Idle::default()).await.unwrap();
     assert_eq!(body_of(resp).await.0, "ok");
 }
 
 #[tokio::test]
 async fn interim_responses_are_skipped_and_head_responses_have_no_body() {
-    let (conn, mut server) = pair().await;
+    let (conn, peer) = answering(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n",
+        Peer::Stays,
+    )
+    .await;
     let idle = Idle::default();
-    let peer = tokio::spawn(async move {
-        let head = read_head(&mut server).await;
-        server
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n")
-            .await
-            .unwrap();
-        (head, server)
-    });
     let req = http::Request::head("/")
         .header("host", "app")
         .body(full(Bytes::new()))
@@ -415,14 +415,11 @@ async fn a_sweep_lets_go_of_idle_connections_their_peers_closed() {
 
 #[tokio::test]
 async fn a_truncated_body_is_an_error_and_an_empty_close_is_closed() {
-    let (conn, mut server) = pair().await;
-    tokio::spawn(async move {
-        read_head(&mut server).await;
-        server
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort")
-            .await
-            .unwrap();
-    });
+    let (conn, _peer) = answering(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+        Peer::Closes,
+    )
+    .await;
     let resp = conn.send(get("/"), Idle::default()).await.unwrap();
     let err = resp.into_body().collect().await.unwrap_err();
     assert!(err.to_string().contains("middle of a response"), "{err}");
@@ -553,16 +550,12 @@ impl hyper::body::Body for Lying {
 
 #[tokio::test]
 async fn an_early_answer_to_a_request_whose_body_broke_never_pools_the_connection() {
-    let (conn, mut server) = pair().await;
+    let (conn, peer) = answering(
+        b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n",
+        Peer::Stays,
+    )
+    .await;
     let idle = Idle::default();
-    let peer = tokio::spawn(async move {
-        read_head(&mut server).await;
-        server
-            .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n")
-            .await
-            .unwrap();
-        server
-    });
     let body = Lying::new(10, b"abc", false);
     let req = http::Request::post("/")
         .header("host", "app")
@@ -642,15 +635,8 @@ async fn a_get_with_a_body_of_unknown_length_sends_no_body() {
 
 #[tokio::test]
 async fn transfer_encoding_in_an_http_1_0_response_reads_to_the_close() {
-    let (conn, mut server) = pair().await;
+    let (conn, _peer) = answering(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", Peer::Closes).await;
     let idle = Idle::default();
-    tokio::spawn(async move {
-        read_head(&mut server).await;
-        server
-            .write_all(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
-            .await
-            .unwrap();
-    });
     let resp = conn.send(get("/"), idle.clone()).await.unwrap();
     assert_eq!(
         body_of(resp).await.0,
