@@ -176,8 +176,7 @@ def test_a_killed_run_leaves_nothing_after_the_next_one(state: Path, tmp_path: P
         first = Up(state, log)
         try:
             first.wait_applied()
-            # Killed once every process runs, not in the middle of starting one: a child whose
-            # parent dies before setpriv has set its parent-death signal never gets it.
+            # Killed once every process runs; one killed mid-start is test_parent_death.py's.
             sidecars.wait_until(
                 lambda: first.curl("a/web/default", "http://api.b:8080/")[0] == 200, timeout=120
             )

@@ -25,6 +25,8 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from . import parentdeath
+
 PREFIX = "10.253"
 NETNS_ETC = Path("/etc/netns")  # `ip netns exec` mounts /etc/netns/<name>/hosts on /etc/hosts
 FIRST_HOST = 2  # .1 is the bridge
@@ -90,7 +92,8 @@ def unprivileged(uid: int, caps: Sequence[str] = (), pdeathsig: bool = False) ->
         cmd += [f"--inh-caps={listed}", f"--ambient-caps={listed}"]
         cmd += [f"--bounding-set=-all,{listed}"]
     if pdeathsig:
-        cmd += ["--pdeathsig", "TERM"]
+        # Set again after the change of user, which clears it; then the race check.
+        return [*cmd, "--pdeathsig", "TERM", "--", *parentdeath.still_parent()]
     return [*cmd, "--"]
 
 

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -18,17 +17,13 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from . import parentdeath
+
 log = logging.getLogger("weft.local")
 
 RESTART_BASE = 0.5
 RESTART_MAX = 30.0
 HEALTHY_AFTER = 30.0  # a process that ran this long starts its back-off afresh
-
-# Children are asked to receive SIGTERM when weft dies, even by SIGKILL, so a crashed or killed
-# weft never leaves apps and sidecars running behind it (util-linux's setpriv sets
-# PR_SET_PDEATHSIG in the child, which survives the exec).
-_SETPRIV = shutil.which("setpriv")
-_DIE_WITH_PARENT = [_SETPRIV, "--pdeathsig", "TERM", "--"] if _SETPRIV else []
 
 
 @dataclasses.dataclass
@@ -63,7 +58,8 @@ class Supervisor:
         out = (self.logs / (key.replace("/", "_") + ".log")).open("ab")
         try:
             return subprocess.Popen(
-                [*_DIE_WITH_PARENT, *spec.command],
+                # SIGTERM when weft dies, even by SIGKILL (parentdeath.py).
+                [*parentdeath.die_with_parent(), *spec.command],
                 env={k: v for k, v in os.environ.items() if k not in spec.unset} | dict(spec.env),
                 cwd=spec.cwd,
                 stdout=out,
